@@ -1,0 +1,1 @@
+"""The executable model: lifecycle machine, feasibility predicate, abstract pool (the oracle)."""

@@ -1,0 +1,107 @@
+"""The claim lifecycle as a `transitions` machine, built from the spec's table.
+
+One shared ``Machine`` serves every claim (``add_model``/``remove_model``), so
+a runtime with many claims does not pay for a machine per claim. The machine
+is built with ``auto_transitions=False``: the generated ``to_<state>()``
+methods would bypass every guard. Illegal events and failed guards raise typed
+errors and leave the state as it was.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Mapping
+
+from transitions import Machine
+
+from kvclaims.errors import GuardRejected, IllegalTransition
+from kvclaims.spec import Spec, load
+
+GuardFn = Callable[..., bool]
+
+
+class ClaimFSM:
+    """One claim's lifecycle state. `fire` is the only way to move it."""
+
+    def __init__(self, lifecycle: "Lifecycle", claim_id: str,
+                 guards: Mapping[str, GuardFn] | None) -> None:
+        self.claim_id = claim_id
+        self._lifecycle = lifecycle
+        self._guards = guards or {}
+        self._failed_guard: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ClaimFSM({self.claim_id!r}, state={self.state!r})"
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in self._lifecycle.spec.lifecycle.terminal
+
+    def allowed(self) -> list[str]:
+        return self._lifecycle.allowed(self.state)
+
+    def fire(self, event: str, *, unchecked_guards: bool = False, **context: Any) -> str:
+        """Apply `event`; return the new state. Raises IllegalTransition or GuardRejected.
+
+        `context` is passed to the guard callables (e.g. ``new_blocks=3``).
+        `unchecked_guards` is for replaying a trace whose guards were already
+        decided elsewhere (the trace checker, solver counterexamples).
+        """
+        if event not in self.allowed():
+            raise IllegalTransition(self.claim_id, self.state, event, self.allowed())
+        self._failed_guard = None
+        before = self.state
+        if not self.trigger(event, _unchecked=unchecked_guards, **context):
+            raise GuardRejected(self.claim_id, before, event, self._failed_guard or "?")
+        if self.terminal:
+            self._lifecycle.machine.remove_model(self)
+        return self.state
+
+    def _check(self, guard: str, event_data) -> bool:
+        if event_data.kwargs.get("_unchecked"):
+            return True
+        fn = self._guards.get(guard)
+        ok = bool(fn(**{k: v for k, v in event_data.kwargs.items() if k != "_unchecked"})) if fn else False
+        if not ok:
+            self._failed_guard = guard if fn else f"{guard} (no guard function given)"
+        return ok
+
+
+class Lifecycle:
+    """The machine for a spec; hands out claims that share it."""
+
+    def __init__(self, spec: Spec | None = None) -> None:
+        self.spec = spec or load()
+        lc = self.spec.lifecycle
+        transitions = []
+        for t in lc.transitions:
+            row: dict[str, Any] = {"trigger": t.event, "source": t.source, "dest": t.dest}
+            if t.guard:
+                row["conditions"] = [partial(_guard_condition, t.guard)]
+            transitions.append(row)
+        self.machine = Machine(model=None, states=list(lc.states), transitions=transitions,
+                               initial=lc.initial, auto_transitions=False, send_event=True,
+                               ignore_invalid_triggers=False)
+        self._allowed = {s: [t.event for t in lc.transitions if t.source == s] for s in lc.states}
+
+    def allowed(self, state: str) -> list[str]:
+        return self._allowed[state]
+
+    def claim(self, claim_id: str, guards: Mapping[str, GuardFn] | None = None) -> ClaimFSM:
+        fsm = ClaimFSM(self, claim_id, guards)
+        self.machine.add_model(fsm)
+        return fsm
+
+
+def _guard_condition(guard: str, event_data) -> bool:
+    return event_data.model._check(guard, event_data)
+
+
+def mermaid(spec: Spec | None = None) -> str:
+    """The lifecycle as a mermaid state diagram, drawn from the spec's table."""
+    lc = (spec or load()).lifecycle
+    lines = ["stateDiagram-v2", f"    [*] --> {lc.initial}"]
+    for t in lc.transitions:
+        guard = f" [{t.guard}]" if t.guard else ""
+        lines.append(f"    {t.source} --> {t.dest}: {t.event}{guard}")
+    lines += [f"    {s} --> [*]" for s in lc.terminal]
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""The Resident KV Claims contract, loaded from ``contract.toml``.
+
+Everything else (the lifecycle machine, the Z3 encodings, the diagram, the docs
+table) is derived from the :class:`Spec` this module returns, so a state or an
+event is never written down twice.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from kvclaims.spec.expr import ExprError, names, parse
+
+__all__ = ["Spec", "Lifecycle", "Transition", "Outcome", "Invariant", "Action",
+           "SpecError", "load", "CONTRACT_PATH"]
+
+CONTRACT_PATH = Path(str(resources.files(__package__).joinpath("contract.toml")))
+
+
+class SpecError(ValueError):
+    """The contract file is inconsistent (unknown state, duplicate transition, bad expression)."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    source: str
+    event: str
+    dest: str
+    guard: str  # a lifecycle guard name, or "" for none
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    initial: str
+    states: dict[str, str]
+    events: dict[str, str]
+    guards: dict[str, str]
+    terminal: tuple[str, ...]
+    protected: tuple[str, ...]
+    loss_events: tuple[str, ...]
+    transitions: tuple[Transition, ...]
+
+    def targets(self, state: str, event: str) -> list[Transition]:
+        return [t for t in self.transitions if t.source == state and t.event == event]
+
+    @property
+    def live(self) -> tuple[str, ...]:
+        return tuple(s for s in self.states if s not in self.terminal)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    when: str
+    doc: str
+
+
+@dataclass(frozen=True)
+class Invariant:
+    id: str
+    name: str
+    expr: str
+
+
+@dataclass(frozen=True)
+class Action:
+    """One normalized action of the abstract pool: guard conjuncts and simultaneous updates."""
+
+    name: str
+    doc: str
+    params: dict[str, str]
+    guard: tuple[str, ...]
+    update: dict[str, str]
+    event: str | None = None        # the lifecycle event of c this action fires, if fixed
+    event_param: str | None = None  # or the param that names it
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: caches key on the loaded spec
+class Spec:
+    schema_version: int
+    lifecycle: Lifecycle
+    feasibility_inputs: tuple[str, ...]
+    feasibility_assume: tuple[str, ...]
+    outcomes: tuple[Outcome, ...]
+    block_classes: tuple[str, ...]
+    counter_of: dict[str, str]
+    pool_constants: dict[str, str]
+    pool_vars: dict[str, str]
+    pool_assume: tuple[str, ...]
+    pool_init: tuple[str, ...]
+    pool_guards: dict[str, str]
+    invariants: tuple[Invariant, ...]
+    actions: tuple[Action, ...]
+    obligations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def outcome_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outcomes)
+
+
+def _lifecycle(raw: dict) -> Lifecycle:
+    states, events, guards = raw["states"], raw["events"], raw["guards"]
+    rows = [Transition(*row) for row in raw["transitions"]["rows"]]
+    lc = Lifecycle(raw["initial"], states, events, guards, tuple(raw["terminal"]["states"]),
+                   tuple(raw["protected"]), tuple(raw["loss_events"]), tuple(rows))
+    for s in (lc.initial, *lc.terminal, *lc.protected):
+        if s not in states:
+            raise SpecError(f"lifecycle names unknown state {s!r}")
+    for e in lc.loss_events:
+        if e not in events:
+            raise SpecError(f"loss_events names unknown event {e!r}")
+    seen = set()
+    for t in rows:
+        if t.source not in states or t.dest not in states:
+            raise SpecError(f"transition {t} names an unknown state")
+        if t.event not in events:
+            raise SpecError(f"transition {t} names unknown event {t.event!r}")
+        if t.guard and t.guard not in guards:
+            raise SpecError(f"transition {t} names unknown guard {t.guard!r}")
+        if (t.source, t.event) in seen:
+            raise SpecError(f"two transitions for ({t.source}, {t.event})")
+        seen.add((t.source, t.event))
+    return lc
+
+
+def _check_exprs(spec: Spec) -> None:
+    pool_names = {*spec.pool_constants, *spec.pool_vars}
+    checks = [(o.when, set(spec.feasibility_inputs)) for o in spec.outcomes]
+    checks += [(e, set(spec.feasibility_inputs)) for e in spec.feasibility_assume]
+    checks += [(e, pool_names) for e in (*spec.pool_assume, *spec.pool_init)]
+    checks += [(i.expr, pool_names) for i in spec.invariants]
+    for a in spec.actions:
+        scope = pool_names | set(a.params)
+        checks += [(g, scope) for g in a.guard] + [(u, scope) for u in a.update.values()]
+    for src, scope in checks:
+        parse(src)
+        unknown = names(src) - scope - {"True", "False"}
+        if unknown:
+            raise SpecError(f"expression {src!r} uses unknown names {sorted(unknown)}")
+    for oid in {i.id for i in spec.invariants}:
+        if oid not in spec.obligations:
+            raise SpecError(f"invariant cites unknown obligation {oid!r}")
+
+
+def load_file(path: Path) -> Spec:
+    """Load and validate a contract file (tests load mutated copies through this)."""
+    with open(path, "rb") as fh:
+        raw = tomllib.load(fh)
+    return from_dict(raw)
+
+
+def from_dict(raw: dict) -> Spec:
+    from kvclaims.spec.pool_actions import normalize_actions
+
+    try:
+        lc = _lifecycle(raw["lifecycle"])
+        pool, feas = raw["pool"], raw["feasibility"]
+        spec = Spec(
+            schema_version=raw["schema_version"],
+            lifecycle=lc,
+            feasibility_inputs=tuple(feas["inputs"]),
+            feasibility_assume=tuple(feas["assume"]),
+            outcomes=tuple(Outcome(**o) for o in feas["outcomes"]),
+            block_classes=tuple(pool["block_classes"]),
+            counter_of=dict(pool["counter_of"]),
+            pool_constants=dict(pool["constants"]),
+            pool_vars=dict(pool["vars"]),
+            pool_assume=tuple(pool["assume"]),
+            pool_init=tuple(pool["init"]),
+            pool_guards=dict(pool["guards"]),
+            invariants=tuple(Invariant(**i) for i in pool["invariants"]),
+            actions=(),
+            obligations=dict(raw["obligations"]),
+        )
+        missing = set(lc.guards) - set(spec.pool_guards)
+        if missing:
+            raise SpecError(f"lifecycle guards without a pool reading: {sorted(missing)}")
+        spec = Spec(**{**spec.__dict__, "actions": normalize_actions(spec, pool["actions"])})
+    except KeyError as exc:
+        raise SpecError(f"contract file lacks key {exc}") from None
+    except (TypeError, ExprError) as exc:
+        raise SpecError(str(exc)) from None
+    _check_exprs(spec)
+    return spec
+
+
+@lru_cache(maxsize=1)
+def load() -> Spec:
+    """The project's contract (cached)."""
+    return load_file(CONTRACT_PATH)
