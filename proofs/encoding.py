@@ -1,6 +1,7 @@
 """Z3 sorts and terms generated from the spec: enum sorts for states, events and block classes."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -68,6 +69,16 @@ class Sorts:
                 type_name: str | None = None) -> z3.ExprRef:
         """Compile a spec expression; `type_name` gives enum literals their sort."""
         return to_z3(src, self.env(terms), self.sort(type_name) if type_name else None)
+
+
+@contextmanager
+def scope(solver: z3.Solver):
+    """push/pop around one query, so each query stands alone and names what it checks."""
+    solver.push()
+    try:
+        yield solver
+    finally:
+        solver.pop()
 
 
 def new_solver(timeout_ms: int = 20_000) -> z3.Solver:

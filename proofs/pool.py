@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import z3
 
-from kvclaims.proofs.encoding import Sorts, new_solver
+from kvclaims.proofs.encoding import Sorts, new_solver, scope
 from kvclaims.proofs.result import ProofResult
 from kvclaims.spec import Action, Invariant, Spec
 
@@ -144,14 +144,14 @@ def prove_invariants(spec: Spec) -> list[ProofResult]:
         s = new_solver()
         s.add(*enc.assumptions())
         try:
-            with _scope(s):
+            with scope(s):
                 s.add(*enc.init(pre), z3.Not(enc.invariant(inv, pre)))
                 queries += 1
                 if _check(s, f"{inv.name} base") == z3.sat:
                     failures.append("base case (Init)")
             s.add(*all_inv_pre)
             for action in spec.actions:
-                with _scope(s):
+                with scope(s):
                     s.add(*enc.step(action, pre, post, enc.params(action, "pre")))
                     s.add(z3.Not(enc.invariant(inv, post)))
                     queries += 1
@@ -177,16 +177,3 @@ def prove_invariants(spec: Spec) -> list[ProofResult]:
                                    "induction", not failures, time.perf_counter() - t0,
                                    queries, detail, trace))
     return results
-
-
-class _scope:
-    """`with _scope(solver):` — push/pop so each query stands alone."""
-
-    def __init__(self, solver: z3.Solver) -> None:
-        self.solver = solver
-
-    def __enter__(self) -> None:
-        self.solver.push()
-
-    def __exit__(self, *exc) -> None:
-        self.solver.pop()

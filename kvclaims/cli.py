@@ -1,0 +1,42 @@
+"""The `kvclaims` command. Each subcommand lives in its own module with
+``add_arguments(parser)`` and ``run(args) -> int``; errors print one line, no traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kvclaims.errors import KVClaimsError
+
+# name -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS = {
+    "prove": ("kvclaims.proofs.cli", "prove every obligation of the spec with Z3"),
+    "diagram": ("kvclaims.model.diagram_cli", "print the lifecycle as a mermaid state diagram"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kvclaims", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return importlib.import_module(args._module).run(args)
+    except KVClaimsError as exc:
+        print(f"kvclaims {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"kvclaims {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
