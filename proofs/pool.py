@@ -17,7 +17,7 @@ from kvclaims.proofs.encoding import Sorts, new_solver, scope
 from kvclaims.proofs.result import ProofResult
 from kvclaims.spec import Action, Invariant, Spec
 
-BMC_DEPTH = 8
+BMC_DEPTH = 12
 
 
 @dataclass
