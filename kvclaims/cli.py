@@ -12,6 +12,7 @@ from kvclaims.errors import KVClaimsError
 COMMANDS = {
     "prove": ("kvclaims.proofs.cli", "prove every obligation of the spec with Z3"),
     "diagram": ("kvclaims.model.diagram_cli", "print the lifecycle as a mermaid state diagram"),
+    "docs": ("kvclaims.docs", "check or refresh the generated sections of README.md and CONTRACT.md"),
 }
 
 

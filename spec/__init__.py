@@ -12,6 +12,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from kvclaims.errors import KVClaimsError
 from kvclaims.spec.expr import ExprError, names, parse
 
 __all__ = ["Spec", "Lifecycle", "Transition", "Outcome", "Invariant", "Action",
@@ -20,7 +21,7 @@ __all__ = ["Spec", "Lifecycle", "Transition", "Outcome", "Invariant", "Action",
 CONTRACT_PATH = Path(str(resources.files(__package__).joinpath("contract.toml")))
 
 
-class SpecError(ValueError):
+class SpecError(KVClaimsError, ValueError):
     """The contract file is inconsistent (unknown state, duplicate transition, bad expression)."""
 
 
@@ -148,7 +149,10 @@ def _check_exprs(spec: Spec) -> None:
 def load_file(path: Path) -> Spec:
     """Load and validate a contract file (tests load mutated copies through this)."""
     with open(path, "rb") as fh:
-        raw = tomllib.load(fh)
+        try:
+            raw = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"{path}: {exc}") from None
     return from_dict(raw)
 
 

@@ -1,0 +1,67 @@
+"""Generated documentation: the lifecycle diagram and the obligation table, from the spec.
+
+README.md and spec/CONTRACT.md hold these between ``<!-- BEGIN generated:NAME -->``
+and ``<!-- END generated:NAME -->`` markers; `kvclaims docs --write` refreshes
+them and a test fails when they drift from the spec.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from kvclaims.model.lifecycle import mermaid
+from kvclaims.spec import Spec, load
+
+DEFAULT_FILES = ("README.md", "spec/CONTRACT.md")
+
+
+def sections(spec: Spec) -> dict[str, str]:
+    from kvclaims.proofs.run import prove_all
+
+    methods: dict[str, list[str]] = {}
+    for r in prove_all(spec):
+        method = r.method.split(" (")[0]
+        if method not in methods.setdefault(r.obligation, []):
+            methods[r.obligation].append(method)
+    rows = ["| id | obligation | verified by |", "|---|---|---|"]
+    for oid, text in spec.obligations.items():
+        how = ", ".join(methods.get(oid, [])) or "tests"
+        rows.append(f"| `{oid}` | {text} | {how} |")
+    lc = spec.lifecycle
+    states = ["| state | meaning | terminal | protected |", "|---|---|---|---|"]
+    for s, doc in lc.states.items():
+        states.append(f"| `{s}` | {doc} | {'yes' if s in lc.terminal else ''} | "
+                      f"{'yes' if s in lc.protected else ''} |")
+    return {"diagram": f"```mermaid\n{mermaid(spec)}\n```",
+            "obligations": "\n".join(rows), "states": "\n".join(states)}
+
+
+def refresh(text: str, generated: dict[str, str]) -> str:
+    def sub(match: re.Match) -> str:
+        name = match.group(1)
+        body = generated.get(name, match.group(2).strip("\n"))
+        return f"<!-- BEGIN generated:{name} -->\n{body}\n<!-- END generated:{name} -->"
+    return re.sub(r"<!-- BEGIN generated:(\w+) -->(.*?)<!-- END generated:\1 -->", sub, text, flags=re.S)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="*", type=Path, help=f"default: {' '.join(DEFAULT_FILES)}")
+    parser.add_argument("--write", action="store_true", help="rewrite the generated sections in place")
+
+
+def run(args: argparse.Namespace) -> int:
+    generated = sections(load())
+    stale = []
+    for path in args.files or [Path(f) for f in DEFAULT_FILES]:
+        text = path.read_text()
+        new = refresh(text, generated)
+        if new != text:
+            stale.append(str(path))
+            if args.write:
+                path.write_text(new)
+    if stale and not args.write:
+        print(f"generated sections are stale in: {', '.join(stale)} (run `kvclaims docs --write`)")
+        return 1
+    print(f"{'refreshed' if args.write else 'up to date'}: {', '.join(stale) or 'nothing to change'}")
+    return 0
