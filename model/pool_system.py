@@ -1,12 +1,9 @@
 """The spec's abstract pool, executed concretely in Python.
 
-Used to replay solver counterexamples (a trace the prover found must also
-violate the invariant when its steps run here) and by simulation tests that
-walk the same actions at random.
+Used to replay solver counterexamples: a trace the prover found must also
+violate the invariant when its steps run here, or the two disagree.
 """
 from __future__ import annotations
-
-from typing import Any
 
 from kvclaims.model.lifecycle import Lifecycle
 from kvclaims.spec import Action, Invariant, Spec
@@ -15,10 +12,6 @@ from kvclaims.spec.expr import evaluate
 
 class ReplayError(AssertionError):
     """A counterexample did not replay: the prover and the Python model disagree."""
-
-
-def enabled(action: Action, env: dict[str, Any]) -> bool:
-    return all(evaluate(g, env) for g in action.guard)
 
 
 def apply(spec: Spec, action: Action, consts: dict, state: dict, params: dict) -> dict:
