@@ -1,0 +1,1 @@
+"""Resident KV Claims enforced inside a real vLLM engine."""
