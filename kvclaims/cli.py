@@ -12,6 +12,8 @@ from kvclaims.errors import KVClaimsError
 COMMANDS = {
     "prove": ("kvclaims.proofs.cli", "prove every obligation of the spec with Z3"),
     "diagram": ("kvclaims.model.diagram_cli", "print the lifecycle as a mermaid state diagram"),
+    "check": ("kvclaims.refimpl.cli_check", "check a JSONL event trace against the contract"),
+    "litmus": ("kvclaims.refimpl.cli_litmus", "run the litmus suite against a runtime"),
     "docs": ("kvclaims.docs", "check or refresh the generated sections of README.md and CONTRACT.md"),
 }
 

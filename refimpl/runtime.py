@@ -1,0 +1,521 @@
+"""The reference runtime: claims, requests, admission and operator actions over real KV blocks.
+
+Every claim move goes through the spec's lifecycle machine and every state
+change is one record on the trace, in the order it happened. Two rules shape
+the code: a claim's loss event is emitted before any of its blocks is evicted
+or reused (RKC-RT-1, RKC-RT-5), and every public method validates its input
+completely before it changes anything (RKC-RT-4).
+"""
+from __future__ import annotations
+
+from itertools import islice
+from typing import IO, Sequence
+
+from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidInput, UnknownId
+from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
+from kvclaims.model.lifecycle import Lifecycle
+from kvclaims.refimpl.claims import POLICIES, STRENGTHS, TIERS, Claim, Request
+from kvclaims.refimpl.host import HostTier
+from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
+from kvclaims.refimpl.pool import DevicePool
+from kvclaims.refimpl.trace import TraceWriter
+from kvclaims.spec import Spec, load
+
+
+class Runtime:
+    """A paged KV pool of `U` blocks of `B` tokens with reserve `R` and a host tier of `host_blocks`."""
+
+    def __init__(self, U: int, B: int, R: int = 0, *, host_blocks: int = 0, heads: int = 2,
+                 head_dim: int = 8, device=None, spec: Spec | None = None,
+                 sink: IO[str] | None = None) -> None:
+        if not (U >= 1 and B >= 1 and 0 <= R < U and host_blocks >= 0):
+            raise InvalidInput(f"need U >= 1, B >= 1, 0 <= R < U, host_blocks >= 0 (got {U}, {B}, {R}, {host_blocks})")
+        self.spec = spec or load()
+        self.lifecycle = Lifecycle(self.spec)
+        self.U, self.B, self.R = U, B, R
+        self.pool = DevicePool(U, B, heads, head_dim, device)
+        self.host = HostTier(host_blocks, tuple(self.pool.kv.shape[1:]),
+                             pin=self.pool.device.type == "cuda")
+        self.claims: dict[str, Claim] = {}
+        self.requests: dict[str, Request] = {}
+        self.waiting: list[str] = []
+        lc = self.spec.lifecycle
+        # States whose hard claims count against the reserve: accepted ones and protected ones.
+        self._reserving = {t.dest for t in lc.transitions if t.event == "accept"} | set(lc.protected)
+        self._offloaded = {t.dest for t in lc.transitions if t.event == "offload"}
+        self.trace = TraceWriter(sink)
+        self.trace.emit("runtime", runtime="refimpl", U=U, B=B, R=R, host_blocks=host_blocks,
+                        device=str(self.pool.device))
+
+    @property
+    def time(self) -> int:
+        return self.trace.time
+
+    # ------------------------------------------------------------------ queries
+    def claim_state(self, claim_id: str) -> str:
+        return self._claim(claim_id).state
+
+    def counts(self) -> PoolCounts:
+        return self._classes(set())[0]
+
+    def verify_request(self, request_id: str) -> bool:
+        """Does every block the request holds contain exactly the KV of its tokens?"""
+        r = self._request(request_id)
+        B = self.B
+        return all(self.pool.verify(s, r.tokens[i * B:(i + 1) * B], i * B) for i, s in enumerate(r.slots))
+
+    def _claim(self, claim_id: str) -> Claim:
+        if claim_id not in self.claims:
+            raise UnknownId(f"no claim {claim_id!r}")
+        return self.claims[claim_id]
+
+    def _request(self, request_id: str) -> Request:
+        if request_id not in self.requests:
+            raise UnknownId(f"no request {request_id!r}")
+        return self.requests[request_id]
+
+    def _classes(self, own: set[int]) -> tuple[PoolCounts, dict[str, frozenset]]:
+        """Block classes by the spec's precedence, and the blocks each blocking claim protects.
+
+        `own` are the deciding request's prefix hits: it keeps them whatever
+        happens, so they are outside the pool it competes for.
+        """
+        n = {"cached": 0, "yielding": 0, "active": 0, "protected": 0}
+        blocking: dict[str, set[str]] = {}
+        p = self.pool
+        for slot in range(self.U):
+            if slot in own:
+                continue
+            blockers = [c for c in p.holders[slot] if self.claims[c].blocking]
+            if blockers:
+                n["protected"] += 1
+                for c in blockers:
+                    blocking.setdefault(c, set()).add(p.hash_of[slot])
+            elif p.refs[slot]:
+                n["active"] += 1
+            elif p.holders[slot]:
+                n["yielding"] += 1
+            elif slot in p.lru:
+                n["cached"] += 1
+        counts = PoolCounts(U=self.U - len(own), free=len(p.free), **n)
+        return counts, {c: frozenset(b) for c, b in blocking.items()}
+
+    def _reserved(self) -> set[str]:
+        return {h for c in self.claims.values() if c.hard and c.state in self._reserving for h in c.chain}
+
+    # ------------------------------------------------------------------ claims
+    def submit_claim(self, claim_id: str, prefix: Sequence[int], *, strength: str = "hard",
+                     priority: int = 0, ttl: int | None = None,
+                     tiers: Sequence[str] = ("device",), policy: str | None = None) -> str:
+        """Submit a claim on a whole-block prefix; returns its state after accept/refuse (and materialize)."""
+        policy = policy or ("refuse" if strength == "hard" else "demote")
+        tiers = tuple(tiers)
+        if claim_id in self.claims:
+            raise DuplicateId(f"claim {claim_id!r} already exists")
+        if strength not in STRENGTHS or policy not in POLICIES or not set(tiers) <= set(TIERS) \
+                or "device" not in tiers:
+            raise InvalidInput(f"claim {claim_id!r}: strength in {STRENGTHS}, policy in {POLICIES}, "
+                               f"tiers a subset of {TIERS} with 'device'")
+        if strength == "soft" and policy == "refuse":
+            raise InvalidInput(f"claim {claim_id!r}: a soft claim cannot refuse requests")
+        if policy == "offload" and "host" not in tiers:
+            raise InvalidInput(f"claim {claim_id!r}: policy 'offload' needs the host tier")
+        _check_tokens(prefix, "prefix")
+        if len(prefix) % self.B:
+            raise InvalidInput(f"claim {claim_id!r}: prefix must be whole blocks of {self.B} tokens")
+        if ttl is not None and (not isinstance(ttl, int) or ttl < 1):
+            raise InvalidInput(f"claim {claim_id!r}: ttl must be a positive number of ticks")
+        c = Claim(claim_id, chain_hashes(list(prefix), self.B), strength, priority,
+                  None if ttl is None else self.time + ttl, tiers, policy, fsm=None)
+        c.fsm = self.lifecycle.claim(claim_id, self._guards(c))
+        self.claims[claim_id] = c
+        self.trace.emit("claim_submit", claim=claim_id, blocks=c.chain, strength=strength,
+                        priority=priority, ttl=ttl, tiers=list(tiers), policy=policy)
+        reserved = self._reserved()
+        ctx = {"new_blocks": len(set(c.chain) - reserved), "reserved": len(reserved)}
+        if accepts(c.hard, ctx["new_blocks"], ctx["reserved"], self.U, self.R, self.spec):
+            self._fire(c, "accept", ctx)
+            self._materialize_ready()
+        else:
+            self._fire(c, "refuse", ctx, reason="reserve")
+        return c.state
+
+    def release_claim(self, claim_id: str) -> None:
+        self._end(self._checked(claim_id, "release"), "release", reason="owner")
+
+    def demote_claim(self, claim_id: str) -> None:
+        self._demote(self._checked(claim_id, "demote"), reason="owner")
+
+    def offload_claim(self, claim_id: str) -> None:
+        c = self._checked(claim_id, "offload")
+        if not c.host_allowed:
+            raise GuardRejected(claim_id, c.state, "offload", "host_allowed")
+        if not self.host.room(c.chain):
+            raise InvalidInput(f"claim {claim_id!r}: the host tier has no room for {len(c.chain)} blocks")
+        self._offload(c, reason="owner")
+
+    def restore_claim(self, claim_id: str) -> str:
+        """Bring an offloaded claim back; returns its state (materialized, or failed on a mismatch)."""
+        c = self._checked(claim_id, "restore")
+        p = self.pool
+        resident = [s for s in map(p.lookup, c.chain) if s is not None]
+        missing = [h for h in c.chain if p.lookup(h) is None]
+        if len(missing) > len(p.free) + len(set(p.lru) - set(resident)):
+            raise InvalidInput(f"claim {claim_id!r}: no room on the device for {len(missing)} blocks")
+        if not self._restore_fits(c):
+            raise InvalidInput(f"claim {claim_id!r}: restoring would exceed the reserve")
+        for s in resident:   # pinned while room is made, so eviction cannot take them
+            p.refs[s] += 1
+            p.settle(s)
+        slots = self._obtain(len(missing), yielding=False)
+        for s in resident:
+            p.refs[s] -= 1
+        self._restore(c, dict(zip(missing, slots)))
+        for s in slots + resident:
+            p.settle(s)
+        return c.state
+
+    def _checked(self, claim_id: str, event: str) -> Claim:
+        c = self._claim(claim_id)
+        if event not in c.fsm.allowed():
+            raise IllegalTransition(claim_id, c.state, event, c.fsm.allowed())
+        return c
+
+    def _guards(self, c: Claim) -> dict:
+        return {
+            "within_reserve": lambda new_blocks, reserved, **_: accepts(
+                c.hard, new_blocks, reserved, self.U, self.R, self.spec),
+            "exceeds_reserve": lambda new_blocks, reserved, **_: not accepts(
+                c.hard, new_blocks, reserved, self.U, self.R, self.spec),
+            "chain_resident": lambda **_: all(self.pool.lookup(h) is not None for h in c.chain),
+            "host_allowed": lambda **_: c.host_allowed,
+            "checksums_match": lambda arrived, **_: arrived == c.checksums,
+        }
+
+    def _fire(self, c: Claim, event: str, ctx: dict | None = None, **fields) -> None:
+        state = c.fsm.fire(event, **(ctx or {}))
+        self.trace.emit("claim", claim=c.id, event=event, state=state, **fields)
+
+    def _hold(self, c: Claim) -> None:
+        for h in c.chain:
+            slot = self.pool.lookup(h)
+            self.pool.holders[slot].add(c.id)
+            self.pool.settle(slot)
+
+    def _unhold(self, c: Claim) -> None:
+        """Give the claim's device blocks back (tail first, so LRU evicts tails first)."""
+        for h in reversed(c.chain):
+            slot = self.pool.lookup(h)
+            if slot is not None and c.id in self.pool.holders[slot]:
+                self.pool.holders[slot].discard(c.id)
+                self.pool.settle(slot)
+
+    def _drop_host(self, c: Claim, reason: str) -> None:
+        gone = [h for h in c.chain if h in self.host.index and self.host.release(h, c.id)]
+        if gone:
+            self.trace.emit("block_evict", blocks=gone, tier="host", reason=reason)
+
+    def _materialize_ready(self) -> None:
+        for c in sorted(self.claims.values(), key=lambda c: c.id):
+            if "materialize" in c.fsm.allowed() and all(self.pool.lookup(h) is not None for h in c.chain):
+                self._fire(c, "materialize", blocks=c.chain)
+                c.checksums = {h: self.pool.checksums[self.pool.lookup(h)] for h in c.chain}
+                self._hold(c)
+
+    def _end(self, c: Claim, event: str, **fields) -> None:
+        """A loss event (release, expire, harm, fail): emitted first, then the blocks go."""
+        self._fire(c, event, **fields)
+        self._unhold(c)
+        self._drop_host(c, reason=event)
+
+    def _demote(self, c: Claim, **fields) -> None:
+        self._fire(c, "demote", **fields)
+        self._unhold(c)
+
+    def _offload(self, c: Claim, **fields) -> None:
+        """Copy out, verify against the materialization checksums, emit, then free device blocks."""
+        arrived = {h: self.host.store(h, self.pool.kv[self.pool.lookup(h)], c.id) for h in c.chain}
+        if arrived != c.checksums:
+            self._end(c, "fail", reason="offload_mismatch")
+            return
+        self.trace.emit("block_offload", claim=c.id, blocks=c.chain, tier="host")
+        self._fire(c, "offload", **fields)
+        self._unhold(c)
+        self._evict([s for s in map(self.pool.lookup, c.chain) if s in self.pool.lru], "offload")
+
+    def _restore_fits(self, c: Claim) -> bool:
+        reserved = self._reserved()
+        return accepts(c.hard, len(set(c.chain) - reserved), len(reserved), self.U, self.R, self.spec)
+
+    def _restore(self, c: Claim, targets: dict[str, int]) -> None:
+        """Copy host blocks into `targets` (hash -> free slot) and verify; fail closed on a mismatch."""
+        arrived = {h: self.host.load_into(h, self.pool.kv[targets[h]]) if h in targets
+                   else self.pool.checksums[self.pool.lookup(h)] for h in c.chain}
+        if arrived != c.checksums:
+            for slot in targets.values():
+                self.pool.kv[slot].zero_()
+            self._end(c, "fail", reason="checksum_mismatch")
+            return
+        for h, slot in targets.items():
+            self.pool.register(slot, h)
+        self.trace.emit("block_restore", claim=c.id, blocks=list(targets), tier="device")
+        self._fire(c, "restore", {"arrived": arrived})
+        self._hold(c)
+        self._drop_host(c, reason="restore")
+
+    # ------------------------------------------------------------------ requests
+    def submit_request(self, request_id: str, tokens: Sequence[int]) -> Decision:
+        """Submit a prompt; it is admitted, queued to wait, or refused now (with attribution)."""
+        if request_id in self.requests:
+            raise DuplicateId(f"request {request_id!r} already exists")
+        _check_tokens(tokens, "prompt")
+        r = Request(request_id, list(tokens), chain_hashes(list(tokens), self.B))
+        self.requests[request_id] = r
+        self.trace.emit("request_submit", request=request_id, tokens=len(r.tokens), blocks=r.hashes)
+        return self._try_admit(r)
+
+    def step(self, ticks: int = 1) -> None:
+        """Advance the logical clock: expire claims whose TTL ran out, then retry waiting requests."""
+        if not isinstance(ticks, int) or ticks < 1:
+            raise InvalidInput("ticks must be a positive integer")
+        for _ in range(ticks):
+            self.trace.time += 1
+            for c in sorted(self.claims.values(), key=lambda c: c.id):
+                if c.deadline is not None and c.deadline <= self.time and "expire" in c.fsm.allowed():
+                    self._end(c, "expire", reason="ttl")
+            for rid in list(self.waiting):
+                self._try_admit(self.requests[rid])
+
+    def decode(self, request_id: str, tokens: Sequence[int]) -> Decision:
+        """Append generated tokens to a running request, growing it block by block.
+
+        If the new blocks do not fit now the request is unchanged and the decision
+        says why (`wait`: retry after others finish); a claim-blocked or too-large
+        growth ends the request as refused, so it never waits on claims forever.
+        """
+        r = self._request(request_id)
+        if r.status != "running":
+            raise InvalidInput(f"request {request_id!r} is {r.status}, not running")
+        _check_tokens(tokens, "decode tokens")
+        total = len(r.tokens) + len(tokens)
+        A = -(-total // self.B) - len(r.slots)
+        counts, blocking = self._classes(set(r.slots))
+        d = decide(A, counts, blocking, self.spec)
+        if d.outcome == "admit":
+            slots = self._obtain(A, yielding=True)
+            self.trace.emit("request_grow", request=request_id, tokens=len(tokens), new_blocks=A)
+            start = len(r.tokens)
+            r.tokens += list(tokens)
+            self._take(r, slots)
+            self._compute(r, start)
+            self._materialize_ready()
+        elif d.outcome != "wait":
+            self._refuse(r, d)
+            self._release(r, admit=True)
+        return d
+
+    def finish(self, request_id: str, admit: bool = True) -> None:
+        """End a running request; `admit=False` is write no-admit: the blocks it computed are not cached."""
+        r = self._request(request_id)
+        if r.status != "running":
+            raise InvalidInput(f"request {request_id!r} is {r.status}, not running")
+        r.status = "finished"
+        self.trace.emit("request_finish", request=request_id, admit=bool(admit))
+        self._release(r, admit=bool(admit))
+
+    def abort(self, request_id: str) -> None:
+        r = self._request(request_id)
+        if r.status not in ("waiting", "running"):
+            raise InvalidInput(f"request {request_id!r} is {r.status}, it cannot be aborted")
+        if r.status == "waiting":
+            self.waiting.remove(request_id)
+        r.status = "aborted"
+        self.trace.emit("request_abort", request=request_id)
+        self._release(r, admit=True)
+
+    def _try_admit(self, r: Request) -> Decision:
+        hits = self._hits(r)
+        A = -(-len(r.tokens) // self.B) - len(hits)
+        counts, blocking = self._classes(set(hits))
+        d = decide(A, counts, blocking, self.spec)
+        if d.outcome == "admit":
+            if r.id in self.waiting:
+                self.waiting.remove(r.id)
+            self._admit(r, hits, A)
+        elif d.outcome == "wait":
+            if r.id not in self.waiting:
+                self.waiting.append(r.id)
+                self.trace.emit("request_wait", request=r.id, new_blocks=A)
+        else:
+            if r.id in self.waiting:
+                self.waiting.remove(r.id)
+            self._refuse(r, d)
+        return d
+
+    def _hits(self, r: Request) -> list[int]:
+        """Slots of the longest prefix of the request's chain resident on the device."""
+        hits = []
+        for h in r.hashes:
+            slot = self.pool.lookup(h)
+            if slot is None:
+                break
+            hits.append(slot)
+        return hits
+
+    def _admit(self, r: Request, hits: list[int], A: int) -> None:
+        r.status, r.hit_blocks = "running", len(hits)
+        self._take(r, hits)
+        hit_hashes = r.hashes[:len(hits)]
+        slots = self._obtain(A, yielding=True)
+        self.trace.emit("request_admit", request=r.id, hit_blocks=hit_hashes, new_blocks=A)
+        self._take(r, slots)
+        self._restore_for(r, len(hits))
+        self._compute(r, len(hits) * self.B)
+        for c in sorted(self.claims.values(), key=lambda c: c.id):
+            if "hit" in c.fsm.allowed() and set(c.chain) <= set(hit_hashes):
+                self._fire(c, "hit", request=r.id)
+        self._materialize_ready()
+
+    def _take(self, r: Request, slots: list[int]) -> None:
+        for s in slots:
+            self.pool.refs[s] += 1
+            self.pool.settle(s)
+        r.slots += slots
+
+    def _obtain(self, n: int, *, yielding: bool) -> list[int]:
+        """`n` free slots: free first, then LRU eviction, then yielding claims after their event."""
+        p = self.pool
+        while len(p.free) < n:
+            victims = list(islice(p.lru, n - len(p.free)))
+            if victims:
+                self._evict(victims, "lru")
+                continue
+            c = self._next_yielding() if yielding else None
+            if c is None:
+                raise AssertionError("admission decided room that the pool does not have")
+            if c.policy == "offload" and c.host_allowed and self.host.room(c.chain):
+                self._offload(c, reason="pressure")
+            else:
+                self._demote(c, reason="pressure")
+        return [p.take_free() for _ in range(n)]
+
+    def _next_yielding(self) -> Claim | None:
+        p = self.pool
+        live = [c for c in self.claims.values() if c.state in self.spec.lifecycle.protected
+                and not c.blocking and any(
+                    not p.refs[s] and not any(self.claims[o].blocking for o in p.holders[s])
+                    for s in map(p.lookup, c.chain))]
+        return min(live, key=Claim.yield_order, default=None)
+
+    def _evict(self, slots: list[int], reason: str) -> None:
+        hashes = [self.pool.evict(s) for s in slots]
+        self.trace.emit("block_evict", blocks=hashes, tier="device", reason=reason)
+
+    def _restore_for(self, r: Request, hit: int) -> None:
+        """Offloaded claims whose chain prefixes the request are restored into its new blocks."""
+        for c in sorted(self.claims.values(), key=lambda c: c.id):
+            n = len(c.chain)
+            if c.state in self._offloaded and n > hit and r.hashes[:n] == c.chain \
+                    and self._restore_fits(c):
+                targets = {h: r.slots[i] for i, h in enumerate(c.chain)
+                           if self.pool.lookup(h) is None}
+                self._restore(c, targets)
+
+    def _compute(self, r: Request, start: int) -> None:
+        """Write KV for tokens from `start` into blocks not already filled; register full ones."""
+        B, stored = self.B, []
+        for i in range(start // B, len(r.slots)):
+            slot = r.slots[i]
+            if self.pool.hash_of[slot] is not None:
+                continue   # restored from the host
+            lo = max(start, i * B)
+            self.pool.write(slot, r.tokens[lo:(i + 1) * B], lo, lo - i * B)
+            r.new_slots.add(slot)
+            if i < len(r.hashes) and self.pool.register(slot, r.hashes[i]):
+                stored.append(r.hashes[i])
+        if len(r.hashes) < len(r.tokens) // B:   # decode filled blocks: extend the chain
+            for i in range(len(r.hashes), len(r.tokens) // B):
+                h = block_hash(r.hashes[-1] if r.hashes else ROOT_HASH, r.tokens[i * B:(i + 1) * B])
+                r.hashes.append(h)
+                if self.pool.register(r.slots[i], h):
+                    stored.append(h)
+        if stored:
+            self.trace.emit("block_store", request=r.id, blocks=stored, tier="device")
+
+    def _refuse(self, r: Request, d: Decision) -> None:
+        r.status, r.reason, r.blocking_claims = "refused", d.outcome, d.blocking_claims
+        self.trace.emit("request_refuse", request=r.id, reason=d.outcome,
+                        blocking_claims=list(d.blocking_claims))
+
+    def _release(self, r: Request, admit: bool) -> None:
+        no_admit = []
+        for s in reversed(r.slots):
+            self.pool.refs[s] -= 1
+            if not admit and s in r.new_slots and not self.pool.held(s) \
+                    and self.pool.hash_of[s] is not None:
+                no_admit.append(s)
+            else:
+                self.pool.settle(s)
+        if no_admit:
+            self._evict(no_admit, "no_admit")
+        r.slots = []
+
+    # ------------------------------------------------------------------ operator actions
+    def reset_prefix_cache(self) -> None:
+        """Weights changed: all cached KV is invalid. Claims with resident state are harmed first."""
+        self.trace.emit("operator", action="reset_prefix_cache")
+        for c in sorted(self.claims.values(), key=lambda c: c.id):
+            if c.state in self.spec.lifecycle.protected or c.state in self._offloaded:
+                self._end(c, "harm", reason="reset_prefix_cache")
+        self._drop_blocks([s for s in range(self.U) if self.pool.hash_of[s] is not None],
+                          "reset_prefix_cache")
+
+    def evict_blocks(self, hashes: Sequence[str]) -> None:
+        """A connector reported these blocks invalid: claims holding them are harmed, then they go."""
+        hashes = list(dict.fromkeys(hashes))
+        slots = [self.pool.lookup(h) for h in hashes]
+        if not hashes or None in slots:
+            gone = [h for h, s in zip(hashes, slots) if s is None]
+            raise UnknownId(f"not resident on the device: {gone or 'no blocks given'}")
+        self.trace.emit("operator", action="evict_blocks", blocks=list(hashes))
+        self._end_holders(slots, "harm", "invalid_load")
+        self._drop_blocks(slots, "invalid_load")
+
+    def inject_device_fault(self, h: str) -> None:
+        """Corrupt one device block: claims holding it fail closed, then it leaves the cache."""
+        slot = self.pool.lookup(h)
+        if slot is None:
+            raise UnknownId(f"block {h!r} is not resident on the device")
+        self.trace.emit("operator", action="inject_device_fault", blocks=[h])
+        self.pool.kv[slot] += 1.0
+        self._end_holders([slot], "fail", "device_fault")
+        self._drop_blocks([slot], "device_fault")
+
+    def inject_host_fault(self, h: str) -> None:
+        """Corrupt one host copy; detected (fail-closed) when a claim restores it."""
+        if h not in self.host.index:
+            raise UnknownId(f"block {h!r} is not in the host tier")
+        self.trace.emit("operator", action="inject_host_fault", blocks=[h])
+        self.host.corrupt(h)
+
+    def _end_holders(self, slots: list[int], event: str, reason: str) -> None:
+        ids = sorted({c for s in slots for c in self.pool.holders[s]})
+        for cid in ids:
+            self._end(self.claims[cid], event, reason=reason)
+
+    def _drop_blocks(self, slots: list[int], reason: str) -> None:
+        """Remove blocks from the cache; a request still holding one keeps it, unindexed."""
+        if not slots:
+            return
+        hashes = [self.pool.hash_of[s] for s in slots]
+        for s in slots:
+            if self.pool.held(s):
+                self.pool.unregister(s)
+            else:
+                self.pool.evict(s)
+        self.trace.emit("block_evict", blocks=hashes, tier="device", reason=reason)
+
+
+def _check_tokens(tokens: Sequence[int], what: str) -> None:
+    if not tokens or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens):
+        raise InvalidInput(f"{what} must be a non-empty sequence of non-negative token ids")

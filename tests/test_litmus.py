@@ -1,0 +1,97 @@
+"""The litmus suite: every scenario passes and its trace passes the checker; a tampered
+copy of each trace (one lifecycle event deleted) fails it."""
+import json
+
+import pytest
+import torch
+
+from kvclaims.cli import main
+from kvclaims.refimpl.checker import check_file, check_lines
+from kvclaims.refimpl.litmus import SCENARIOS, run_scenario
+
+PAPER = ["ordinary_eviction", "soft_priority", "write_no_admit", "accepted_hard_claim",
+         "materialization_failure", "demotion", "expiry", "active_refusal_minimal_attribution",
+         "trace_outcome_reconstruction"]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"))]
+
+
+def test_suite_covers_the_paper_and_more():
+    assert set(PAPER) <= set(SCENARIOS) and len(SCENARIOS) >= 13
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_passes(name, device):
+    r = run_scenario(name, device)
+    assert r.passed, r.failures
+    assert r.report.ok and r.report.records == len(r.trace)
+
+
+def lifecycle_victim(lines):
+    """Index of the first `accept` of a claim that has later events (without it they are illegal);
+    for a trace without claims, the first request admission (its finish becomes illegal)."""
+    recs = [json.loads(line) for line in lines]
+    for i, r in enumerate(recs):
+        if r["kind"] == "claim" and r["event"] == "accept" and any(
+                s.get("claim") == r["claim"] and s["kind"] == "claim" for s in recs[i + 1:]):
+            return i
+    return next(i for i, r in enumerate(recs) if r["kind"] == "request_admit")
+
+
+def renumber(lines):
+    return [json.dumps({**json.loads(line), "seq": i}) for i, line in enumerate(lines)]
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_tampered_trace_fails(name):
+    """RKC-TR-5: deleting one lifecycle event is caught, as a gap and, renumbered, by replay."""
+    lines = run_scenario(name).trace
+    i = lifecycle_victim(lines)
+    cut = lines[:i] + lines[i + 1:]
+    assert "sequence_gap" in [v.kind for v in check_lines(cut).violations]
+    assert not check_lines(renumber(cut)).ok
+
+
+@pytest.mark.parametrize("name,event", [("demotion", "demote"), ("expiry", "expire"),
+                                        ("prefix_cache_reset_with_claims", "harm"),
+                                        ("device_fault_fail_closed", "fail"),
+                                        ("offload_restore", "offload")])
+def test_deleted_loss_event_is_a_claimed_block_loss(name, event):
+    """RKC-INV-1, RKC-RT-1: without its loss event the later eviction is a silent loss."""
+    lines = run_scenario(name).trace
+    i = next(i for i, line in enumerate(lines) if json.loads(line).get("event") == event)
+    kinds = [v.kind for v in check_lines(renumber(lines[:i] + lines[i + 1:])).violations]
+    assert "claimed_block_lost" in kinds
+
+
+def test_write_no_admit_without_claim_is_ordinary_eviction():
+    """The probe under write no-admit with no claim: the resident is evicted, no violation."""
+    r = run_scenario("write_no_admit")
+    assert r.passed and r.report.ok and r.report.claims == {}
+    assert r.report.ordinary_evictions >= 50
+
+
+def test_reconstruction_from_a_streamed_file(tmp_path):
+    """RKC-TR-8: the checker, reading the file alone, rebuilds claims and request outcomes."""
+    r = run_scenario("trace_outcome_reconstruction")
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(r.trace) + "\n")
+    report = check_file(path)
+    assert report.ok and report.claims == r.report.claims and report.requests == r.report.requests
+    assert {o["status"] for o in report.requests.values()} >= {"finished", "running", "refused", "aborted"}
+
+
+def test_probe_attribution_in_the_trace():
+    """RKC-PROBE-1 in the accepted_hard_claim trace."""
+    r = run_scenario("accepted_hard_claim")
+    assert r.report.requests["big"] == {"status": "refused", "reason": "refuse_blocked",
+                                        "blocking_claims": ["resident"]}
+
+
+def test_cli_litmus_json(capsys):
+    assert main(["litmus", "--runtime", "refimpl", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["passed"] and {s["name"] for s in out["scenarios"]} >= set(PAPER)
+    assert all(s["passed"] for s in out["scenarios"]) and len(out["scenarios"]) >= 13
+    assert main(["litmus", "--only", "expiry"]) == 0
