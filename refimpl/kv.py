@@ -43,5 +43,5 @@ def content(tokens: Sequence[int], start: int, heads: int, head_dim: int,
 
 def checksum(block: torch.Tensor) -> str:
     """Digest of a block's exact bytes (copied off the device first)."""
-    raw = bytes(block.detach().to("cpu").clone().contiguous().untyped_storage())
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+    raw = block.detach().to("cpu").contiguous().numpy()
+    return hashlib.blake2b(memoryview(raw).cast("B"), digest_size=16).hexdigest()
