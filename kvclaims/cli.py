@@ -14,6 +14,7 @@ COMMANDS = {
     "diagram": ("kvclaims.model.diagram_cli", "print the lifecycle as a mermaid state diagram"),
     "check": ("kvclaims.refimpl.cli_check", "check a JSONL event trace against the contract"),
     "litmus": ("kvclaims.refimpl.cli_litmus", "run the litmus suite against a runtime"),
+    "probe": ("kvclaims.vllm.cli_probe", "run the paper's probe on a real vLLM engine, three ways"),
     "docs": ("kvclaims.docs", "check or refresh the generated sections of README.md and CONTRACT.md"),
 }
 

@@ -1,21 +1,25 @@
-"""The abstract pool: block-exact, tensor-free, the oracle runtimes are compared with.
+"""The abstract pool: the oracle a runtime is compared with, step by step.
 
-It tracks which chain hashes are resident, who holds them (requests, claims),
-LRU order of unheld blocks, and each claim's lifecycle (through the shared
-machine). Class counts and blocking sets feed `decide`, so the model's
-decisions are the contract's decisions by construction.
+Block-exact but tensor-free. It knows what the contract decides: claim
+acceptance under the reserve, materialization, each request's feasibility
+outcome and attribution, which non-blocking claims yield (and how), hits,
+expiry on the logical clock, and which claims an operator action harms or
+fails. What the contract leaves to the runtime — which cached block LRU picks
+— it does not guess: after each operation it adopts the runtime's real block
+table (`sync`), once it has checked that no claimed block went missing.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
 from kvclaims.model.lifecycle import ClaimFSM, Lifecycle
 from kvclaims.spec import Spec, load
 
+STRENGTHS = ("hard", "soft")
 POLICIES = ("refuse", "demote", "offload")
+TIERS = ("device", "host")
 
 
 @dataclass(frozen=True)
@@ -24,22 +28,31 @@ class ClaimTerms:
 
     claim_id: str
     chain: tuple[str, ...]
-    hard: bool = True
+    strength: str = "hard"
     policy: str = "refuse"
     priority: int = 0
-    host: bool = False  # allowed tiers include the host
+    ttl: int | None = None
+    tiers: tuple[str, ...] = ("device",)
 
     def __post_init__(self) -> None:
-        if not self.claim_id:
+        if not isinstance(self.claim_id, str) or not self.claim_id:
             raise InvalidInput("claim_id must be a non-empty string")
         if not self.chain:
             raise InvalidInput(f"claim {self.claim_id!r}: chain must not be empty")
-        if self.policy not in POLICIES:
-            raise InvalidInput(f"claim {self.claim_id!r}: policy {self.policy!r} not in {POLICIES}")
+        if self.strength not in STRENGTHS or self.policy not in POLICIES:
+            raise InvalidInput(f"claim {self.claim_id!r}: strength in {STRENGTHS}, policy in {POLICIES}")
+
+    @property
+    def hard(self) -> bool:
+        return self.strength == "hard"
 
     @property
     def blocking(self) -> bool:
         return self.hard and self.policy == "refuse"
+
+    @property
+    def host(self) -> bool:
+        return "host" in self.tiers
 
     @property
     def yield_order(self) -> tuple:
@@ -47,124 +60,273 @@ class ClaimTerms:
         return (self.hard, self.priority, self.claim_id)
 
 
+@dataclass
+class ModelClaim:
+    terms: ClaimTerms
+    fsm: ClaimFSM
+    deadline: int | None
+
+    @property
+    def state(self) -> str:
+        return self.fsm.state
+
+
+@dataclass
+class ModelRequest:
+    chain: tuple[str, ...]
+    status: str = "waiting"       # waiting | running | refused | finished | aborted
+    hits: int = 0
+    decision: Decision | None = None
+    orphaned: set[str] = field(default_factory=set)  # its blocks an operator action unindexed
+
+    @property
+    def held(self) -> set[str]:
+        """Indexed blocks it holds (orphaned ones are still allocated, but not these hashes)."""
+        return set(self.chain) - self.orphaned if self.status == "running" else set()
+
+
+@dataclass
 class PoolModel:
-    """U device blocks; every operation either applies fully or raises with nothing changed."""
+    """U device blocks, reserve R, a host tier of `host_blocks`."""
 
-    def __init__(self, U: int, R: int = 0, spec: Spec | None = None) -> None:
-        if U < 1 or not 0 <= R < U:
-            raise InvalidInput(f"need U >= 1 and 0 <= R < U, got U={U}, R={R}")
-        self.U, self.R = U, R
-        self.spec = spec or load()
+    U: int
+    R: int = 0
+    host_blocks: int = 0
+    spec: Spec = field(default_factory=load)
+
+    def __post_init__(self) -> None:
+        if self.U < 1 or not 0 <= self.R < self.U:
+            raise InvalidInput(f"need U >= 1 and 0 <= R < U, got U={self.U}, R={self.R}")
         self.lifecycle = Lifecycle(self.spec)
-        self.resident: OrderedDict[str, None] = OrderedDict()  # LRU: oldest first
-        self.requests: dict[str, tuple[str, ...]] = {}  # request -> every hash it holds
-        self.computed: dict[str, tuple[str, ...]] = {}  # request -> the hashes it computed
-        self.claims: dict[str, tuple[ClaimTerms, ClaimFSM]] = {}
-        self.events: list[tuple[str, str]] = []  # (claim_id, event), in order
+        self.time = 0
+        self.resident: set[str] = set()
+        self.host: set[str] = set()
+        self.corrupt_host: set[str] = set()
+        self.claims: dict[str, ModelClaim] = {}
+        self.requests: dict[str, ModelRequest] = {}
+        self.waiting: list[str] = []
+        self.events: list[tuple[str, str]] = []   # (claim_id, event), in order
 
-    # --- classification -------------------------------------------------
-    def _materialized(self, blocking: bool | None = None):
-        for terms, fsm in self.claims.values():
-            if fsm.state in self.spec.lifecycle.protected and blocking in (None, terms.blocking):
-                yield terms
+    # --- what the contract says about blocks ----------------------------------
+    def _in(self, *states: str):
+        return [c for _, c in sorted(self.claims.items()) if c.state in states]
 
-    def block_class(self, h: str) -> str:
-        if h not in self.resident:
-            return "absent"
-        if any(h in t.chain for t in self._materialized(blocking=True)):
-            return "protected"
-        if any(h in chain for chain in self.requests.values()):
-            return "active"
-        if any(h in t.chain for t in self._materialized(blocking=False)):
-            return "yielding"
-        return "cached"
+    @property
+    def _protected_state(self) -> str:
+        return self.spec.lifecycle.protected[0]
 
-    def counts(self) -> PoolCounts:
-        by = {c: 0 for c in ("cached", "active", "yielding", "protected")}
-        for h in self.resident:
-            by[self.block_class(h)] += 1
-        return PoolCounts(U=self.U, free=self.U - len(self.resident), **by)
+    def _running_hashes(self) -> set[str]:
+        return {h for r in self.requests.values() for h in r.held}
 
-    def blocking_sets(self) -> dict[str, frozenset[str]]:
-        return {t.claim_id: frozenset(t.chain) for t in self._materialized(blocking=True)}
+    def counts(self, own: frozenset[str] = frozenset()) -> PoolCounts:
+        """Classes by precedence; `own` (a deciding request's hits) is outside its pool."""
+        held = self._running_hashes()
+        mat = self._in(self._protected_state)
+        blocking = {h for c in mat if c.terms.blocking for h in c.terms.chain}
+        yielding = {h for c in mat if not c.terms.blocking for h in c.terms.chain}
+        n = {"cached": 0, "yielding": 0, "active": 0, "protected": 0}
+        for h in self.resident - own:
+            n["protected" if h in blocking else "active" if h in held else
+              "yielding" if h in yielding else "cached"] += 1
+        orphans = sum(len(r.orphaned) for r in self.requests.values() if r.status == "running")
+        n["active"] += orphans
+        return PoolCounts(U=self.U - len(own), free=self.U - len(self.resident) - orphans, **n)
+
+    def blocking_sets(self, own: frozenset[str] = frozenset()) -> dict[str, frozenset[str]]:
+        return {c.terms.claim_id: frozenset(set(c.terms.chain) & self.resident - own)
+                for c in self._in(self._protected_state) if c.terms.blocking}
 
     def reserved(self) -> set[str]:
-        live = ("accepted", *self.spec.lifecycle.protected)
-        return {h for t, f in self.claims.values() if t.hard and f.state in live for h in t.chain}
+        live = ("accepted", self._protected_state)
+        return {h for c in self._in(*live) if c.terms.hard for h in c.terms.chain}
 
-    # --- claims -----------------------------------------------------------
-    def _fire(self, claim_id: str, event: str, **ctx) -> None:
-        self.claims[claim_id][1].fire(event, **ctx)
-        self.events.append((claim_id, event))
+    def materialized_chains(self) -> dict[str, tuple[str, ...]]:
+        return {c.terms.claim_id: c.terms.chain for c in self._in(self._protected_state)}
+
+    # --- claims --------------------------------------------------------------------
+    def _fire(self, c: ModelClaim, event: str) -> None:
+        c.fsm.fire(event, unchecked_guards=True)  # the model decided the guard itself
+        self.events.append((c.terms.claim_id, event))
+
+    def _fits_reserve(self, terms: ClaimTerms) -> bool:
+        reserved = self.reserved()
+        return accepts(terms.hard, len(set(terms.chain) - reserved), len(reserved),
+                       self.U, self.R, self.spec)
 
     def submit_claim(self, terms: ClaimTerms) -> str:
         if terms.claim_id in self.claims:
             raise DuplicateId(f"claim {terms.claim_id!r} already exists")
-        new = len(set(terms.chain) - self.reserved())
-        ok = accepts(terms.hard, new, len(self.reserved()), self.U, self.R, self.spec)
-        guards = {"within_reserve": lambda **_: ok, "exceeds_reserve": lambda **_: not ok,
-                  "chain_resident": lambda **_: all(h in self.resident for h in terms.chain),
-                  "host_allowed": lambda **_: terms.host, "checksums_match": lambda **_: True}
-        self.claims[terms.claim_id] = (terms, self.lifecycle.claim(terms.claim_id, guards))
-        self._fire(terms.claim_id, "accept" if ok else "refuse")
-        self._materialize_ready()
-        return self.claims[terms.claim_id][1].state
+        ok = self._fits_reserve(terms)
+        c = ModelClaim(terms, self.lifecycle.claim(terms.claim_id),
+                       None if terms.ttl is None else self.time + terms.ttl)
+        self.claims[terms.claim_id] = c
+        self._fire(c, "accept" if ok else "refuse")
+        if ok:
+            self._materialize_ready()
+        return c.state
 
-    def claim_event(self, claim_id: str, event: str) -> str:
-        """An owner/operator event on a claim (release, expire, demote, harm, ...)."""
+    def claim(self, claim_id: str) -> ModelClaim:
         if claim_id not in self.claims:
-            raise UnknownId(f"unknown claim {claim_id!r}")
-        self._fire(claim_id, event)
-        return self.claims[claim_id][1].state
+            raise UnknownId(f"no claim {claim_id!r}")
+        return self.claims[claim_id]
+
+    def release_claim(self, claim_id: str) -> None:
+        c = self.claim(claim_id)
+        self._fire(c, "release")
+        self._drop_host(c)
+
+    def _drop_host(self, c: ModelClaim) -> None:
+        keep = {h for o in self._in("offloaded") for h in o.terms.chain}
+        self.host = {h for h in self.host if h in keep}
+        self.corrupt_host &= self.host
 
     def _materialize_ready(self) -> None:
-        for terms, fsm in self.claims.values():
-            if fsm.state == "accepted" and all(h in self.resident for h in terms.chain):
-                self._fire(terms.claim_id, "materialize")
+        for c in self._in("accepted"):
+            if set(c.terms.chain) <= self.resident:
+                self._fire(c, "materialize")
 
-    # --- requests ---------------------------------------------------------
+    # --- requests ------------------------------------------------------------------
     def submit_request(self, request_id: str, chain: tuple[str, ...]) -> Decision:
-        """Decide, and on admit take the blocks; other outcomes change nothing."""
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
+        self.requests[request_id] = ModelRequest(tuple(chain))
+        return self._try_admit(request_id)
+
+    def _try_admit(self, request_id: str) -> Decision:
+        r = self.requests[request_id]
         hits = 0
-        while hits < len(chain) and chain[hits] in self.resident:
+        while hits < len(r.chain) and r.chain[hits] in self.resident:
             hits += 1
-        decision = decide(len(chain) - hits, self.counts(), self.blocking_sets(), self.spec)
-        if decision.outcome != "admit":
-            return decision
-        self.requests[request_id] = tuple(chain)  # held first: hits are no longer evictable
-        self.computed[request_id] = tuple(chain[hits:])
-        self._make_room(len(chain) - hits)
-        for h in chain:
-            self.resident[h] = None
-            self.resident.move_to_end(h)
-        for terms in list(self._materialized()):
-            if set(terms.chain) <= set(chain[:hits]):
-                self._fire(terms.claim_id, "hit")
-        self._materialize_ready()
-        return decision
+        own = frozenset(r.chain[:hits])
+        d = decide(len(r.chain) - hits, self.counts(own), self.blocking_sets(own), self.spec)
+        r.decision = d
+        if d.outcome == "admit":
+            if request_id in self.waiting:
+                self.waiting.remove(request_id)
+            r.status, r.hits = "running", hits
+            self._make_room(len(r.chain) - hits)
+            self._restore_for(r)
+            self.resident |= set(r.chain)
+            for c in self._in(self._protected_state, "demoted"):
+                if set(c.terms.chain) <= own:
+                    self._fire(c, "hit")
+            self._materialize_ready()
+        elif d.outcome == "wait":
+            if request_id not in self.waiting:
+                self.waiting.append(request_id)
+        else:
+            if request_id in self.waiting:
+                self.waiting.remove(request_id)
+            r.status = "refused"
+        return d
 
     def _make_room(self, need: int) -> None:
-        free = self.U - len(self.resident)
-        while free < need:
-            victim = next((h for h in self.resident if self.block_class(h) == "cached"), None)
-            if victim is None:
-                terms = min((t for t in self._materialized(blocking=False)), key=lambda t: t.yield_order)
-                self._fire(terms.claim_id, "offload" if terms.policy == "offload" and terms.host
-                           else "demote")
-                continue
-            del self.resident[victim]
-            free += 1
+        """Non-blocking claims yield, in order, until free + cached blocks cover `need`."""
+        while True:
+            counts = self.counts()
+            if counts.free + counts.cached >= need:
+                return
+            held = self._running_hashes()
+            blocking = {h for c in self._in(self._protected_state) if c.terms.blocking
+                        for h in c.terms.chain}
+            candidates = [c for c in self._in(self._protected_state) if not c.terms.blocking
+                          and any(h not in held and h not in blocking and h in self.resident
+                                  for h in c.terms.chain)]
+            if not candidates:
+                raise AssertionError("the decision admitted a request the pool cannot hold")
+            c = min(candidates, key=lambda c: c.terms.yield_order)
+            if c.terms.policy == "offload" and c.terms.host and self._host_room(c):
+                self._fire(c, "offload")
+                self.host |= set(c.terms.chain)
+                self.resident -= {h for h in c.terms.chain
+                                  if h not in held and not self._held_by_other(h, c)}
+            else:
+                self._fire(c, "demote")
 
-    def finish_request(self, request_id: str, admit: bool = True) -> None:
-        """End a request; with admit=False (write no-admit) the blocks it computed are
-        dropped unless something else holds them."""
+    def _held_by_other(self, h: str, c: ModelClaim) -> bool:
+        return any(o is not c and h in o.terms.chain for o in self._in(self._protected_state))
+
+    def _host_room(self, c: ModelClaim) -> bool:
+        return len(set(c.terms.chain) - self.host) <= self.host_blocks - len(self.host)
+
+    def _restore_for(self, r: ModelRequest) -> None:
+        """Offloaded claims that the request's chain extends are restored (or fail closed)."""
+        for c in self._in("offloaded"):
+            n = len(c.terms.chain)
+            if n > r.hits and r.chain[:n] == c.terms.chain and self._fits_reserve(c.terms):
+                missing = [h for h in c.terms.chain if h not in self.resident]
+                self._fire(c, "fail" if set(missing) & self.corrupt_host else "restore")
+                self._drop_host(c)
+
+    def finish(self, request_id: str) -> None:
+        self._end_request(request_id, "running", "finished")
+
+    def abort(self, request_id: str) -> None:
+        r = self._request(request_id)
+        if r.status == "waiting":
+            self.waiting.remove(request_id)
+        self._end_request(request_id, ("waiting", "running"), "aborted")
+
+    def _request(self, request_id: str) -> ModelRequest:
         if request_id not in self.requests:
-            raise UnknownId(f"unknown request {request_id!r}")
-        del self.requests[request_id]
-        computed = self.computed.pop(request_id)
-        if not admit:
-            for h in computed:
-                if self.block_class(h) == "cached":
-                    del self.resident[h]
+            raise UnknownId(f"no request {request_id!r}")
+        return self.requests[request_id]
+
+    def _end_request(self, request_id: str, allowed, status: str) -> None:
+        r = self._request(request_id)
+        if r.status not in allowed:
+            raise InvalidInput(f"request {request_id!r} is {r.status}")
+        r.status = status
+        r.orphaned.clear()
+
+    def step(self, ticks: int = 1) -> None:
+        for _ in range(ticks):
+            self.time += 1
+            for c in self._in(*self.spec.lifecycle.live):
+                if c.deadline is not None and c.deadline <= self.time and "expire" in c.fsm.allowed():
+                    self._fire(c, "expire")
+                    self._drop_host(c)
+            for rid in list(self.waiting):
+                self._try_admit(rid)
+
+    # --- operator actions ---------------------------------------------------------
+    def reset_prefix_cache(self) -> None:
+        for c in self._in(self._protected_state, "offloaded"):
+            self._fire(c, "harm")
+            self._drop_host(c)
+        self._orphan(set(self.resident))
+
+    def evict_blocks(self, hashes: set[str]) -> None:
+        self._end_holders(hashes, "harm")
+        self._orphan(hashes)
+
+    def inject_device_fault(self, h: str) -> None:
+        self._end_holders({h}, "fail")
+        self._orphan({h})
+
+    def inject_host_fault(self, h: str) -> None:
+        self.corrupt_host.add(h)
+
+    def _end_holders(self, hashes: set[str], event: str) -> None:
+        for c in self._in(self._protected_state):
+            if hashes & set(c.terms.chain):
+                self._fire(c, event)
+                self._drop_host(c)
+
+    def _orphan(self, hashes: set[str]) -> None:
+        """Dropped blocks that running requests still hold stay allocated, unindexed."""
+        for r in self.requests.values():
+            if r.status == "running":
+                r.orphaned |= hashes & r.held
+        self.resident -= hashes
+
+    # --- the runtime's block table -------------------------------------------------
+    def missing_claimed(self, resident: set[str]) -> dict[str, list[str]]:
+        """Blocks of materialized claims absent from `resident`: silent losses."""
+        return {cid: [h for h in chain if h not in resident]
+                for cid, chain in self.materialized_chains().items()
+                if not set(chain) <= resident}
+
+    def sync(self, resident: set[str]) -> None:
+        """Adopt the runtime's device table (which cached blocks LRU kept is its choice)."""
+        self.resident = set(resident)

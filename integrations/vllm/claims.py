@@ -1,0 +1,174 @@
+"""The claims of one vLLM engine: lifecycle, reserve, holding, trace and metrics.
+
+Every move of a claim goes through the spec's lifecycle machine and is one
+trace record, written before any block it frees can be reused. Blocks are held
+in vLLM's own pool (see `pool.PoolView`). With ``enforce`` off the book only
+observes: claims are recorded and traced but hold nothing, which is stock vLLM
+with a witness, so the trace shows what stock eviction does to a claim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvclaims.errors import DuplicateId, IllegalTransition, InvalidInput, UnknownId
+from kvclaims.model.feasibility import accepts
+from kvclaims.model.lifecycle import Lifecycle
+from kvclaims.refimpl.claims import Claim
+from kvclaims.refimpl.trace import TraceWriter
+from kvclaims.spec import load
+from kvclaims.vllm.metrics import ClaimMetrics
+from kvclaims.vllm.pool import PoolView, hexid
+from kvclaims.vllm.xargs import ClaimOp
+
+
+@dataclass
+class Held:
+    """A claim's vLLM side: its raw chain and the blocks it holds (once materialized)."""
+
+    chain: list[bytes]
+    blocks: list = field(default_factory=list)
+
+
+class ClaimBook:
+    def __init__(self, pool: PoolView, trace: TraceWriter, *, reserve: int = 0,
+                 enforce: bool = True) -> None:
+        if not 0 <= reserve < pool.U:
+            raise InvalidInput(f"kvclaims reserve must satisfy 0 <= R < U={pool.U}, got {reserve}")
+        self.spec = load()
+        lc = self.spec.lifecycle
+        self.lifecycle = Lifecycle(self.spec)
+        self.pool, self.trace, self.R, self.enforce = pool, trace, reserve, enforce
+        self.claims: dict[str, Claim] = {}
+        self.held: dict[str, Held] = {}
+        self.holders: dict[int, set[str]] = {}         # block id -> claims holding it
+        self._reserving = {t.dest for t in lc.transitions if t.event == "accept"} | set(lc.protected)
+        self.metrics = ClaimMetrics(self.spec)
+
+    # --- queries ------------------------------------------------------------
+    def get(self, claim_id: str) -> Claim:
+        if claim_id not in self.claims:
+            raise UnknownId(f"no claim {claim_id!r}")
+        return self.claims[claim_id]
+
+    def materialized(self, blocking: bool | None = None) -> list[Claim]:
+        return [c for c in sorted(self.claims.values(), key=lambda c: c.id)
+                if c.state in self.spec.lifecycle.protected and blocking in (None, c.blocking)]
+
+    def blocking_ids(self) -> set[str]:
+        return {c.id for c in self.materialized(blocking=True)}
+
+    def holding(self) -> bool:
+        """Does any claim hold blocks? (Without, the engine is stock vLLM.)"""
+        return bool(self.holders)
+
+    def _reserved(self) -> set[str]:
+        return {h for c in self.claims.values() if c.hard and c.state in self._reserving for h in c.chain}
+
+    # --- checks (raise, change nothing) -------------------------------------
+    def check_new(self, op: ClaimOp, full_blocks: int) -> None:
+        if op.claim_id in self.claims:
+            raise DuplicateId(f"claim {op.claim_id!r} already exists")
+        if full_blocks < 1 or (op.blocks or 0) > full_blocks:
+            raise InvalidInput(f"claim {op.claim_id!r}: the prompt has {full_blocks} full blocks of "
+                               f"{self.pool.B} tokens; cannot claim {op.blocks or 'them'}")
+
+    def check_event(self, claim_id: str, event: str) -> Claim:
+        c = self.get(claim_id)
+        if event not in c.fsm.allowed():
+            raise IllegalTransition(claim_id, c.state, event, c.fsm.allowed())
+        return c
+
+    # --- moves --------------------------------------------------------------
+    def submit(self, op: ClaimOp, chain: list[bytes], *, time: int, request: str | None = None) -> str:
+        """Accept or refuse under the reserve; materialize at once if already resident."""
+        chain = chain[:op.blocks] if op.blocks else chain
+        hexes = [hexid(h) for h in chain]
+        c = Claim(op.claim_id, hexes, op.strength, op.priority,
+                  None if op.ttl is None else time + op.ttl, ("device",), op.policy, fsm=None)
+        c.fsm = self.lifecycle.claim(c.id, self._guards(c))
+        self.claims[c.id], self.held[c.id] = c, Held(chain)
+        self.trace.emit("claim_submit", claim=c.id, blocks=hexes, strength=c.strength,
+                        priority=c.priority, ttl=op.ttl, tiers=["device"], policy=c.policy,
+                        request=request)
+        reserved = self._reserved()
+        ctx = {"new_blocks": len(set(hexes) - reserved), "reserved": len(reserved)}
+        if accepts(c.hard, ctx["new_blocks"], ctx["reserved"], self.pool.U, self.R, self.spec):
+            self.fire(c, "accept", ctx)
+            self.materialize_ready()
+        else:
+            self.fire(c, "refuse", ctx, reason="reserve")
+        return c.state
+
+    def _guards(self, c: Claim) -> dict:
+        fits = lambda new_blocks, reserved, **_: accepts(  # noqa: E731
+            c.hard, new_blocks, reserved, self.pool.U, self.R, self.spec)
+        return {"within_reserve": fits,
+                "exceeds_reserve": lambda **ctx: not fits(**ctx),
+                "chain_resident": lambda **_: self.pool.resident(self.held[c.id].chain) is not None}
+
+    def fire(self, c: Claim, event: str, ctx: dict | None = None, **fields) -> None:
+        state = c.fsm.fire(event, **(ctx or {}))
+        self.trace.emit("claim", claim=c.id, event=event, state=state, **fields)
+        self.metrics.event(event, fields.get("reason"), self.states())
+
+    def states(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.claims.values():
+            out[c.state] = out.get(c.state, 0) + 1
+        return out
+
+    def materialize_ready(self) -> None:
+        for c in sorted(self.claims.values(), key=lambda c: c.id):
+            if "materialize" not in c.fsm.allowed():
+                continue
+            blocks = self.pool.resident(self.held[c.id].chain)
+            if blocks is not None:
+                self.fire(c, "materialize", blocks=c.chain)
+                if self.enforce:
+                    self._hold(c, blocks)
+
+    def hits(self, hit_hashes: list[str], request: str) -> None:
+        hit = set(hit_hashes)
+        for c in sorted(self.claims.values(), key=lambda c: c.id):
+            if "hit" in c.fsm.allowed() and set(c.chain) <= hit:
+                self.fire(c, "hit", request=request)
+
+    def end(self, c: Claim, event: str, **fields) -> None:
+        """A loss event (release, expire, harm, fail, demote): emitted first, then the blocks go."""
+        self.fire(c, event, **fields)
+        self._unhold(c)
+
+    def expire(self, now: int) -> None:
+        for c in sorted(self.claims.values(), key=lambda c: c.id):
+            if c.deadline is not None and c.deadline <= now and "expire" in c.fsm.allowed():
+                self.end(c, "expire", reason="ttl")
+
+    def end_holders(self, block_ids: set[int], event: str, reason: str) -> None:
+        for cid in sorted({c for b in block_ids for c in self.holders.get(b, ())}):
+            self.end(self.claims[cid], event, reason=reason)
+
+    def make_room(self, need: int) -> None:
+        """Demote non-blocking claims (soft first, then lower priority, then id) until
+        their blocks give `need` more evictable blocks."""
+        for c in sorted(self.materialized(blocking=False), key=Claim.yield_order):
+            if need <= 0:
+                return
+            freed = [b for b in self.held[c.id].blocks if b.ref_cnt == 1]
+            self.end(c, "demote", reason="pressure")
+            need -= len(freed)
+
+    # --- vLLM holds -----------------------------------------------------------
+    def _hold(self, c: Claim, blocks: list) -> None:
+        self.pool.hold(blocks)
+        self.held[c.id].blocks = blocks
+        for b in blocks:
+            self.holders.setdefault(b.block_id, set()).add(c.id)
+
+    def _unhold(self, c: Claim) -> None:
+        blocks, self.held[c.id].blocks = self.held[c.id].blocks, []
+        for b in blocks:
+            self.holders[b.block_id].discard(c.id)
+            if not self.holders[b.block_id]:
+                del self.holders[b.block_id]
+        if blocks:
+            self.pool.unhold(blocks)

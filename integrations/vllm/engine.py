@@ -1,0 +1,147 @@
+"""A real vLLM engine in this process, with the integration switched on (or stock),
+driven request by request and step by step.
+
+This is the Python face of the integration for probes, tests and runtime
+adapters: requests carry their claim operations as ``extra_args`` exactly as
+users send them, and in-process access to the scheduler gives the direct claim
+calls, the operator actions and the trace. Engine settings are the paper's
+probe pool by default: 80 usable blocks of 32 tokens (81 with vLLM's null block).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
+from kvclaims.vllm.model_dir import tiny_model_dir
+from kvclaims.vllm.xargs import ClaimOp, to_xargs
+
+# Single process (so the scheduler is reachable), a small CPU KV space, no model hub,
+# vLLM's logs on stderr (stdout is the caller's).
+ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
+       "VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+SCHEDULER = "kvclaims.vllm.scheduler.ClaimsScheduler"
+
+
+@dataclass
+class Result:
+    """What a finished request reports back to its client."""
+
+    request_id: str
+    finish_reason: str | None
+    stop_reason: str | int | None
+    num_cached_tokens: int
+    kvclaims: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def refused(self) -> bool:
+        return "refused" in self.kvclaims
+
+
+def engine_kwargs(*, integration: bool = True, U: int = 80, B: int = 32, max_model_len: int = 2560,
+                  **kvclaims: Any) -> dict[str, Any]:
+    """``LLM``/``EngineArgs`` keyword arguments for the tiny model (see the brief's recipe)."""
+    kw: dict[str, Any] = dict(model=str(tiny_model_dir()), skip_tokenizer_init=True,
+                              enable_prefix_caching=True, block_size=B,
+                              num_gpu_blocks_override=U + 1, max_model_len=max_model_len,
+                              dtype="float32", enforce_eager=True, async_scheduling=False)
+    if integration:
+        kw.update(scheduler_cls=SCHEDULER, additional_config={"kvclaims": kvclaims})
+    elif kvclaims:
+        raise InvalidInput(f"kvclaims settings {sorted(kvclaims)} given without the integration")
+    return kw
+
+
+class VllmEngine:
+    def __init__(self, *, integration: bool = True, **settings: Any) -> None:
+        for key, value in ENV.items():
+            os.environ.setdefault(key, value)
+        if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+            raise InvalidInput("VllmEngine needs VLLM_ENABLE_V1_MULTIPROCESSING=0 (in-process scheduler)")
+        from vllm import EngineArgs, LLMEngine
+
+        self.integration = integration
+        self.engine = LLMEngine.from_engine_args(EngineArgs(**engine_kwargs(integration=integration,
+                                                                            **settings)))
+        self.scheduler = self.engine.engine_core.engine_core.scheduler
+        self.B = self.engine.vllm_config.cache_config.block_size
+        self.internal: dict[str, str] = {}     # our request id -> vLLM's internal one
+        self.results: dict[str, Result] = {}
+
+    # ------------------------------------------------------------------ requests
+    def submit_request(self, request_id: str, tokens: Sequence[int], *, max_tokens: int = 1,
+                       extra_args: dict[str, Any] | None = None, **ops: Any) -> None:
+        """Queue a prompt; `ops` are `to_xargs` keywords (claim=..., release=..., no_admit=...),
+        or `extra_args` is passed to vLLM as is (the engine validates it)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if request_id in self.internal:
+            raise DuplicateId(f"request {request_id!r} already exists")
+        if extra_args is not None and ops:
+            raise InvalidInput("give claim operations as keywords or as extra_args, not both")
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0,
+                                extra_args=extra_args if extra_args is not None else to_xargs(**ops) or None)
+        self.internal[request_id] = self.engine.add_request(
+            request_id, TokensPrompt(prompt_token_ids=list(tokens)), params)
+
+    def step(self) -> list[Result]:
+        """One engine step; returns the requests that finished in it."""
+        done = []
+        for out in self.engine.step():
+            if out.finished:
+                c = out.outputs[0]
+                r = Result(out.request_id, c.finish_reason, c.stop_reason, out.num_cached_tokens or 0,
+                           (out.kv_transfer_params or {}).get("kvclaims", {}))
+                self.results[out.request_id] = r
+                done.append(r)
+        return done
+
+    def finish(self, request_id: str, max_steps: int = 10_000) -> Result:
+        """Step until `request_id` has finished; its result."""
+        if request_id not in self.internal:
+            raise UnknownId(f"no request {request_id!r}")
+        for _ in range(max_steps):
+            if request_id in self.results:
+                return self.results[request_id]
+            self.step()
+        raise TimeoutError(f"request {request_id!r} did not finish in {max_steps} steps")
+
+    def run(self, request_id: str, tokens: Sequence[int], **kw: Any) -> Result:
+        self.submit_request(request_id, tokens, **kw)
+        return self.finish(request_id)
+
+    def abort(self, request_id: str) -> None:
+        if request_id not in self.internal:
+            raise UnknownId(f"no request {request_id!r}")
+        self.engine.abort_request([self.internal[request_id]], internal=True)
+
+    # ------------------------------------------------------------------ claims and operators
+    def _claims(self):
+        if not self.integration:
+            raise InvalidInput("stock vLLM has no claims: build the engine with integration=True")
+        return self.scheduler
+
+    def submit_claim(self, claim_id: str, tokens: Sequence[int], **terms: Any) -> str:
+        """Claim the full blocks of `tokens` directly; `terms` as ClaimOp (strength, ttl, ...)."""
+        return self._claims().submit_claim(ClaimOp(claim_id, **terms), list(tokens))
+
+    def release_claim(self, claim_id: str) -> None:
+        self._claims().release_claim(claim_id)
+
+    def claim_state(self, claim_id: str) -> str:
+        return self._claims().book.get(claim_id).state
+
+    def reset_cache(self) -> bool:
+        return self.engine.reset_prefix_cache()
+
+    def evict_blocks(self, tokens: Sequence[int]) -> None:
+        """Report the resident blocks of `tokens`' chain invalid (a connector's failed load)."""
+        s = self._claims()
+        blocks = [s.pool.block(h) for h in s.pool.chain(list(tokens))]
+        s.evict_blocks({b.block_id for b in blocks if b is not None})
+
+    @property
+    def trace(self) -> list[dict[str, Any]]:
+        return self._claims().trace.records

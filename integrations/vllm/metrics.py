@@ -1,0 +1,49 @@
+"""Claim telemetry as Prometheus metrics, served on vLLM's own ``/metrics``.
+
+The scheduler runs in vLLM's engine-core process, the HTTP server in another.
+Prometheus' multiprocess mode joins them: start the server with
+``PROMETHEUS_MULTIPROC_DIR`` set to an empty directory, and vLLM's ``/metrics``
+(which then reads that directory) includes these series. In-process (offline
+``LLM``) they land in the default registry. Metric objects are created once
+per process, since a registry rejects duplicate names.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from prometheus_client import Counter, Gauge
+
+from kvclaims.spec import Spec
+
+
+@lru_cache(maxsize=1)
+def _series() -> tuple[Gauge, Counter, Counter, Counter]:
+    return (
+        Gauge("kvclaims_claims", "Resident KV claims by lifecycle state", ["state"],
+              multiprocess_mode="livesum"),
+        Counter("kvclaims_claim_events", "Claim lifecycle events", ["event"]),
+        Counter("kvclaims_request_refusals", "Requests refused by the feasibility predicate",
+                ["reason"]),
+        Counter("kvclaims_claim_harms", "Claims whose resident state an operator action or an "
+                "invalid KV load removed (harm/fail events)", ["event", "reason"]),
+    )
+
+
+class ClaimMetrics:
+    def __init__(self, spec: Spec) -> None:
+        self.states = list(spec.lifecycle.states)
+        self.claims, self.events, self.refusals, self.harms = _series()
+        self.set_states({})
+
+    def set_states(self, counts: dict[str, int]) -> None:
+        for s in self.states:
+            self.claims.labels(state=s).set(counts.get(s, 0))
+
+    def event(self, event: str, reason: str | None, counts: dict[str, int]) -> None:
+        self.events.labels(event=event).inc()
+        if event in ("harm", "fail"):
+            self.harms.labels(event=event, reason=reason or "").inc()
+        self.set_states(counts)
+
+    def refusal(self, reason: str) -> None:
+        self.refusals.labels(reason=reason).inc()

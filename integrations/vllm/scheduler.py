@@ -1,0 +1,250 @@
+"""The vLLM scheduler with resident KV claims enforced: pass ``scheduler_cls`` to switch it on.
+
+    LLM(..., scheduler_cls="kvclaims.vllm.scheduler.ClaimsScheduler",
+        additional_config={"kvclaims": {"reserve": 0, "trace": "trace.jsonl"}})
+
+It subclasses vLLM's own ``Scheduler``; while no claim holds blocks, vLLM's
+scheduling and allocation are unchanged (the integration only traces). Once one does, every waiting request is decided by the contract's
+feasibility predicate before vLLM allocates: a claim-blocked or too-large
+request is finished at once (``finish_reason="abort"``, ``stop_reason``
+``kvclaims:<outcome>:<claims>`` and the attribution under
+``kv_transfer_params["kvclaims"]``, which reach offline outputs and HTTP
+responses alike), never left waiting; one that fits only in yielding blocks
+gets the yielding claims' ``demote`` events first. vLLM's ``FINISHED_ERROR``
+is not used because the OpenAI server turns it into a bare HTTP 500 that
+cannot name the blocking claims.
+"""
+from __future__ import annotations
+
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs, FinishReason
+from vllm.v1.request import Request, RequestStatus
+from vllm.version import __version__ as vllm_version
+
+from kvclaims.errors import InvalidInput, KVClaimsError
+from kvclaims.model.feasibility import Decision, decide
+from kvclaims.refimpl.trace import TraceWriter
+from kvclaims.vllm.claims import ClaimBook
+from kvclaims.vllm.pool import PoolView, hexid
+from kvclaims.vllm.xargs import ClaimOp, RequestOps, parse
+
+CONFIG_KEYS = {"reserve": int, "trace": str, "enforce": bool}
+WAITING = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+
+
+def settings(vllm_config) -> dict:
+    """``additional_config["kvclaims"]``, validated."""
+    cfg = dict((vllm_config.additional_config or {}).get("kvclaims") or {})
+    for key, value in cfg.items():
+        if key not in CONFIG_KEYS or not isinstance(value, CONFIG_KEYS[key]) \
+                or (CONFIG_KEYS[key] is int and isinstance(value, bool)):
+            raise InvalidInput(f"additional_config kvclaims.{key}={value!r}: expected one of "
+                               f"{ {k: t.__name__ for k, t in CONFIG_KEYS.items()} }")
+    if vllm_config.scheduler_config.async_scheduling:
+        raise InvalidInput("kvclaims needs async_scheduling=False (--no-async-scheduling)")
+    if not vllm_config.cache_config.enable_prefix_caching:
+        raise InvalidInput("kvclaims needs prefix caching (enable_prefix_caching=True)")
+    return cfg
+
+
+class ClaimsScheduler(Scheduler):
+    def __init__(self, vllm_config, *args, **kwargs) -> None:
+        cfg = settings(vllm_config)
+        super().__init__(vllm_config, *args, **kwargs)
+        self.pool = PoolView(self.kv_cache_manager, self.block_size,
+                             vllm_config.cache_config.prefix_caching_hash_algo)
+        sink = open(cfg["trace"], "w", encoding="utf-8", buffering=1) if cfg.get("trace") else None
+        self.trace = TraceWriter(sink)
+        enforce = cfg.get("enforce", True)
+        self.trace.emit("runtime", runtime="vllm", version=vllm_version, U=self.pool.U,
+                        B=self.block_size, R=cfg.get("reserve", 0), host_blocks=0, enforce=enforce)
+        self.book = ClaimBook(self.pool, self.trace, reserve=cfg.get("reserve", 0), enforce=enforce)
+        self.ops: dict[str, RequestOps] = {}
+        self.notes: dict[str, dict] = {}          # request -> what its final output reports
+        self.hit_blocks: dict[str, int] = {}
+        self.waited: set[str] = set()
+        self.closing: dict[str, tuple[Request, str]] = {}   # finished by us: output still due
+
+    # ------------------------------------------------------------------ requests
+    def add_request(self, request: Request) -> None:
+        rid = request.request_id
+        if rid in self.requests:              # a streaming session's next chunk
+            return super().add_request(request)
+        params = request.sampling_params
+        try:
+            ops = parse(params.extra_args if params is not None else None)
+            if ops.claim:
+                self.book.check_new(ops.claim, len(request.block_hashes))
+            for cid in ops.release:
+                self.book.check_event(cid, "release")
+        except KVClaimsError as exc:
+            ops, error = RequestOps(), str(exc)
+        else:
+            error = None
+        super().add_request(request)
+        self.trace.emit("request_submit", request=rid, tokens=request.num_prompt_tokens,
+                        blocks=[hexid(h) for h in request.block_hashes])
+        if error:
+            self.trace.emit("request_abort", request=rid, error=error)
+            self.notes[rid] = {"error": error}
+            return self._close(request, "kvclaims:invalid")
+        self.ops[rid] = ops
+        for cid in ops.release:
+            self.book.end(self.book.claims[cid], "release", reason="owner", request=rid)
+        if ops.claim:
+            self.book.submit(ops.claim, list(request.block_hashes), time=self.trace.time, request=rid)
+        if ops.release or ops.claim:
+            self.notes[rid] = {"claims": [*ops.release, *([ops.claim.claim_id] if ops.claim else [])]}
+
+    def schedule(self, *args, **kwargs):
+        self.trace.time += 1
+        self.book.expire(self.trace.time)
+        if self.book.enforce and self.book.holding():
+            self._arbitrate()
+        out = super().schedule(*args, **kwargs)
+        self._sync("lru")
+        for new in out.scheduled_new_reqs:
+            self._admitted(self.requests[new.req_id], out.num_scheduled_tokens[new.req_id])
+        return out
+
+    def _arbitrate(self) -> None:
+        """Decide every fresh waiting request with the contract's predicate."""
+        B = self.block_size
+        for request in [r for r in self.waiting if r.status in WAITING and r.num_computed_tokens == 0]:
+            hits = self.kv_cache_manager.get_computed_blocks(request)[0].blocks[0]
+            A = -(-request.num_tokens // B) - len(hits)
+            counts, blocking = self.pool.classes(self.book.holders, self.book.blocking_ids(),
+                                                 {b.block_id for b in hits})
+            d = decide(A, counts, blocking, self.book.spec)
+            if d.outcome == "admit":
+                self.book.make_room(A - counts.free - counts.cached)
+            elif d.outcome == "wait":
+                if request.request_id not in self.waited:
+                    self.waited.add(request.request_id)
+                    self.trace.emit("request_wait", request=request.request_id, new_blocks=A)
+            else:
+                self._refuse(request, d)
+
+    def _refuse(self, request: Request, d: Decision) -> None:
+        rid = request.request_id
+        self.trace.emit("request_refuse", request=rid, reason=d.outcome,
+                        blocking_claims=list(d.blocking_claims))
+        self.book.metrics.refusal(d.outcome)
+        self.notes[rid] = {**self.notes.get(rid, {}), "refused": d.outcome,
+                           "blocking_claims": list(d.blocking_claims)}
+        self._close(request, ":".join(["kvclaims", d.outcome, *([",".join(d.blocking_claims)]
+                                                               if d.blocking_claims else [])]))
+
+    def _close(self, request: Request, stop_reason: str) -> None:
+        """Finish a request ourselves; its final output goes out with the next step's."""
+        self.closing[request.request_id] = (request, stop_reason)
+        self.finish_requests(request.request_id, RequestStatus.FINISHED_ABORTED)
+
+    def _admitted(self, request: Request, scheduled: int) -> None:
+        rid, B = request.request_id, self.block_size
+        hits = (request.num_computed_tokens - scheduled) // B
+        self.hit_blocks[rid] = hits
+        hit_hashes = [hexid(h) for h in request.block_hashes[:hits]]
+        total = len(self.kv_cache_manager.get_blocks(rid).blocks[0])
+        self.trace.emit("request_admit", request=rid, hit_blocks=hit_hashes, new_blocks=total - hits)
+        self.book.hits(hit_hashes, rid)
+
+    def _free_request(self, request: Request, delay_free_blocks: bool = False):
+        rid = request.request_id
+        if rid not in self.closing:
+            if request.status in (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR,
+                                  RequestStatus.FINISHED_IGNORED):
+                self.trace.emit("request_abort", request=rid, status=request.status.name)
+            else:
+                no_admit = self.ops.get(rid, RequestOps()).no_admit
+                self.trace.emit("request_finish", request=rid, admit=not no_admit)
+                if no_admit:
+                    self._drop_computed(request)
+        for table in (self.ops, self.hit_blocks):
+            table.pop(rid, None)
+        self.waited.discard(rid)
+        return super()._free_request(request, delay_free_blocks)
+
+    def _drop_computed(self, request: Request) -> None:
+        """Write no-admit: the blocks this request computed leave the prefix cache,
+        unless a claim or another request also holds them."""
+        blocks = self.kv_cache_manager.get_blocks(request.request_id).blocks[0]
+        ids = {b.block_id for b in blocks[self.hit_blocks.get(request.request_id, 0):]
+               if b.ref_cnt == 1 and b.block_hash is not None and not b.is_null}
+        if ids:
+            self.kv_cache_manager.evict_blocks(ids)
+            self._sync("no_admit")
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        self._sync("lru")   # before vLLM hands the pool's KV events to its publisher
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        self.book.materialize_ready()
+        for request, stop_reason in self.closing.values():
+            eco = outputs.setdefault(request.client_index, EngineCoreOutputs(outputs=[]))
+            eco.outputs.append(EngineCoreOutput(request_id=request.request_id, new_token_ids=[],
+                                                finish_reason=FinishReason.ABORT,
+                                                stop_reason=stop_reason))
+        self.closing.clear()
+        for eco in outputs.values():
+            for out in eco.outputs:
+                if out.finish_reason is not None and out.request_id in self.notes:
+                    out.kv_transfer_params = {**(out.kv_transfer_params or {}),
+                                              "kvclaims": self._note(out.request_id)}
+        return outputs
+
+    def _note(self, rid: str) -> dict:
+        note = self.notes.pop(rid)
+        if "claims" in note:
+            note["claims"] = {cid: self.book.claims[cid].state for cid in note["claims"]}
+        return note
+
+    def _sync(self, reason: str) -> None:
+        """Write vLLM's own KV events since the last call into the trace."""
+        stored, removed = self.pool.drain_events()
+        if removed:
+            self.trace.emit("block_evict", blocks=removed, tier="device", reason=reason)
+        if stored:
+            self.trace.emit("block_store", blocks=stored, tier="device")
+
+    # ------------------------------------------------------------------ claims, in process
+    def submit_claim(self, op: ClaimOp, tokens: list[int]) -> str:
+        """Claim the full blocks of `tokens` directly (no request); returns the claim's state."""
+        chain = self.pool.chain(tokens)
+        self.book.check_new(op, len(chain))
+        return self.book.submit(op, chain, time=self.trace.time)
+
+    def release_claim(self, claim_id: str) -> None:
+        self.book.end(self.book.check_event(claim_id, "release"), "release", reason="owner")
+
+    # ------------------------------------------------------------------ operator actions
+    def reset_prefix_cache(self, reset_running_requests: bool = False,
+                           reset_connector: bool = False) -> bool:
+        """Claims holding blocks are harmed first, and only when the reset will happen."""
+        if reset_running_requests or not self._requests_hold_blocks():
+            self.trace.emit("operator", action="reset_prefix_cache")
+            self.book.end_holders(set(self.book.holders), "harm", "reset_prefix_cache")
+        cached = self.pool.cached_hashes()
+        ok = super().reset_prefix_cache(reset_running_requests, reset_connector)
+        if ok and cached:
+            self.trace.emit("block_evict", blocks=cached, tier="device", reason="reset_prefix_cache")
+        return ok
+
+    def _requests_hold_blocks(self) -> bool:
+        return any(b.ref_cnt > len(self.book.holders.get(b.block_id, ()))
+                   for b in self.pool.bp.blocks if not b.is_null)
+
+    def evict_blocks(self, block_ids: set[int]) -> None:
+        """Invalid KV (a connector's failed load): claims holding a block are harmed, then
+        the blocks leave the prefix cache, so stale KV is never served."""
+        self.trace.emit("operator", action="evict_blocks", blocks=self.pool.cached_hashes(block_ids))
+        self.book.end_holders(block_ids, "harm", "invalid_load")
+        self.kv_cache_manager.evict_blocks(block_ids)
+        self._sync("invalid_load")
+
+    def _handle_invalid_blocks(self, invalid_block_ids: set[int], num_scheduled_tokens):
+        claimed = invalid_block_ids & set(self.book.holders)
+        if claimed:   # fail closed even under the recompute policy
+            self.evict_blocks(claimed)
+        affected = super()._handle_invalid_blocks(invalid_block_ids, num_scheduled_tokens)
+        self._sync("invalid_load")
+        return affected

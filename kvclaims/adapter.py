@@ -1,0 +1,91 @@
+"""The runtime adapter protocol: what a runtime exposes to be tested against the contract.
+
+The litmus suite, the stateful (model-based) test, `kvclaims fuzz` and
+`kvclaims conform` drive runtimes only through this protocol. Operations a
+runtime cannot express are absent from its `capabilities`, and tests that need
+them report "not applicable" instead of passing silently.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from kvclaims.errors import InvalidInput
+from kvclaims.model.feasibility import Decision
+
+# Optional operations, by name. A runtime lists the ones it supports.
+CAPABILITIES = (
+    "host_tier",       # claims may offload to / restore from a host tier
+    "reset_cache",     # reset_prefix_cache()
+    "evict_blocks",    # evict_blocks(hashes): a connector's invalid-KV report
+    "device_fault",    # inject_device_fault(hash)
+    "host_fault",      # inject_host_fault(hash)
+    "verify_content",  # verify_prefix(tokens): KV content can be checked exactly
+)
+
+
+@runtime_checkable
+class RuntimeAdapter(Protocol):
+    """A runtime under test. Every rejected call raises a kvclaims typed error and changes nothing."""
+
+    U: int             # usable device blocks
+    B: int             # tokens per block
+    R: int             # the reserve
+    host_blocks: int   # host-tier capacity in blocks (0: none)
+    capabilities: frozenset[str]
+
+    def block_hashes(self, tokens: Sequence[int]) -> list[str]:
+        """Hashes of the full blocks of `tokens`, as the runtime's block table names them."""
+
+    def submit_claim(self, claim_id: str, prefix: Sequence[int], *, strength: str = "hard",
+                     priority: int = 0, ttl: int | None = None,
+                     tiers: Sequence[str] = ("device",), policy: str | None = None) -> str:
+        """Submit a claim on a whole-block prefix; returns its lifecycle state."""
+
+    def release_claim(self, claim_id: str) -> None: ...
+
+    def claim_state(self, claim_id: str) -> str: ...
+
+    def submit_request(self, request_id: str, tokens: Sequence[int]) -> Decision:
+        """Submit a prompt: admitted, waiting, or refused now (with attribution)."""
+
+    def request_status(self, request_id: str) -> str:
+        """waiting | running | refused | finished | aborted"""
+
+    def finish(self, request_id: str, admit: bool = True) -> None:
+        """End a running request; admit=False is write no-admit."""
+
+    def abort(self, request_id: str) -> None: ...
+
+    def step(self, ticks: int = 1) -> None:
+        """Advance the logical clock (TTL expiry), retrying waiting requests."""
+
+    def resident(self) -> set[str]:
+        """The device block table now: hashes resident and reusable."""
+
+    def trace_lines(self, start: int = 0) -> list[str]:
+        """The JSONL trace from record `start` on."""
+
+
+def load_adapter(name: str, **kwargs: Any) -> RuntimeAdapter:
+    """`refimpl`, or `MODULE:CLASS` for any class implementing the protocol.
+
+    kwargs are the pool's shape (U, B, R, host_blocks) and are passed to the class.
+    """
+    if name == "refimpl":
+        from kvclaims.refimpl.adapter import RefimplAdapter
+        cls: Any = RefimplAdapter
+    elif ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise InvalidInput(f"cannot load runtime {name!r}: {exc}") from None
+    else:
+        raise InvalidInput(f"runtime must be 'refimpl' or MODULE:CLASS, got {name!r}")
+    runtime = cls(**kwargs)
+    if not isinstance(runtime, RuntimeAdapter):
+        missing = [m for m in ("block_hashes", "submit_claim", "submit_request", "resident",
+                               "trace_lines", "capabilities") if not hasattr(runtime, m)]
+        raise InvalidInput(f"runtime {name!r} does not implement the adapter protocol (missing {missing})")
+    return runtime
