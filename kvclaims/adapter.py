@@ -11,7 +11,7 @@ import importlib
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from kvclaims.errors import InvalidInput
-from kvclaims.model.feasibility import Decision
+from kvclaims.model.feasibility import Decision, PoolCounts
 
 # Optional operations, by name. A runtime lists the ones it supports.
 CAPABILITIES = (
@@ -62,6 +62,9 @@ class RuntimeAdapter(Protocol):
 
     def resident(self) -> set[str]:
         """The device block table now: hashes resident and reusable."""
+
+    def counts(self) -> PoolCounts:
+        """Device blocks by class, as the runtime's own block table has them."""
 
     def trace_lines(self, start: int = 0) -> list[str]:
         """The JSONL trace from record `start` on."""

@@ -11,6 +11,7 @@ table (`sync`), once it has checked that no claimed block went missing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import count
 
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
@@ -77,12 +78,15 @@ class ModelRequest:
     status: str = "waiting"       # waiting | running | refused | finished | aborted
     hits: int = 0
     decision: Decision | None = None
-    orphaned: set[str] = field(default_factory=set)  # its blocks an operator action unindexed
+    orphaned: set[str] = field(default_factory=set)  # its blocks that are not the indexed copy
+    admitting: bool = False       # while room is made it holds only its hits
 
     @property
     def held(self) -> set[str]:
         """Indexed blocks it holds (orphaned ones are still allocated, but not these hashes)."""
-        return set(self.chain) - self.orphaned if self.status == "running" else set()
+        if self.status != "running":
+            return set()
+        return set(self.chain[:self.hits] if self.admitting else self.chain) - self.orphaned
 
 
 @dataclass
@@ -106,6 +110,10 @@ class PoolModel:
         self.requests: dict[str, ModelRequest] = {}
         self.waiting: list[str] = []
         self.events: list[tuple[str, str]] = []   # (claim_id, event), in order
+        # Blocks an operator action unindexed while requests held them: still allocated
+        # until their last holder ends. Keyed (action number, hash) -> holding requests.
+        self.orphans: dict[tuple[int, str], set[str]] = {}
+        self._actions = count()
 
     # --- what the contract says about blocks ----------------------------------
     def _in(self, *states: str):
@@ -128,7 +136,7 @@ class PoolModel:
         for h in self.resident - own:
             n["protected" if h in blocking else "active" if h in held else
               "yielding" if h in yielding else "cached"] += 1
-        orphans = sum(len(r.orphaned) for r in self.requests.values() if r.status == "running")
+        orphans = len(self.orphans)
         n["active"] += orphans
         return PoolCounts(U=self.U - len(own), free=self.U - len(self.resident) - orphans, **n)
 
@@ -186,13 +194,16 @@ class PoolModel:
                 self._fire(c, "materialize")
 
     # --- requests ------------------------------------------------------------------
-    def submit_request(self, request_id: str, chain: tuple[str, ...]) -> Decision:
+    def submit_request(self, request_id: str, chain: tuple[str, ...],
+                       evicted: frozenset[str] = frozenset()) -> Decision:
+        """Decide like the contract. `evicted`: the cached blocks the runtime's LRU chose
+        to evict meanwhile (from its trace); the model does not guess that choice."""
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
         self.requests[request_id] = ModelRequest(tuple(chain))
-        return self._try_admit(request_id)
+        return self._try_admit(request_id, evicted)
 
-    def _try_admit(self, request_id: str) -> Decision:
+    def _try_admit(self, request_id: str, evicted: frozenset[str]) -> Decision:
         r = self.requests[request_id]
         hits = 0
         while hits < len(r.chain) and r.chain[hits] in self.resident:
@@ -203,9 +214,14 @@ class PoolModel:
         if d.outcome == "admit":
             if request_id in self.waiting:
                 self.waiting.remove(request_id)
-            r.status, r.hits = "running", hits
+            r.status, r.hits, r.admitting = "running", hits, True
             self._make_room(len(r.chain) - hits)
+            r.admitting = False
             self._restore_for(r)
+            # Blocks past the first miss are computed anew; where the hash is still
+            # indexed (held elsewhere) the new copy stays unindexed, the request's own.
+            self.resident -= evicted
+            self._orphan_for(request_id, set(r.chain[hits:]) & self.resident)
             self.resident |= set(r.chain)
             for c in self._in(self._protected_state, "demoted"):
                 if set(c.terms.chain) <= own:
@@ -278,8 +294,12 @@ class PoolModel:
             raise InvalidInput(f"request {request_id!r} is {r.status}")
         r.status = status
         r.orphaned.clear()
+        for key in [k for k, holders in self.orphans.items() if request_id in holders]:
+            self.orphans[key].discard(request_id)
+            if not self.orphans[key]:
+                del self.orphans[key]
 
-    def step(self, ticks: int = 1) -> None:
+    def step(self, ticks: int = 1, evicted: frozenset[str] = frozenset()) -> None:
         for _ in range(ticks):
             self.time += 1
             for c in self._in(*self.spec.lifecycle.live):
@@ -287,7 +307,7 @@ class PoolModel:
                     self._fire(c, "expire")
                     self._drop_host(c)
             for rid in list(self.waiting):
-                self._try_admit(rid)
+                self._try_admit(rid, evicted)
 
     # --- operator actions ---------------------------------------------------------
     def reset_prefix_cache(self) -> None:
@@ -315,10 +335,18 @@ class PoolModel:
 
     def _orphan(self, hashes: set[str]) -> None:
         """Dropped blocks that running requests still hold stay allocated, unindexed."""
-        for r in self.requests.values():
-            if r.status == "running":
-                r.orphaned |= hashes & r.held
+        action = next(self._actions)
+        for rid, r in self.requests.items():
+            for h in hashes & r.held:
+                self.orphans.setdefault((action, h), set()).add(rid)
+                r.orphaned.add(h)
         self.resident -= hashes
+
+    def _orphan_for(self, request_id: str, hashes: set[str]) -> None:
+        action = next(self._actions)
+        for h in hashes:
+            self.orphans[(action, h)] = {request_id}
+        self.requests[request_id].orphaned |= hashes
 
     # --- the runtime's block table -------------------------------------------------
     def missing_claimed(self, resident: set[str]) -> dict[str, list[str]]:

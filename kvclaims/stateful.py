@@ -1,0 +1,247 @@
+"""The model-based test: a runtime and the oracle driven in lockstep by Hypothesis.
+
+Each rule performs one operation on the runtime (through the adapter protocol)
+and on `kvclaims.model.pool.PoolModel`; the runtime must answer as the model
+does. After every step the contract is checked on the runtime's *real* block
+table and trace, not on its own bookkeeping:
+
+- RKC-INV-1: every block of every claim the model holds materialized is resident
+  (and, where the runtime can show it, holds exactly its tokens' KV);
+- RKC-INV-3 / RKC-INV-4: class counts conserve U and hard claims fit under U - R;
+- every claim's state and every request's status equal the model's;
+- the trace so far passes the checker (events before reuse, attribution, order).
+
+A rejected operation must raise a typed error and change nothing (RKC-RT-4).
+On failure Hypothesis prints the steps as Python, ready to paste into a test.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+from hypothesis import strategies as st
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant,
+                                 precondition, rule)
+
+from kvclaims.adapter import RuntimeAdapter
+from kvclaims.errors import DuplicateId, IllegalTransition, InvalidInput, KVClaimsError, UnknownId
+from kvclaims.model.pool import ClaimTerms, PoolModel
+from kvclaims.refimpl.checker import Checker
+from kvclaims.refimpl.trace import read_lines
+from kvclaims.strategies import claim_kwargs, family_tokens, prompt_shape, unique_tokens
+
+Factory = Callable[..., RuntimeAdapter]
+OPERATOR_ACTIONS = ("reset_cache", "evict_blocks", "device_fault", "host_fault")
+
+
+class ContractViolation(AssertionError):
+    """The runtime broke the contract; the message names the obligation."""
+
+
+class ContractMachine(RuleBasedStateMachine):
+    """Subclass with `factory` set (see `machine_for`)."""
+
+    factory: Factory
+    claims = Bundle("claims")
+    requests = Bundle("requests")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rt: RuntimeAdapter | None = None
+        self.stats: Counter[str] = Counter()
+
+    # --- setup ---------------------------------------------------------------------
+    @initialize(U=st.integers(8, 64), B=st.sampled_from([2, 4]), reserve=st.integers(0, 3),
+                host=st.integers(0, 24))
+    def start(self, U: int, B: int, reserve: int, host: int) -> None:
+        self.rt = type(self).factory(U=U, B=B, R=min(reserve, U - 1), host_blocks=host)
+        self.model = PoolModel(self.rt.U, self.rt.R, self.rt.host_blocks)
+        self.checker = Checker()
+        self.trace_pos = 0
+        self.serial = 0
+        self.tokens: dict[str, list[int]] = {}  # claim id -> prefix tokens
+        self.model.sync(self.rt.resident())
+
+    def _can(self, capability: str) -> bool:
+        return capability in self.rt.capabilities
+
+    def _prompt(self, shape: tuple[int, int, int, bool]) -> list[int]:
+        family, shared, tail, oversize = shape
+        self.serial += 1
+        if oversize:
+            return unique_tokens(self.serial, self.rt.U + 1, self.rt.B)
+        shared = shared % (self.rt.U // 3 + 1)
+        tail = tail % (self.rt.U - shared + 1)
+        if shared + tail == 0:
+            tail = 1
+        return (family_tokens(family, shared, self.rt.B)
+                + unique_tokens(self.serial, tail, self.rt.B))
+
+    def _evicted(self) -> frozenset[str]:
+        """Device blocks the runtime evicted since the last check (its LRU's choice)."""
+        return frozenset(h for _, rec in read_lines(self.rt.trace_lines(self.trace_pos))
+                         if isinstance(rec, dict) and rec.get("kind") == "block_evict"
+                         and rec.get("tier") == "device" for h in rec.get("blocks", []))
+
+    def _rejected(self, error: type[KVClaimsError], fn: Callable[[], object], what: str) -> None:
+        """`fn` must raise `error` and leave the runtime exactly as it was (RKC-RT-4)."""
+        before = self._snapshot()
+        try:
+            fn()
+        except error:
+            pass
+        else:
+            raise ContractViolation(f"RKC-RT-4: {what} was accepted; expected {error.__name__}")
+        if self._snapshot() != before:
+            raise ContractViolation(f"RKC-RT-4: rejected {what} changed the runtime")
+
+    def _snapshot(self) -> tuple:
+        return (len(self.rt.trace_lines(self.trace_pos)), frozenset(self.rt.resident()),
+                tuple((c, self.rt.claim_state(c)) for c in sorted(self.model.claims)),
+                tuple((r, self.rt.request_status(r)) for r in sorted(self.model.requests)))
+
+    # --- claims ----------------------------------------------------------------------
+    @precondition(lambda self: self.rt is not None)
+    @rule(target=claims, family=st.integers(0, 2), blocks=st.integers(1, 64),
+          kwargs=claim_kwargs(host_tier=True))
+    def submit_claim(self, family: int, blocks: int, kwargs: dict) -> str:
+        if not self._can("host_tier"):
+            kwargs = {**kwargs, "tiers": ("device",),
+                      "policy": "demote" if kwargs["policy"] == "offload" else kwargs["policy"]}
+        tokens = family_tokens(family, 1 + blocks % max(1, self.rt.U // 3), self.rt.B)
+        cid = f"c{len(self.model.claims)}"
+        got = self.rt.submit_claim(cid, tokens, **kwargs)
+        want = self.model.submit_claim(ClaimTerms(cid, tuple(self.rt.block_hashes(tokens)),
+                                                  **kwargs))
+        self.tokens[cid] = tokens
+        if got != want:
+            raise ContractViolation(f"RKC-ACC-1: claim {cid} is {got!r}, the model says {want!r}")
+        return cid
+
+    @precondition(lambda self: self.rt is not None)
+    @rule(claim=claims)
+    def duplicate_claim(self, claim: str) -> None:
+        self._rejected(DuplicateId, lambda: self.rt.submit_claim(claim, self.tokens[claim]),
+                       f"duplicate claim {claim}")
+
+    @precondition(lambda self: self.rt is not None)
+    @rule(claim=consumes(claims))
+    def release_claim(self, claim: str) -> None:
+        if "release" in self.model.claims[claim].fsm.allowed():
+            self.rt.release_claim(claim)
+            self.model.release_claim(claim)
+        else:
+            self._rejected(IllegalTransition, lambda: self.rt.release_claim(claim),
+                           f"release of {self.model.claims[claim].state} claim {claim}")
+
+    @precondition(lambda self: self.rt is not None)
+    @rule()
+    def release_unknown_claim(self) -> None:
+        self._rejected(UnknownId, lambda: self.rt.release_claim("no-such-claim"), "unknown claim")
+
+    # --- requests --------------------------------------------------------------------
+    @precondition(lambda self: self.rt is not None)
+    @rule(target=requests, shape=prompt_shape(64))
+    def submit_request(self, shape: tuple[int, int, int, bool]) -> str:
+        tokens = self._prompt(shape)
+        rid = f"r{len(self.model.requests)}"
+        got = self.rt.submit_request(rid, tokens)
+        want = self.model.submit_request(rid, tuple(self.rt.block_hashes(tokens)), self._evicted())
+        self.stats[want.outcome] += 1
+        if (got.outcome, tuple(got.blocking_claims)) != (want.outcome, want.blocking_claims):
+            raise ContractViolation(f"RKC-FEAS-7: request {rid} got {got}, the model decides {want}")
+        return rid
+
+    @precondition(lambda self: self.rt is not None)
+    @rule(request=requests, admit=st.booleans())
+    def finish(self, request: str, admit: bool) -> None:
+        if self.model.requests[request].status == "running":
+            self.rt.finish(request, admit=admit)
+            self.model.finish(request)
+        else:
+            self._rejected(InvalidInput, lambda: self.rt.finish(request, admit=admit),
+                           f"finish of {self.model.requests[request].status} request {request}")
+
+    @precondition(lambda self: self.rt is not None)
+    @rule(request=requests)
+    def abort(self, request: str) -> None:
+        if self.model.requests[request].status in ("waiting", "running"):
+            self.rt.abort(request)
+            self.model.abort(request)
+        else:
+            self._rejected(InvalidInput, lambda: self.rt.abort(request),
+                           f"abort of {self.model.requests[request].status} request {request}")
+
+    @precondition(lambda self: self.rt is not None)
+    @rule(ticks=st.integers(1, 3))
+    def step(self, ticks: int) -> None:
+        self.rt.step(ticks)
+        self.model.step(ticks, self._evicted())
+
+    # --- operator actions and faults ---------------------------------------------------
+    @precondition(lambda self: self.rt is not None)
+    @rule(action=st.sampled_from(OPERATOR_ACTIONS), index=st.integers(0, 10**6))
+    def operator(self, action: str, index: int) -> None:
+        """One operator action or injected fault, where the runtime supports it."""
+        if action not in self.rt.capabilities:
+            return
+        if action == "reset_cache":
+            self.rt.reset_prefix_cache()
+            self.model.reset_prefix_cache()
+            return
+        pool = self.model.host if action == "host_fault" else self.model.resident
+        if not pool:
+            return
+        h = sorted(pool)[index % len(pool)]
+        if action == "evict_blocks":
+            self.rt.evict_blocks([h])
+            self.model.evict_blocks({h})
+        elif action == "device_fault":
+            self.rt.inject_device_fault(h)
+            self.model.inject_device_fault(h)
+        else:
+            self.rt.inject_host_fault(h)
+            self.model.inject_host_fault(h)
+
+    # --- the contract, after every step ------------------------------------------------
+    @invariant()
+    def contract_holds(self) -> None:
+        if self.rt is None:
+            return
+        self._check_trace()
+        resident = self.rt.resident()
+        missing = self.model.missing_claimed(resident)
+        if missing:
+            raise ContractViolation(f"RKC-INV-1: materialized claims lost blocks with no event: {missing}")
+        if self._can("verify_content"):
+            for cid in self.model.materialized_chains():
+                if not self.rt.verify_prefix(self.tokens[cid]):
+                    raise ContractViolation(f"RKC-RT-2: claim {cid} is materialized but its KV is not its tokens'")
+        for cid, c in self.model.claims.items():
+            if self.rt.claim_state(cid) != c.state:
+                raise ContractViolation(f"claim {cid} is {self.rt.claim_state(cid)!r}, the model says {c.state!r}")
+        for rid, r in self.model.requests.items():
+            if self.rt.request_status(rid) != r.status:
+                raise ContractViolation(f"RKC-RT-3: request {rid} is {self.rt.request_status(rid)!r}, "
+                                        f"the model says {r.status!r}")
+        self.model.sync(resident)
+        if self.rt.counts() != self.model.counts():
+            raise ContractViolation(f"RKC-INV-3: runtime counts {self.rt.counts()} != model {self.model.counts()}")
+        if len(self.model.reserved()) > self.rt.U - self.rt.R:
+            raise ContractViolation(f"RKC-INV-4: {len(self.model.reserved())} hard-claimed blocks > U - R")
+
+    def _check_trace(self) -> None:
+        lines = self.rt.trace_lines(self.trace_pos)
+        for number, rec in read_lines(lines):
+            self.checker.feed(self.trace_pos + number, rec)
+            if isinstance(rec, dict):
+                self.stats[rec["kind"] if rec["kind"] != "claim" else f"claim_{rec.get('event')}"] += 1
+        self.trace_pos += len(lines)
+        if self.checker.report.violations:
+            v = self.checker.report.violations[0]
+            raise ContractViolation(f"RKC-TR-5: trace line {v.line} (seq {v.seq}): {v.kind}: {v.message}")
+
+
+def machine_for(factory: Factory) -> type[ContractMachine]:
+    """A ContractMachine class driving runtimes made by `factory(U=, B=, R=, host_blocks=)`."""
+    return type("ContractMachineFor", (ContractMachine,), {"factory": staticmethod(factory)})
