@@ -21,6 +21,9 @@ CAPABILITIES = (
     "device_fault",    # inject_device_fault(hash)
     "host_fault",      # inject_host_fault(hash)
     "verify_content",  # verify_prefix(tokens): KV content can be checked exactly
+    "owner_ops",       # demote_claim / offload_claim / restore_claim on an owner's request
+    "decode",          # decode(request_id, tokens): a running request grows by generated tokens
+    "verify_request",  # verify_request(request_id): the blocks a request holds hold exactly its KV
 )
 
 
@@ -51,6 +54,9 @@ class RuntimeAdapter(Protocol):
 
     def request_status(self, request_id: str) -> str:
         """waiting | running | refused | finished | aborted"""
+
+    def hit_blocks(self, request_id: str) -> int:
+        """How many prompt blocks an admitted request reused from the cache."""
 
     def finish(self, request_id: str, admit: bool = True) -> None:
         """End a running request; admit=False is write no-admit."""

@@ -15,6 +15,7 @@ COMMANDS = {
     "check": ("kvclaims.refimpl.cli_check", "check a JSONL event trace against the contract"),
     "litmus": ("kvclaims.refimpl.cli_litmus", "run the litmus suite against a runtime"),
     "probe": ("kvclaims.vllm.cli_probe", "run the paper's probe on a real vLLM engine, three ways"),
+    "fuzz": ("kvclaims.fuzz", "run the stateful contract test against a runtime for N steps"),
     "docs": ("kvclaims.docs", "check or refresh the generated sections of README.md and CONTRACT.md"),
 }
 

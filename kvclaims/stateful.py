@@ -24,7 +24,8 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initia
                                  precondition, rule)
 
 from kvclaims.adapter import RuntimeAdapter
-from kvclaims.errors import DuplicateId, IllegalTransition, InvalidInput, KVClaimsError, UnknownId
+from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, InvalidInput,
+                             KVClaimsError, UnknownId)
 from kvclaims.model.pool import ClaimTerms, PoolModel
 from kvclaims.refimpl.checker import Checker
 from kvclaims.refimpl.trace import read_lines
@@ -32,6 +33,7 @@ from kvclaims.strategies import claim_kwargs, family_tokens, prompt_shape, uniqu
 
 Factory = Callable[..., RuntimeAdapter]
 OPERATOR_ACTIONS = ("reset_cache", "evict_blocks", "device_fault", "host_fault")
+ERRORS = {e.__name__: e for e in (IllegalTransition, GuardRejected, InvalidInput)}
 
 
 class ContractViolation(AssertionError):
@@ -49,12 +51,13 @@ class ContractMachine(RuleBasedStateMachine):
         super().__init__()
         self.rt: RuntimeAdapter | None = None
         self.stats: Counter[str] = Counter()
+        self.steps = 0
 
     # --- setup ---------------------------------------------------------------------
-    @initialize(U=st.integers(8, 64), B=st.sampled_from([2, 4]), reserve=st.integers(0, 3),
+    @initialize(U=st.integers(8, 64), B=st.sampled_from([2, 4]), reserve=st.integers(0, 32),
                 host=st.integers(0, 24))
     def start(self, U: int, B: int, reserve: int, host: int) -> None:
-        self.rt = type(self).factory(U=U, B=B, R=min(reserve, U - 1), host_blocks=host)
+        self.rt = type(self).factory(U=U, B=B, R=min(reserve, U // 2), host_blocks=host)
         self.model = PoolModel(self.rt.U, self.rt.R, self.rt.host_blocks)
         self.checker = Checker()
         self.trace_pos = 0
@@ -105,7 +108,7 @@ class ContractMachine(RuleBasedStateMachine):
     @rule(target=claims, family=st.integers(0, 2), blocks=st.integers(1, 64),
           kwargs=claim_kwargs(host_tier=True))
     def submit_claim(self, family: int, blocks: int, kwargs: dict) -> str:
-        if not self._can("host_tier"):
+        if not self._can("host_tier") and "host" in kwargs["tiers"]:
             kwargs = {**kwargs, "tiers": ("device",),
                       "policy": "demote" if kwargs["policy"] == "offload" else kwargs["policy"]}
         tokens = family_tokens(family, 1 + blocks % max(1, self.rt.U // 3), self.rt.B)
@@ -134,6 +137,40 @@ class ContractMachine(RuleBasedStateMachine):
             self._rejected(IllegalTransition, lambda: self.rt.release_claim(claim),
                            f"release of {self.model.claims[claim].state} claim {claim}")
 
+    @precondition(lambda self: self.rt is not None and self._can("owner_ops"))
+    @rule(claim=claims, op=st.sampled_from(["demote", "offload", "restore"]))
+    def owner_op(self, claim: str, op: str) -> None:
+        """An owner demotes, offloads or restores its claim; refusals must change nothing."""
+        call = {"demote": self.rt.demote_claim, "offload": self.rt.offload_claim,
+                "restore": self.rt.restore_claim}[op]
+        if op == "demote":
+            refusal = None if "demote" in self.model.claims[claim].fsm.allowed() else "IllegalTransition"
+        else:
+            refusal = getattr(self.model, f"{op}_refusal")(claim)
+        if refusal:
+            self._rejected(ERRORS[refusal], lambda: call(claim), f"{op} of claim {claim}")
+            return
+        call(claim)
+        getattr(self.model, op)(claim)
+
+    @precondition(lambda self: self.rt is not None and self._can("owner_ops")
+                  and self._can("host_fault"))
+    @rule(claim=claims, corrupt=st.booleans())
+    def offload_roundtrip(self, claim: str, corrupt: bool) -> None:
+        """Compute the prefix, offload, maybe corrupt one host copy, restore: a restore must
+        verify or fail closed."""
+        rid = self._submit(self.tokens[claim])
+        if self.model.requests[rid].status == "running":
+            self.finish(rid, admit=True)
+        self.contract_holds()
+        self.owner_op(claim, "offload")
+        self.contract_holds()
+        if corrupt and self.model.claims[claim].state == "offloaded":
+            h = self.model.claims[claim].terms.chain[0]
+            self.rt.inject_host_fault(h)
+            self.model.inject_host_fault(h)
+        self.owner_op(claim, "restore")
+
     @precondition(lambda self: self.rt is not None)
     @rule()
     def release_unknown_claim(self) -> None:
@@ -143,11 +180,27 @@ class ContractMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.rt is not None)
     @rule(target=requests, shape=prompt_shape(64))
     def submit_request(self, shape: tuple[int, int, int, bool]) -> str:
-        tokens = self._prompt(shape)
+        return self._submit(self._prompt(shape))
+
+    @precondition(lambda self: self.rt is not None)
+    @rule(target=requests, claim=claims, tail=st.integers(0, 3))
+    def request_claimed_prefix(self, claim: str, tail: int) -> str:
+        """The usual pattern: a claimed prefix is computed (materializing it) or reused (a hit)."""
+        self.serial += 1
+        return self._submit(self.tokens[claim] + unique_tokens(self.serial, tail, self.rt.B))
+
+    @precondition(lambda self: self.rt is not None and self.model.counts().protected > 0)
+    @rule(target=requests)
+    def squeeze(self) -> str:
+        """A request one block too large to fit beside the protected blocks."""
+        self.serial += 1
+        need = self.rt.U - self.model.counts().protected + 1
+        return self._submit(unique_tokens(self.serial, need, self.rt.B))
+
+    def _submit(self, tokens: list[int]) -> str:
         rid = f"r{len(self.model.requests)}"
         got = self.rt.submit_request(rid, tokens)
         want = self.model.submit_request(rid, tuple(self.rt.block_hashes(tokens)), self._evicted())
-        self.stats[want.outcome] += 1
         if (got.outcome, tuple(got.blocking_claims)) != (want.outcome, want.blocking_claims):
             raise ContractViolation(f"RKC-FEAS-7: request {rid} got {got}, the model decides {want}")
         return rid
@@ -208,6 +261,7 @@ class ContractMachine(RuleBasedStateMachine):
     def contract_holds(self) -> None:
         if self.rt is None:
             return
+        self.steps += 1
         self._check_trace()
         resident = self.rt.resident()
         missing = self.model.missing_claimed(resident)
@@ -230,12 +284,23 @@ class ContractMachine(RuleBasedStateMachine):
         if len(self.model.reserved()) > self.rt.U - self.rt.R:
             raise ContractViolation(f"RKC-INV-4: {len(self.model.reserved())} hard-claimed blocks > U - R")
 
+    def _check_refusal(self, rec: dict) -> None:
+        """The refusal the runtime reports is the model's decision, attribution included."""
+        want = self.model.requests[rec["request"]].decision
+        got = (rec.get("reason"), tuple(rec.get("blocking_claims", ())))
+        if got != (want.outcome, want.blocking_claims):
+            raise ContractViolation(f"RKC-FEAS-6: trace refuses {rec['request']} as {got}, "
+                                    f"the model decides {want}")
+
     def _check_trace(self) -> None:
         lines = self.rt.trace_lines(self.trace_pos)
         for number, rec in read_lines(lines):
             self.checker.feed(self.trace_pos + number, rec)
+            if isinstance(rec, dict) and rec.get("kind") == "request_refuse":
+                self._check_refusal(rec)
             if isinstance(rec, dict):
-                self.stats[rec["kind"] if rec["kind"] != "claim" else f"claim_{rec.get('event')}"] += 1
+                detail = rec.get("event") or rec.get("reason") if rec["kind"] in ("claim", "request_refuse") else None
+                self.stats[f"{rec['kind']}:{detail}" if detail else rec["kind"]] += 1
         self.trace_pos += len(lines)
         if self.checker.report.violations:
             v = self.checker.report.violations[0]

@@ -24,19 +24,24 @@ def unique_tokens(serial: int, blocks: int, B: int) -> list[int]:
 
 
 def claim_kwargs(host_tier: bool) -> st.SearchStrategy[dict]:
-    """Keyword arguments of `submit_claim` (besides id and prefix): strength, policy, tiers, ..."""
-    def build(strength, policy_pick, priority, ttl, host):
-        tiers = ("device", "host") if host and host_tier else ("device",)
-        choices = {"hard": ["refuse", "refuse", "refuse", "demote", "offload"],
-                   "soft": ["demote", "offload"]}[strength]
-        policy = choices[policy_pick % len(choices)]
-        if policy == "offload" and "host" not in tiers:
-            policy = "demote"
-        return {"strength": strength, "policy": policy, "priority": priority,
-                "ttl": ttl, "tiers": tiers}
-    return st.tuples(st.sampled_from(["hard", "hard", "soft"]), st.integers(0, 5),
-                     st.integers(0, 3), st.none() | st.integers(1, 6),
-                     st.booleans()).map(lambda args: build(*args))
+    """Valid keyword arguments of `submit_claim` besides id and prefix.
+
+    Hard claims mostly refuse (the blocking kind); `offload` only with the host tier.
+    """
+    tiers = st.sampled_from([("device",), ("device", "host")] if host_tier else [("device",)])
+    common = {"priority": st.integers(0, 3), "ttl": st.none() | st.integers(1, 6)}
+    blocking = st.fixed_dictionaries({"strength": st.just("hard"), "policy": st.just("refuse"),
+                                      "tiers": tiers, **common})
+    options = [
+        blocking, blocking,
+        st.fixed_dictionaries({"strength": st.sampled_from(["hard", "soft"]),
+                               "policy": st.just("demote"), "tiers": tiers, **common}),
+    ]
+    if host_tier:
+        options.append(st.fixed_dictionaries({"strength": st.sampled_from(["hard", "soft"]),
+                                              "policy": st.just("offload"),
+                                              "tiers": st.just(("device", "host")), **common}))
+    return st.one_of(*options)
 
 
 def prompt_shape(U: int) -> st.SearchStrategy[tuple[int, int, int, bool]]:

@@ -183,6 +183,42 @@ class PoolModel:
         self._fire(c, "release")
         self._drop_host(c)
 
+    def demote(self, claim_id: str) -> None:
+        self._fire(self.claim(claim_id), "demote")
+
+    def offload_refusal(self, claim_id: str) -> str | None:
+        """Why an owner's offload must be rejected (an error class name), or None."""
+        c = self.claim(claim_id)
+        if "offload" not in c.fsm.allowed():
+            return "IllegalTransition"
+        if not c.terms.host:
+            return "GuardRejected"
+        return None if self._host_room(c) else "InvalidInput"
+
+    def offload(self, claim_id: str) -> None:
+        c = self.claim(claim_id)
+        self._fire(c, "offload")
+        self.host |= set(c.terms.chain)
+
+    def restore_refusal(self, claim_id: str) -> str | None:
+        """Why an owner's restore must be rejected (no device room, or the reserve), or None."""
+        c = self.claim(claim_id)
+        if "restore" not in c.fsm.allowed():
+            return "IllegalTransition"
+        counts = self.counts()
+        missing = set(c.terms.chain) - self.resident
+        unheld = {h for h in self.resident - set(c.terms.chain)
+                  if h not in self._running_hashes() and not self._held_by_other(h, c)}
+        if len(missing) > counts.free + len(unheld) or not self._fits_reserve(c.terms):
+            return "InvalidInput"
+        return None
+
+    def restore(self, claim_id: str) -> None:
+        c = self.claim(claim_id)
+        missing = set(c.terms.chain) - self.resident
+        self._fire(c, "fail" if missing & self.corrupt_host else "restore")
+        self._drop_host(c)
+
     def _drop_host(self, c: ModelClaim) -> None:
         keep = {h for o in self._in("offloaded") for h in o.terms.chain}
         self.host = {h for h in self.host if h in keep}

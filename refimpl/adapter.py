@@ -24,6 +24,9 @@ class RefimplAdapter(Runtime):
     def request_status(self, request_id: str) -> str:
         return self._request(request_id).status
 
+    def hit_blocks(self, request_id: str) -> int:
+        return self._request(request_id).hit_blocks
+
     def resident(self) -> set[str]:
         return set(self.pool.index)
 

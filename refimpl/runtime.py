@@ -133,7 +133,7 @@ class Runtime:
                         priority=priority, ttl=ttl, tiers=list(tiers), policy=policy)
         reserved = self._reserved()
         ctx = {"new_blocks": len(set(c.chain) - reserved), "reserved": len(reserved)}
-        if accepts(c.hard, ctx["new_blocks"], ctx["reserved"], self.U, self.R, self.spec):
+        if self._within_reserve(c, ctx["new_blocks"], ctx["reserved"]):
             self._fire(c, "accept", ctx)
             self._materialize_ready()
         else:
@@ -183,13 +183,13 @@ class Runtime:
 
     def _guards(self, c: Claim) -> dict:
         return {
-            "within_reserve": lambda new_blocks, reserved, **_: accepts(
-                c.hard, new_blocks, reserved, self.U, self.R, self.spec),
-            "exceeds_reserve": lambda new_blocks, reserved, **_: not accepts(
-                c.hard, new_blocks, reserved, self.U, self.R, self.spec),
+            "within_reserve": lambda new_blocks, reserved, **_: self._within_reserve(
+                c, new_blocks, reserved),
+            "exceeds_reserve": lambda new_blocks, reserved, **_: not self._within_reserve(
+                c, new_blocks, reserved),
             "chain_resident": lambda **_: all(self.pool.lookup(h) is not None for h in c.chain),
             "host_allowed": lambda **_: c.host_allowed,
-            "checksums_match": lambda arrived, **_: arrived == c.checksums,
+            "checksums_match": lambda arrived, **_: self._matches(arrived, c),
         }
 
     def _fire(self, c: Claim, event: str, ctx: dict | None = None, **fields) -> None:
@@ -235,7 +235,7 @@ class Runtime:
     def _offload(self, c: Claim, **fields) -> None:
         """Copy out, verify against the materialization checksums, emit, then free device blocks."""
         arrived = {h: self.host.store(h, self.pool.kv[self.pool.lookup(h)], c.id) for h in c.chain}
-        if arrived != c.checksums:
+        if not self._matches(arrived, c):
             self._end(c, "fail", reason="offload_mismatch")
             return
         self.trace.emit("block_offload", claim=c.id, blocks=c.chain, tier="host")
@@ -245,13 +245,21 @@ class Runtime:
 
     def _restore_fits(self, c: Claim) -> bool:
         reserved = self._reserved()
-        return accepts(c.hard, len(set(c.chain) - reserved), len(reserved), self.U, self.R, self.spec)
+        return self._within_reserve(c, len(set(c.chain) - reserved), len(reserved))
+
+    def _within_reserve(self, c: Claim, new_blocks: int, reserved: int) -> bool:
+        """The spec's acceptance rule (RKC-ACC-1); one place, so tests can seed a broken one."""
+        return accepts(c.hard, new_blocks, reserved, self.U, self.R, self.spec)
+
+    def _matches(self, arrived: dict[str, str], c: Claim) -> bool:
+        """Checksums of copied blocks equal those recorded at materialization (fail-closed)."""
+        return arrived == c.checksums
 
     def _restore(self, c: Claim, targets: dict[str, int]) -> None:
         """Copy host blocks into `targets` (hash -> free slot) and verify; fail closed on a mismatch."""
         arrived = {h: self.host.load_into(h, self.pool.kv[targets[h]]) if h in targets
                    else self.pool.checksums[self.pool.lookup(h)] for h in c.chain}
-        if arrived != c.checksums:
+        if not self._matches(arrived, c):
             for slot in targets.values():
                 self.pool.kv[slot].zero_()
             self._end(c, "fail", reason="checksum_mismatch")
