@@ -1,7 +1,11 @@
 """The litmus suite: small named scenarios, each with the outcome the contract requires.
 
-A scenario drives a fresh runtime and records every expectation that does not
-hold; its trace must then pass the checker. The nine paper outcomes keep the
+Scenarios drive a runtime only through the adapter protocol (kvclaims.adapter),
+so any runtime can be checked, not just the reference one. A scenario declares
+the optional capabilities it needs; a runtime without one gets "not applicable"
+with the reason, never a pass. Expectations that only an optional query can
+check (KV content) are listed as unchecked when the runtime lacks it. Every
+scenario's trace must then pass the checker. The nine paper outcomes keep the
 paper's names.
 """
 from __future__ import annotations
@@ -10,52 +14,81 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from kvclaims.refimpl.adapter import RefimplAdapter
 from kvclaims.refimpl.checker import Report, check_lines
-from kvclaims.refimpl.runtime import Runtime
+from kvclaims.refimpl.trace import read_lines
 
 B = 4  # tokens per block in every scenario: small, so the 80-block probe stays fast
+
+Factory = Callable[..., Any]  # factory(U=, B=, R=, host_blocks=) -> a RuntimeAdapter
 
 
 @dataclass
 class Run:
-    device: Any
+    rt: Any   # the RuntimeAdapter under test
     failures: list[str] = field(default_factory=list)
-    rt: Runtime | None = None
-
-    def runtime(self, U: int, R: int = 0, host_blocks: int = 0) -> Runtime:
-        self.rt = Runtime(U, B, R, host_blocks=host_blocks, device=self.device)
-        return self.rt
+    unchecked: list[str] = field(default_factory=list)
 
     def expect(self, cond: bool, what: str) -> None:
         if not cond:
             self.failures.append(what)
 
+    def check(self, capability: str, what: str, probe: Callable[[], bool]) -> None:
+        """An expectation only an optional query can observe: listed as unchecked without it."""
+        if capability in self.rt.capabilities:
+            self.expect(probe(), what)
+        else:
+            self.unchecked.append(f"{what} (needs {capability})")
+
+    def verifies(self, toks: list[int], what: str) -> None:
+        self.check("verify_content", what, lambda: self.rt.verify_prefix(toks))
+
+    def records(self) -> list[dict[str, Any]]:
+        return [r for _, r in read_lines(self.rt.trace_lines()) if isinstance(r, dict)]
+
     def seq_of(self, **match) -> list[int]:
         """Sequence numbers of trace records whose fields include `match`."""
-        return [r["seq"] for r in self.rt.trace.records if all(r.get(k) == v for k, v in match.items())]
+        return [r["seq"] for r in self.records() if all(r.get(k) == v for k, v in match.items())]
 
 
 @dataclass
 class Result:
     name: str
     expected: str
-    passed: bool
+    status: str   # passed | failed | not_applicable
     failures: list[str]
     report: Report
     trace: list[str] = field(repr=False)
+    reason: str | None = None   # why not applicable
+    unchecked: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "expected": self.expected, "passed": self.passed,
-                "failures": self.failures, "records": self.report.records,
-                "violations": len(self.report.violations)}
+        out = {"name": self.name, "expected": self.expected, "status": self.status,
+               "passed": self.passed, "failures": self.failures, "unchecked": self.unchecked,
+               "records": self.report.records, "violations": len(self.report.violations)}
+        return out | ({"reason": self.reason} if self.reason else {})
 
 
-SCENARIOS: dict[str, tuple[str, Callable[[Run], None]]] = {}
+@dataclass(frozen=True)
+class Scenario:
+    expected: str
+    fn: Callable[[Run, Any], None]
+    shape: dict[str, int]        # U, R, host_blocks
+    needs: frozenset[str]        # capabilities from kvclaims.adapter.CAPABILITIES
 
 
-def scenario(name: str, expected: str):
-    def register(fn: Callable[[Run], None]):
-        SCENARIOS[name] = (expected, fn)
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(name: str, expected: str, *, U: int, R: int = 0, host_blocks: int = 0,
+             needs: tuple[str, ...] = ()):
+    def register(fn: Callable[[Run, Any], None]):
+        SCENARIOS[name] = Scenario(expected, fn, {"U": U, "R": R, "host_blocks": host_blocks},
+                                   frozenset(needs))
         return fn
     return register
 
@@ -65,32 +98,40 @@ def tokens(blocks: int, seed: int) -> list[int]:
     return [seed * 100_000 + i for i in range(blocks * B)]
 
 
-def run_scenario(name: str, device=None) -> Result:
-    expected, fn = SCENARIOS[name]
-    run = Run(device)
-    try:
-        fn(run)
-    except Exception:  # a scenario that crashes fails, the suite goes on
-        run.failures.append("raised: " + traceback.format_exc(limit=3))
-    lines = run.rt.trace.lines() if run.rt else []
+def run_scenario(name: str, factory: Factory = RefimplAdapter) -> Result:
+    """Run one scenario on a fresh runtime from `factory`; its trace must pass the checker.
+
+    A runtime that cannot be built raises (the suite cannot go on); one that
+    lacks a needed capability is not applicable; a scenario that crashes fails.
+    """
+    s = SCENARIOS[name]
+    t = Run(factory(B=B, **s.shape))
+    missing = sorted(s.needs - t.rt.capabilities)
+    reason = "the runtime lacks " + ", ".join(missing) if missing else None
+    if not missing:
+        try:
+            s.fn(t, t.rt)
+        except Exception:
+            t.failures.append("raised: " + traceback.format_exc(limit=3))
+    lines = t.rt.trace_lines()
     report = check_lines(lines)
-    failures = run.failures + [f"checker: seq {v.seq}: {v.kind}: {v.message}" for v in report.violations]
-    return Result(name, expected, not failures, failures, report, lines)
+    failures = t.failures + [f"checker: seq {v.seq}: {v.kind}: {v.message}" for v in report.violations]
+    status = "failed" if failures else "not_applicable" if reason else "passed"
+    return Result(name, s.expected, status, failures, report, lines, reason, t.unchecked)
 
 
-def run_all(device=None) -> list[Result]:
-    return [run_scenario(n, device) for n in SCENARIOS]
+def run_all(factory: Factory = RefimplAdapter) -> list[Result]:
+    return [run_scenario(n, factory) for n in SCENARIOS]
 
 
-def _warm(rt: Runtime, rid: str, toks: list[int], admit: bool = True) -> None:
+def _warm(rt, rid: str, toks: list[int], admit: bool = True) -> None:
     """A request that computes `toks` and ends, leaving them cached (or not, under no-admit)."""
     rt.submit_request(rid, toks)
     rt.finish(rid, admit=admit)
 
 
-@scenario("ordinary_eviction", "an unclaimed cached prefix is evicted LRU; a materialized claim beside it is untouched")
-def _ordinary_eviction(t: Run) -> None:
-    rt = t.runtime(U=8)
+@scenario("ordinary_eviction", "an unclaimed cached prefix is evicted LRU; a materialized claim beside it is untouched", U=8)
+def _ordinary_eviction(t: Run, rt) -> None:
     P = tokens(2, 1)
     rt.submit_claim("c", P)
     _warm(rt, "warm", P)
@@ -98,12 +139,11 @@ def _ordinary_eviction(t: Run) -> None:
     t.expect(rt.submit_request("y", tokens(5, 3)).outcome == "admit", "y admitted")
     t.expect(len(t.seq_of(kind="block_evict", reason="lru")) == 1, "one LRU eviction of x's blocks")
     t.expect(rt.claim_state("c") == "materialized", "claim untouched")
-    t.expect(rt.verify_request("y"), "y's KV verifies")
+    t.verifies(tokens(5, 3), "y's KV verifies")
 
 
-@scenario("soft_priority", "pressure demotes the lower-priority soft claim first, its event before its blocks go")
-def _soft_priority(t: Run) -> None:
-    rt = t.runtime(U=8)
+@scenario("soft_priority", "pressure demotes the lower-priority soft claim first, its event before its blocks go", U=8)
+def _soft_priority(t: Run, rt) -> None:
     rt.submit_claim("lo", tokens(2, 1), strength="soft", priority=0)
     rt.submit_claim("hi", tokens(2, 2), strength="soft", priority=5)
     _warm(rt, "a", tokens(2, 1))
@@ -115,23 +155,22 @@ def _soft_priority(t: Run) -> None:
     t.expect(bool(demote) and demote[0] < t.seq_of(kind="block_evict")[0], "demote precedes eviction")
 
 
-@scenario("write_no_admit", "no claim: a 70-block no-admit prefill still evicts 50 of a 60-block resident; the checker sees ordinary eviction")
-def _write_no_admit(t: Run) -> None:
-    rt = t.runtime(U=80)
+@scenario("write_no_admit", "no claim: a 70-block no-admit prefill still evicts 50 of a 60-block resident; the checker sees ordinary eviction", U=80)
+def _write_no_admit(t: Run, rt) -> None:
     P = tokens(60, 1)
     _warm(rt, "warm", P)
     t.expect(rt.submit_request("big", tokens(70, 2)).outcome == "admit", "prefill admitted")
     rt.finish("big", admit=False)
-    lru = [r for r in rt.trace.records if r["kind"] == "block_evict" and r["reason"] == "lru"]
+    lru = [r for r in t.records() if r["kind"] == "block_evict" and r["reason"] == "lru"]
     t.expect(sum(len(r["blocks"]) for r in lru) == 50, "50 resident blocks evicted")
-    t.expect(len(rt.pool.free) == 70, "no-admit blocks freed, not cached")
+    t.expect(rt.counts().free == 70, "no-admit blocks freed, not cached")
     rt.submit_request("replay", P)
-    t.expect(rt.requests["replay"].hit_blocks == 10, "replay hits only 10 blocks")
+    t.expect(rt.hit_blocks("replay") == 10, "replay hits only 10 blocks")
 
 
-@scenario("accepted_hard_claim", "the 80/60/70 probe: the prefill is refused, attributed to the claim; the resident is reused intact")
-def _accepted_hard_claim(t: Run) -> None:
-    rt = t.runtime(U=80, R=4)
+@scenario("accepted_hard_claim", "the 80/60/70 probe: the prefill is refused, attributed to the claim; the resident is reused intact", U=80, R=4)
+def _accepted_hard_claim(t: Run, rt) -> None:
+    t.expect(rt.counts().U == 80, "80 usable blocks")
     P = tokens(60, 1)
     t.expect(rt.submit_claim("resident", P) == "accepted", "claim accepted")
     _warm(rt, "warm", P)
@@ -139,29 +178,29 @@ def _accepted_hard_claim(t: Run) -> None:
     d = rt.submit_request("big", tokens(70, 2))
     t.expect(d.outcome == "refuse_blocked" and d.blocking_claims == ("resident",),
              f"refused, blocked by the claim (got {d})")
-    rt.submit_request("replay", P + tokens(1, 3))
-    t.expect(rt.requests["replay"].hit_blocks == 60, "replay hits all 60 blocks")
-    t.expect(rt.verify_request("replay"), "reused KV verifies")
+    replay = P + tokens(1, 3)
+    rt.submit_request("replay", replay)
+    t.expect(rt.hit_blocks("replay") == 60, "replay hits all 60 blocks")
+    t.verifies(replay, "reused KV verifies")
     t.expect(bool(t.seq_of(kind="claim", event="hit", request="replay")), "hit event")
 
 
-@scenario("materialization_failure", "a corrupt host copy fails the restore: the claim fails closed and the request recomputes")
-def _materialization_failure(t: Run) -> None:
-    rt = t.runtime(U=8, host_blocks=4)
+@scenario("materialization_failure", "a corrupt host copy fails the restore: the claim fails closed and the request recomputes",
+          U=8, host_blocks=4, needs=("host_tier", "owner_ops", "host_fault"))
+def _materialization_failure(t: Run, rt) -> None:
     P = tokens(2, 1)
     rt.submit_claim("c", P, tiers=("device", "host"), policy="offload")
     _warm(rt, "warm", P)
     rt.offload_claim("c")
-    rt.inject_host_fault(rt.claims["c"].chain[0])
+    rt.inject_host_fault(rt.block_hashes(P)[0])
     t.expect(rt.submit_request("r", P).outcome == "admit", "request admitted")
     t.expect(rt.claim_state("c") == "failed", "claim failed closed")
-    t.expect(rt.verify_request("r"), "the request recomputed correct KV")
+    t.verifies(P, "the request recomputed correct KV")
     t.expect(not t.seq_of(kind="claim", event="restore"), "no restore event")
 
 
-@scenario("demotion", "a hard claim with policy demote is demoted before its blocks serve a request")
-def _demotion(t: Run) -> None:
-    rt = t.runtime(U=8)
+@scenario("demotion", "a hard claim with policy demote is demoted before its blocks serve a request", U=8)
+def _demotion(t: Run, rt) -> None:
     rt.submit_claim("c", tokens(3, 1), policy="demote")
     _warm(rt, "warm", tokens(3, 1))
     t.expect(rt.submit_request("z", tokens(7, 2)).outcome == "admit", "z admitted")
@@ -170,9 +209,8 @@ def _demotion(t: Run) -> None:
              "demote precedes eviction")
 
 
-@scenario("expiry", "while live the claim blocks the request; after its TTL it expires and its blocks are ordinary cache")
-def _expiry(t: Run) -> None:
-    rt = t.runtime(U=8)
+@scenario("expiry", "while live the claim blocks the request; after its TTL it expires and its blocks are ordinary cache", U=8)
+def _expiry(t: Run, rt) -> None:
     rt.submit_claim("c", tokens(2, 1), ttl=2)
     _warm(rt, "warm", tokens(2, 1))
     t.expect(rt.submit_request("early", tokens(8, 2)).outcome == "refuse_blocked", "blocked while live")
@@ -184,9 +222,8 @@ def _expiry(t: Run) -> None:
     t.expect(rt.submit_request("fits", tokens(8, 3)).outcome == "admit", "admitted after expiry")
 
 
-@scenario("active_refusal_minimal_attribution", "several claims block a request: the refusal names a minimal deterministic set; releasing it lets the request in")
-def _active_refusal(t: Run) -> None:
-    rt = t.runtime(U=20)
+@scenario("active_refusal_minimal_attribution", "several claims block a request: the refusal names a minimal deterministic set; releasing it lets the request in", U=20)
+def _active_refusal(t: Run, rt) -> None:
     for cid, n, seed in (("c1", 6, 1), ("c2", 4, 2), ("c3", 3, 3)):
         rt.submit_claim(cid, tokens(n, seed))
         _warm(rt, "warm-" + cid, tokens(n, seed))
@@ -200,9 +237,9 @@ def _active_refusal(t: Run) -> None:
     t.expect(rt.claim_state("c3") == "materialized", "c3 untouched")
 
 
-@scenario("trace_outcome_reconstruction", "the checker rebuilds every claim's final state and every request's outcome from the trace alone")
-def _reconstruction(t: Run) -> None:
-    rt = t.runtime(U=10, R=2, host_blocks=2)
+@scenario("trace_outcome_reconstruction", "the checker rebuilds every claim's final state and every request's outcome from the trace alone",
+          U=10, R=2, host_blocks=2, needs=("host_tier", "owner_ops", "decode"))
+def _reconstruction(t: Run, rt) -> None:
     rt.submit_claim("kept", tokens(2, 1))
     rt.submit_claim("gone", tokens(2, 2), ttl=1)
     rt.submit_claim("too_big", tokens(7, 3))
@@ -212,25 +249,28 @@ def _reconstruction(t: Run) -> None:
     rt.submit_request("b", tokens(2, 2))
     rt.finish("b", admit=False)
     rt.offload_claim("parked")
-    rt.submit_request("w", tokens(6, 5))
-    rt.submit_request("blocked", tokens(9, 6))
-    rt.submit_request("huge", tokens(11, 7))
+    # Submission decisions: what the runtime says a refused request's reason and attribution are.
+    said = {rid: rt.submit_request(rid, toks)
+            for rid, toks in (("w", tokens(6, 5)), ("blocked", tokens(9, 6)), ("huge", tokens(11, 7)))}
     rt.step()
     t.expect(rt.decode("w", [1, 2, 3, 4, 5]).outcome == "admit", "w grows into the expired claim's blocks")
-    t.expect(rt.submit_request("cut", tokens(1, 8)).outcome == "wait", "cut waits")
+    said["cut"] = rt.submit_request("cut", tokens(1, 8))
+    t.expect(said["cut"].outcome == "wait", "cut waits")
     rt.abort("cut")
-    report = check_lines(rt.trace.lines())
-    t.expect(report.claims == {c: rt.claim_state(c) for c in rt.claims}, f"claim states {report.claims}")
-    for rid, r in rt.requests.items():
+    report = check_lines(rt.trace_lines())
+    t.expect(report.claims == {c: rt.claim_state(c) for c in ("kept", "gone", "too_big", "parked")},
+             f"claim states {report.claims}")
+    for rid in ("a", "p", "b", *said):
+        status = rt.request_status(rid)
+        reason, blocking = (said[rid].outcome, said[rid].blocking_claims) if status == "refused" else (None, ())
         got = report.requests.get(rid, {})
-        t.expect(got.get("status") == r.status and got.get("reason") == r.reason
-                 and tuple(got.get("blocking_claims", ())) == r.blocking_claims,
-                 f"request {rid}: trace says {got}, runtime {r.status} {r.reason} {r.blocking_claims}")
+        t.expect(got.get("status") == status and got.get("reason") == reason
+                 and tuple(got.get("blocking_claims", ())) == blocking,
+                 f"request {rid}: trace says {got}, runtime {status} {reason} {blocking}")
 
 
-@scenario("reserve_refusal", "a hard claim past U - R is refused at submission; shared and soft claims are not counted twice")
-def _reserve_refusal(t: Run) -> None:
-    rt = t.runtime(U=10, R=2)
+@scenario("reserve_refusal", "a hard claim past U - R is refused at submission; shared and soft claims are not counted twice", U=10, R=2)
+def _reserve_refusal(t: Run, rt) -> None:
     t.expect(rt.submit_claim("c1", tokens(6, 1)) == "accepted", "c1 accepted")
     t.expect(rt.submit_claim("c2", tokens(4, 2)) == "refused", "c2 refused: 10 > 8")
     t.expect(rt.submit_claim("c3", tokens(6, 1) + tokens(2, 3)) == "accepted", "c3 shares 6 blocks: 8 <= 8")
@@ -241,25 +281,25 @@ def _reserve_refusal(t: Run) -> None:
              "c1 materializes; c3 waits for its own last blocks")
 
 
-@scenario("offload_restore", "an offloaded claim frees device blocks and is restored, verified, when its prefix is requested; pressure offloads it again")
-def _offload_restore(t: Run) -> None:
-    rt = t.runtime(U=8, host_blocks=4)
+@scenario("offload_restore", "an offloaded claim frees device blocks and is restored, verified, when its prefix is requested; pressure offloads it again",
+          U=8, host_blocks=4, needs=("host_tier", "owner_ops"))
+def _offload_restore(t: Run, rt) -> None:
     P = tokens(2, 1)
     rt.submit_claim("c", P, tiers=("device", "host"), policy="offload")
     _warm(rt, "warm", P)
     rt.offload_claim("c")
-    t.expect(rt.claim_state("c") == "offloaded" and len(rt.pool.free) == 8, "offloaded, device blocks freed")
+    t.expect(rt.claim_state("c") == "offloaded" and rt.counts().free == 8, "offloaded, device blocks freed")
     rt.submit_request("r", P + tokens(1, 2))
     t.expect(rt.claim_state("c") == "materialized", "restored")
-    t.expect(rt.verify_request("r"), "restored KV verifies")
+    t.verifies(P + tokens(1, 2), "restored KV verifies")
     rt.finish("r")
     t.expect(rt.submit_request("z", tokens(8, 3)).outcome == "admit", "pressure admits z")
     t.expect(rt.claim_state("c") == "offloaded", "pressure offloaded the claim first")
 
 
-@scenario("prefix_cache_reset_with_claims", "a cache reset harms every claim with resident state before any block goes; running requests keep their blocks")
-def _reset(t: Run) -> None:
-    rt = t.runtime(U=10, host_blocks=2)
+@scenario("prefix_cache_reset_with_claims", "a cache reset harms every claim with resident state before any block goes; running requests keep their blocks",
+          U=10, host_blocks=2, needs=("reset_cache", "host_tier", "owner_ops"))
+def _reset(t: Run, rt) -> None:
     rt.submit_claim("hard", tokens(2, 1))
     rt.submit_claim("soft", tokens(1, 2), strength="soft")
     rt.submit_claim("parked", tokens(1, 3), tiers=("device", "host"), policy="offload")
@@ -274,16 +314,19 @@ def _reset(t: Run) -> None:
              == ["harmed", "harmed", "harmed", "accepted"], "claims with resident state harmed")
     harms = t.seq_of(kind="claim", event="harm")
     t.expect(max(harms) < min(t.seq_of(kind="block_evict", reason="reset_prefix_cache")), "harm first")
-    t.expect(rt.verify_request("live") and not rt.pool.index, "live request intact, index empty")
+    t.expect(rt.counts().active == 3 and not rt.resident(), "live request keeps its 3 blocks, index empty")
+    t.check("verify_request", "live request's KV intact", lambda: rt.verify_request("live"))
 
 
-@scenario("shared_prefix_claims", "two hard claims share a prefix: reserved once, attribution is the claim whose release frees blocks, releasing one keeps the other")
-def _shared(t: Run) -> None:
-    rt = t.runtime(U=12)
+@scenario("shared_prefix_claims", "two hard claims share a prefix: reserved once, attribution is the claim whose release frees blocks, releasing one keeps the other", U=12)
+def _shared(t: Run, rt) -> None:
     P, Q = tokens(4, 1), tokens(2, 2)
     rt.submit_claim("c1", P)
     rt.submit_claim("c2", P + Q)
-    t.expect(len(rt._reserved()) == 6, "shared blocks reserved once")
+    # Reserved exactly 6 of 12: a 7-block hard claim does not fit beside them, a 6-block one does.
+    t.expect(rt.submit_claim("probe7", tokens(7, 8)) == "refused"
+             and rt.submit_claim("probe6", tokens(6, 9)) == "accepted", "shared blocks reserved once")
+    rt.release_claim("probe6")
     _warm(rt, "warm", P + Q)
     d = rt.submit_request("big", tokens(7, 3))
     t.expect(d.blocking_claims == ("c2",), f"attributed to c2 (got {d})")
@@ -292,22 +335,22 @@ def _shared(t: Run) -> None:
     t.expect(rt.claim_state("c1") == "materialized", "c1 still protects the shared prefix")
 
 
-@scenario("device_fault_fail_closed", "an injected device fault fails the claim before the block leaves the cache; a replay recomputes")
-def _device_fault(t: Run) -> None:
-    rt = t.runtime(U=8)
+@scenario("device_fault_fail_closed", "an injected device fault fails the claim before the block leaves the cache; a replay recomputes",
+          U=8, needs=("device_fault",))
+def _device_fault(t: Run, rt) -> None:
     P = tokens(2, 1)
     rt.submit_claim("c", P)
     _warm(rt, "warm", P)
-    rt.inject_device_fault(rt.claims["c"].chain[1])
+    rt.inject_device_fault(rt.block_hashes(P)[1])
     t.expect(rt.claim_state("c") == "failed", "claim failed")
     t.expect(t.seq_of(kind="claim", event="fail")[0] < t.seq_of(kind="block_evict")[0], "fail first")
     rt.submit_request("replay", P)
-    t.expect(rt.requests["replay"].hit_blocks == 1 and rt.verify_request("replay"), "recomputed, verified")
+    t.expect(rt.hit_blocks("replay") == 1, "replay reuses the intact block, recomputes the faulty one")
+    t.verifies(P, "recomputed KV verifies")
 
 
-@scenario("waiting_request_claim_blocked", "a waiting request that becomes claim-blocked is refused on its next retry, not left waiting")
-def _waiting_blocked(t: Run) -> None:
-    rt = t.runtime(U=8)
+@scenario("waiting_request_claim_blocked", "a waiting request that becomes claim-blocked is refused on its next retry, not left waiting", U=8)
+def _waiting_blocked(t: Run, rt) -> None:
     P, Q = tokens(2, 1), tokens(4, 2)
     rt.submit_claim("c", P)
     rt.submit_request("a", P + Q)
@@ -315,5 +358,6 @@ def _waiting_blocked(t: Run) -> None:
     rt.submit_claim("c3", P + Q)   # resident (a computed it): materializes, protecting 6 blocks
     rt.finish("a")
     rt.step()
-    r = rt.requests["w"]
-    t.expect(r.status == "refused" and r.blocking_claims == ("c3",), f"w refused by c3 (got {r.status} {r.blocking_claims})")
+    blocking = [r["blocking_claims"] for r in t.records() if r["kind"] == "request_refuse" and r["request"] == "w"]
+    t.expect(rt.request_status("w") == "refused" and blocking == [["c3"]],
+             f"w refused by c3 (got {rt.request_status('w')} {blocking})")

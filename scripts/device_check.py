@@ -11,10 +11,12 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from kvclaims.refimpl.adapter import RefimplAdapter
 from kvclaims.refimpl.checker import check_lines
 from kvclaims.refimpl.litmus import run_all, tokens
 from kvclaims.refimpl.runtime import Runtime
@@ -38,7 +40,7 @@ def main() -> int:
         print("device_check: no CUDA device", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    results = run_all("cuda")
+    results = run_all(partial(RefimplAdapter, device="cuda"))
     report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "probe": probe(),
               "litmus": [r.to_json() for r in results], "seconds": round(time.perf_counter() - start, 2)}
     p = report["probe"]

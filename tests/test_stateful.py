@@ -1,0 +1,77 @@
+"""The model-based contract test on the reference runtime, plus the regressions it found.
+
+In CI (Hypothesis `ci` profile: derandomized) the machine runs 200 examples of
+up to 50 steps. Longer searches: `kvclaims fuzz --steps N` or HYPOTHESIS_PROFILE=long.
+"""
+from hypothesis import HealthCheck, settings
+
+from kvclaims.adapter import load_adapter
+from kvclaims.refimpl.adapter import RefimplAdapter
+from kvclaims.stateful import machine_for
+
+RefimplMachine = machine_for(RefimplAdapter)
+
+
+class TestRefimplContract(RefimplMachine.TestCase):
+    """RKC-INV-1 RKC-INV-2 RKC-INV-3 RKC-INV-4 RKC-RT-1 RKC-RT-3 RKC-RT-4 on the real block table,
+    every outcome and attribution against the oracle (RKC-FEAS-6)."""
+
+    settings = settings(max_examples=200, stateful_step_count=50, deadline=None,
+                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+def replay(program):
+    state = RefimplMachine()
+    program(state)
+    state.teardown()
+
+
+def test_regression_shared_block_orphaned_once():
+    """Two requests holding one block that a reset unindexes: one allocated block, not two."""
+    def program(state):
+        state.start(U=8, B=2, reserve=0, host=0)
+        r0 = state.submit_request(shape=(0, 1, 0, False))
+        state.contract_holds()
+        state.submit_request(shape=(0, 1, 0, False))
+        state.contract_holds()
+        state.operator(action="reset_cache", index=0)
+        state.contract_holds()
+        state.abort(request=r0)
+        state.contract_holds()
+    replay(program)
+
+
+def test_regression_recomputed_block_past_a_miss():
+    """A block recomputed after a prefix miss while its hash is still indexed is a second copy."""
+    def program(state):
+        state.start(U=8, B=2, reserve=0, host=0)
+        state.submit_request(shape=(0, 2, 0, False))
+        state.contract_holds()
+        state.submit_request(shape=(0, 0, 0, False))
+        state.contract_holds()
+        state.operator(action="evict_blocks", index=0)
+        state.contract_holds()
+        state.submit_request(shape=(0, 2, 0, False))
+        state.contract_holds()
+    replay(program)
+
+
+def test_regression_corrupt_offload_fails_closed():
+    """Offload, corrupt a host copy, restore: the claim fails, the KV is never served."""
+    def program(state):
+        state.start(U=8, B=2, reserve=0, host=2)
+        c0 = state.submit_claim(blocks=1, family=0, kwargs={
+            "strength": "hard", "policy": "refuse", "tiers": ("device", "host"),
+            "priority": 0, "ttl": None})
+        state.contract_holds()
+        state.offload_roundtrip(claim=c0, corrupt=True)
+        state.contract_holds()
+        assert state.rt.claim_state(c0) == "failed"
+    replay(program)
+
+
+def test_external_runtime_through_load_adapter(monkeypatch):
+    """Any MODULE:CLASS implementing the protocol drives the same machine."""
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    runtime = load_adapter("fixture_runtime:ExternalRuntime", U=16, B=2, R=0, host_blocks=0)
+    assert runtime.submit_request("r", [1, 2, 3, 4]).outcome == "admit"
