@@ -16,6 +16,7 @@ COMMANDS = {
     "litmus": ("kvclaims.refimpl.cli_litmus", "run the litmus suite against a runtime"),
     "probe": ("kvclaims.vllm.cli_probe", "run the paper's probe on a real vLLM engine, three ways"),
     "fuzz": ("kvclaims.fuzz", "run the stateful contract test against a runtime for N steps"),
+    "conform": ("kvclaims.conform", "run proofs, litmus and the stateful suite; a verdict per obligation"),
     "docs": ("kvclaims.docs", "check or refresh the generated sections of README.md and CONTRACT.md"),
 }
 

@@ -32,6 +32,10 @@ from kvclaims.refimpl.trace import read_lines
 from kvclaims.strategies import claim_kwargs, family_tokens, prompt_shape, unique_tokens
 
 Factory = Callable[..., RuntimeAdapter]
+# Obligations the machine checks on every step (each named in a ContractViolation below).
+# The trace envelope, order and fields (RKC-TR-1..3) are the checker's, fed every record.
+CHECKS = ("RKC-INV-1", "RKC-INV-3", "RKC-INV-4", "RKC-ACC-1", "RKC-FEAS-6", "RKC-FEAS-7",
+          "RKC-RT-2", "RKC-RT-3", "RKC-RT-4", "RKC-TR-1", "RKC-TR-2", "RKC-TR-3", "RKC-TR-5")
 OPERATOR_ACTIONS = ("reset_cache", "evict_blocks", "device_fault", "host_fault")
 ERRORS = {e.__name__: e for e in (IllegalTransition, GuardRejected, InvalidInput)}
 

@@ -10,3 +10,5 @@ if os.environ.get("HYPOTHESIS_PROFILE"):
     settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 elif not os.environ.get("CI"):
     settings.load_profile("dev")
+
+pytest_plugins = ["pytester"]  # tests/test_plugin.py runs pytest sessions in-process
