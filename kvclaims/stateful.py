@@ -142,9 +142,12 @@ class ContractMachine(RuleBasedStateMachine):
                            f"release of {self.model.claims[claim].state} claim {claim}")
 
     @precondition(lambda self: self.rt is not None and self._can("owner_ops"))
-    @rule(claim=claims, op=st.sampled_from(["demote", "offload", "restore"]))
-    def owner_op(self, claim: str, op: str) -> None:
-        """An owner demotes, offloads or restores its claim; refusals must change nothing."""
+    @rule(claim=claims, op=st.sampled_from(["demote", "offload", "restore"]), warm=st.booleans())
+    def owner_op(self, claim: str, op: str, warm: bool = False) -> None:
+        """An owner demotes, offloads or restores its claim (after computing its prefix, if
+        `warm`); refusals must change nothing."""
+        if warm:
+            self._warm(claim)
         call = {"demote": self.rt.demote_claim, "offload": self.rt.offload_claim,
                 "restore": self.rt.restore_claim}[op]
         if op == "demote":
@@ -163,10 +166,7 @@ class ContractMachine(RuleBasedStateMachine):
     def offload_roundtrip(self, claim: str, corrupt: bool) -> None:
         """Compute the prefix, offload, maybe corrupt one host copy, restore: a restore must
         verify or fail closed."""
-        rid = self._submit(self.tokens[claim])
-        if self.model.requests[rid].status == "running":
-            self.finish(rid, admit=True)
-        self.contract_holds()
+        self._warm(claim)
         self.owner_op(claim, "offload")
         self.contract_holds()
         if corrupt and self.model.claims[claim].state == "offloaded":
@@ -174,6 +174,13 @@ class ContractMachine(RuleBasedStateMachine):
             self.rt.inject_host_fault(h)
             self.model.inject_host_fault(h)
         self.owner_op(claim, "restore")
+
+    def _warm(self, claim: str) -> None:
+        """Compute the claim's prefix in a request that ends, so the claim can materialize."""
+        rid = self._submit(self.tokens[claim])
+        if self.model.requests[rid].status == "running":
+            self.finish(rid, admit=True)
+        self.contract_holds()
 
     @precondition(lambda self: self.rt is not None)
     @rule()

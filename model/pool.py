@@ -16,18 +16,16 @@ from itertools import count
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
 from kvclaims.model.lifecycle import ClaimFSM, Lifecycle
+from kvclaims.model.terms import POLICIES, STRENGTHS, ClaimRules
 from kvclaims.spec import Spec, load
 
-STRENGTHS = ("hard", "soft")
-POLICIES = ("refuse", "demote", "offload")
-TIERS = ("device", "host")
 
 
 @dataclass(frozen=True)
-class ClaimTerms:
+class ClaimTerms(ClaimRules):
     """What a claim asks for. `chain` is the prefix as block hashes."""
 
-    claim_id: str
+    id: str
     chain: tuple[str, ...]
     strength: str = "hard"
     policy: str = "refuse"
@@ -36,29 +34,12 @@ class ClaimTerms:
     tiers: tuple[str, ...] = ("device",)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.claim_id, str) or not self.claim_id:
-            raise InvalidInput("claim_id must be a non-empty string")
+        if not isinstance(self.id, str) or not self.id:
+            raise InvalidInput("claim id must be a non-empty string")
         if not self.chain:
-            raise InvalidInput(f"claim {self.claim_id!r}: chain must not be empty")
+            raise InvalidInput(f"claim {self.id!r}: chain must not be empty")
         if self.strength not in STRENGTHS or self.policy not in POLICIES:
-            raise InvalidInput(f"claim {self.claim_id!r}: strength in {STRENGTHS}, policy in {POLICIES}")
-
-    @property
-    def hard(self) -> bool:
-        return self.strength == "hard"
-
-    @property
-    def blocking(self) -> bool:
-        return self.hard and self.policy == "refuse"
-
-    @property
-    def host(self) -> bool:
-        return "host" in self.tiers
-
-    @property
-    def yield_order(self) -> tuple:
-        """Non-blocking claims give way soft first, then lower priority, then id."""
-        return (self.hard, self.priority, self.claim_id)
+            raise InvalidInput(f"claim {self.id!r}: strength in {STRENGTHS}, policy in {POLICIES}")
 
 
 @dataclass
@@ -141,7 +122,7 @@ class PoolModel:
         return PoolCounts(U=self.U - len(own), free=self.U - len(self.resident) - orphans, **n)
 
     def blocking_sets(self, own: frozenset[str] = frozenset()) -> dict[str, frozenset[str]]:
-        return {c.terms.claim_id: frozenset(set(c.terms.chain) & self.resident - own)
+        return {c.terms.id: frozenset(set(c.terms.chain) & self.resident - own)
                 for c in self._in(self._protected_state) if c.terms.blocking}
 
     def reserved(self) -> set[str]:
@@ -149,12 +130,12 @@ class PoolModel:
         return {h for c in self._in(*live) if c.terms.hard for h in c.terms.chain}
 
     def materialized_chains(self) -> dict[str, tuple[str, ...]]:
-        return {c.terms.claim_id: c.terms.chain for c in self._in(self._protected_state)}
+        return {c.terms.id: c.terms.chain for c in self._in(self._protected_state)}
 
     # --- claims --------------------------------------------------------------------
     def _fire(self, c: ModelClaim, event: str) -> None:
         c.fsm.fire(event, unchecked_guards=True)  # the model decided the guard itself
-        self.events.append((c.terms.claim_id, event))
+        self.events.append((c.terms.id, event))
 
     def _fits_reserve(self, terms: ClaimTerms) -> bool:
         reserved = self.reserved()
@@ -162,12 +143,12 @@ class PoolModel:
                        self.U, self.R, self.spec)
 
     def submit_claim(self, terms: ClaimTerms) -> str:
-        if terms.claim_id in self.claims:
-            raise DuplicateId(f"claim {terms.claim_id!r} already exists")
+        if terms.id in self.claims:
+            raise DuplicateId(f"claim {terms.id!r} already exists")
         ok = self._fits_reserve(terms)
-        c = ModelClaim(terms, self.lifecycle.claim(terms.claim_id),
+        c = ModelClaim(terms, self.lifecycle.claim(terms.id),
                        None if terms.ttl is None else self.time + terms.ttl)
-        self.claims[terms.claim_id] = c
+        self.claims[terms.id] = c
         self._fire(c, "accept" if ok else "refuse")
         if ok:
             self._materialize_ready()
@@ -191,12 +172,19 @@ class PoolModel:
         c = self.claim(claim_id)
         if "offload" not in c.fsm.allowed():
             return "IllegalTransition"
-        if not c.terms.host:
+        if not c.terms.host_allowed:
             return "GuardRejected"
         return None if self._host_room(c) else "InvalidInput"
 
     def offload(self, claim_id: str) -> None:
-        c = self.claim(claim_id)
+        self._offload(self.claim(claim_id))
+
+    def _offload(self, c: ModelClaim) -> None:
+        """Copies are verified on the way out: a corrupt host copy it would share fails it."""
+        if set(c.terms.chain) & self.corrupt_host:
+            self._fire(c, "fail")
+            self._drop_host(c)
+            return
         self._fire(c, "offload")
         self.host |= set(c.terms.chain)
 
@@ -286,12 +274,12 @@ class PoolModel:
                                   for h in c.terms.chain)]
             if not candidates:
                 raise AssertionError("the decision admitted a request the pool cannot hold")
-            c = min(candidates, key=lambda c: c.terms.yield_order)
-            if c.terms.policy == "offload" and c.terms.host and self._host_room(c):
-                self._fire(c, "offload")
-                self.host |= set(c.terms.chain)
-                self.resident -= {h for h in c.terms.chain
-                                  if h not in held and not self._held_by_other(h, c)}
+            c = min(candidates, key=lambda c: c.terms.yield_order())
+            if c.terms.policy == "offload" and c.terms.host_allowed and self._host_room(c):
+                self._offload(c)
+                if c.state == "offloaded":
+                    self.resident -= {h for h in c.terms.chain
+                                      if h not in held and not self._held_by_other(h, c)}
             else:
                 self._fire(c, "demote")
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from kvclaims.errors import IllegalTransition
 from kvclaims.model.lifecycle import ClaimFSM, Lifecycle
-from kvclaims.refimpl.claims import TIERS
+from kvclaims.model.terms import TIERS
 from kvclaims.refimpl.trace import SCHEMA_VERSION, read_lines
 from kvclaims.spec import Spec, load
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvclaims.model.lifecycle import ClaimFSM
-
-STRENGTHS = ("hard", "soft")
-POLICIES = ("refuse", "demote", "offload")   # what a claim-blocked request gets
-TIERS = ("device", "host")
+from kvclaims.model.terms import ClaimRules
 
 
 @dataclass
-class Claim:
+class Claim(ClaimRules):
     id: str
     chain: list[str]                  # block hashes of the claimed prefix
     strength: str
@@ -25,23 +22,6 @@ class Claim:
     @property
     def state(self) -> str:
         return self.fsm.state
-
-    @property
-    def hard(self) -> bool:
-        return self.strength == "hard"
-
-    @property
-    def blocking(self) -> bool:
-        """A blocking claim's blocks are protected: requests are refused, not served from them."""
-        return self.hard and self.policy == "refuse"
-
-    @property
-    def host_allowed(self) -> bool:
-        return "host" in self.tiers
-
-    def yield_order(self) -> tuple:
-        """Non-blocking claims give way soft first, then lower priority, then by id."""
-        return (self.strength != "soft", self.priority, self.id)
 
 
 @dataclass

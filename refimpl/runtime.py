@@ -14,7 +14,8 @@ from typing import IO, Sequence
 from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
 from kvclaims.model.lifecycle import Lifecycle
-from kvclaims.refimpl.claims import POLICIES, STRENGTHS, TIERS, Claim, Request
+from kvclaims.model.terms import POLICIES, STRENGTHS, TIERS
+from kvclaims.refimpl.claims import Claim, Request
 from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
 from kvclaims.refimpl.pool import DevicePool

@@ -96,6 +96,9 @@ class Spec:
     invariants: tuple[Invariant, ...]
     actions: tuple[Action, ...]
     obligations: dict[str, str] = field(default_factory=dict)
+    strengths: tuple[str, ...] = ()
+    policies: tuple[str, ...] = ()
+    tiers: tuple[str, ...] = ()
 
     @property
     def outcome_names(self) -> tuple[str, ...]:
@@ -178,6 +181,9 @@ def from_dict(raw: dict) -> Spec:
             invariants=tuple(Invariant(**i) for i in pool["invariants"]),
             actions=(),
             obligations=dict(raw["obligations"]),
+            strengths=tuple(raw["claims"]["strengths"]),
+            policies=tuple(raw["claims"]["policies"]),
+            tiers=tuple(raw["claims"]["tiers"]),
         )
         missing = set(lc.guards) - set(spec.pool_guards)
         if missing:

@@ -10,7 +10,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from kvclaims.refimpl.mutants import MUTANTS
 from kvclaims.stateful import machine_for
 
-HUNT = settings(max_examples=300, stateful_step_count=50, deadline=None, database=None,
+HUNT = settings(max_examples=500, stateful_step_count=50, deadline=None, database=None,
                 derandomize=True, report_multiple_bugs=False, print_blob=False,
                 phases=[Phase.explicit, Phase.generate],
                 suppress_health_check=list(HealthCheck))

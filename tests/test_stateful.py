@@ -70,6 +70,30 @@ def test_regression_corrupt_offload_fails_closed():
     replay(program)
 
 
+def test_regression_offload_onto_a_corrupt_shared_host_copy():
+    """Found by `kvclaims fuzz --steps 1000000 --seed 2026`: a claim offloads onto a host
+    copy another (still offloaded) claim left corrupt; verification on the way out fails
+    it closed. The oracle had predicted a clean offload."""
+    hard = {"strength": "hard", "tiers": ("device", "host"), "priority": 0, "ttl": None}
+
+    def program(state):
+        state.start(U=24, B=2, reserve=0, host=8)
+        c0 = state.submit_claim(blocks=7, family=2, kwargs={**hard, "policy": "offload"})
+        state.contract_holds()
+        state.offload_roundtrip(claim=c0, corrupt=False)
+        state.contract_holds()
+        state.submit_request(shape=(0, 0, 17, False))
+        state.contract_holds()
+        state.offload_roundtrip(claim=c0, corrupt=True)
+        state.contract_holds()
+        c1 = state.submit_claim(blocks=1, family=2, kwargs={**hard, "policy": "refuse"})
+        state.contract_holds()
+        state.offload_roundtrip(claim=c1, corrupt=False)
+        state.contract_holds()
+        assert state.rt.claim_state(c0) == "offloaded" and state.rt.claim_state(c1) == "failed"
+    replay(program)
+
+
 def test_external_runtime_through_load_adapter(monkeypatch):
     """Any MODULE:CLASS implementing the protocol drives the same machine."""
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from kvclaims.errors import InvalidInput
-from kvclaims.refimpl.claims import POLICIES, STRENGTHS
+from kvclaims.model.terms import POLICIES, STRENGTHS
 
 PREFIX = "kvclaims_"
 KEYS = ("claim", "blocks", "strength", "priority", "ttl", "policy", "release", "no_admit")
