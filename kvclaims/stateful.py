@@ -84,11 +84,12 @@ class ContractMachine(RuleBasedStateMachine):
         return (family_tokens(family, shared, self.rt.B)
                 + unique_tokens(self.serial, tail, self.rt.B))
 
-    def _evicted(self) -> frozenset[str]:
-        """Device blocks the runtime evicted since the last check (its LRU's choice)."""
-        return frozenset(h for _, rec in read_lines(self.rt.trace_lines(self.trace_pos))
-                         if isinstance(rec, dict) and rec.get("kind") == "block_evict"
-                         and rec.get("tier") == "device" for h in rec.get("blocks", []))
+    def _evicted(self) -> list[str]:
+        """Cached blocks the runtime's LRU evicted since the last check, in order."""
+        return [h for _, rec in read_lines(self.rt.trace_lines(self.trace_pos))
+                if isinstance(rec, dict) and rec.get("kind") == "block_evict"
+                and rec.get("tier") == "device" and rec.get("reason") == "lru"
+                for h in rec.get("blocks", [])]
 
     def _rejected(self, error: type[KVClaimsError], fn: Callable[[], object], what: str) -> None:
         """`fn` must raise `error` and leave the runtime exactly as it was (RKC-RT-4)."""

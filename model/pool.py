@@ -10,8 +10,10 @@ table (`sync`), once it has checked that no claimed block went missing.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from itertools import count
+from typing import Sequence
 
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
@@ -95,6 +97,7 @@ class PoolModel:
         # until their last holder ends. Keyed (action number, hash) -> holding requests.
         self.orphans: dict[tuple[int, str], set[str]] = {}
         self._actions = count()
+        self._lru: deque[str] = deque()  # the current operation's reported LRU evictions
 
     # --- what the contract says about blocks ----------------------------------
     def _in(self, *states: str):
@@ -219,15 +222,16 @@ class PoolModel:
 
     # --- requests ------------------------------------------------------------------
     def submit_request(self, request_id: str, chain: tuple[str, ...],
-                       evicted: frozenset[str] = frozenset()) -> Decision:
-        """Decide like the contract. `evicted`: the cached blocks the runtime's LRU chose
-        to evict meanwhile (from its trace); the model does not guess that choice."""
+                       lru_evictions: Sequence[str] = ()) -> Decision:
+        """Decide like the contract. `lru_evictions`: the cached blocks the runtime's LRU
+        evicted meanwhile, in order (from its trace); the model does not guess that choice."""
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
         self.requests[request_id] = ModelRequest(tuple(chain))
-        return self._try_admit(request_id, evicted)
+        self._lru = deque(lru_evictions)
+        return self._try_admit(request_id)
 
-    def _try_admit(self, request_id: str, evicted: frozenset[str]) -> Decision:
+    def _try_admit(self, request_id: str) -> Decision:
         r = self.requests[request_id]
         hits = 0
         while hits < len(r.chain) and r.chain[hits] in self.resident:
@@ -244,7 +248,12 @@ class PoolModel:
             self._restore_for(r)
             # Blocks past the first miss are computed anew; where the hash is still
             # indexed (held elsewhere) the new copy stays unindexed, the request's own.
-            self.resident -= evicted
+            # The runtime took the blocks still missing from its LRU, oldest first.
+            for _ in range(max(0, len(r.chain) - hits - self.counts().free)):
+                if not self._lru:
+                    raise AssertionError(f"admitting {request_id} needs an LRU eviction the "
+                                         "runtime's trace does not report")
+                self.resident.discard(self._lru.popleft())
             self._orphan_for(request_id, set(r.chain[hits:]) & self.resident)
             self.resident |= set(r.chain)
             for c in self._in(self._protected_state, "demoted"):
@@ -323,7 +332,8 @@ class PoolModel:
             if not self.orphans[key]:
                 del self.orphans[key]
 
-    def step(self, ticks: int = 1, evicted: frozenset[str] = frozenset()) -> None:
+    def step(self, ticks: int = 1, lru_evictions: Sequence[str] = ()) -> None:
+        self._lru = deque(lru_evictions)
         for _ in range(ticks):
             self.time += 1
             for c in self._in(*self.spec.lifecycle.live):
@@ -331,7 +341,7 @@ class PoolModel:
                     self._fire(c, "expire")
                     self._drop_host(c)
             for rid in list(self.waiting):
-                self._try_admit(rid, evicted)
+                self._try_admit(rid)
 
     # --- operator actions ---------------------------------------------------------
     def reset_prefix_cache(self) -> None:

@@ -94,6 +94,31 @@ def test_regression_offload_onto_a_corrupt_shared_host_copy():
     replay(program)
 
 
+def test_regression_two_admissions_in_one_step():
+    """Found by `kvclaims fuzz --steps 1000000 --seed 2026`: one step admits two waiting
+    requests; the second needs a block of a yielding claim, which must be demoted first.
+    The oracle had credited the first admission with the second one's LRU evictions."""
+    def program(state):
+        state.start(U=42, B=2, reserve=0, host=0)
+        hard = {"strength": "hard", "tiers": ("device",), "priority": 0, "ttl": None}
+        state.submit_claim(blocks=36, family=2, kwargs={**hard, "policy": "demote"})
+        c1 = state.submit_claim(blocks=4, family=0, kwargs={**hard, "policy": "refuse"})
+        state.submit_claim(blocks=1, family=0, kwargs={**hard, "policy": "refuse"})
+        state.contract_holds()
+        r0 = state.submit_request(shape=(2, 9, 29, False))
+        state.contract_holds()
+        state.offload_roundtrip(claim=c1, corrupt=False)
+        state.contract_holds()
+        state.submit_request(shape=(0, 0, 29, False))
+        state.contract_holds()
+        state.finish(admit=False, request=r0)
+        state.contract_holds()
+        state.step(ticks=1)
+        state.contract_holds()
+        assert state.rt.claim_state("c0") == "demoted"
+    replay(program)
+
+
 def test_external_runtime_through_load_adapter(monkeypatch):
     """Any MODULE:CLASS implementing the protocol drives the same machine."""
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
