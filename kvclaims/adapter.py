@@ -36,6 +36,9 @@ class RuntimeAdapter(Protocol):
     R: int             # the reserve
     host_blocks: int   # host-tier capacity in blocks (0: none)
     capabilities: frozenset[str]
+    # Optional: True for a runtime that recomputes the last block of a prompt whose every
+    # block is cached (it must compute at least one token, like vLLM). Default False.
+    # recomputes_last_block: bool
 
     def block_hashes(self, tokens: Sequence[int]) -> list[str]:
         """Hashes of the full blocks of `tokens`, as the runtime's block table names them."""
@@ -76,11 +79,15 @@ class RuntimeAdapter(Protocol):
         """The JSONL trace from record `start` on."""
 
 
+SHORTCUTS = {"vllm": "kvclaims.vllm.adapter:VllmAdapter"}   # a real in-process vLLM engine
+
+
 def load_adapter(name: str, **kwargs: Any) -> RuntimeAdapter:
-    """`refimpl`, or `MODULE:CLASS` for any class implementing the protocol.
+    """`refimpl`, `vllm`, or `MODULE:CLASS` for any class implementing the protocol.
 
     kwargs are the pool's shape (U, B, R, host_blocks) and are passed to the class.
     """
+    name = SHORTCUTS.get(name, name)
     if name == "refimpl":
         from kvclaims.refimpl.adapter import RefimplAdapter
         cls: Any = RefimplAdapter
@@ -91,7 +98,7 @@ def load_adapter(name: str, **kwargs: Any) -> RuntimeAdapter:
         except (ImportError, AttributeError) as exc:
             raise InvalidInput(f"cannot load runtime {name!r}: {exc}") from None
     else:
-        raise InvalidInput(f"runtime must be 'refimpl' or MODULE:CLASS, got {name!r}")
+        raise InvalidInput(f"runtime must be 'refimpl', 'vllm' or MODULE:CLASS, got {name!r}")
     runtime = cls(**kwargs)
     if not isinstance(runtime, RuntimeAdapter):
         missing = [m for m in ("block_hashes", "submit_claim", "submit_request", "resident",

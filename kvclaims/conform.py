@@ -64,7 +64,7 @@ def _checker_survives_garbage() -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runtime", default="refimpl", help="refimpl or MODULE:CLASS (default refimpl)")
+    parser.add_argument("--runtime", default="refimpl", help="refimpl, vllm or MODULE:CLASS (default refimpl)")
     parser.add_argument("--steps", type=int, default=5000, help="stateful steps (default 5000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -73,7 +73,7 @@ def _without_faults(factory):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runtime", default="refimpl", help="refimpl or MODULE:CLASS (default refimpl)")
+    parser.add_argument("--runtime", default="refimpl", help="refimpl, vllm or MODULE:CLASS (default refimpl)")
     parser.add_argument("--steps", type=int, default=10_000, help="steps to run at least (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--no-faults", action="store_true", help="no operator actions or injected faults")

@@ -62,7 +62,8 @@ class ContractMachine(RuleBasedStateMachine):
                 host=st.integers(0, 24))
     def start(self, U: int, B: int, reserve: int, host: int) -> None:
         self.rt = type(self).factory(U=U, B=B, R=min(reserve, U // 2), host_blocks=host)
-        self.model = PoolModel(self.rt.U, self.rt.R, self.rt.host_blocks)
+        self.model = PoolModel(self.rt.U, self.rt.R, self.rt.host_blocks,
+                               recomputes_last_block=getattr(self.rt, "recomputes_last_block", False))
         self.checker = Checker()
         self.trace_pos = 0
         self.serial = 0

@@ -80,6 +80,9 @@ class PoolModel:
     R: int = 0
     host_blocks: int = 0
     spec: Spec = field(default_factory=load)
+    # A runtime that must compute at least one token recomputes the last block of a prompt
+    # that is entirely cached (vLLM): that block is not a hit.
+    recomputes_last_block: bool = False
 
     def __post_init__(self) -> None:
         if self.U < 1 or not 0 <= self.R < self.U:
@@ -97,7 +100,7 @@ class PoolModel:
         # until their last holder ends. Keyed (action number, hash) -> holding requests.
         self.orphans: dict[tuple[int, str], set[str]] = {}
         self._actions = count()
-        self._lru: deque[str] = deque()  # the current operation's reported LRU evictions
+        self._lru: deque[str] | None = None  # the current operation's reported LRU evictions
 
     # --- what the contract says about blocks ----------------------------------
     def _in(self, *states: str):
@@ -222,13 +225,14 @@ class PoolModel:
 
     # --- requests ------------------------------------------------------------------
     def submit_request(self, request_id: str, chain: tuple[str, ...],
-                       lru_evictions: Sequence[str] = ()) -> Decision:
+                       lru_evictions: Sequence[str] | None = None) -> Decision:
         """Decide like the contract. `lru_evictions`: the cached blocks the runtime's LRU
-        evicted meanwhile, in order (from its trace); the model does not guess that choice."""
+        evicted meanwhile, in order (from its trace), which the model adopts rather than
+        guess; None when the model runs alone (it then evicts cached blocks by hash order)."""
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
         self.requests[request_id] = ModelRequest(tuple(chain))
-        self._lru = deque(lru_evictions)
+        self._lru = None if lru_evictions is None else deque(lru_evictions)
         return self._try_admit(request_id)
 
     def _try_admit(self, request_id: str) -> Decision:
@@ -236,6 +240,8 @@ class PoolModel:
         hits = 0
         while hits < len(r.chain) and r.chain[hits] in self.resident:
             hits += 1
+        if self.recomputes_last_block and hits == len(r.chain):
+            hits -= 1
         own = frozenset(r.chain[:hits])
         d = decide(len(r.chain) - hits, self.counts(own), self.blocking_sets(own), self.spec)
         r.decision = d
@@ -250,10 +256,7 @@ class PoolModel:
             # indexed (held elsewhere) the new copy stays unindexed, the request's own.
             # The runtime took the blocks still missing from its LRU, oldest first.
             for _ in range(max(0, len(r.chain) - hits - self.counts().free)):
-                if not self._lru:
-                    raise AssertionError(f"admitting {request_id} needs an LRU eviction the "
-                                         "runtime's trace does not report")
-                self.resident.discard(self._lru.popleft())
+                self.resident.discard(self._lru_victim(request_id))
             self._orphan_for(request_id, set(r.chain[hits:]) & self.resident)
             self.resident |= set(r.chain)
             for c in self._in(self._protected_state, "demoted"):
@@ -268,6 +271,15 @@ class PoolModel:
                 self.waiting.remove(request_id)
             r.status = "refused"
         return d
+
+    def _lru_victim(self, request_id: str) -> str:
+        if self._lru is None:
+            return min(h for h in self.resident if h not in self._running_hashes()
+                       and not any(h in c.terms.chain for c in self._in(self._protected_state)))
+        if not self._lru:
+            raise AssertionError(f"admitting {request_id} needs an LRU eviction the "
+                                 "runtime's trace does not report")
+        return self._lru.popleft()
 
     def _make_room(self, need: int) -> None:
         """Non-blocking claims yield, in order, until free + cached blocks cover `need`."""
@@ -332,8 +344,8 @@ class PoolModel:
             if not self.orphans[key]:
                 del self.orphans[key]
 
-    def step(self, ticks: int = 1, lru_evictions: Sequence[str] = ()) -> None:
-        self._lru = deque(lru_evictions)
+    def step(self, ticks: int = 1, lru_evictions: Sequence[str] | None = None) -> None:
+        self._lru = None if lru_evictions is None else deque(lru_evictions)
         for _ in range(ticks):
             self.time += 1
             for c in self._in(*self.spec.lifecycle.live):

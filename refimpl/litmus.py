@@ -18,7 +18,7 @@ from kvclaims.refimpl.adapter import RefimplAdapter
 from kvclaims.refimpl.checker import Report, check_lines
 from kvclaims.refimpl.trace import read_lines
 
-B = 4  # tokens per block in every scenario: small, so the 80-block probe stays fast
+B = 4  # tokens per block asked of every runtime: small, so the 80-block probe stays fast
 
 Factory = Callable[..., Any]  # factory(U=, B=, R=, host_blocks=) -> a RuntimeAdapter
 
@@ -42,6 +42,10 @@ class Run:
 
     def verifies(self, toks: list[int], what: str) -> None:
         self.check("verify_content", what, lambda: self.rt.verify_prefix(toks))
+
+    def tokens(self, blocks: int, seed: int) -> list[int]:
+        """`tokens` in the runtime's own block size (a runtime may not take B as asked)."""
+        return tokens(blocks, seed, self.rt.B)
 
     def records(self) -> list[dict[str, Any]]:
         return [r for _, r in read_lines(self.rt.trace_lines()) if isinstance(r, dict)]
@@ -95,9 +99,9 @@ def scenario(name: str, checks: tuple[str, ...], expected: str, *, U: int, R: in
     return register
 
 
-def tokens(blocks: int, seed: int) -> list[int]:
-    """`blocks` whole blocks of token ids; different seeds never share a prefix."""
-    return [seed * 100_000 + i for i in range(blocks * B)]
+def tokens(blocks: int, seed: int, block: int = B) -> list[int]:
+    """`blocks` whole blocks of `block` token ids; different seeds never share a prefix."""
+    return [seed * 100_000 + i for i in range(blocks * block)]
 
 
 def run_scenario(name: str, factory: Factory = RefimplAdapter) -> Result:
@@ -134,23 +138,23 @@ def _warm(rt, rid: str, toks: list[int], admit: bool = True) -> None:
 
 @scenario("ordinary_eviction", ('RKC-INV-1', 'RKC-TR-6'), "an unclaimed cached prefix is evicted LRU; a materialized claim beside it is untouched", U=8)
 def _ordinary_eviction(t: Run, rt) -> None:
-    P = tokens(2, 1)
+    P = t.tokens(2, 1)
     rt.submit_claim("c", P)
     _warm(rt, "warm", P)
-    _warm(rt, "x", tokens(3, 2))
-    t.expect(rt.submit_request("y", tokens(5, 3)).outcome == "admit", "y admitted")
+    _warm(rt, "x", t.tokens(3, 2))
+    t.expect(rt.submit_request("y", t.tokens(5, 3)).outcome == "admit", "y admitted")
     t.expect(len(t.seq_of(kind="block_evict", reason="lru")) == 1, "one LRU eviction of x's blocks")
     t.expect(rt.claim_state("c") == "materialized", "claim untouched")
-    t.verifies(tokens(5, 3), "y's KV verifies")
+    t.verifies(t.tokens(5, 3), "y's KV verifies")
 
 
 @scenario("soft_priority", ('RKC-RT-1', 'RKC-INV-2'), "pressure demotes the lower-priority soft claim first, its event before its blocks go", U=8)
 def _soft_priority(t: Run, rt) -> None:
-    rt.submit_claim("lo", tokens(2, 1), strength="soft", priority=0)
-    rt.submit_claim("hi", tokens(2, 2), strength="soft", priority=5)
-    _warm(rt, "a", tokens(2, 1))
-    _warm(rt, "b", tokens(2, 2))
-    t.expect(rt.submit_request("z", tokens(6, 3)).outcome == "admit", "z admitted")
+    rt.submit_claim("lo", t.tokens(2, 1), strength="soft", priority=0)
+    rt.submit_claim("hi", t.tokens(2, 2), strength="soft", priority=5)
+    _warm(rt, "a", t.tokens(2, 1))
+    _warm(rt, "b", t.tokens(2, 2))
+    t.expect(rt.submit_request("z", t.tokens(6, 3)).outcome == "admit", "z admitted")
     t.expect(rt.claim_state("lo") == "demoted" and rt.claim_state("hi") == "materialized",
              "lo demoted, hi kept")
     demote = t.seq_of(kind="claim", claim="lo", event="demote")
@@ -159,9 +163,9 @@ def _soft_priority(t: Run, rt) -> None:
 
 @scenario("write_no_admit", ('RKC-RT-7', 'RKC-TR-6'), "no claim: a 70-block no-admit prefill still evicts 50 of a 60-block resident; the checker sees ordinary eviction", U=80)
 def _write_no_admit(t: Run, rt) -> None:
-    P = tokens(60, 1)
+    P = t.tokens(60, 1)
     _warm(rt, "warm", P)
-    t.expect(rt.submit_request("big", tokens(70, 2)).outcome == "admit", "prefill admitted")
+    t.expect(rt.submit_request("big", t.tokens(70, 2)).outcome == "admit", "prefill admitted")
     rt.finish("big", admit=False)
     lru = [r for r in t.records() if r["kind"] == "block_evict" and r["reason"] == "lru"]
     t.expect(sum(len(r["blocks"]) for r in lru) == 50, "50 resident blocks evicted")
@@ -173,14 +177,14 @@ def _write_no_admit(t: Run, rt) -> None:
 @scenario("accepted_hard_claim", ('RKC-PROBE-1', 'RKC-FEAS-4', 'RKC-FEAS-5', 'RKC-INV-1', 'RKC-RT-6'), "the 80/60/70 probe: the prefill is refused, attributed to the claim; the resident is reused intact", U=80, R=4)
 def _accepted_hard_claim(t: Run, rt) -> None:
     t.expect(rt.counts().U == 80, "80 usable blocks")
-    P = tokens(60, 1)
+    P = t.tokens(60, 1)
     t.expect(rt.submit_claim("resident", P) == "accepted", "claim accepted")
     _warm(rt, "warm", P)
     t.expect(rt.claim_state("resident") == "materialized", "claim materialized")
-    d = rt.submit_request("big", tokens(70, 2))
+    d = rt.submit_request("big", t.tokens(70, 2))
     t.expect(d.outcome == "refuse_blocked" and d.blocking_claims == ("resident",),
              f"refused, blocked by the claim (got {d})")
-    replay = P + tokens(1, 3)
+    replay = P + t.tokens(1, 3)
     rt.submit_request("replay", replay)
     t.expect(rt.hit_blocks("replay") == 60, "replay hits all 60 blocks")
     t.verifies(replay, "reused KV verifies")
@@ -190,7 +194,7 @@ def _accepted_hard_claim(t: Run, rt) -> None:
 @scenario("materialization_failure", ('RKC-RT-2', 'RKC-INV-5'), "a corrupt host copy fails the restore: the claim fails closed and the request recomputes",
           U=8, host_blocks=4, needs=("host_tier", "owner_ops", "host_fault"))
 def _materialization_failure(t: Run, rt) -> None:
-    P = tokens(2, 1)
+    P = t.tokens(2, 1)
     rt.submit_claim("c", P, tiers=("device", "host"), policy="offload")
     _warm(rt, "warm", P)
     rt.offload_claim("c")
@@ -203,9 +207,9 @@ def _materialization_failure(t: Run, rt) -> None:
 
 @scenario("demotion", ('RKC-RT-1', 'RKC-LC-4'), "a hard claim with policy demote is demoted before its blocks serve a request", U=8)
 def _demotion(t: Run, rt) -> None:
-    rt.submit_claim("c", tokens(3, 1), policy="demote")
-    _warm(rt, "warm", tokens(3, 1))
-    t.expect(rt.submit_request("z", tokens(7, 2)).outcome == "admit", "z admitted")
+    rt.submit_claim("c", t.tokens(3, 1), policy="demote")
+    _warm(rt, "warm", t.tokens(3, 1))
+    t.expect(rt.submit_request("z", t.tokens(7, 2)).outcome == "admit", "z admitted")
     t.expect(rt.claim_state("c") == "demoted", "claim demoted")
     t.expect(t.seq_of(kind="claim", event="demote")[0] < t.seq_of(kind="block_evict")[0],
              "demote precedes eviction")
@@ -213,50 +217,50 @@ def _demotion(t: Run, rt) -> None:
 
 @scenario("expiry", ('RKC-RT-1', 'RKC-LC-3'), "while live the claim blocks the request; after its TTL it expires and its blocks are ordinary cache", U=8)
 def _expiry(t: Run, rt) -> None:
-    rt.submit_claim("c", tokens(2, 1), ttl=2)
-    _warm(rt, "warm", tokens(2, 1))
-    t.expect(rt.submit_request("early", tokens(8, 2)).outcome == "refuse_blocked", "blocked while live")
+    rt.submit_claim("c", t.tokens(2, 1), ttl=2)
+    _warm(rt, "warm", t.tokens(2, 1))
+    t.expect(rt.submit_request("early", t.tokens(8, 2)).outcome == "refuse_blocked", "blocked while live")
     rt.step()
     t.expect(rt.claim_state("c") == "materialized", "still live after one tick")
     rt.step()
     t.expect(rt.claim_state("c") == "expired", "expired after two ticks")
-    t.expect(rt.submit_request("late", tokens(8, 2) + [7]).outcome == "refuse_too_large", "9 blocks > U")
-    t.expect(rt.submit_request("fits", tokens(8, 3)).outcome == "admit", "admitted after expiry")
+    t.expect(rt.submit_request("late", t.tokens(8, 2) + [7]).outcome == "refuse_too_large", "9 blocks > U")
+    t.expect(rt.submit_request("fits", t.tokens(8, 3)).outcome == "admit", "admitted after expiry")
 
 
 @scenario("active_refusal_minimal_attribution", ('RKC-FEAS-5', 'RKC-FEAS-6', 'RKC-TR-4'), "several claims block a request: the refusal names a minimal deterministic set; releasing it lets the request in", U=20)
 def _active_refusal(t: Run, rt) -> None:
     for cid, n, seed in (("c1", 6, 1), ("c2", 4, 2), ("c3", 3, 3)):
-        rt.submit_claim(cid, tokens(n, seed))
-        _warm(rt, "warm-" + cid, tokens(n, seed))
-    t.expect(rt.submit_request("small", tokens(5, 4)).outcome == "admit", "small request admitted")
+        rt.submit_claim(cid, t.tokens(n, seed))
+        _warm(rt, "warm-" + cid, t.tokens(n, seed))
+    t.expect(rt.submit_request("small", t.tokens(5, 4)).outcome == "admit", "small request admitted")
     rt.finish("small")
-    d = rt.submit_request("big", tokens(14, 5))
+    d = rt.submit_request("big", t.tokens(14, 5))
     t.expect(d.blocking_claims == ("c1", "c2"), f"attributed to c1, c2 (got {d})")
     for cid in d.blocking_claims:
         rt.release_claim(cid)
-    t.expect(rt.submit_request("again", tokens(14, 5)).outcome == "admit", "fits after release")
+    t.expect(rt.submit_request("again", t.tokens(14, 5)).outcome == "admit", "fits after release")
     t.expect(rt.claim_state("c3") == "materialized", "c3 untouched")
 
 
 @scenario("trace_outcome_reconstruction", ('RKC-TR-5', 'RKC-TR-8'), "the checker rebuilds every claim's final state and every request's outcome from the trace alone",
           U=10, R=2, host_blocks=2, needs=("host_tier", "owner_ops", "decode"))
 def _reconstruction(t: Run, rt) -> None:
-    rt.submit_claim("kept", tokens(2, 1))
-    rt.submit_claim("gone", tokens(2, 2), ttl=1)
-    rt.submit_claim("too_big", tokens(7, 3))
-    rt.submit_claim("parked", tokens(1, 4), tiers=("device", "host"), policy="offload")
-    _warm(rt, "a", tokens(2, 1))
-    _warm(rt, "p", tokens(1, 4))
-    rt.submit_request("b", tokens(2, 2))
+    rt.submit_claim("kept", t.tokens(2, 1))
+    rt.submit_claim("gone", t.tokens(2, 2), ttl=1)
+    rt.submit_claim("too_big", t.tokens(7, 3))
+    rt.submit_claim("parked", t.tokens(1, 4), tiers=("device", "host"), policy="offload")
+    _warm(rt, "a", t.tokens(2, 1))
+    _warm(rt, "p", t.tokens(1, 4))
+    rt.submit_request("b", t.tokens(2, 2))
     rt.finish("b", admit=False)
     rt.offload_claim("parked")
     # Submission decisions: what the runtime says a refused request's reason and attribution are.
     said = {rid: rt.submit_request(rid, toks)
-            for rid, toks in (("w", tokens(6, 5)), ("blocked", tokens(9, 6)), ("huge", tokens(11, 7)))}
+            for rid, toks in (("w", t.tokens(6, 5)), ("blocked", t.tokens(9, 6)), ("huge", t.tokens(11, 7)))}
     rt.step()
     t.expect(rt.decode("w", [1, 2, 3, 4, 5]).outcome == "admit", "w grows into the expired claim's blocks")
-    said["cut"] = rt.submit_request("cut", tokens(1, 8))
+    said["cut"] = rt.submit_request("cut", t.tokens(1, 8))
     t.expect(said["cut"].outcome == "wait", "cut waits")
     rt.abort("cut")
     report = check_lines(rt.trace_lines())
@@ -273,12 +277,12 @@ def _reconstruction(t: Run, rt) -> None:
 
 @scenario("reserve_refusal", ('RKC-ACC-1', 'RKC-INV-4'), "a hard claim past U - R is refused at submission; shared and soft claims are not counted twice", U=10, R=2)
 def _reserve_refusal(t: Run, rt) -> None:
-    t.expect(rt.submit_claim("c1", tokens(6, 1)) == "accepted", "c1 accepted")
-    t.expect(rt.submit_claim("c2", tokens(4, 2)) == "refused", "c2 refused: 10 > 8")
-    t.expect(rt.submit_claim("c3", tokens(6, 1) + tokens(2, 3)) == "accepted", "c3 shares 6 blocks: 8 <= 8")
-    t.expect(rt.submit_claim("s", tokens(4, 4), strength="soft") == "accepted", "soft claim outside the reserve")
+    t.expect(rt.submit_claim("c1", t.tokens(6, 1)) == "accepted", "c1 accepted")
+    t.expect(rt.submit_claim("c2", t.tokens(4, 2)) == "refused", "c2 refused: 10 > 8")
+    t.expect(rt.submit_claim("c3", t.tokens(6, 1) + t.tokens(2, 3)) == "accepted", "c3 shares 6 blocks: 8 <= 8")
+    t.expect(rt.submit_claim("s", t.tokens(4, 4), strength="soft") == "accepted", "soft claim outside the reserve")
     t.expect(t.seq_of(kind="claim", claim="c2", event="refuse", reason="reserve") != [], "refusal says why")
-    _warm(rt, "w", tokens(6, 1))
+    _warm(rt, "w", t.tokens(6, 1))
     t.expect(rt.claim_state("c1") == "materialized" and rt.claim_state("c3") == "accepted",
              "c1 materializes; c3 waits for its own last blocks")
 
@@ -286,31 +290,31 @@ def _reserve_refusal(t: Run, rt) -> None:
 @scenario("offload_restore", ('RKC-INV-5', 'RKC-RT-2'), "an offloaded claim frees device blocks and is restored, verified, when its prefix is requested; pressure offloads it again",
           U=8, host_blocks=4, needs=("host_tier", "owner_ops"))
 def _offload_restore(t: Run, rt) -> None:
-    P = tokens(2, 1)
+    P = t.tokens(2, 1)
     rt.submit_claim("c", P, tiers=("device", "host"), policy="offload")
     _warm(rt, "warm", P)
     rt.offload_claim("c")
     t.expect(rt.claim_state("c") == "offloaded" and rt.counts().free == 8, "offloaded, device blocks freed")
-    rt.submit_request("r", P + tokens(1, 2))
+    rt.submit_request("r", P + t.tokens(1, 2))
     t.expect(rt.claim_state("c") == "materialized", "restored")
-    t.verifies(P + tokens(1, 2), "restored KV verifies")
+    t.verifies(P + t.tokens(1, 2), "restored KV verifies")
     rt.finish("r")
-    t.expect(rt.submit_request("z", tokens(8, 3)).outcome == "admit", "pressure admits z")
+    t.expect(rt.submit_request("z", t.tokens(8, 3)).outcome == "admit", "pressure admits z")
     t.expect(rt.claim_state("c") == "offloaded", "pressure offloaded the claim first")
 
 
 @scenario("prefix_cache_reset_with_claims", ('RKC-RT-5',), "a cache reset harms every claim with resident state before any block goes; running requests keep their blocks",
           U=10, host_blocks=2, needs=("reset_cache", "host_tier", "owner_ops"))
 def _reset(t: Run, rt) -> None:
-    rt.submit_claim("hard", tokens(2, 1))
-    rt.submit_claim("soft", tokens(1, 2), strength="soft")
-    rt.submit_claim("parked", tokens(1, 3), tiers=("device", "host"), policy="offload")
-    rt.submit_claim("future", tokens(1, 4))
-    _warm(rt, "a", tokens(2, 1))
-    _warm(rt, "b", tokens(1, 2))
-    _warm(rt, "c", tokens(1, 3))
+    rt.submit_claim("hard", t.tokens(2, 1))
+    rt.submit_claim("soft", t.tokens(1, 2), strength="soft")
+    rt.submit_claim("parked", t.tokens(1, 3), tiers=("device", "host"), policy="offload")
+    rt.submit_claim("future", t.tokens(1, 4))
+    _warm(rt, "a", t.tokens(2, 1))
+    _warm(rt, "b", t.tokens(1, 2))
+    _warm(rt, "c", t.tokens(1, 3))
     rt.offload_claim("parked")
-    rt.submit_request("live", tokens(2, 1) + tokens(1, 5))
+    rt.submit_request("live", t.tokens(2, 1) + t.tokens(1, 5))
     rt.reset_prefix_cache()
     t.expect([rt.claim_state(c) for c in ("hard", "soft", "parked", "future")]
              == ["harmed", "harmed", "harmed", "accepted"], "claims with resident state harmed")
@@ -322,25 +326,25 @@ def _reset(t: Run, rt) -> None:
 
 @scenario("shared_prefix_claims", ('RKC-INV-4', 'RKC-FEAS-6'), "two hard claims share a prefix: reserved once, attribution is the claim whose release frees blocks, releasing one keeps the other", U=12)
 def _shared(t: Run, rt) -> None:
-    P, Q = tokens(4, 1), tokens(2, 2)
+    P, Q = t.tokens(4, 1), t.tokens(2, 2)
     rt.submit_claim("c1", P)
     rt.submit_claim("c2", P + Q)
     # Reserved exactly 6 of 12: a 7-block hard claim does not fit beside them, a 6-block one does.
-    t.expect(rt.submit_claim("probe7", tokens(7, 8)) == "refused"
-             and rt.submit_claim("probe6", tokens(6, 9)) == "accepted", "shared blocks reserved once")
+    t.expect(rt.submit_claim("probe7", t.tokens(7, 8)) == "refused"
+             and rt.submit_claim("probe6", t.tokens(6, 9)) == "accepted", "shared blocks reserved once")
     rt.release_claim("probe6")
     _warm(rt, "warm", P + Q)
-    d = rt.submit_request("big", tokens(7, 3))
+    d = rt.submit_request("big", t.tokens(7, 3))
     t.expect(d.blocking_claims == ("c2",), f"attributed to c2 (got {d})")
     rt.release_claim("c2")
-    t.expect(rt.submit_request("again", tokens(7, 3)).outcome == "admit", "admitted after c2 released")
+    t.expect(rt.submit_request("again", t.tokens(7, 3)).outcome == "admit", "admitted after c2 released")
     t.expect(rt.claim_state("c1") == "materialized", "c1 still protects the shared prefix")
 
 
 @scenario("device_fault_fail_closed", ('RKC-RT-5', 'RKC-RT-2'), "an injected device fault fails the claim before the block leaves the cache; a replay recomputes",
           U=8, needs=("device_fault",))
 def _device_fault(t: Run, rt) -> None:
-    P = tokens(2, 1)
+    P = t.tokens(2, 1)
     rt.submit_claim("c", P)
     _warm(rt, "warm", P)
     rt.inject_device_fault(rt.block_hashes(P)[1])
@@ -353,10 +357,10 @@ def _device_fault(t: Run, rt) -> None:
 
 @scenario("waiting_request_claim_blocked", ('RKC-RT-3', 'RKC-FEAS-3'), "a waiting request that becomes claim-blocked is refused on its next retry, not left waiting", U=8)
 def _waiting_blocked(t: Run, rt) -> None:
-    P, Q = tokens(2, 1), tokens(4, 2)
+    P, Q = t.tokens(2, 1), t.tokens(4, 2)
     rt.submit_claim("c", P)
     rt.submit_request("a", P + Q)
-    t.expect(rt.submit_request("w", tokens(6, 3)).outcome == "wait", "w waits for a")
+    t.expect(rt.submit_request("w", t.tokens(6, 3)).outcome == "wait", "w waits for a")
     rt.submit_claim("c3", P + Q)   # resident (a computed it): materializes, protecting 6 blocks
     rt.finish("a")
     rt.step()

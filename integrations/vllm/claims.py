@@ -149,13 +149,24 @@ class ClaimBook:
 
     def make_room(self, need: int) -> None:
         """Demote non-blocking claims (soft first, then lower priority, then id) until
-        their blocks give `need` more evictable blocks."""
+        their blocks give `need` more evictable blocks. A claim whose every block a
+        request or a blocking claim also holds is passed over: it holds no yielding
+        block, and demoting it would free nothing."""
+        blocking = self.blocking_ids()
         for c in sorted(self.materialized(blocking=False), key=Claim.yield_order):
             if need <= 0:
                 return
+            if not any(b.ref_cnt == len(self.holders[b.block_id]) and not self.holders[b.block_id] & blocking
+                       for b in self.held[c.id].blocks):
+                continue
             freed = [b for b in self.held[c.id].blocks if b.ref_cnt == 1]
             self.end(c, "demote", reason="pressure")
             need -= len(freed)
+
+    def close(self) -> None:
+        """Let go of every hold, with no event: the book and its trace are being discarded."""
+        for c in self.claims.values():
+            self._unhold(c)
 
     # --- vLLM holds -----------------------------------------------------------
     def _hold(self, c: Claim, blocks: list) -> None:

@@ -18,9 +18,10 @@ from kvclaims.vllm.model_dir import tiny_model_dir
 from kvclaims.vllm.xargs import ClaimOp, to_xargs
 
 # Single process (so the scheduler is reachable), a small CPU KV space, no model hub,
-# vLLM's logs on stderr (stdout is the caller's).
+# vLLM's logs on stderr (stdout is the caller's), and the caller's request ids in the
+# trace (vLLM would add a random suffix; `submit_request` keeps ids unique itself).
 ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
-       "VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+       "VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_DISABLE_REQUEST_ID_RANDOMIZATION": "1"}
 SCHEDULER = "kvclaims.vllm.scheduler.ClaimsScheduler"
 
 
@@ -40,14 +41,16 @@ class Result:
 
 
 def engine_kwargs(*, integration: bool = True, U: int = 80, B: int = 32, max_model_len: int = 2560,
-                  **kvclaims: Any) -> dict[str, Any]:
-    """``LLM``/``EngineArgs`` keyword arguments for the tiny model (see the brief's recipe)."""
+                  scheduler: str = SCHEDULER, **kvclaims: Any) -> dict[str, Any]:
+    """``LLM``/``EngineArgs`` keyword arguments for the tiny model (see the brief's recipe).
+    Any prompt's prefill is one engine step (the batch budget is the model length)."""
     kw: dict[str, Any] = dict(model=str(tiny_model_dir()), skip_tokenizer_init=True,
                               enable_prefix_caching=True, block_size=B,
                               num_gpu_blocks_override=U + 1, max_model_len=max_model_len,
+                              max_num_batched_tokens=max_model_len,
                               dtype="float32", enforce_eager=True, async_scheduling=False)
     if integration:
-        kw.update(scheduler_cls=SCHEDULER, additional_config={"kvclaims": kvclaims})
+        kw.update(scheduler_cls=scheduler, additional_config={"kvclaims": kvclaims})
     elif kvclaims:
         raise InvalidInput(f"kvclaims settings {sorted(kvclaims)} given without the integration")
     return kw
@@ -71,7 +74,8 @@ class VllmEngine:
 
     # ------------------------------------------------------------------ requests
     def submit_request(self, request_id: str, tokens: Sequence[int], *, max_tokens: int = 1,
-                       extra_args: dict[str, Any] | None = None, **ops: Any) -> None:
+                       ignore_eos: bool = False, extra_args: dict[str, Any] | None = None,
+                       **ops: Any) -> None:
         """Queue a prompt; `ops` are `to_xargs` keywords (claim=..., release=..., no_admit=...),
         or `extra_args` is passed to vLLM as is (the engine validates it)."""
         from vllm import SamplingParams
@@ -81,7 +85,7 @@ class VllmEngine:
             raise DuplicateId(f"request {request_id!r} already exists")
         if extra_args is not None and ops:
             raise InvalidInput("give claim operations as keywords or as extra_args, not both")
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0,
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos,
                                 extra_args=extra_args if extra_args is not None else to_xargs(**ops) or None)
         self.internal[request_id] = self.engine.add_request(
             request_id, TokensPrompt(prompt_token_ids=list(tokens)), params)
@@ -116,6 +120,12 @@ class VllmEngine:
         if request_id not in self.internal:
             raise UnknownId(f"no request {request_id!r}")
         self.engine.abort_request([self.internal[request_id]], internal=True)
+
+    def clear(self) -> None:
+        """Abort every request still live and forget all ids: a fresh start for the next user."""
+        self.engine.abort_request(list(self.internal.values()), internal=True)
+        self.internal.clear()
+        self.results.clear()
 
     # ------------------------------------------------------------------ claims and operators
     def _claims(self):

@@ -9,9 +9,10 @@ without consuming it, so a configured KV-event publisher still gets them all.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
-from vllm.distributed.kv_events import BlockRemoved, BlockStored
+from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
 from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core import kv_cache_utils as kvu
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
@@ -36,10 +37,26 @@ class PoolView:
         self.bp = kv_cache_manager.block_pool
         self.bp.enable_kv_cache_events = True   # read, not consumed: see drain_events
         self.B = block_size
-        self.U = self.bp.num_gpu_blocks - 1      # one block is vLLM's null block
+        self.withheld: list[KVCacheBlock] = []
         self._hash_fn = get_hash_fn_by_name(hash_algo)
         self._queue: list = self.bp.kv_event_queue
-        self._seen = 0
+        self._seen = len(self._queue)           # earlier events are not this view's
+
+    @property
+    def U(self) -> int:
+        """Usable blocks: all but vLLM's null block and the withheld ones."""
+        return self.bp.num_gpu_blocks - 1 - len(self.withheld)
+
+    def withhold(self, n: int) -> None:
+        """Shrink the pool to U - n by taking n free blocks out of vLLM's free queue, as if
+        the engine had been started with fewer blocks (a runtime adapter's pool shapes)."""
+        if not 0 <= n < self.U or self.bp.get_num_free_blocks() < self.U:
+            raise InvalidInput(f"cannot withhold {n} of {self.U} blocks unless all are free")
+        self.withheld += self.bp.free_block_queue.popleft_n(n)
+
+    def unwithhold(self) -> None:
+        self.bp.free_block_queue.append_n(self.withheld)
+        self.withheld = []
 
     # --- lookups ------------------------------------------------------------
     def block(self, h: bytes) -> KVCacheBlock | None:
@@ -73,8 +90,9 @@ class PoolView:
         and the hashes each blocking claim protects there."""
         n = {"free": 0, "cached": 0, "yielding": 0, "active": 0, "protected": 0}
         protects: dict[str, set[str]] = {}
+        outside = exclude | {b.block_id for b in self.withheld}
         for b in self.bp.blocks:
-            if b.is_null or b.block_id in exclude:
+            if b.is_null or b.block_id in outside:
                 continue
             held = list(holders.get(b.block_id, ()))
             blockers = [c for c in held if c in blocking]
@@ -86,12 +104,22 @@ class PoolView:
                 n["active"] += 1
             elif held:
                 n["yielding"] += 1
-            elif b.block_hash is not None:
+            elif b.block_hash is not None and self._first_copy(b):
                 n["cached"] += 1
             else:
                 n["free"] += 1
         counts = PoolCounts(U=self.U - len(exclude), **n)
         return counts, {c: frozenset(map(str, ids)) for c, ids in protects.items()}
+
+    def _first_copy(self, b: KVCacheBlock) -> bool:
+        found = self.bp.cached_block_hash_to_block.get_one_block(b.block_hash)
+        return found is None or found.block_id == b.block_id
+
+    def copies(self, hashes: Iterable[str]) -> set[int]:
+        """Ids of every indexed block (first copies and duplicates) with one of `hashes`."""
+        wanted = set(hashes)
+        return {b.block_id for b in self.bp.blocks
+                if b.block_hash is not None and hexid(kvu.get_block_hash(b.block_hash)) in wanted}
 
     def cached_hashes(self, ids: Iterable[int] | None = None) -> list[str]:
         """Hashes of the indexed blocks among `ids` (default: all blocks)."""
@@ -100,18 +128,27 @@ class PoolView:
 
     # --- KV events ----------------------------------------------------------
     def drain_events(self) -> tuple[list[str], list[str]]:
-        """Hashes stored and hashes removed since the last call (a duplicate copy's
-        removal is not a removal: the hash is still resident)."""
+        """Hashes stored and hashes removed since the last call. A removal counts when it
+        left no indexed copy of its hash (a duplicate's removal is not a loss, but an old
+        copy evicted before its hash is stored again is one): found by walking the
+        events back from the index as it is now."""
         if self.bp.kv_event_queue is not self._queue:    # taken by update_from_output
             self._queue, self._seen = self.bp.kv_event_queue, 0
         new = self._queue[self._seen:]
         self._seen = len(self._queue)
+        copies = Counter(self.cached_hashes()) if any(isinstance(e, BlockRemoved) for e in new) else Counter()
         stored: list[str] = []
         removed: list[str] = []
-        for ev in new:
+        for ev in reversed(new):
             if isinstance(ev, BlockStored):
-                stored += [hexid(h) for h in ev.block_hashes]
+                hexes = [hexid(h) for h in ev.block_hashes]
+                stored[:0] = hexes
+                copies.subtract(hexes)
             elif isinstance(ev, BlockRemoved):
-                removed += [hexid(h) for h in ev.block_hashes]
-        still = set(self.cached_hashes()) if removed else set()
-        return stored, [h for h in removed if h not in still]
+                for h in reversed([hexid(h) for h in ev.block_hashes]):
+                    if copies[h] <= 0:
+                        removed.insert(0, h)
+                    copies[h] += 1
+            elif isinstance(ev, AllBlocksCleared):     # traced by reset_prefix_cache itself
+                copies.clear()
+        return stored, removed

@@ -4,7 +4,9 @@
         additional_config={"kvclaims": {"reserve": 0, "trace": "trace.jsonl"}})
 
 It subclasses vLLM's own ``Scheduler``; while no claim holds blocks, vLLM's
-scheduling and allocation are unchanged (the integration only traces). Once one does, every waiting request is decided by the contract's
+scheduling and allocation are unchanged (the integration traces, and refuses a
+request larger than the pool, which vLLM would leave waiting forever). Once one
+does, every waiting request is decided by the contract's
 feasibility predicate before vLLM allocates: a claim-blocked or too-large
 request is finished at once (``finish_reason="abort"``, ``stop_reason``
 ``kvclaims:<outcome>:<claims>`` and the attribution under
@@ -48,17 +50,24 @@ def settings(vllm_config) -> dict:
 
 
 class ClaimsScheduler(Scheduler):
+    tick_per_step = True    # TTLs count engine steps (a test harness may drive the clock itself)
+
     def __init__(self, vllm_config, *args, **kwargs) -> None:
         cfg = settings(vllm_config)
         super().__init__(vllm_config, *args, **kwargs)
-        self.pool = PoolView(self.kv_cache_manager, self.block_size,
-                             vllm_config.cache_config.prefix_caching_hash_algo)
+        self.hash_algo = vllm_config.cache_config.prefix_caching_hash_algo
         sink = open(cfg["trace"], "w", encoding="utf-8", buffering=1) if cfg.get("trace") else None
-        self.trace = TraceWriter(sink)
-        enforce = cfg.get("enforce", True)
+        self.start_claims(TraceWriter(sink), reserve=cfg.get("reserve", 0),
+                          enforce=cfg.get("enforce", True))
+
+    def start_claims(self, trace: TraceWriter, *, reserve: int, enforce: bool, withhold: int = 0) -> None:
+        """A fresh claim registry and trace over the pool (less `withhold` blocks)."""
+        self.pool = PoolView(self.kv_cache_manager, self.block_size, self.hash_algo)
+        self.pool.withhold(withhold)
+        self.trace = trace
         self.trace.emit("runtime", runtime="vllm", version=vllm_version, U=self.pool.U,
-                        B=self.block_size, R=cfg.get("reserve", 0), host_blocks=0, enforce=enforce)
-        self.book = ClaimBook(self.pool, self.trace, reserve=cfg.get("reserve", 0), enforce=enforce)
+                        B=self.block_size, R=reserve, host_blocks=0, enforce=enforce)
+        self.book = ClaimBook(self.pool, self.trace, reserve=reserve, enforce=enforce)
         self.ops: dict[str, RequestOps] = {}
         self.notes: dict[str, dict] = {}          # request -> what its final output reports
         self.hit_blocks: dict[str, int] = {}
@@ -97,9 +106,9 @@ class ClaimsScheduler(Scheduler):
             self.notes[rid] = {"claims": [*ops.release, *([ops.claim.claim_id] if ops.claim else [])]}
 
     def schedule(self, *args, **kwargs):
-        self.trace.time += 1
-        self.book.expire(self.trace.time)
-        if self.book.enforce and self.book.holding():
+        if self.tick_per_step:
+            self.tick()
+        if self.book.enforce:
             self._arbitrate()
         out = super().schedule(*args, **kwargs)
         self._sync("lru")
@@ -107,10 +116,19 @@ class ClaimsScheduler(Scheduler):
             self._admitted(self.requests[new.req_id], out.num_scheduled_tokens[new.req_id])
         return out
 
+    def tick(self) -> None:
+        """One step of the logical clock: TTLs run out."""
+        self.trace.time += 1
+        self.book.expire(self.trace.time)
+
     def _arbitrate(self) -> None:
-        """Decide every fresh waiting request with the contract's predicate."""
-        B = self.block_size
+        """Decide every fresh waiting request with the contract's predicate. With no claim
+        holding blocks only a request larger than the pool is decided (refused): stock
+        vLLM would leave it waiting forever."""
+        B, holding = self.block_size, self.book.holding()
         for request in [r for r in self.waiting if r.status in WAITING and r.num_computed_tokens == 0]:
+            if not holding and -(-request.num_tokens // B) <= self.pool.U:
+                continue
             hits = self.kv_cache_manager.get_computed_blocks(request)[0].blocks[0]
             A = -(-request.num_tokens // B) - len(hits)
             counts, blocking = self.pool.classes(self.book.holders, self.book.blocking_ids(),

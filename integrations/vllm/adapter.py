@@ -1,0 +1,182 @@
+"""vLLM as a runtime under test: the adapter protocol (`kvclaims.adapter`) over a real
+in-process engine with the claims integration switched on.
+
+    kvclaims litmus --runtime vllm
+    kvclaims conform --runtime vllm --steps 1000
+
+What vLLM fixes, the adapter reports rather than hides:
+
+- **Block size.** The CPU attention backend wants multiples of 32, so `B` is 32
+  whatever is asked; suites read `rt.B` and `block_hashes` gives vLLM's own chain
+  hashes. Token ids are taken modulo the tiny model's vocabulary (the suites'
+  prompts stay distinct under it; `block_hashes` applies the same map).
+- **Pool size.** One engine serves every instance of a process (a start costs
+  about 11 s): each instance aborts what is left, drops the old claims' holds,
+  resets the prefix cache and withholds blocks from vLLM's free queue, so vLLM
+  allocates from exactly `U` blocks, as if started with ``U + 1``.
+- **Logical time.** A protocol `step` is one clock tick (TTLs run out) followed by
+  one engine step per waiting request, in order; submitting a request is one
+  engine step that does not tick. A running request has run its prefill and is
+  then kept out of the schedule (see `harness`), so it holds exactly its prompt's
+  blocks until it is finished.
+- **Capabilities.** `evict_blocks` only: vLLM's CPU backend has no host tier, KV
+  content cannot be compared with tokens, vLLM has no owner-side demote or
+  offload, and its `reset_prefix_cache` refuses while requests run (or preempts
+  them), where the contract's reset lets running requests keep their blocks.
+
+`StockVllmAdapter` is the same engine with claims recorded but not enforced:
+stock vLLM with a witness, which the suites must tell apart.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Sequence
+
+from vllm.v1.request import RequestStatus
+
+from kvclaims.errors import InvalidInput, UnknownId
+from kvclaims.model.feasibility import Decision, PoolCounts
+from kvclaims.vllm.engine import VllmEngine
+from kvclaims.vllm.model_dir import VOCAB
+from kvclaims.vllm.pool import hexid
+from kvclaims.vllm.xargs import RequestOps, parse, to_xargs
+
+ENGINE_U, MODEL_LEN = 80, 2560      # the largest pool and prompt any instance may ask for
+HARNESS = "kvclaims.vllm.harness.HarnessScheduler"
+LIVE = {RequestStatus.RUNNING: "running", RequestStatus.WAITING: "waiting",
+        RequestStatus.PREEMPTED: "waiting"}
+
+_engine: VllmEngine | None = None
+
+
+def shared_engine() -> VllmEngine:
+    """The process's one harness engine, started on first use."""
+    global _engine
+    if _engine is None:
+        _engine = VllmEngine(U=ENGINE_U, max_model_len=MODEL_LEN, scheduler=HARNESS)
+    return _engine
+
+
+class VllmAdapter:
+    capabilities = frozenset({"evict_blocks"})
+    recomputes_last_block = True  # vLLM computes at least one token of every prompt
+    enforce = True
+
+    def __init__(self, U: int, B: int = 32, R: int = 0, host_blocks: int = 0) -> None:
+        self.engine = shared_engine()
+        self.sched = self.engine.scheduler
+        self.engine.clear()
+        self.sched.restart(U=U, reserve=R, enforce=self.enforce)
+        self.U, self.B, self.R = self.sched.pool.U, self.sched.block_size, R
+        self.host_blocks = 0              # no host tier: scenarios that need one are not applicable
+        self.ended: dict[str, str] = {}   # finished or aborted through the protocol
+
+    # --- tokens and hashes --------------------------------------------------------------
+    @staticmethod
+    def _ids(tokens: Sequence[int]) -> list[int]:
+        return [t % VOCAB for t in tokens]
+
+    def block_hashes(self, tokens: Sequence[int]) -> list[str]:
+        return [hexid(h) for h in self.sched.pool.chain(self._ids(tokens))]
+
+    # --- claims -------------------------------------------------------------------------
+    def submit_claim(self, claim_id: str, prefix: Sequence[int], *, strength: str = "hard",
+                     priority: int = 0, ttl: int | None = None,
+                     tiers: Sequence[str] = ("device",), policy: str | None = None) -> str:
+        if tuple(tiers) != ("device",):
+            raise InvalidInput(f"claim {claim_id!r}: vLLM here has no host tier (tiers {tuple(tiers)})")
+        op = parse(to_xargs(claim_id, strength=strength, priority=priority, ttl=ttl, policy=policy)).claim
+        return self.sched.submit_claim(op, self._ids(prefix))
+
+    def release_claim(self, claim_id: str) -> None:
+        self.sched.release_claim(claim_id)
+
+    def claim_state(self, claim_id: str) -> str:
+        return self.sched.book.get(claim_id).state
+
+    # --- requests -----------------------------------------------------------------------
+    def submit_request(self, request_id: str, tokens: Sequence[int]) -> Decision:
+        """Queue the prompt and run one engine step for it alone: admitted (its prefill
+        ran), waiting, or refused by the integration."""
+        try:
+            self.engine.submit_request(request_id, self._ids(tokens), max_tokens=2, ignore_eos=True)
+        except ValueError as exc:       # vLLM's own input checks (prompt past the model length)
+            raise InvalidInput(f"request {request_id!r}: {exc}") from None
+        self._step_for(request_id)
+        status = self.request_status(request_id)
+        if status == "refused":
+            note = self.engine.results[request_id].kvclaims
+            return Decision(note["refused"], tuple(note["blocking_claims"]))
+        return Decision({"running": "admit", "waiting": "wait"}[status])
+
+    def _step_for(self, request_id: str) -> None:
+        self.sched.only = request_id
+        try:
+            self.engine.step()
+        finally:
+            self.sched.only = None
+
+    def request_status(self, request_id: str) -> str:
+        if request_id not in self.engine.internal:
+            raise UnknownId(f"no request {request_id!r}")
+        live = self.sched.requests.get(request_id)
+        if live is not None and live.status in LIVE:
+            return LIVE[live.status]
+        if request_id in self.ended:
+            return self.ended[request_id]
+        result = self.engine.results.get(request_id)
+        return "refused" if result is not None and result.refused else "finished"
+
+    def hit_blocks(self, request_id: str) -> int:
+        for rec in self.sched.trace.records:
+            if rec["kind"] == "request_admit" and rec["request"] == request_id:
+                return len(rec["hit_blocks"])
+        raise InvalidInput(f"request {request_id!r} was not admitted")
+
+    def finish(self, request_id: str, admit: bool = True) -> None:
+        """End a running request as if it completed; admit=False is write no-admit."""
+        self._require(request_id, "running")
+        if not admit:
+            self.sched.ops[request_id] = replace(self.sched.ops.get(request_id, RequestOps()),
+                                                 no_admit=True)
+        self.sched.finish_requests(request_id, RequestStatus.FINISHED_STOPPED)
+        self.engine.abort(request_id)   # the engine's own record of it; the scheduler's is gone
+        self.ended[request_id] = "finished"
+
+    def abort(self, request_id: str) -> None:
+        self._require(request_id, "waiting", "running")
+        self.engine.abort(request_id)
+        self.ended[request_id] = "aborted"
+
+    def _require(self, request_id: str, *statuses: str) -> None:
+        status = self.request_status(request_id)
+        if status not in statuses:
+            raise InvalidInput(f"request {request_id!r} is {status}")
+
+    def step(self, ticks: int = 1) -> None:
+        for _ in range(ticks):
+            self.sched.tick()
+            for request in list(self.sched.waiting):
+                self._step_for(request.request_id)
+
+    # --- operator actions ---------------------------------------------------------------
+    def evict_blocks(self, hashes: Sequence[str]) -> None:
+        """A connector reports the blocks with these hashes invalid."""
+        self.sched.evict_blocks(self.sched.pool.copies(hashes))
+
+    # --- observation --------------------------------------------------------------------
+    def resident(self) -> set[str]:
+        return set(self.sched.pool.cached_hashes())
+
+    def counts(self) -> PoolCounts:
+        return self.sched.pool.classes(self.sched.book.holders, self.sched.book.blocking_ids())[0]
+
+    def trace_lines(self, start: int = 0) -> list[str]:
+        return [json.dumps(r) for r in self.sched.trace.records[start:]]
+
+
+class StockVllmAdapter(VllmAdapter):
+    """Stock vLLM allocation: claims are recorded and traced but hold nothing."""
+
+    enforce = False

@@ -1,0 +1,52 @@
+"""The claims scheduler driven one operation at a time, for the runtime adapter.
+
+The adapter protocol (`kvclaims.adapter`) is operation by operation: a request
+is decided when it is submitted, holds its prompt's blocks until the test
+finishes it, and waiting requests are retried, in order, each on the pool as
+the previous one left it, when the logical clock ticks. vLLM's scheduler
+batches all of that, so this subclass narrows each engine step to one waiting
+request (`only`) and keeps running requests out of the schedule (they neither
+decode nor grow), and the clock ticks only when the adapter says so. Claims,
+arbitration, holds and the trace are the integration's own, unchanged.
+"""
+from __future__ import annotations
+
+from kvclaims.errors import InvalidInput
+from kvclaims.refimpl.trace import TraceWriter
+from kvclaims.vllm.scheduler import ClaimsScheduler
+
+
+class HarnessScheduler(ClaimsScheduler):
+    tick_per_step = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.only: str | None = None      # the one waiting request the next step may schedule
+
+    def schedule(self, *args, **kwargs):
+        running, self.running = self.running, []
+        queued = list(self.waiting)
+        others = [r for r in queued if r.request_id != self.only]
+        self.waiting.remove_requests(others)
+        try:
+            return super().schedule(*args, **kwargs)
+        finally:
+            self.running = running + self.running
+            still = set(map(id, [*self.waiting, *others]))
+            self.waiting.remove_requests(list(self.waiting))
+            for r in queued:
+                if id(r) in still:
+                    self.waiting.add_request(r)
+
+    def restart(self, *, U: int, reserve: int, enforce: bool) -> None:
+        """An empty pool of U blocks with a fresh claim registry and trace. Live requests
+        must have been aborted first (through the engine, so its own state goes too)."""
+        if self.requests:
+            raise InvalidInput(f"cannot restart with live requests {sorted(self.requests)}")
+        self.book.close()
+        self.pool.unwithhold()
+        if not self.kv_cache_manager.reset_prefix_cache():
+            raise InvalidInput("the prefix cache could not be reset")
+        if not 1 <= U <= self.pool.U:
+            raise InvalidInput(f"U must be in 1..{self.pool.U} (the engine's pool), got {U}")
+        self.start_claims(TraceWriter(), reserve=reserve, enforce=enforce, withhold=self.pool.U - U)
