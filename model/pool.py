@@ -18,7 +18,7 @@ from typing import Sequence
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
 from kvclaims.model.lifecycle import ClaimFSM, Lifecycle
-from kvclaims.model.terms import POLICIES, STRENGTHS, ClaimRules
+from kvclaims.model.terms import POLICIES, RESERVING, STRENGTHS, ClaimRules, reserve_context
 from kvclaims.spec import Spec, load
 
 
@@ -53,6 +53,14 @@ class ModelClaim:
     @property
     def state(self) -> str:
         return self.fsm.state
+
+    @property
+    def hard(self) -> bool:
+        return self.terms.hard
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return self.terms.chain
 
 
 @dataclass
@@ -132,8 +140,7 @@ class PoolModel:
                 for c in self._in(self._protected_state) if c.terms.blocking}
 
     def reserved(self) -> set[str]:
-        live = ("accepted", self._protected_state)
-        return {h for c in self._in(*live) if c.terms.hard for h in c.terms.chain}
+        return {h for c in self._in(*RESERVING) if c.hard for h in c.chain}
 
     def materialized_chains(self) -> dict[str, tuple[str, ...]]:
         return {c.terms.id: c.terms.chain for c in self._in(self._protected_state)}
@@ -144,9 +151,8 @@ class PoolModel:
         self.events.append((c.terms.id, event))
 
     def _fits_reserve(self, terms: ClaimTerms) -> bool:
-        reserved = self.reserved()
-        return accepts(terms.hard, len(set(terms.chain) - reserved), len(reserved),
-                       self.U, self.R, self.spec)
+        ctx = reserve_context(terms.chain, self.claims.values())
+        return accepts(terms.hard, ctx["new_blocks"], ctx["reserved"], self.U, self.R, self.spec)
 
     def submit_claim(self, terms: ClaimTerms) -> str:
         if terms.id in self.claims:

@@ -5,12 +5,30 @@ record, so "blocking", "host allowed" and the yield order cannot drift apart.
 """
 from __future__ import annotations
 
+from typing import Iterable, Protocol, Sequence
+
 from kvclaims.spec import load
 
 _SPEC = load()
 STRENGTHS: tuple[str, ...] = _SPEC.strengths
 POLICIES: tuple[str, ...] = _SPEC.policies
 TIERS: tuple[str, ...] = _SPEC.tiers
+# States in which a hard claim counts against the reserve: accepted, and protected.
+RESERVING = frozenset({t.dest for t in _SPEC.lifecycle.transitions if t.event == "accept"}
+                      | set(_SPEC.lifecycle.protected))
+
+
+class _Held(Protocol):
+    hard: bool
+    state: str
+    chain: Sequence[str]
+
+
+def reserve_context(chain: Sequence[str], claims: Iterable[_Held]) -> dict[str, int]:
+    """The reserve guard's inputs for `chain`: blocks already reserved by live hard claims
+    (counted once, however many claims share them) and the chain's blocks beyond those."""
+    reserved = {h for c in claims if c.hard and c.state in RESERVING for h in c.chain}
+    return {"new_blocks": len(set(chain) - reserved), "reserved": len(reserved)}
 
 
 class ClaimRules:

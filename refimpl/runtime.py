@@ -14,7 +14,7 @@ from typing import IO, Sequence
 from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
 from kvclaims.model.lifecycle import Lifecycle
-from kvclaims.model.terms import POLICIES, STRENGTHS, TIERS
+from kvclaims.model.terms import POLICIES, STRENGTHS, TIERS, reserve_context
 from kvclaims.refimpl.claims import Claim, Request
 from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
@@ -41,8 +41,6 @@ class Runtime:
         self.requests: dict[str, Request] = {}
         self.waiting: list[str] = []
         lc = self.spec.lifecycle
-        # States whose hard claims count against the reserve: accepted ones and protected ones.
-        self._reserving = {t.dest for t in lc.transitions if t.event == "accept"} | set(lc.protected)
         self._offloaded = {t.dest for t in lc.transitions if t.event == "offload"}
         self.trace = TraceWriter(sink)
         self.trace.emit("runtime", runtime="refimpl", U=U, B=B, R=R, host_blocks=host_blocks,
@@ -101,9 +99,6 @@ class Runtime:
         counts = PoolCounts(U=self.U - len(own), free=len(p.free), **n)
         return counts, {c: frozenset(b) for c, b in blocking.items()}
 
-    def _reserved(self) -> set[str]:
-        return {h for c in self.claims.values() if c.hard and c.state in self._reserving for h in c.chain}
-
     # ------------------------------------------------------------------ claims
     def submit_claim(self, claim_id: str, prefix: Sequence[int], *, strength: str = "hard",
                      priority: int = 0, ttl: int | None = None,
@@ -132,8 +127,7 @@ class Runtime:
         self.claims[claim_id] = c
         self.trace.emit("claim_submit", claim=claim_id, blocks=c.chain, strength=strength,
                         priority=priority, ttl=ttl, tiers=list(tiers), policy=policy)
-        reserved = self._reserved()
-        ctx = {"new_blocks": len(set(c.chain) - reserved), "reserved": len(reserved)}
+        ctx = reserve_context(c.chain, self.claims.values())
         if self._within_reserve(c, ctx["new_blocks"], ctx["reserved"]):
             self._fire(c, "accept", ctx)
             self._materialize_ready()
@@ -245,8 +239,7 @@ class Runtime:
         self._evict([s for s in map(self.pool.lookup, c.chain) if s in self.pool.lru], "offload")
 
     def _restore_fits(self, c: Claim) -> bool:
-        reserved = self._reserved()
-        return self._within_reserve(c, len(set(c.chain) - reserved), len(reserved))
+        return self._within_reserve(c, **reserve_context(c.chain, self.claims.values()))
 
     def _within_reserve(self, c: Claim, new_blocks: int, reserved: int) -> bool:
         """The spec's acceptance rule (RKC-ACC-1); one place, so tests can seed a broken one."""

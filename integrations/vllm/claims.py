@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from kvclaims.errors import DuplicateId, IllegalTransition, InvalidInput, UnknownId
 from kvclaims.model.feasibility import accepts
 from kvclaims.model.lifecycle import Lifecycle
+from kvclaims.model.terms import reserve_context
 from kvclaims.refimpl.claims import Claim
 from kvclaims.refimpl.trace import TraceWriter
 from kvclaims.spec import load
@@ -35,13 +36,11 @@ class ClaimBook:
         if not 0 <= reserve < pool.U:
             raise InvalidInput(f"kvclaims reserve must satisfy 0 <= R < U={pool.U}, got {reserve}")
         self.spec = load()
-        lc = self.spec.lifecycle
         self.lifecycle = Lifecycle(self.spec)
         self.pool, self.trace, self.R, self.enforce = pool, trace, reserve, enforce
         self.claims: dict[str, Claim] = {}
         self.held: dict[str, Held] = {}
         self.holders: dict[int, set[str]] = {}         # block id -> claims holding it
-        self._reserving = {t.dest for t in lc.transitions if t.event == "accept"} | set(lc.protected)
         self.metrics = ClaimMetrics(self.spec)
 
     # --- queries ------------------------------------------------------------
@@ -60,9 +59,6 @@ class ClaimBook:
     def holding(self) -> bool:
         """Does any claim hold blocks? (Without, the engine is stock vLLM.)"""
         return bool(self.holders)
-
-    def _reserved(self) -> set[str]:
-        return {h for c in self.claims.values() if c.hard and c.state in self._reserving for h in c.chain}
 
     # --- checks (raise, change nothing) -------------------------------------
     def check_new(self, op: ClaimOp, full_blocks: int) -> None:
@@ -90,8 +86,7 @@ class ClaimBook:
         self.trace.emit("claim_submit", claim=c.id, blocks=hexes, strength=c.strength,
                         priority=c.priority, ttl=op.ttl, tiers=["device"], policy=c.policy,
                         request=request)
-        reserved = self._reserved()
-        ctx = {"new_blocks": len(set(hexes) - reserved), "reserved": len(reserved)}
+        ctx = reserve_context(hexes, self.claims.values())
         if accepts(c.hard, ctx["new_blocks"], ctx["reserved"], self.pool.U, self.R, self.spec):
             self.fire(c, "accept", ctx)
             self.materialize_ready()
