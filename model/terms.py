@@ -31,6 +31,31 @@ def reserve_context(chain: Sequence[str], claims: Iterable[_Held]) -> dict[str, 
     return {"new_blocks": len(set(chain) - reserved), "reserved": len(reserved)}
 
 
+class ReserveLedger:
+    """`reserve_context` kept incrementally: how many reserving hard claims name each block.
+
+    A runtime reports every claim state change to `moved`; a context then costs
+    the chain's length, not a scan over all claims.
+    """
+
+    def __init__(self) -> None:
+        self.names: dict[str, int] = {}
+
+    def moved(self, c: _Held, before: str | None) -> None:
+        was, now = c.hard and before in RESERVING, c.hard and c.state in RESERVING
+        if was == now:
+            return
+        for h in set(c.chain):
+            n = self.names.get(h, 0) + (1 if now else -1)
+            if n:
+                self.names[h] = n
+            else:
+                del self.names[h]
+
+    def context(self, chain: Sequence[str]) -> dict[str, int]:
+        return {"new_blocks": len({h for h in chain if h not in self.names}), "reserved": len(self.names)}
+
+
 class ClaimRules:
     """Needs attributes `id`, `strength`, `policy`, `priority` and `tiers`."""
 

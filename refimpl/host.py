@@ -2,12 +2,15 @@
 
 Copies are verified by checksum on the way out and on the way back; the
 checksum compared against is the one recorded when the claim materialized.
+A claim's blocks move as one batch: one gather, one transfer, one digest pass.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
-from kvclaims.refimpl.kv import checksum
+from kvclaims.refimpl.kv import checksums
 
 
 class HostTier:
@@ -21,18 +24,24 @@ class HostTier:
     def room(self, hashes) -> bool:
         return len([h for h in set(hashes) if h not in self.index]) <= len(self.free)
 
-    def store(self, h: str, block: torch.Tensor, owner: str) -> str:
-        """Copy one device block out for `owner`; returns the host copy's checksum."""
-        if h not in self.index:
-            self.index[h] = self.free.pop()
-            self.kv[self.index[h]].copy_(block)
-        self.owners.setdefault(h, set()).add(owner)
-        return checksum(self.kv[self.index[h]])
+    def store(self, hashes: Sequence[str], blocks: torch.Tensor, owner: str) -> list[str]:
+        """Copy device `blocks` (one per hash) out for `owner`; returns the host copies' checksums.
 
-    def load_into(self, h: str, target: torch.Tensor) -> str:
-        """Copy a host block into `target` (a device block); returns the checksum of what arrived."""
-        target.copy_(self.kv[self.index[h]])
-        return checksum(target)
+        A hash already on the host is shared, not copied again; its existing copy
+        is what gets verified.
+        """
+        fresh = [i for i, h in enumerate(hashes) if h not in self.index]
+        for i in fresh:
+            self.index[hashes[i]] = self.free.pop()
+        if fresh:
+            self.kv[[self.index[hashes[i]] for i in fresh]] = blocks[fresh].cpu()
+        for h in hashes:
+            self.owners.setdefault(h, set()).add(owner)
+        return checksums(self.kv[[self.index[h] for h in hashes]])
+
+    def load(self, hashes: Sequence[str], kv: torch.Tensor, slots: Sequence[int]) -> None:
+        """Copy the host blocks of `hashes` into `kv[slots]` (device blocks), in one transfer."""
+        kv[list(slots)] = self.kv[[self.index[h] for h in hashes]].to(kv.device)
 
     def release(self, h: str, owner: str) -> bool:
         """`owner` gives up its copy; returns True if the block left the host tier."""

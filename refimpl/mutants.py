@@ -40,7 +40,7 @@ class WrongAttribution(RefimplAdapter):
 
     def _refuse(self, r: Request, d: Decision) -> None:
         if d.outcome == "refuse_blocked":
-            d = Decision(d.outcome, tuple(sorted(self._classes(set())[1])))
+            d = Decision(d.outcome, tuple(sorted(self._blocking(()))))
         super()._refuse(r, d)
 
 

@@ -3,6 +3,10 @@
 The pool only stores and moves blocks; who may lose a block (claims, policies,
 events) is the runtime's decision. Invariant kept by `settle`: a slot is in
 the LRU iff it has a registered hash and nobody (request or claim) holds it.
+
+Block classes (the spec's precedence protected > active > yielding > cached >
+free) are kept as running counts, updated whenever a slot changes, so a
+feasibility decision reads them in O(1) instead of scanning the pool.
 """
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from typing import Sequence
 
 import torch
 
-from kvclaims.refimpl.kv import checksum, content
+from kvclaims.refimpl.kv import checksums, content
+
+CLASSES = ("cached", "yielding", "active", "protected")
 
 
 def default_device() -> torch.device:
@@ -27,18 +33,24 @@ class DevicePool:
         self.device = torch.device(device) if device is not None else default_device()
         self.kv = torch.zeros(U, 2, B, heads, head_dim, device=self.device)
         self.hash_of: list[str | None] = [None] * U
-        self.checksums: list[str | None] = [None] * U
         self.refs = [0] * U                      # requests holding the slot
         self.holders: list[set[str]] = [set() for _ in range(U)]  # materialized claims
+        self.blockers = [0] * U                  # how many of the holders are blocking
         self.index: dict[str, int] = {}          # registered hash -> slot
         self.lru: OrderedDict[int, None] = OrderedDict()  # cached slots, oldest first
         self.free: list[int] = list(range(U - 1, -1, -1))  # pop() gives slot 0 first
+        self.is_free = [True] * U
+        self.klass: list[str | None] = [None] * U  # None: free or in passing
+        self.count = dict.fromkeys(CLASSES, 0)
+        self.protected: set[int] = set()
 
     def lookup(self, h: str) -> int | None:
         return self.index.get(h)
 
     def take_free(self) -> int:
-        return self.free.pop()
+        slot = self.free.pop()
+        self.is_free[slot] = False
+        return slot
 
     def write(self, slot: int, tokens: Sequence[int], start: int, offset: int = 0) -> None:
         """Compute KV for `tokens` (absolute positions from `start`) into the slot at `offset`."""
@@ -50,12 +62,15 @@ class DevicePool:
         want = content(tokens, start, self.heads, self.head_dim, self.device)
         return bool(torch.equal(self.kv[slot, :, :len(tokens)], want))
 
+    def digests(self, slots: Sequence[int]) -> list[str]:
+        """Checksums of the slots' current KV, in one pass on the device."""
+        return checksums(self.kv[list(slots)]) if slots else []
+
     def register(self, slot: int, h: str) -> bool:
-        """Enter a full block in the prefix index and record its checksum (False if h is taken)."""
+        """Enter a full block in the prefix index (False if h is taken)."""
         if h in self.index:
             return False
         self.index[h], self.hash_of[slot] = slot, h
-        self.checksums[slot] = checksum(self.kv[slot])
         return True
 
     def unregister(self, slot: int) -> str | None:
@@ -63,8 +78,9 @@ class DevicePool:
         h = self.hash_of[slot]
         if h is not None:
             del self.index[h]
-        self.hash_of[slot] = self.checksums[slot] = None
+        self.hash_of[slot] = None
         self.lru.pop(slot, None)
+        self._reclass(slot)
         return h
 
     def evict(self, slot: int) -> str | None:
@@ -72,20 +88,48 @@ class DevicePool:
         h = self.unregister(slot)
         self.kv[slot].zero_()
         self.free.append(slot)
+        self.is_free[slot] = True
         return h
 
     def held(self, slot: int) -> bool:
         return self.refs[slot] > 0 or bool(self.holders[slot])
+
+    def hold(self, slot: int, claim: str, blocking: bool) -> None:
+        if claim not in self.holders[slot]:
+            self.holders[slot].add(claim)
+            self.blockers[slot] += blocking
+        self.settle(slot)
+
+    def unhold(self, slot: int, claim: str, blocking: bool) -> None:
+        if claim in self.holders[slot]:
+            self.holders[slot].discard(claim)
+            self.blockers[slot] -= blocking
+        self.settle(slot)
 
     def settle(self, slot: int) -> None:
         """Restore the LRU invariant after refs/holders changed; unheld unhashed slots are freed."""
         if self.held(slot):
             self.lru.pop(slot, None)
         elif self.hash_of[slot] is None:
-            if slot not in self.free:
+            if not self.is_free[slot]:
                 self.evict(slot)
         elif slot not in self.lru:
             self.lru[slot] = None
+        self._reclass(slot)
+
+    def _reclass(self, slot: int) -> None:
+        """Move the slot to the class its refs, holders and LRU membership now give."""
+        new = ("protected" if self.blockers[slot] else "active" if self.refs[slot]
+               else "yielding" if self.holders[slot] else "cached" if slot in self.lru else None)
+        old = self.klass[slot]
+        if new == old:
+            return
+        if old:
+            self.count[old] -= 1
+        if new:
+            self.count[new] += 1
+        self.klass[slot] = new
+        (self.protected.add if new == "protected" else self.protected.discard)(slot)
 
     def oldest_cached(self) -> int | None:
         return next(iter(self.lru), None)

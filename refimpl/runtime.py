@@ -12,9 +12,9 @@ from itertools import islice
 from typing import IO, Sequence
 
 from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidInput, UnknownId
-from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
+from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide, outcome
 from kvclaims.model.lifecycle import Lifecycle
-from kvclaims.model.terms import POLICIES, STRENGTHS, TIERS, reserve_context
+from kvclaims.model.terms import POLICIES, STRENGTHS, TIERS, ReserveLedger
 from kvclaims.refimpl.claims import Claim, Request
 from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
@@ -42,6 +42,12 @@ class Runtime:
         self.waiting: list[str] = []
         lc = self.spec.lifecycle
         self._offloaded = {t.dest for t in lc.transitions if t.event == "offload"}
+        self._awaiting = {t.source for t in lc.transitions if t.event == "materialize"}
+        # Indexes kept by `_fire`, so no operation scans every claim: live claims by
+        # state, and by the last hash of their chain (a chain is named by its tail).
+        self._by_state: dict[str, set[str]] = {st: set() for st in lc.states}
+        self._by_tail: dict[str, set[str]] = {}
+        self.ledger = ReserveLedger()
         self.trace = TraceWriter(sink)
         self.trace.emit("runtime", runtime="refimpl", U=U, B=B, R=R, host_blocks=host_blocks,
                         device=str(self.pool.device))
@@ -55,7 +61,7 @@ class Runtime:
         return self._claim(claim_id).state
 
     def counts(self) -> PoolCounts:
-        return self._classes(set())[0]
+        return self._counts(())
 
     def verify_request(self, request_id: str) -> bool:
         """Does every block the request holds contain exactly the KV of its tokens?"""
@@ -73,31 +79,35 @@ class Runtime:
             raise UnknownId(f"no request {request_id!r}")
         return self.requests[request_id]
 
-    def _classes(self, own: set[int]) -> tuple[PoolCounts, dict[str, frozenset]]:
-        """Block classes by the spec's precedence, and the blocks each blocking claim protects.
-
-        `own` are the deciding request's prefix hits: it keeps them whatever
-        happens, so they are outside the pool it competes for.
-        """
-        n = {"cached": 0, "yielding": 0, "active": 0, "protected": 0}
-        blocking: dict[str, set[str]] = {}
+    def _counts(self, own) -> PoolCounts:
+        """Block classes without `own`, the deciding request's prefix hits: it keeps them
+        whatever happens, so they are outside the pool it competes for. O(len(own)):
+        the pool keeps its class counts as it changes."""
         p = self.pool
-        for slot in range(self.U):
-            if slot in own:
-                continue
-            blockers = [c for c in p.holders[slot] if self.claims[c].blocking]
-            if blockers:
-                n["protected"] += 1
-                for c in blockers:
-                    blocking.setdefault(c, set()).add(p.hash_of[slot])
-            elif p.refs[slot]:
-                n["active"] += 1
-            elif p.holders[slot]:
-                n["yielding"] += 1
-            elif slot in p.lru:
-                n["cached"] += 1
-        counts = PoolCounts(U=self.U - len(own), free=len(p.free), **n)
-        return counts, {c: frozenset(b) for c, b in blocking.items()}
+        n = dict(p.count)
+        for slot in own:
+            if p.klass[slot]:
+                n[p.klass[slot]] -= 1
+        return PoolCounts(U=self.U - len(own), free=len(p.free), **n)
+
+    def _blocking(self, own) -> dict[str, frozenset]:
+        """The blocks each blocking claim protects outside `own` (needed only to attribute)."""
+        out: dict[str, set[str]] = {}
+        p = self.pool
+        for slot in p.protected.difference(own):
+            for c in p.holders[slot]:
+                if self.claims[c].blocking:
+                    out.setdefault(c, set()).add(p.hash_of[slot])
+        return {c: frozenset(b) for c, b in out.items()}
+
+    def _decide(self, A: int, own) -> Decision:
+        counts = self._counts(own)
+        name = outcome(A, counts, self.spec)
+        return decide(A, counts, self._blocking(own), self.spec) if name == "refuse_blocked" else Decision(name)
+
+    def _in(self, *states: str) -> list[Claim]:
+        """Live claims in `states`, by id (the order every sweep over claims uses)."""
+        return [self.claims[c] for c in sorted(set().union(*(self._by_state[st] for st in states)))]
 
     # ------------------------------------------------------------------ claims
     def submit_claim(self, claim_id: str, prefix: Sequence[int], *, strength: str = "hard",
@@ -125,9 +135,11 @@ class Runtime:
                   None if ttl is None else self.time + ttl, tiers, policy, fsm=None)
         c.fsm = self.lifecycle.claim(claim_id, self._guards(c))
         self.claims[claim_id] = c
+        self._by_state[c.state].add(claim_id)
+        self._by_tail.setdefault(c.chain[-1], set()).add(claim_id)
         self.trace.emit("claim_submit", claim=claim_id, blocks=c.chain, strength=strength,
                         priority=priority, ttl=ttl, tiers=list(tiers), policy=policy)
-        ctx = reserve_context(c.chain, self.claims.values())
+        ctx = self.ledger.context(c.chain)
         if self._within_reserve(c, ctx["new_blocks"], ctx["reserved"]):
             self._fire(c, "accept", ctx)
             self._materialize_ready()
@@ -188,22 +200,26 @@ class Runtime:
         }
 
     def _fire(self, c: Claim, event: str, ctx: dict | None = None, **fields) -> None:
+        before = c.state
         state = c.fsm.fire(event, **(ctx or {}))
+        self._by_state[before].discard(c.id)
+        if c.fsm.terminal:
+            self._by_tail[c.chain[-1]].discard(c.id)
+        else:
+            self._by_state[state].add(c.id)
+        self.ledger.moved(c, before)
         self.trace.emit("claim", claim=c.id, event=event, state=state, **fields)
 
     def _hold(self, c: Claim) -> None:
         for h in c.chain:
-            slot = self.pool.lookup(h)
-            self.pool.holders[slot].add(c.id)
-            self.pool.settle(slot)
+            self.pool.hold(self.pool.lookup(h), c.id, c.blocking)
 
     def _unhold(self, c: Claim) -> None:
         """Give the claim's device blocks back (tail first, so LRU evicts tails first)."""
         for h in reversed(c.chain):
             slot = self.pool.lookup(h)
-            if slot is not None and c.id in self.pool.holders[slot]:
-                self.pool.holders[slot].discard(c.id)
-                self.pool.settle(slot)
+            if slot is not None:
+                self.pool.unhold(slot, c.id, c.blocking)
 
     def _drop_host(self, c: Claim, reason: str) -> None:
         gone = [h for h in c.chain if h in self.host.index and self.host.release(h, c.id)]
@@ -211,10 +227,11 @@ class Runtime:
             self.trace.emit("block_evict", blocks=gone, tier="host", reason=reason)
 
     def _materialize_ready(self) -> None:
-        for c in sorted(self.claims.values(), key=lambda c: c.id):
-            if "materialize" in c.fsm.allowed() and all(self.pool.lookup(h) is not None for h in c.chain):
+        for c in self._in(*self._awaiting):
+            slots = [self.pool.lookup(h) for h in c.chain]
+            if None not in slots:
                 self._fire(c, "materialize", blocks=c.chain)
-                c.checksums = {h: self.pool.checksums[self.pool.lookup(h)] for h in c.chain}
+                c.checksums = dict(zip(c.chain, self.pool.digests(slots)))
                 self._hold(c)
 
     def _end(self, c: Claim, event: str, **fields) -> None:
@@ -229,7 +246,8 @@ class Runtime:
 
     def _offload(self, c: Claim, **fields) -> None:
         """Copy out, verify against the materialization checksums, emit, then free device blocks."""
-        arrived = {h: self.host.store(h, self.pool.kv[self.pool.lookup(h)], c.id) for h in c.chain}
+        slots = [self.pool.lookup(h) for h in c.chain]
+        arrived = dict(zip(c.chain, self.host.store(c.chain, self.pool.kv[slots], c.id)))
         if not self._matches(arrived, c):
             self._end(c, "fail", reason="offload_mismatch")
             return
@@ -239,7 +257,7 @@ class Runtime:
         self._evict([s for s in map(self.pool.lookup, c.chain) if s in self.pool.lru], "offload")
 
     def _restore_fits(self, c: Claim) -> bool:
-        return self._within_reserve(c, **reserve_context(c.chain, self.claims.values()))
+        return self._within_reserve(c, **self.ledger.context(c.chain))
 
     def _within_reserve(self, c: Claim, new_blocks: int, reserved: int) -> bool:
         """The spec's acceptance rule (RKC-ACC-1); one place, so tests can seed a broken one."""
@@ -251,8 +269,10 @@ class Runtime:
 
     def _restore(self, c: Claim, targets: dict[str, int]) -> None:
         """Copy host blocks into `targets` (hash -> free slot) and verify; fail closed on a mismatch."""
-        arrived = {h: self.host.load_into(h, self.pool.kv[targets[h]]) if h in targets
-                   else self.pool.checksums[self.pool.lookup(h)] for h in c.chain}
+        if targets:
+            self.host.load(list(targets), self.pool.kv, list(targets.values()))
+        slots = [targets[h] if h in targets else self.pool.lookup(h) for h in c.chain]
+        arrived = dict(zip(c.chain, self.pool.digests(slots)))
         if not self._matches(arrived, c):
             for slot in targets.values():
                 self.pool.kv[slot].zero_()
@@ -301,8 +321,7 @@ class Runtime:
         _check_tokens(tokens, "decode tokens")
         total = len(r.tokens) + len(tokens)
         A = -(-total // self.B) - len(r.slots)
-        counts, blocking = self._classes(set(r.slots))
-        d = decide(A, counts, blocking, self.spec)
+        d = self._decide(A, r.slots)
         if d.outcome == "admit":
             slots = self._obtain(A, yielding=True)
             self.trace.emit("request_grow", request=request_id, tokens=len(tokens), new_blocks=A)
@@ -338,8 +357,7 @@ class Runtime:
     def _try_admit(self, r: Request) -> Decision:
         hits = self._hits(r)
         A = -(-len(r.tokens) // self.B) - len(hits)
-        counts, blocking = self._classes(set(hits))
-        d = decide(A, counts, blocking, self.spec)
+        d = self._decide(A, hits)
         if d.outcome == "admit":
             if r.id in self.waiting:
                 self.waiting.remove(r.id)
@@ -373,7 +391,8 @@ class Runtime:
         self._take(r, slots)
         self._restore_for(r, len(hits))
         self._compute(r, len(hits) * self.B)
-        for c in sorted(self.claims.values(), key=lambda c: c.id):
+        named = sorted(set().union(*(self._by_tail.get(h, ()) for h in hit_hashes)))
+        for c in (self.claims[cid] for cid in named):
             if "hit" in c.fsm.allowed() and set(c.chain) <= set(hit_hashes):
                 self._fire(c, "hit", request=r.id)
         self._materialize_ready()
@@ -403,8 +422,7 @@ class Runtime:
 
     def _next_yielding(self) -> Claim | None:
         p = self.pool
-        live = [c for c in self.claims.values() if c.state in self.spec.lifecycle.protected
-                and not c.blocking and any(
+        live = [c for c in self._in(*self.spec.lifecycle.protected) if not c.blocking and any(
                     not p.refs[s] and not any(self.claims[o].blocking for o in p.holders[s])
                     for s in map(p.lookup, c.chain))]
         return min(live, key=Claim.yield_order, default=None)
@@ -415,7 +433,7 @@ class Runtime:
 
     def _restore_for(self, r: Request, hit: int) -> None:
         """Offloaded claims whose chain prefixes the request are restored into its new blocks."""
-        for c in sorted(self.claims.values(), key=lambda c: c.id):
+        for c in self._in(*self._offloaded):
             n = len(c.chain)
             if c.state in self._offloaded and n > hit and r.hashes[:n] == c.chain \
                     and self._restore_fits(c):
@@ -466,9 +484,8 @@ class Runtime:
     def reset_prefix_cache(self) -> None:
         """Weights changed: all cached KV is invalid. Claims with resident state are harmed first."""
         self.trace.emit("operator", action="reset_prefix_cache")
-        for c in sorted(self.claims.values(), key=lambda c: c.id):
-            if c.state in self.spec.lifecycle.protected or c.state in self._offloaded:
-                self._end(c, "harm", reason="reset_prefix_cache")
+        for c in self._in(*self.spec.lifecycle.protected, *self._offloaded):
+            self._end(c, "harm", reason="reset_prefix_cache")
         self._drop_blocks([s for s in range(self.U) if self.pool.hash_of[s] is not None],
                           "reset_prefix_cache")
 

@@ -34,7 +34,7 @@ def test_pool_write_verify_register_and_lru(device):
     pool.write(slot, [1, 2, 3, 4], 0)
     assert pool.verify(slot, [1, 2, 3, 4], 0) and not pool.verify(slot, [1, 2, 3, 5], 0)
     assert pool.register(slot, "h") and not pool.register(pool.take_free(), "h")
-    assert pool.checksums[slot] == checksum(pool.kv[slot])
+    assert pool.digests([slot]) == [checksum(pool.kv[slot])]
     pool.settle(slot)
     assert pool.oldest_cached() == slot
     pool.refs[slot] += 1
@@ -48,9 +48,10 @@ def test_pool_write_verify_register_and_lru(device):
 def test_host_tier_copies_verify_and_share():
     host = HostTier(2, (2, 4, 2, 8), pin=False)
     block = content([1, 2, 3, 4], 0, 2, 8, torch.device("cpu"))
-    assert host.store("h", block, "c1") == checksum(block)
-    host.store("h", block, "c2")
+    assert host.store(["h"], block.unsqueeze(0), "c1") == [checksum(block)]
+    host.store(["h"], block.unsqueeze(0), "c2")
     assert host.room(["x"]) and not host.room(["x", "y"])
-    target = torch.zeros_like(block)
-    assert host.load_into("h", target) == checksum(block)
+    target = torch.zeros(1, *block.shape)
+    host.load(["h"], target, [0])
+    assert torch.equal(target[0], block)
     assert not host.release("h", "c1") and host.release("h", "c2") and not host.index

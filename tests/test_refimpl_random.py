@@ -56,6 +56,25 @@ def consistent(rt):
         if c.state == "materialized":                             # RKC-INV-1 on the real pool
             assert all(rt.pool.lookup(h) is not None and c.id in p.holders[p.lookup(h)] for h in c.chain)
     assert reserve_context([], rt.claims.values())["reserved"] <= rt.U - rt.R  # RKC-INV-4
+    incremental_indexes_match_a_scan(rt)
+
+
+def incremental_indexes_match_a_scan(rt):
+    """What the runtime keeps incrementally (block classes, reserve, claims by state)
+    equals what a scan over every slot and claim computes now."""
+    p, n = rt.pool, dict.fromkeys(("cached", "yielding", "active", "protected"), 0)
+    for s in range(rt.U):
+        blocking = any(rt.claims[c].blocking for c in p.holders[s])
+        k = ("protected" if blocking else "active" if p.refs[s] else "yielding" if p.holders[s]
+             else "cached" if s in p.lru else None)
+        if k:
+            n[k] += 1
+        assert (k == "protected") == (s in p.protected)
+    assert n == p.count and rt.counts().free == len(p.free)
+    for chain in PREFIXES:
+        assert rt.ledger.context(chain) == reserve_context(chain, rt.claims.values())
+    assert {c.id: c.state for c in rt.claims.values() if not c.fsm.terminal} == \
+        {cid: st for st, ids in rt._by_state.items() for cid in ids}
 
 
 @settings(max_examples=150, deadline=None)
@@ -73,3 +92,15 @@ def test_random_operations_keep_the_contract(ops):
     assert report.ok, report.violations
     assert report.claims == {c: x.state for c, x in rt.claims.items()}
     assert all(report.requests[r]["status"] == x.status for r, x in rt.requests.items())
+
+
+def test_the_index_check_catches_a_stale_class_count(monkeypatch):
+    """Seeded bug: a pool that stops reclassifying slots fails the scan comparison."""
+    rt = Runtime(6, 2, 1, host_blocks=3)
+    monkeypatch.setattr(rt.pool, "_reclass", lambda slot: None)
+    rt.submit_request("r", PREFIXES[0])
+    try:
+        incremental_indexes_match_a_scan(rt)
+    except AssertionError:
+        return
+    raise AssertionError("a stale class count went unnoticed")
