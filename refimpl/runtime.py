@@ -63,6 +63,12 @@ class Runtime:
     def counts(self) -> PoolCounts:
         return self._counts(())
 
+    def feasibility(self, tokens: Sequence[int]) -> Decision:
+        """What submitting `tokens` now would decide, changing nothing (a dry run)."""
+        _check_tokens(tokens, "prompt")
+        hits = self._hits(chain_hashes(list(tokens), self.B))
+        return self._decide(-(-len(tokens) // self.B) - len(hits), hits)
+
     def verify_request(self, request_id: str) -> bool:
         """Does every block the request holds contain exactly the KV of its tokens?"""
         r = self._request(request_id)
@@ -355,7 +361,7 @@ class Runtime:
         self._release(r, admit=True)
 
     def _try_admit(self, r: Request) -> Decision:
-        hits = self._hits(r)
+        hits = self._hits(r.hashes)
         A = -(-len(r.tokens) // self.B) - len(hits)
         d = self._decide(A, hits)
         if d.outcome == "admit":
@@ -372,10 +378,10 @@ class Runtime:
             self._refuse(r, d)
         return d
 
-    def _hits(self, r: Request) -> list[int]:
-        """Slots of the longest prefix of the request's chain resident on the device."""
+    def _hits(self, chain: Sequence[str]) -> list[int]:
+        """Slots of the longest prefix of `chain` resident on the device."""
         hits = []
-        for h in r.hashes:
+        for h in chain:
             slot = self.pool.lookup(h)
             if slot is None:
                 break

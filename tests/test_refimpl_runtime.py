@@ -244,3 +244,17 @@ def test_rejected_operations_change_nothing():
         assert same(before, snapshot(rt)), call
     with pytest.raises(InvalidInput):
         Runtime(4, 4, R=4)
+
+
+def test_feasibility_is_a_dry_run_of_submit():
+    """`feasibility` decides as `submit_request` would, and changes nothing (RKC-FEAS-7)."""
+    rt = Runtime(8, 4, 0)
+    P = tokens(2, 1)
+    rt.submit_request("w", P)
+    rt.finish("w")
+    rt.submit_claim("c", P)
+    for prompt in (tokens(9, 2), P + tokens(6, 3), tokens(3, 4), P + tokens(7, 5)):
+        before = snapshot(rt)
+        d = rt.feasibility(prompt)
+        assert same(before, snapshot(rt))
+        assert rt.submit_request(f"r{len(rt.requests)}", prompt) == d
