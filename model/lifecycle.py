@@ -1,10 +1,12 @@
 """The claim lifecycle as a `transitions` machine, built from the spec's table.
 
-One shared ``Machine`` serves every claim (``add_model``/``remove_model``), so
-a runtime with many claims does not pay for a machine per claim. The machine
-is built with ``auto_transitions=False``: the generated ``to_<state>()``
-methods would bypass every guard. Illegal events and failed guards raise typed
-errors and leave the state as it was.
+One shared ``Machine`` with a single model, a cursor, serves every claim: a
+claim keeps its own state, and `fire` loads it into the cursor, triggers, and
+reads the result back. `transitions` registers models in a list it scans on
+every ``add_model``, so a model per claim made each new claim cost O(live
+claims). The machine is built with ``auto_transitions=False``: the generated
+``to_<state>()`` methods would bypass every guard. Illegal events and failed
+guards raise typed errors and leave the state as it was.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class ClaimFSM:
     def __init__(self, lifecycle: "Lifecycle", claim_id: str,
                  guards: Mapping[str, GuardFn] | None) -> None:
         self.claim_id = claim_id
+        self.state = lifecycle.spec.lifecycle.initial
         self._lifecycle = lifecycle
         self._guards = guards or {}
         self._failed_guard: str | None = None
@@ -49,11 +52,11 @@ class ClaimFSM:
         if event not in self.allowed():
             raise IllegalTransition(self.claim_id, self.state, event, self.allowed())
         self._failed_guard = None
-        before = self.state
-        if not self.trigger(event, _unchecked=unchecked_guards, **context):
-            raise GuardRejected(self.claim_id, before, event, self._failed_guard or "?")
-        if self.terminal:
-            self._lifecycle.machine.remove_model(self)
+        cursor = self._lifecycle.cursor
+        cursor.claim, cursor.state = self, self.state
+        if not cursor.trigger(event, _unchecked=unchecked_guards, **context):
+            raise GuardRejected(self.claim_id, self.state, event, self._failed_guard or "?")
+        self.state = cursor.state
         return self.state
 
     def _check(self, guard: str, event_data) -> bool:
@@ -78,7 +81,8 @@ class Lifecycle:
             if t.guard:
                 row["conditions"] = [partial(_guard_condition, t.guard)]
             transitions.append(row)
-        self.machine = Machine(model=None, states=list(lc.states), transitions=transitions,
+        self.cursor = _Cursor()
+        self.machine = Machine(model=self.cursor, states=list(lc.states), transitions=transitions,
                                initial=lc.initial, auto_transitions=False, send_event=True,
                                ignore_invalid_triggers=False)
         self._allowed = {s: [t.event for t in lc.transitions if t.source == s] for s in lc.states}
@@ -87,13 +91,17 @@ class Lifecycle:
         return self._allowed[state]
 
     def claim(self, claim_id: str, guards: Mapping[str, GuardFn] | None = None) -> ClaimFSM:
-        fsm = ClaimFSM(self, claim_id, guards)
-        self.machine.add_model(fsm)
-        return fsm
+        return ClaimFSM(self, claim_id, guards)
+
+
+class _Cursor:
+    """The machine's only model: the claim being fired, and its state while it is."""
+
+    claim: ClaimFSM
 
 
 def _guard_condition(guard: str, event_data) -> bool:
-    return event_data.model._check(guard, event_data)
+    return event_data.model.claim._check(guard, event_data)
 
 
 def mermaid(spec: Spec | None = None) -> str:

@@ -69,11 +69,12 @@ def test_no_auto_transitions_backdoor(lifecycle):
     assert not any(name.startswith("to_") for name in dir(claim))
 
 
-def test_terminal_claims_leave_the_shared_machine(lifecycle):
-    claim = lifecycle.claim("gone", dict(ALL_TRUE))
-    claim.fire("accept")
-    claim.fire("release")
-    assert claim.terminal and claim not in lifecycle.machine.models
+def test_claims_share_one_machine_model(lifecycle):
+    """Claims keep their own state; the machine holds one cursor model, however many claims live."""
+    a, b = lifecycle.claim("a", dict(ALL_TRUE)), lifecycle.claim("b", dict(ALL_TRUE))
+    a.fire("accept")
+    b.fire("refuse")
+    assert (a.state, b.state) == ("accepted", "refused") and lifecycle.machine.models == [lifecycle.cursor]
 
 
 def test_diagram_drawn_from_table():
