@@ -18,6 +18,7 @@ COMMANDS = {
     "fuzz": ("kvclaims.fuzz", "run the stateful contract test against a runtime for N steps"),
     "conform": ("kvclaims.conform", "run proofs, litmus and the stateful suite; a verdict per obligation"),
     "docs": ("kvclaims.docs", "check or refresh the generated sections of README.md and CONTRACT.md"),
+    "bench": ("kvclaims.bench.suite", "measure what the contract costs: ratios against baselines, side by side"),
 }
 
 

@@ -54,7 +54,8 @@ def fuzz(runtime: str, steps: int, seed_value: int, *, faults: bool = True,
     while totals["steps"] < steps:
         machine = seed(seed_value * 1_000_003 + batch)(Counted)
         run_state_machine_as_test(machine, settings=settings(
-            max_examples=EXAMPLES_PER_BATCH, stateful_step_count=STEPS_PER_EXAMPLE,
+            max_examples=min(EXAMPLES_PER_BATCH, -(-(steps - totals["steps"]) // STEPS_PER_EXAMPLE)),
+            stateful_step_count=STEPS_PER_EXAMPLE,
             deadline=None, database=None, derandomize=False, report_multiple_bugs=False,
             suppress_health_check=list(HealthCheck),
             phases=[Phase.generate, Phase.shrink]))

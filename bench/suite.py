@@ -1,0 +1,89 @@
+"""`kvclaims bench`: every figure of the benchmark suite, as ratios measured side by side.
+
+Figures are modules with `run(smoke) -> list[Ratio]`, imported only when run,
+so a machine without vLLM still runs the others (the vLLM ones are reported
+skipped, with the reason). Exit status 0 whether or not targets are met: a
+benchmark reports, the README says what a miss means.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+
+# figure -> (module, what it measures)
+FIGURES = {
+    "alloc": ("kvclaims.bench.vllm_alloc", "1, 3: vLLM allocator with claims; refimpl pool vs vLLM pool"),
+    "engine": ("kvclaims.bench.vllm_engine", "2: vLLM engine throughput with the integration"),
+    "feasibility": ("kvclaims.bench.feasibility", "4: decision time, 10 to 10^5 live claims"),
+    "checker": ("kvclaims.bench.checker", "5: trace checker events/s and memory"),
+    "prove": ("kvclaims.bench.proofs", "6: proof time"),
+    "fuzz": ("kvclaims.bench.fuzz", "7: stateful testing throughput"),
+    "host": ("kvclaims.bench.host_tier", "8: host tier offload/restore bandwidth"),
+}
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        import vllm
+        info["vllm"] = vllm.__version__
+    except ImportError:
+        info["vllm"] = None
+    return info
+
+
+def run_figures(names, smoke: bool, log=lambda msg: None) -> dict:
+    out = {"machine": machine(), "smoke": smoke, "figures": [], "skipped": {}}
+    for name in names:
+        module, what = FIGURES[name]
+        t0 = time.perf_counter()
+        try:
+            ratios = importlib.import_module(module).run(smoke=smoke)
+        except ImportError as exc:
+            out["skipped"][name] = f"{what}: needs {exc.name or exc}"
+            log(f"{name}: skipped ({out['skipped'][name]})")
+            continue
+        seconds = round(time.perf_counter() - t0, 1)
+        out["figures"] += [{"figure": name, **r.to_json()} for r in ratios]
+        log(f"{name}: {len(ratios)} figure(s) in {seconds} s")
+    return out
+
+
+def markdown(result: dict) -> str:
+    rows = ["| figure | ours vs baseline | unit | median | min–max | target | met |",
+            "|---|---|---|---|---|---|---|"]
+    for f in result["figures"]:
+        met = {True: "yes", False: "**no**", None: "—"}[f["met"]]
+        rows.append(f"| {f['name']} | {f['ours']} vs {f['baseline']} | {f['unit']} | {f['median']:.3g} "
+                    f"| {f['min']:.3g}–{f['max']:.3g} | {f['target'] or '—'} | {met} |")
+    rows += [f"| {name} | skipped: {why} | | | | | |" for name, why in result["skipped"].items()]
+    return "\n".join(rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", action="append", choices=list(FIGURES), help="run only this figure group")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmarks run")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = run_figures(args.only or list(FIGURES), args.smoke,
+                         log=lambda m: print(f"bench: {m}", file=sys.stderr))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("machine: " + ", ".join(f"{k}={v}" for k, v in result["machine"].items()))
+        print(markdown(result))
+        for f in result["figures"]:
+            if f.get("extra"):
+                print(f"  {f['name']}: {json.dumps(f['extra'])}")
+    return 0
