@@ -1,24 +1,29 @@
 """The trace checker: replays any runtime's JSONL trace against the contract.
 
-It streams the trace line by line (memory grows with live claims and
-requests, not with trace length), drives every claim event through the
-spec's lifecycle machine, and reports each violation with its line and
-sequence number instead of stopping: a malformed line is a finding, never a
-crash. A block named by `block_evict` is lost for every claim whose state
-requires it in that tier (protected states on the device, offloaded on the
-host); with no such claim the eviction is ordinary.
+It streams the trace line by line, replays every claim event through the
+spec's lifecycle table (compiled once into a `(state, event) -> state` dict,
+the `transitions` machine's behaviour with guards taken from the trace), and
+reports each violation with its line and sequence number instead of stopping:
+a malformed line is a finding, never a crash. A block named by `block_evict`
+is lost for every claim whose state requires it in that tier (protected states
+on the device, offloaded on the host); with no such claim the eviction is
+ordinary.
+
+By default the report keeps every claim's final state and every request's
+outcome (RKC-TR-8). Given `on_end`, the checker instead hands each one out as
+it ends and keeps only counts, so its memory grows with live claims and
+requests, not with the trace (RKC-TR-7); it then forgets ended ids, so an
+event for one reads as `unknown_*` and a reused id goes unnoticed.
 """
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from kvclaims.errors import IllegalTransition
-from kvclaims.model.lifecycle import ClaimFSM, Lifecycle
 from kvclaims.model.terms import TIERS
-from kvclaims.refimpl.trace import SCHEMA_VERSION, read_lines
+from kvclaims.refimpl.trace import MAX_LINE, SCHEMA_VERSION, file_lines, read_lines
 from kvclaims.spec import Spec, load
 
 # kind -> required fields and their types (spec/TRACE.md, RKC-TR-3).
@@ -48,6 +53,14 @@ REQUEST_MOVES: dict[str, tuple[tuple[str, ...], str]] = {
     "request_finish": (("running",), "finished"),
     "request_abort": (("submitted", "waiting", "running"), "aborted"),
 }
+# Statuses no request event leaves: the request's outcome is final.
+REQUEST_ENDS = (frozenset(dest for _, dest in REQUEST_MOVES.values())
+                - {s for sources, _ in REQUEST_MOVES.values() for s in sources})
+
+_STRING_LISTS = ("blocks", "blocking_claims")
+_is_str = str.__instancecheck__
+
+OnEnd = Callable[[str, str, Any], None]  # ("claim", id, final state) or ("request", id, outcome dict)
 
 
 @dataclass
@@ -61,8 +74,9 @@ class Violation:
 @dataclass
 class Report:
     violations: list[Violation] = field(default_factory=list)
-    claims: dict[str, str] = field(default_factory=dict)           # final lifecycle state
-    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    claims: dict[str, str] = field(default_factory=dict)           # final lifecycle state (not when streamed)
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)  # outcome (not when streamed)
+    tally: dict[str, int] = field(default_factory=dict)            # "claim released", "request finished": count
     records: int = 0
     ordinary_evictions: int = 0
 
@@ -70,147 +84,206 @@ class Report:
     def ok(self) -> bool:
         return not self.violations
 
+    def count(self, what: str) -> int:
+        """How many claims or requests the trace holds."""
+        return sum(n for k, n in self.tally.items() if k.startswith(what + " "))
+
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, **asdict(self)}
 
 
 class Checker:
-    def __init__(self, spec: Spec | None = None) -> None:
+    def __init__(self, spec: Spec | None = None, on_end: OnEnd | None = None) -> None:
         self.spec = spec or load()
         lc = self.spec.lifecycle
-        self.lifecycle = Lifecycle(self.spec)
-        self.live: dict[str, ClaimFSM] = {}
+        self.on_end = on_end
+        self.after = {(t.source, t.event): t.dest for t in lc.transitions}
+        self.allowed = {s: [t.event for t in lc.transitions if t.source == s] for s in lc.states}
+        self.terminal = frozenset(lc.terminal)
+        self.live: dict[str, str] = {}             # claim -> replayed state
         self.chains: dict[str, list[str]] = {}     # of live claims only
-        # Which tier a claim in a given state must keep its blocks in.
-        self.tier_of = {s: "device" for s in lc.protected}
-        self.tier_of.update({t.dest: "host" for t in lc.transitions if t.event == "offload"})
-        self.needed: dict[str, defaultdict[str, set[str]]] = {t: defaultdict(set) for t in TIERS}
+        self.tier_of = needed_tiers(self.spec)
+        self.needed: dict[str, dict[str, set[str]]] = {t: {} for t in TIERS}
         self.refusals = set(self.spec.outcome_names) - {"admit", "wait"}
         self.report = Report()
+        self.requests = self.report.requests if on_end is None else {}  # live ones only when streamed
         self.last_seq: int | None = None
-        self.last_time: int | None = None
+        self.last_time = 0
+        self._line, self._seq = 0, None
+        replay = {"claim_submit": self._on_claim_submit, "claim": self._on_claim,
+                  "request_submit": self._on_request_submit, "block_evict": self._on_evict,
+                  **dict.fromkeys(REQUEST_MOVES, self._on_request)}
+        # kind -> (required fields, what replays it; None: nothing to replay)
+        self.kinds = {kind: (tuple(fields.items()), replay.get(kind)) for kind, fields in FIELDS.items()}
 
     # ------------------------------------------------------------------ driving
     def feed(self, line: int, rec: dict[str, Any] | str) -> None:
+        """Check one record (or a line's parse error, a str) read at `line`."""
         self._line = line
-        self._seq = rec.get("seq") if isinstance(rec, dict) and _is_int(rec.get("seq")) else None
-        if isinstance(rec, str):
-            return self._flag("malformed_line", rec)
-        problem = self._shape(rec)
+        if not isinstance(rec, dict):
+            self._seq = None
+            return self._flag(getattr(rec, "kind", "malformed_line"), str(rec))
+        seq, time, kind = rec.get("seq"), rec.get("time"), rec.get("kind")
+        self._seq = seq if type(seq) is int else None
+        fields, replay = self.kinds.get(kind, (None, None)) if type(kind) is str else (None, None)
+        problem = self._shape(rec, fields, seq, time)
         if problem:
             return self._flag("malformed_line", problem)
         self.report.records += 1
-        self._sequence(rec["seq"], rec["time"])
-        getattr(self, "_on_" + rec["kind"].split("_")[0])(rec)
+        last = self.last_seq
+        if last is None or seq != last + 1 or time < self.last_time:
+            self._sequence(seq, time)
+        self.last_seq, self.last_time = seq, time
+        if replay is not None:
+            replay(rec)
 
     def finish(self) -> Report:
-        self.report.claims.update({c: f.state for c, f in self.live.items()})
+        """End of trace: live claims and requests end in the state they are in."""
+        if self._line == 0:
+            self._line = 1
+            self._flag("empty_trace", "the trace has no records, not even the runtime header")
+        for cid, state in self.live.items():
+            self._end_claim(cid, state)
+        for rid, outcome in list(self.requests.items()):
+            if outcome["status"] not in REQUEST_ENDS:
+                self._end_request(rid, outcome)
         self.report.claims = dict(sorted(self.report.claims.items()))
         return self.report
 
     def _flag(self, kind: str, message: str) -> None:
         self.report.violations.append(Violation(self._line, self._seq, kind, message))
 
-    def _shape(self, rec: dict[str, Any]) -> str | None:
-        if rec.get("schema_version") != SCHEMA_VERSION:
-            return f"schema_version must be {SCHEMA_VERSION}, got {rec.get('schema_version')!r}"
-        for name in ("seq", "time"):
-            if not _is_int(rec.get(name)) or rec[name] < 0:
-                return f"{name} must be a non-negative integer"
-        kind = rec.get("kind")
-        if not isinstance(kind, str) or kind not in FIELDS:
-            return f"unknown kind {kind!r}"
-        for name, typ in FIELDS[kind].items():
+    def _shape(self, rec: dict[str, Any], fields: tuple[tuple[str, type], ...] | None,
+               seq: Any, time: Any) -> str | None:
+        """RKC-TR-1, RKC-TR-3: what the record lacks of the envelope or of its kind's fields."""
+        version = rec.get("schema_version")
+        if type(version) is not int or version != SCHEMA_VERSION:
+            return f"schema_version must be {SCHEMA_VERSION}, got {version!r}"
+        if type(seq) is not int or seq < 0:
+            return "seq must be a non-negative integer"
+        if type(time) is not int or time < 0:
+            return "time must be a non-negative integer"
+        if fields is None:
+            return f"unknown kind {rec.get('kind')!r}"
+        kind = rec["kind"]
+        for name, typ in fields:
             if not isinstance(rec.get(name), typ):
                 return f"{kind}: field {name!r} must be a {typ.__name__}"
-        for name in ("blocks", "blocking_claims"):
-            if name in rec and not (isinstance(rec[name], list) and all(isinstance(x, str) for x in rec[name])):
+        for name in _STRING_LISTS:
+            if name in rec and not (type(rec[name]) is list and all(map(_is_str, rec[name]))):
                 return f"{kind}: {name} must be a list of strings"
         if "tier" in rec and rec["tier"] not in TIERS:
             return f"{kind}: tier must be one of {TIERS}"
         return None
 
     def _sequence(self, seq: int, time: int) -> None:
-        if self.last_seq is None and seq > 1:
-            self._flag("sequence_gap", f"trace starts at seq {seq}, not 0 or 1")
-        elif self.last_seq is not None and seq != self.last_seq + 1:
-            what = "sequence_gap" if seq > self.last_seq else "sequence_order"
-            self._flag(what, f"seq {seq} follows {self.last_seq}")
-        if self.last_time is not None and time < self.last_time:
+        """RKC-TR-2, off the fast path: the first record, or anything but seq+1 at a later time."""
+        last = self.last_seq
+        if last is None:
+            if seq > 1:
+                self._flag("sequence_gap", f"trace starts at seq {seq}, not 0 or 1")
+        elif seq > last + 1:
+            self._flag("sequence_gap", f"seq {seq} follows {last}: {seq - last - 1} record(s) missing")
+        elif seq == last:
+            self._flag("sequence_order", f"duplicate seq {seq}: the record before has it too")
+        elif seq < last:
+            self._flag("sequence_order", f"seq {seq} follows {last}: out of order")
+        if time < self.last_time:
             self._flag("time_order", f"time {time} is before {self.last_time}")
-        self.last_seq, self.last_time = seq, time
 
-    # ------------------------------------------------------------------ kinds
-    def _on_runtime(self, rec: dict) -> None:
-        """The header: nothing to replay."""
-
-    def _on_operator(self, rec: dict) -> None:
-        """Operator actions announce what follows; their effects are their own events."""
+    # ------------------------------------------------------------------ claims
+    def _on_claim_submit(self, rec: dict) -> None:
+        cid = rec["claim"]
+        if cid in self.live or cid in self.report.claims:
+            return self._flag("duplicate_claim", f"claim {cid!r} submitted twice")
+        self.live[cid] = self.spec.lifecycle.initial
+        self.chains[cid] = rec["blocks"]
 
     def _on_claim(self, rec: dict) -> None:
-        cid = rec["claim"]
-        if rec["kind"] == "claim_submit":
-            if cid in self.live or cid in self.report.claims:
-                return self._flag("duplicate_claim", f"claim {cid!r} submitted twice")
-            self.chains[cid] = rec["blocks"]
-            self.live[cid] = self.lifecycle.claim(cid)
-            return
-        event = rec["event"]
-        if event not in self.spec.lifecycle.events:
-            return self._flag("malformed_line", f"unknown lifecycle event {event!r}")
-        if cid in self.report.claims:
-            return self._flag("event_after_terminal",
-                              f"claim {cid!r}: event {event!r} after terminal state {self.report.claims[cid]!r}")
-        if cid not in self.live:
-            return self._flag("unknown_claim", f"event {event!r} for claim {cid!r} that was never submitted")
-        fsm = self.live[cid]
-        before = fsm.state
-        try:
-            after = fsm.fire(event, unchecked_guards=True)
-        except IllegalTransition as exc:
-            return self._flag("illegal_transition", str(exc))
+        """RKC-TR-5: replay the event from the claim's state; cross-check `state`."""
+        cid, event = rec["claim"], rec["event"]
+        before = self.live.get(cid)
+        after = self.after.get((before, event))
+        if after is None:
+            return self._bad_event(cid, event, before)
         if event == "refuse" and not rec.get("reason"):
             self._flag("refusal_without_attribution", f"claim {cid!r} refused without a reason")
         if "state" in rec and rec["state"] != after:
             self._flag("state_mismatch", f"claim {cid!r}: trace says {rec['state']!r}, replay gives {after!r}")
-        self._move(cid, before, after)
-        if fsm.terminal:
-            self.report.claims[cid] = self.live.pop(cid).state
-            del self.chains[cid]
+        if self.tier_of.get(before) != self.tier_of.get(after):
+            self._move(cid, before, after)
+        if after in self.terminal:
+            del self.live[cid], self.chains[cid]
+            self._end_claim(cid, after)
+        else:
+            self.live[cid] = after
 
-    def _move(self, cid: str, before: str, after: str) -> None:
+    def _bad_event(self, cid: str, event: str, state: str | None) -> None:
+        if event not in self.spec.lifecycle.events:
+            self._flag("malformed_line", f"unknown lifecycle event {event!r}")
+        elif cid in self.report.claims:
+            self._flag("event_after_terminal",
+                       f"claim {cid!r}: event {event!r} after terminal state {self.report.claims[cid]!r}")
+        elif state is None:
+            ended = " (or that ended: ended claims are streamed out and forgotten)" if self.on_end else ""
+            self._flag("unknown_claim", f"event {event!r} for claim {cid!r} that was never submitted{ended}")
+        else:
+            self._flag("illegal_transition", str(IllegalTransition(cid, state, event, self.allowed[state])))
+
+    def _move(self, cid: str, before: str | None, after: str) -> None:
         old, new = self.tier_of.get(before), self.tier_of.get(after)
-        if old == new:
-            return
         for h in self.chains[cid]:
-            if old:
-                self.needed[old][h].discard(cid)
-                if not self.needed[old][h]:
+            holders = self.needed[old].get(h) if old else None
+            if holders is not None:  # None too for a hash the chain repeats
+                holders.discard(cid)
+                if not holders:
                     del self.needed[old][h]
             if new:
-                self.needed[new][h].add(cid)
+                self.needed[new].setdefault(h, set()).add(cid)
+
+    def _count(self, outcome: str) -> None:
+        self.report.tally[outcome] = self.report.tally.get(outcome, 0) + 1
+
+    def _end_claim(self, cid: str, state: str) -> None:
+        self._count("claim " + state)
+        if self.on_end:
+            self.on_end("claim", cid, state)
+        else:
+            self.report.claims[cid] = state
+
+    # ------------------------------------------------------------------ requests
+    def _on_request_submit(self, rec: dict) -> None:
+        rid = rec["request"]
+        if rid in self.requests:
+            return self._flag("duplicate_request", f"request {rid!r} submitted twice")
+        self.requests[rid] = {"status": "submitted"}
 
     def _on_request(self, rec: dict) -> None:
         rid, kind = rec["request"], rec["kind"]
-        reqs = self.report.requests
-        if kind == "request_submit":
-            if rid in reqs:
-                return self._flag("duplicate_request", f"request {rid!r} submitted twice")
-            reqs[rid] = {"status": "submitted"}
-            return
-        if rid not in reqs:
-            return self._flag("unknown_request", f"{kind} for request {rid!r} that was never submitted")
+        outcome = self.requests.get(rid)
+        if outcome is None:
+            ended = " (or that ended: ended requests are streamed out and forgotten)" if self.on_end else ""
+            return self._flag("unknown_request", f"{kind} for request {rid!r} that was never submitted{ended}")
         sources, dest = REQUEST_MOVES[kind]
-        if reqs[rid]["status"] not in sources:
-            return self._flag("illegal_request_event", f"{kind} for request {rid!r} in status {reqs[rid]['status']!r}")
-        reqs[rid]["status"] = dest
+        if outcome["status"] not in sources:
+            return self._flag("illegal_request_event", f"{kind} for request {rid!r} in status {outcome['status']!r}")
+        outcome["status"] = dest
         if kind == "request_finish":
-            reqs[rid]["admit"] = rec["admit"]
-        if kind == "request_refuse":
-            reqs[rid].update(reason=rec["reason"], blocking_claims=rec["blocking_claims"])
+            outcome["admit"] = rec["admit"]
+        elif kind == "request_refuse":
+            outcome.update(reason=rec["reason"], blocking_claims=rec["blocking_claims"])
             self._attribution(rid, rec["reason"], rec["blocking_claims"])
+        if dest in REQUEST_ENDS:
+            self._end_request(rid, outcome)
+
+    def _end_request(self, rid: str, outcome: dict[str, Any]) -> None:
+        self._count("request " + outcome["status"])
+        if self.on_end:
+            del self.requests[rid]
+            self.on_end("request", rid, outcome)
 
     def _attribution(self, rid: str, reason: str, blocking: list[str]) -> None:
+        """RKC-TR-4."""
         if reason not in self.refusals:
             return self._flag("refusal_without_attribution", f"request {rid!r}: {reason!r} is not a refusal outcome")
         if reason != "refuse_blocked":
@@ -220,44 +293,55 @@ class Checker:
         if not blocking:
             return self._flag("refusal_without_attribution", f"request {rid!r} refused by claims but names none")
         for cid in blocking:
-            if self.tier_of.get(self.live[cid].state if cid in self.live else None) != "device":
+            if self.tier_of.get(self.live.get(cid)) != "device":
                 self._flag("refusal_without_attribution",
                            f"request {rid!r} attributed to claim {cid!r}, which protects no blocks")
 
-    def _on_block(self, rec: dict) -> None:
-        if rec["kind"] != "block_evict":
+    # ------------------------------------------------------------------ blocks
+    def _on_evict(self, rec: dict) -> None:
+        """RKC-TR-6: an eviction of a block some claim's state needs in that tier is a loss."""
+        needed, blocks = self.needed[rec["tier"]], rec["blocks"]
+        if needed.keys().isdisjoint(blocks):
+            self.report.ordinary_evictions += len(blocks)
             return
-        needed = self.needed[rec["tier"]]
-        for h in rec["blocks"]:
+        for h in blocks:
             if h in needed:
                 for cid in sorted(needed[h]):
                     self._flag("claimed_block_lost",
                                f"block {h} evicted from {rec['tier']} ({rec['reason']}) while claim {cid!r} "
-                               f"is {self.live[cid].state!r}, with no lifecycle event first")
+                               f"is {self.live[cid]!r}, with no lifecycle event first")
             else:
                 self.report.ordinary_evictions += 1
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+def needed_tiers(spec: Spec) -> dict[str, str]:
+    """Which tier a claim in each state must keep its blocks in (RKC-TR-6): protected
+    states on the device, the offload's destination on the host; other states none."""
+    lc = spec.lifecycle
+    return {**{s: "device" for s in lc.protected},
+            **{t.dest: "host" for t in lc.transitions if t.event == "offload"}}
 
 
-def check_lines(lines: Iterable[str], spec: Spec | None = None) -> Report:
-    checker = Checker(spec)
+def check_lines(lines: Iterable[str | bytes], spec: Spec | None = None, on_end: OnEnd | None = None) -> Report:
+    checker = Checker(spec, on_end)
     for number, rec in read_lines(lines):
         checker.feed(number, rec)
     return checker.finish()
 
 
-def check_file(path, spec: Spec | None = None) -> Report:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        return check_lines(fh, spec)
+def check_file(path, spec: Spec | None = None, on_end: OnEnd | None = None, max_line: int = MAX_LINE) -> Report:
+    with open(path, "rb") as fh:
+        return check_lines(file_lines(fh, max_line), spec, on_end)
 
 
 def render(report: Report) -> str:
-    lines = [f"{report.records} records, {len(report.claims)} claims, {len(report.requests)} requests, "
+    lines = [f"{report.records} records, {report.count('claim')} claims, {report.count('request')} requests, "
              f"{report.ordinary_evictions} ordinary evictions, {len(report.violations)} violations"]
-    lines += [f"  line {v.line} seq {v.seq}: {v.kind}: {v.message}" for v in report.violations]
+    lines += [f"  {where(v)}: {v.kind}: {v.message}" for v in report.violations]
     lines += [f"  claim {c}: {s}" for c, s in report.claims.items()]
     lines += [f"  request {r}: {json.dumps(o, sort_keys=True)}" for r, o in report.requests.items()]
     return "\n".join(lines)
+
+
+def where(v: Violation) -> str:
+    return f"line {v.line}" if v.seq is None else f"line {v.line} seq {v.seq}"

@@ -1,30 +1,41 @@
 """The event trace: one ordered stream of JSON objects, one per line (spec/TRACE.md).
 
 `TraceWriter` stamps schema version, sequence number and logical time; it keeps
-the records in memory and optionally streams them to a file. `read_lines`
-yields `(line_number, record_or_error)` lazily so a checker runs in constant
-memory over traces of any length.
+the records in memory unless told not to, and streams each one to a sink,
+flushed, so a process killed mid-trace loses at most the record being written.
+`file_lines` and `read_lines` yield `(line_number, record_or_BadLine)` lazily so
+a checker runs in constant memory over traces of any length and any garbage.
 """
 from __future__ import annotations
 
 import json
-from typing import IO, Any, Iterable, Iterator
+import json.scanner
+from typing import IO, Any, Callable, Iterable, Iterator
 
 SCHEMA_VERSION = 1
+MAX_LINE = 8 << 20  # bytes; a longer line is reported, never read into memory whole
+
+_scan = json.scanner.make_scanner(json.JSONDecoder())
+_EOL = ("\n", "\r\n")
 
 
 class TraceWriter:
-    def __init__(self, sink: IO[str] | None = None) -> None:
+    """`keep=False` keeps no records (only the sink has them): constant memory on long runs."""
+
+    def __init__(self, sink: IO[str] | None = None, *, keep: bool = True) -> None:
         self.records: list[dict[str, Any]] = []
-        self.sink = sink
+        self.sink, self.keep = sink, keep
+        self.seq = 0
         self.time = 0
 
     def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
-        rec = {"schema_version": SCHEMA_VERSION, "seq": len(self.records),
-               "time": self.time, "kind": kind, **fields}
-        self.records.append(rec)
+        rec = {"schema_version": SCHEMA_VERSION, "seq": self.seq, "time": self.time, "kind": kind, **fields}
+        self.seq += 1
+        if self.keep:
+            self.records.append(rec)
         if self.sink is not None:
             self.sink.write(json.dumps(rec) + "\n")
+            self.sink.flush()
         return rec
 
     def lines(self) -> list[str]:
@@ -35,14 +46,100 @@ class TraceWriter:
             fh.writelines(line + "\n" for line in self.lines())
 
 
-def read_lines(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """Parse JSONL lazily: a dict per good line, an error message per bad one; blank lines skipped."""
+class BadLine(str):
+    """Why a line is not a record: the message, and the finding's `kind`.
+
+    A str, so callers that only test `isinstance(x, str)` or print it keep working.
+    """
+
+    kind: str
+
+    def __new__(cls, kind: str, message: str) -> "BadLine":
+        self = super().__new__(cls, message)
+        self.kind = kind
+        return self
+
+
+def file_lines(fh: IO[bytes], limit: int = MAX_LINE) -> Iterator[bytes | BadLine]:
+    """The lines of a binary stream. A line over `limit` bytes comes as a `line_too_long`
+    BadLine; the rest of it is skipped in small pieces, so it never sits in memory whole."""
+    read = fh.readline
+    while line := read(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+        else:
+            yield BadLine("line_too_long", f"line longer than {limit} bytes "
+                                           f"({len(line) + _skip_rest(read)} bytes); not parsed")
+
+
+def _skip_rest(read: Callable[[int], bytes], piece: int = 1 << 16) -> int:
+    skipped = 0
+    while chunk := read(piece):
+        skipped += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return skipped
+
+
+def read_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, dict[str, Any] | BadLine]]:
+    """Parse JSONL lazily: a dict per good line, a BadLine per bad one; blank lines skipped.
+
+    The last line of a newline-ended stream, with no newline and not JSON, is a
+    `truncated_tail` (the writer died mid-record), not a `malformed_line`: no
+    prefix of a JSON object is one, so a cut record never passes for a whole one.
+    """
+    held: tuple[int, str] | None = None  # a line cut short: the tail, if nothing follows it
+    before: str | bytes | None = None
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if held:
+            yield held[0], BadLine("malformed_line", held[1])
+            held = None
+        if type(line) is BadLine:
+            yield number, line
             continue
         try:
-            rec = json.loads(line)
+            rec = loads(line)
         except (ValueError, RecursionError) as exc:
-            yield number, f"not JSON: {exc}"
-            continue
-        yield number, rec if isinstance(rec, dict) else f"not a JSON object: {type(rec).__name__}"
+            if not line.strip():
+                pass
+            elif _cut_short(line, before):
+                held = number, _why(exc)
+            else:
+                yield number, BadLine("malformed_line", _why(exc))
+        else:
+            yield number, rec if type(rec) is dict else BadLine("malformed_line",
+                                                                f"not a JSON object: {type(rec).__name__}")
+        before = line
+    if held:
+        yield held[0], BadLine("truncated_tail", f"the trace ends mid-record: its last line has no newline "
+                                                 f"and is {held[1]}; the lines before it were checked")
+
+
+def _cut_short(line: str | bytes, before: str | bytes | None) -> bool:
+    """No newline, in a stream whose lines have one (lists of bare lines have none)."""
+    newline = b"\n" if isinstance(line, bytes) else "\n"
+    return not line.endswith(newline) and (before is None or before.endswith(newline))
+
+
+def _why(exc: ValueError | RecursionError) -> str:
+    """What is wrong with an unparsable line, and at which column (1-based, in bytes for UTF-8)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8: {exc.reason} 0x{exc.object[exc.start]:02x} at column {exc.start + 1}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
+    return f"not JSON: {exc}"
+
+
+def loads(line: str | bytes) -> Any:
+    """`json.loads` of one UTF-8 line. A plain `{...}` line goes straight to the C
+    scanner, skipping `json.loads`'s wrappers (twice as fast); anything else gets
+    `json.loads` itself, so what is accepted and every error message are its own."""
+    if type(line) is bytes:
+        line = line.decode()
+    try:
+        obj, end = _scan(line, 0)
+        if end == len(line) or line[end:] in _EOL:
+            return obj
+    except StopIteration:
+        pass
+    return json.loads(line)

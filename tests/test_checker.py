@@ -4,7 +4,9 @@ import json
 from hypothesis import given, strategies as st
 
 from kvclaims.cli import main
-from kvclaims.refimpl.checker import check_lines
+from kvclaims.errors import IllegalTransition
+from kvclaims.model.lifecycle import Lifecycle
+from kvclaims.refimpl.checker import Checker, check_lines
 
 H1, H2 = "a" * 32, "b" * 32
 
@@ -47,6 +49,17 @@ def test_host_copy_of_offloaded_claim_lost():
                           ("block_evict", {"blocks": [H1], "tier": "device", "reason": "offload"}),
                           ("block_evict", {"blocks": [H1], "tier": "host", "reason": "lru"})))
     assert kinds(r) == ["claimed_block_lost"] and r.claims == {"c": "offloaded"}
+
+
+def test_chain_that_repeats_a_block():
+    """A block named twice in one chain is held once and let go once."""
+    r = check_lines(trace(("claim_submit", {"claim": "c", "blocks": [H1, H1]}),
+                          ("claim", {"claim": "c", "event": "accept"}),
+                          ("claim", {"claim": "c", "event": "materialize"}),
+                          ("block_evict", {"blocks": [H1], "tier": "device", "reason": "lru"}),
+                          ("claim", {"claim": "c", "event": "demote"}),
+                          ("block_evict", {"blocks": [H1], "tier": "device", "reason": "lru"})))
+    assert kinds(r) == ["claimed_block_lost"] and r.claims == {"c": "demoted"}
 
 
 def test_illegal_transition_and_event_after_terminal():
@@ -128,7 +141,7 @@ def test_garbage_never_crashes(lines):
     """RKC-TR-7: Hypothesis-generated garbage lines are findings, never exceptions."""
     r = check_lines(lines)
     numbered = [n for n, line in enumerate(lines, 1) if line.strip()]
-    assert all(v.line in numbered for v in r.violations)
+    assert all(v.line in numbered for v in r.violations) if numbered else kinds(r) == ["empty_trace"]
     json.dumps(r.to_json())
 
 
@@ -142,3 +155,55 @@ def test_cli_check_exit_codes_and_json(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is False and out["violations"][0]["line"] == 3
     assert main(["check", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_compiled_table_is_the_lifecycle_machine():
+    """The checker's (state, event) -> state table replays exactly as the `transitions` machine
+    built from the same spec, for every pair (guards are the trace's, so unchecked)."""
+    checker, lifecycle = Checker(), Lifecycle()
+    lc = lifecycle.spec.lifecycle
+    for state in lc.live:
+        for event in lc.events:
+            fsm = lifecycle.claim("c")
+            fsm.state = state
+            try:
+                want = fsm.fire(event, unchecked_guards=True)
+            except IllegalTransition:
+                want = None
+            assert checker.after.get((state, event)) == want, (state, event)
+
+
+def test_streaming_hands_out_every_outcome_and_keeps_counts():
+    """RKC-TR-8 in constant memory: with `on_end` each claim's final state and each request's
+    outcome is handed out once, the report keeps counts, and ended ids are forgotten."""
+    lines = trace(*MATERIALIZED,
+                  ("request_submit", {"request": "r"}),
+                  ("request_admit", {"request": "r"}),
+                  ("request_finish", {"request": "r", "admit": False}),
+                  ("claim_submit", {"claim": "d", "blocks": [H2]}),
+                  ("claim", {"claim": "d", "event": "refuse", "reason": "reserve"}),
+                  ("request_submit", {"request": "w"}),
+                  ("request_wait", {"request": "w"}))
+    ended = []
+    streamed = check_lines(lines, on_end=lambda *x: ended.append(x))
+    full = check_lines(lines)
+    assert streamed.ok and full.ok and streamed.tally == full.tally
+    assert sorted((what, i) for what, i, _ in ended) == sorted(
+        [("claim", c) for c in full.claims] + [("request", r) for r in full.requests])
+    assert {i: o for _, i, o in ended} == {**full.claims, **full.requests}
+    assert streamed.claims == {} and streamed.requests == {}
+    assert streamed.count("claim") == 2 and streamed.count("request") == 2
+    again = lines + [rec(len(lines), "request_admit", request="r")]
+    assert kinds(check_lines(again)) == ["illegal_request_event"]
+    assert kinds(check_lines(again, on_end=lambda *x: None)) == ["unknown_request"]
+
+
+def test_cli_stream_prints_outcomes_as_they_end(tmp_path, capsys):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(trace(*MATERIALIZED, ("claim", {"claim": "c", "event": "release"}))) + "\n")
+    assert main(["check", str(path), "--stream"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "  claim c: released", "5 records, 1 claims, 0 requests, 0 ordinary evictions, 0 violations"]
+    assert main(["check", str(path), "--stream", "--json"]) == 0
+    first, last = map(json.loads, capsys.readouterr().out.splitlines())
+    assert first == {"claim": "c", "outcome": "released"} and last["ok"] and last["tally"] == {"claim released": 1}

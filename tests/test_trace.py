@@ -48,3 +48,27 @@ def test_writer_streams_to_a_sink_and_reader_reports_bad_lines():
     got = list(read_lines(w.lines() + ["", "{bad", "[1]"]))
     assert [n for n, _ in got] == [1, 2, 4, 5]
     assert got[1][1]["time"] == 3 and isinstance(got[2][1], str) and "not a JSON object" in got[3][1]
+
+
+def test_writer_flushes_each_record_and_can_keep_none(tmp_path):
+    """A sink sees every record as soon as it is emitted (a killed process loses at most the
+    one being written); `keep=False` leaves the sink the only copy, for constant memory."""
+    path = tmp_path / "t.jsonl"
+    with open(path, "w", encoding="utf-8", buffering=1 << 20) as sink:
+        w = TraceWriter(sink, keep=False)
+        for i in range(3):
+            w.emit("runtime" if i == 0 else "operator", action="x")
+            assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == list(range(i + 1))
+    assert w.records == [] and w.lines() == [] and w.seq == 3
+
+
+def test_only_a_newline_ended_stream_has_a_truncated_tail():
+    """A cut last line is told from a malformed one only where lines carry their newlines
+    (files, pipes); bare lines, as `TraceWriter.lines()` gives them, are never 'cut'."""
+    def bad(lines):
+        return [(n, r.kind) for n, r in read_lines(lines) if not isinstance(r, dict)]
+
+    assert bad(['{"a": 1}\n', '{"a": ']) == [(2, "truncated_tail")]
+    assert bad([b"{\n", b"\n", b"{"]) == [(1, "malformed_line"), (3, "truncated_tail")]
+    assert bad(['{"a": 1}', '{"a": ']) == [(2, "malformed_line")]
+    assert bad(['{"a": ', '{"a": 1}\n']) == [(1, "malformed_line")]
