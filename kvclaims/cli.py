@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from kvclaims.errors import KVClaimsError
@@ -33,16 +34,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success; 1 when what was checked fails (not proved, a violation, does not
+    conform); 2 on bad input or arguments; 3 on an internal error; 130 when interrupted.
+    Every error is one line on stderr: KVCLAIMS_TRACEBACK=1 re-raises an internal one."""
     args = build_parser().parse_args(argv)
     try:
         return importlib.import_module(args._module).run(args)
     except KVClaimsError as exc:
-        print(f"kvclaims {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, 2, f"error: {exc}")
     except OSError as exc:
-        print(f"kvclaims {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}",
-              file=sys.stderr)
-        return 2
+        return _fail(args, 2, f"error: {exc.strerror or exc}: {exc.filename or ''}")
+    except UnicodeDecodeError as exc:
+        return _fail(args, 2, f"error: input is not UTF-8 text: {exc}")
+    except KeyboardInterrupt:
+        return _fail(args, 130, "interrupted")
+    except Exception as exc:
+        if os.environ.get("KVCLAIMS_TRACEBACK"):
+            raise
+        return _fail(args, 3, f"internal error: {type(exc).__name__}: {exc} "
+                              "(KVCLAIMS_TRACEBACK=1 shows where)")
+
+
+def _fail(args: argparse.Namespace, code: int, message: str) -> int:
+    """One line on stderr, whatever newlines the message held."""
+    print(f"kvclaims {args.command}: {' '.join(message.split())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

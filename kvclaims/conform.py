@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 
-from kvclaims.adapter import load_adapter
-from kvclaims.fuzz import fuzz
+from kvclaims.fuzz import check_steps, fuzz, runtime_factory, violation
 from kvclaims.proofs.run import prove_all
 from kvclaims.refimpl.checker import check_lines
 from kvclaims.refimpl.litmus import SCENARIOS, run_all
@@ -24,20 +22,22 @@ REPORT_SCHEMA = "kvclaims.conform/1"
 
 
 def conform(runtime: str, steps: int, seed: int) -> dict:
+    check_steps(steps)   # zero steps would count as stateful evidence that was never run
+    factory = runtime_factory(runtime)
     spec = load()
     evidence: dict[str, list[dict]] = {oid: [] for oid in spec.obligations}
     for r in prove_all(spec):
         evidence[r.obligation].append({"kind": "proof", "name": r.name, "method": r.method,
                                        "result": "passed" if r.proved else "failed"})
-    for res in run_all(partial(load_adapter, runtime)):
+    for res in run_all(factory):
         for oid in SCENARIOS[res.name].checks:
             evidence[oid].append({"kind": "litmus", "name": res.name, "result": res.status,
                                   **({"reason": res.reason} if res.reason else {})})
     try:
-        totals = fuzz(runtime, steps, seed)
+        totals = fuzz(factory, steps, seed)
         stateful = {"result": "passed", "steps": totals["steps"]}
-    except AssertionError as exc:
-        stateful = {"result": "failed", "violation": str(exc).splitlines()[0],
+    except Exception as exc:  # a violation, or the runtime crashed
+        stateful = {"result": "failed", "violation": violation(exc),
                     "program": "\n".join(getattr(exc, "__notes__", []))}
     for oid in CHECKS:
         evidence[oid].append({"kind": "stateful", "name": "contract machine", **stateful})

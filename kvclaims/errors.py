@@ -37,3 +37,32 @@ class UnknownId(KVClaimsError, KeyError):
 
 class DuplicateId(KVClaimsError):
     """A claim or request id that is already in use."""
+
+
+class BadArgument(InvalidInput):
+    """Bad input in one named field (a request's claim argument, a setting): `field` says which."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {problem}")
+
+
+class NotOwner(KVClaimsError):
+    """An operation on a claim that another tenant owns: only a claim's owner may change it."""
+
+
+class InvalidField(BadArgument):
+    """A bad value in one field of a claim, a request or a call: `where` names which one
+    (``claim 'c'``), `field` the field, so a caller can point at the exact input."""
+
+    def __init__(self, where: str, field: str, problem: str) -> None:
+        self.where, self.problem = where, problem
+        super().__init__(field, problem)
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.field} {self.problem}"
+
+
+class NoRoom(InvalidInput):
+    """A well-formed operation the tier it needs has no room for (an owner's offload to a
+    full host tier, a restore to a full device): retry after room is made."""

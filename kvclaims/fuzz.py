@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from kvclaims.adapter import load_adapter
-from kvclaims.stateful import machine_for
+from kvclaims.errors import BadArgument, KVClaimsError
+from kvclaims.stateful import Factory, machine_for
 
 STEPS_PER_EXAMPLE = 50
 EXAMPLES_PER_BATCH = 200
@@ -36,11 +37,12 @@ SUMMARY = {  # summary line -> trace record kinds (claim events as claim:<event>
 }
 
 
-def fuzz(runtime: str, steps: int, seed_value: int, *, faults: bool = True,
+def fuzz(runtime: str | Factory, steps: int, seed_value: int, *, faults: bool = True,
          log=lambda msg: None) -> Counter:
-    """Run at least `steps` steps; raises the failing example's error on a violation."""
+    """Run at least `steps` steps against a runtime (a name for `load_adapter`, or a factory
+    from `runtime_factory`); raises the failing example's error on a violation."""
     totals: Counter = Counter()
-    factory = partial(load_adapter, runtime)
+    factory = runtime_factory(runtime) if isinstance(runtime, str) else runtime
     if not faults:
         factory = _without_faults(factory)
 
@@ -64,6 +66,22 @@ def fuzz(runtime: str, steps: int, seed_value: int, *, faults: bool = True,
     return totals
 
 
+def runtime_factory(runtime: str, **fixed) -> Factory:
+    """`load_adapter` for `runtime` (with `fixed` arguments, e.g. a device), built once on a
+    small pool first: a runtime that cannot be built is one error up front (a bad --runtime or
+    --device), not a failure inside every scenario or example."""
+    factory = partial(load_adapter, runtime, **fixed)
+    try:
+        factory(U=8, B=4, R=0, host_blocks=0)
+    except KVClaimsError:
+        raise
+    except Exception as exc:  # whatever the named class raises: it cannot serve as a runtime
+        given = "".join(f" with {k}={v!r}" for k, v in fixed.items())
+        raise BadArgument("--runtime", f"cannot build {runtime!r}{given}: "
+                                       f"{type(exc).__name__}: {exc}") from None
+    return factory
+
+
 def _without_faults(factory):
     def make(**shape):
         runtime = factory(**shape)
@@ -71,6 +89,17 @@ def _without_faults(factory):
                                                        "device_fault", "host_fault"}
         return runtime
     return make
+
+
+def check_steps(steps: int) -> None:
+    if steps < 1:
+        raise BadArgument("--steps", f"must be at least 1, got {steps}")
+
+
+def violation(exc: BaseException) -> str:
+    """The first line of what broke the contract; a crash (an untyped error) is named by its type."""
+    first = (str(exc).splitlines() or [""])[0]
+    return first if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {first}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,16 +111,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.steps < 1:
-        print("kvclaims fuzz: error: --steps must be at least 1", file=sys.stderr)
-        return 2
+    check_steps(args.steps)
+    factory = runtime_factory(args.runtime)   # a bad --runtime is exit 2, not a violation
     t0 = time.perf_counter()
     try:
-        totals = fuzz(args.runtime, args.steps, args.seed, faults=not args.no_faults,
+        totals = fuzz(factory, args.steps, args.seed, faults=not args.no_faults,
                       log=lambda m: print(m, file=sys.stderr) if not args.json else None)
-    except AssertionError as exc:  # the contract was broken; the notes hold the program
+    except Exception as exc:  # the contract was broken, or the runtime crashed: the notes hold the program
         print("\n".join(getattr(exc, "__notes__", [])))
-        print(f"\nkvclaims fuzz: VIOLATION: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"\nkvclaims fuzz: VIOLATION: {violation(exc)}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - t0
     summary = {"runtime": args.runtime, "seed": args.seed, "steps": totals["steps"],

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-from functools import partial
 
-from kvclaims.adapter import load_adapter
+from kvclaims.fuzz import runtime_factory
 from kvclaims.refimpl.litmus import SCENARIOS, run_scenario
 
 MARK = {"passed": "PASS", "failed": "FAIL", "not_applicable": "N/A "}
@@ -21,7 +20,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Exit 0 unless a scenario failed: not applicable is reported, never failed nor passed."""
-    factory = partial(load_adapter, args.runtime, **({"device": args.device} if args.device else {}))
+    factory = runtime_factory(args.runtime, **({"device": args.device} if args.device else {}))
     results = [run_scenario(n, factory) for n in (args.only or SCENARIOS)]
     ok = not any(r.status == "failed" for r in results)
     if args.json:

@@ -31,10 +31,11 @@ class HostTier:
         is what gets verified.
         """
         fresh = [i for i, h in enumerate(hashes) if h not in self.index]
-        for i in fresh:
-            self.index[hashes[i]] = self.free.pop()
-        if fresh:
-            self.kv[[self.index[hashes[i]] for i in fresh]] = blocks[fresh].cpu()
+        if fresh:   # copy first, index after: a failed copy leaves the tier as it was
+            slots = self.free[len(self.free) - len(fresh):][::-1]
+            self.kv[slots] = blocks[fresh].cpu()
+            del self.free[len(self.free) - len(fresh):]
+            self.index.update((hashes[i], s) for i, s in zip(fresh, slots))
         for h in hashes:
             self.owners.setdefault(h, set()).add(owner)
         return checksums(self.kv[[self.index[h] for h in hashes]])

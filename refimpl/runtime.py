@@ -8,14 +8,16 @@ completely before it changes anything (RKC-RT-4).
 """
 from __future__ import annotations
 
+import reprlib
 from itertools import islice
 from typing import IO, Sequence
 
-from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidInput, UnknownId
+from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, InvalidField,
+                             InvalidInput, NoRoom, UnknownId)
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide, outcome
 from kvclaims.model.lifecycle import Lifecycle
 from kvclaims.model.terms import POLICIES, STRENGTHS, TIERS, ReserveLedger
-from kvclaims.refimpl.claims import Claim, Request
+from kvclaims.refimpl.claims import PRIORITIES, Claim, Request
 from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
 from kvclaims.refimpl.pool import DevicePool
@@ -24,17 +26,28 @@ from kvclaims.spec import Spec, load
 
 
 class Runtime:
-    """A paged KV pool of `U` blocks of `B` tokens with reserve `R` and a host tier of `host_blocks`."""
+    """A paged KV pool of `U` blocks of `B` tokens with reserve `R` and a host tier of `host_blocks`.
+
+    With `vocab`, token ids must lie in [0, vocab); without it, any int >= 0 is a token.
+    """
 
     def __init__(self, U: int, B: int, R: int = 0, *, host_blocks: int = 0, heads: int = 2,
                  head_dim: int = 8, device=None, spec: Spec | None = None,
-                 sink: IO[str] | None = None) -> None:
-        if not (U >= 1 and B >= 1 and 0 <= R < U and host_blocks >= 0):
-            raise InvalidInput(f"need U >= 1, B >= 1, 0 <= R < U, host_blocks >= 0 (got {U}, {B}, {R}, {host_blocks})")
+                 sink: IO[str] | None = None, vocab: int | None = None) -> None:
+        _check_int("runtime", "U", U, 1)
+        for name, value, low, high in (("B", B, 1, None), ("R", R, 0, U - 1),
+                                       ("host_blocks", host_blocks, 0, None), ("heads", heads, 1, None),
+                                       ("head_dim", head_dim, 1, None)):
+            _check_int("runtime", name, value, low, high)
+        if vocab is not None:
+            _check_int("runtime", "vocab", vocab, 1)
         self.spec = spec or load()
         self.lifecycle = Lifecycle(self.spec)
-        self.U, self.B, self.R = U, B, R
-        self.pool = DevicePool(U, B, heads, head_dim, device)
+        self.U, self.B, self.R, self.vocab = U, B, R, vocab
+        try:
+            self.pool = DevicePool(U, B, heads, head_dim, device)
+        except (RuntimeError, AssertionError, TypeError) as exc:  # unknown device, no CUDA, no memory
+            raise InvalidField("runtime", "device", f"{device!r} cannot hold the KV pool: {exc}") from None
         self.host = HostTier(host_blocks, tuple(self.pool.kv.shape[1:]),
                              pin=self.pool.device.type == "cuda")
         self.claims: dict[str, Claim] = {}
@@ -65,7 +78,7 @@ class Runtime:
 
     def feasibility(self, tokens: Sequence[int]) -> Decision:
         """What submitting `tokens` now would decide, changing nothing (a dry run)."""
-        _check_tokens(tokens, "prompt")
+        _check_tokens(tokens, "feasibility", "tokens", self.vocab)
         hits = self._hits(chain_hashes(list(tokens), self.B))
         return self._decide(-(-len(tokens) // self.B) - len(hits), hits)
 
@@ -76,11 +89,13 @@ class Runtime:
         return all(self.pool.verify(s, r.tokens[i * B:(i + 1) * B], i * B) for i, s in enumerate(r.slots))
 
     def _claim(self, claim_id: str) -> Claim:
+        _check_id(claim_id, "claim")
         if claim_id not in self.claims:
             raise UnknownId(f"no claim {claim_id!r}")
         return self.claims[claim_id]
 
     def _request(self, request_id: str) -> Request:
+        _check_id(request_id, "request")
         if request_id not in self.requests:
             raise UnknownId(f"no request {request_id!r}")
         return self.requests[request_id]
@@ -119,24 +134,12 @@ class Runtime:
     def submit_claim(self, claim_id: str, prefix: Sequence[int], *, strength: str = "hard",
                      priority: int = 0, ttl: int | None = None,
                      tiers: Sequence[str] = ("device",), policy: str | None = None) -> str:
-        """Submit a claim on a whole-block prefix; returns its state after accept/refuse (and materialize)."""
-        policy = policy or ("refuse" if strength == "hard" else "demote")
-        tiers = tuple(tiers)
-        if claim_id in self.claims:
-            raise DuplicateId(f"claim {claim_id!r} already exists")
-        if strength not in STRENGTHS or policy not in POLICIES or not set(tiers) <= set(TIERS) \
-                or "device" not in tiers:
-            raise InvalidInput(f"claim {claim_id!r}: strength in {STRENGTHS}, policy in {POLICIES}, "
-                               f"tiers a subset of {TIERS} with 'device'")
-        if strength == "soft" and policy == "refuse":
-            raise InvalidInput(f"claim {claim_id!r}: a soft claim cannot refuse requests")
-        if policy == "offload" and "host" not in tiers:
-            raise InvalidInput(f"claim {claim_id!r}: policy 'offload' needs the host tier")
-        _check_tokens(prefix, "prefix")
-        if len(prefix) % self.B:
-            raise InvalidInput(f"claim {claim_id!r}: prefix must be whole blocks of {self.B} tokens")
-        if ttl is not None and (not isinstance(ttl, int) or ttl < 1):
-            raise InvalidInput(f"claim {claim_id!r}: ttl must be a positive number of ticks")
+        """Submit a claim on a whole-block prefix; returns its state after accept/refuse (and materialize).
+
+        `policy` defaults to refuse for hard claims, demote for soft ones. See `_claim_terms`
+        for what is rejected.
+        """
+        tiers, policy = self._claim_terms(claim_id, prefix, strength, priority, ttl, tiers, policy)
         c = Claim(claim_id, chain_hashes(list(prefix), self.B), strength, priority,
                   None if ttl is None else self.time + ttl, tiers, policy, fsm=None)
         c.fsm = self.lifecycle.claim(claim_id, self._guards(c))
@@ -153,6 +156,42 @@ class Runtime:
             self._fire(c, "refuse", ctx, reason="reserve")
         return c.state
 
+    def _claim_terms(self, claim_id, prefix, strength, priority, ttl, tiers, policy) -> tuple:
+        """Validate a claim before anything changes; returns its (tiers, policy).
+
+        Rejected: an id that is not a non-empty string, or is in use (DuplicateId); a strength,
+        policy or tier the spec does not name; tiers without 'device' or with a repeat; a soft
+        claim that refuses; offload without the host tier; a priority outside PRIORITIES; a TTL
+        that is not an int >= 1; a prefix that is not whole blocks of token ids, or has more
+        blocks than the pool (it could never be resident).
+        """
+        _check_id(claim_id, "claim")
+        if claim_id in self.claims:
+            raise DuplicateId(f"claim {claim_id!r} already exists")
+        where = f"claim {claim_id!r}"
+        _check_choice(where, "strength", strength, STRENGTHS)
+        policy = ("refuse" if strength == "hard" else "demote") if policy is None else policy
+        _check_choice(where, "policy", policy, POLICIES)
+        _check_list(where, "tiers", tiers)
+        for i, tier in enumerate(tiers):
+            _check_choice(where, f"tiers[{i}]", tier, TIERS)
+        if "device" not in tiers or len(set(tiers)) < len(tiers):
+            raise InvalidField(where, "tiers", f"must name 'device', each tier once, got {list(tiers)}")
+        if strength == "soft" and policy == "refuse":
+            raise InvalidField(where, "policy", "'refuse' needs a hard claim: a soft claim cannot refuse requests")
+        if policy == "offload" and "host" not in tiers:
+            raise InvalidField(where, "policy", "'offload' needs 'host' in tiers")
+        _check_int(where, "priority", priority, PRIORITIES.start, PRIORITIES.stop - 1)
+        if ttl is not None:
+            _check_int(where, "ttl", ttl, 1)
+        _check_tokens(prefix, where, "prefix", self.vocab)
+        if len(prefix) % self.B:
+            raise InvalidField(where, "prefix", f"must be whole blocks of {self.B} tokens, got {len(prefix)} tokens")
+        if len(prefix) > self.U * self.B:
+            raise InvalidField(where, "prefix", f"has {len(prefix) // self.B} blocks, more than the "
+                                                f"pool's {self.U}: it could never be resident")
+        return tuple(tiers), policy
+
     def release_claim(self, claim_id: str) -> None:
         self._end(self._checked(claim_id, "release"), "release", reason="owner")
 
@@ -164,7 +203,8 @@ class Runtime:
         if not c.host_allowed:
             raise GuardRejected(claim_id, c.state, "offload", "host_allowed")
         if not self.host.room(c.chain):
-            raise InvalidInput(f"claim {claim_id!r}: the host tier has no room for {len(c.chain)} blocks")
+            raise NoRoom(f"claim {claim_id!r}: the host tier has {len(self.host.free)} free blocks, "
+                         f"too few for its {len(c.chain)}")
         self._offload(c, reason="owner")
 
     def restore_claim(self, claim_id: str) -> str:
@@ -174,7 +214,7 @@ class Runtime:
         resident = [s for s in map(p.lookup, c.chain) if s is not None]
         missing = [h for h in c.chain if p.lookup(h) is None]
         if len(missing) > len(p.free) + len(set(p.lru) - set(resident)):
-            raise InvalidInput(f"claim {claim_id!r}: no room on the device for {len(missing)} blocks")
+            raise NoRoom(f"claim {claim_id!r}: no room on the device for {len(missing)} blocks")
         if not self._restore_fits(c):
             raise InvalidInput(f"claim {claim_id!r}: restoring would exceed the reserve")
         for s in resident:   # pinned while room is made, so eviction cannot take them
@@ -251,9 +291,18 @@ class Runtime:
         self._unhold(c)
 
     def _offload(self, c: Claim, **fields) -> None:
-        """Copy out, verify against the materialization checksums, emit, then free device blocks."""
+        """Copy out, verify against the materialization checksums, emit, then free device blocks.
+
+        A host copy that cannot be made (allocation or transfer failed) raises NoRoom with the
+        claim unchanged: its device KV is intact, so it is not failed, and under pressure it is
+        demoted instead (as with no room). A copy that arrives different fails the claim closed.
+        """
         slots = [self.pool.lookup(h) for h in c.chain]
-        arrived = dict(zip(c.chain, self.host.store(c.chain, self.pool.kv[slots], c.id)))
+        try:
+            copies = self.host.store(c.chain, self.pool.kv[slots], c.id)
+        except (RuntimeError, MemoryError) as exc:   # torch's out-of-memory errors are RuntimeErrors
+            raise NoRoom(f"claim {c.id!r}: the host tier could not take its blocks: {exc}") from exc
+        arrived = dict(zip(c.chain, copies))
         if not self._matches(arrived, c):
             self._end(c, "fail", reason="offload_mismatch")
             return
@@ -294,9 +343,10 @@ class Runtime:
     # ------------------------------------------------------------------ requests
     def submit_request(self, request_id: str, tokens: Sequence[int]) -> Decision:
         """Submit a prompt; it is admitted, queued to wait, or refused now (with attribution)."""
+        _check_id(request_id, "request")
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
-        _check_tokens(tokens, "prompt")
+        _check_tokens(tokens, f"request {request_id!r}", "tokens", self.vocab)
         r = Request(request_id, list(tokens), chain_hashes(list(tokens), self.B))
         self.requests[request_id] = r
         self.trace.emit("request_submit", request=request_id, tokens=len(r.tokens), blocks=r.hashes)
@@ -304,8 +354,7 @@ class Runtime:
 
     def step(self, ticks: int = 1) -> None:
         """Advance the logical clock: expire claims whose TTL ran out, then retry waiting requests."""
-        if not isinstance(ticks, int) or ticks < 1:
-            raise InvalidInput("ticks must be a positive integer")
+        _check_int("step", "ticks", ticks, 1)
         for _ in range(ticks):
             self.trace.time += 1
             for c in sorted(self.claims.values(), key=lambda c: c.id):
@@ -324,7 +373,7 @@ class Runtime:
         r = self._request(request_id)
         if r.status != "running":
             raise InvalidInput(f"request {request_id!r} is {r.status}, not running")
-        _check_tokens(tokens, "decode tokens")
+        _check_tokens(tokens, f"request {request_id!r}", "tokens", self.vocab)
         total = len(r.tokens) + len(tokens)
         A = -(-total // self.B) - len(r.slots)
         d = self._decide(A, r.slots)
@@ -346,9 +395,11 @@ class Runtime:
         r = self._request(request_id)
         if r.status != "running":
             raise InvalidInput(f"request {request_id!r} is {r.status}, not running")
+        if not isinstance(admit, bool):
+            raise InvalidField(f"request {request_id!r}", "admit", f"must be a bool, {_got(admit)}")
         r.status = "finished"
-        self.trace.emit("request_finish", request=request_id, admit=bool(admit))
-        self._release(r, admit=bool(admit))
+        self.trace.emit("request_finish", request=request_id, admit=admit)
+        self._release(r, admit=admit)
 
     def abort(self, request_id: str) -> None:
         r = self._request(request_id)
@@ -420,10 +471,14 @@ class Runtime:
             c = self._next_yielding() if yielding else None
             if c is None:
                 raise AssertionError("admission decided room that the pool does not have")
+            reason = "pressure"
             if c.policy == "offload" and c.host_allowed and self.host.room(c.chain):
-                self._offload(c, reason="pressure")
-            else:
-                self._demote(c, reason="pressure")
+                try:
+                    self._offload(c, reason=reason)
+                    continue
+                except NoRoom:   # the host copy failed: demote instead, as with no room
+                    reason = "offload_error"
+            self._demote(c, reason=reason)
         return [p.take_free() for _ in range(n)]
 
     def _next_yielding(self) -> Claim | None:
@@ -497,6 +552,9 @@ class Runtime:
 
     def evict_blocks(self, hashes: Sequence[str]) -> None:
         """A connector reported these blocks invalid: claims holding them are harmed, then they go."""
+        _check_list("evict_blocks", "hashes", hashes)
+        for i, h in enumerate(hashes):
+            _check_hash("evict_blocks", f"hashes[{i}]", h)
         hashes = list(dict.fromkeys(hashes))
         slots = [self.pool.lookup(h) for h in hashes]
         if not hashes or None in slots:
@@ -508,6 +566,7 @@ class Runtime:
 
     def inject_device_fault(self, h: str) -> None:
         """Corrupt one device block: claims holding it fail closed, then it leaves the cache."""
+        _check_hash("inject_device_fault", "block", h)
         slot = self.pool.lookup(h)
         if slot is None:
             raise UnknownId(f"block {h!r} is not resident on the device")
@@ -518,6 +577,7 @@ class Runtime:
 
     def inject_host_fault(self, h: str) -> None:
         """Corrupt one host copy; detected (fail-closed) when a claim restores it."""
+        _check_hash("inject_host_fault", "block", h)
         if h not in self.host.index:
             raise UnknownId(f"block {h!r} is not in the host tier")
         self.trace.emit("operator", action="inject_host_fault", blocks=[h])
@@ -541,6 +601,49 @@ class Runtime:
         self.trace.emit("block_evict", blocks=hashes, tier="device", reason=reason)
 
 
-def _check_tokens(tokens: Sequence[int], what: str) -> None:
-    if not tokens or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens):
-        raise InvalidInput(f"{what} must be a non-empty sequence of non-negative token ids")
+# Input checks. Each names where the bad value was (a claim, a request, a call) and the field,
+# and runs before anything changes (RKC-RT-4). Values arrive as JSON decodes them, so a bool
+# is not an int, a string is not a list, and a dict is not a sequence.
+
+def _got(value) -> str:
+    return f"got {reprlib.repr(value)} ({type(value).__name__})"
+
+
+def _check_int(where: str, field: str, value, low: int, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low \
+            or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise InvalidField(where, field, f"must be an int {bound}, {_got(value)}")
+
+
+def _check_id(value, kind: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidField(kind, "id", f"must be a non-empty string, {_got(value)}")
+
+
+def _check_choice(where: str, field: str, value, choices: Sequence[str]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidField(where, field, f"must be one of {', '.join(choices)}, {_got(value)}")
+
+
+def _check_list(where: str, field: str, value) -> None:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidField(where, field, f"must be a list, {_got(value)}")
+
+
+def _check_hash(where: str, field: str, value) -> None:
+    if not isinstance(value, str):
+        raise InvalidField(where, field, f"must be a block hash (a string), {_got(value)}")
+
+
+def _check_tokens(tokens, where: str, field: str, vocab: int | None) -> None:
+    """A non-empty list of token ids: ints >= 0, and below `vocab` when the runtime has one."""
+    _check_list(where, field, tokens)
+    if not tokens:
+        raise InvalidField(where, field, "must not be empty")
+    bad = next((i for i, t in enumerate(tokens) if not (
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 and (vocab is None or t < vocab))), None)
+    if bad is not None:
+        below = "" if vocab is None else f" and < {vocab}, the vocabulary size"
+        raise InvalidField(where, f"{field}[{bad}]",
+                           f"must be a token id (an int >= 0{below}), {_got(tokens[bad])}")
