@@ -2,9 +2,9 @@
 
 `kvclaims fuzz` drives the runtime and the oracle in lockstep and checks the
 contract after every step. Its cost over the runtime's own is the figure: a
-fuzz run records every adapter call it makes (a recording adapter, loaded the
-way any `MODULE:CLASS` runtime is), then the same calls are replayed on a
-fresh runtime with no Hypothesis, oracle or checks. Ratio: fuzz / replay
+fuzz run records every adapter call it makes (through a recording adapter),
+then the same calls are replayed on fresh runtimes with no Hypothesis, oracle
+or checks. Ratio: fuzz / replay
 time, pairwise per round; fuzz steps per second go in `extra`.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ def run(smoke: bool = False) -> list[Ratio]:
     for i in range(rounds):
         LOG.clear()
         t0 = time.perf_counter()
-        done = fuzz(f"{__name__}:Recorded", steps, seed_value=1000 + i)["steps"]
+        done = fuzz(Recorded, steps, seed_value=1000 + i)["steps"]
         fuzz_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         replay()
