@@ -278,14 +278,31 @@ class PoolModel:
             r.status = "refused"
         return d
 
-    def _lru_victim(self, request_id: str) -> str:
+    def _lru_victim(self, request_id: str) -> str | None:
         if self._lru is None:
             return min(h for h in self.resident if h not in self._running_hashes()
                        and not any(h in c.terms.chain for c in self._in(self._protected_state)))
-        if not self._lru:
-            raise AssertionError(f"admitting {request_id} needs an LRU eviction the "
-                                 "runtime's trace does not report")
-        return self._lru.popleft()
+        if self._lru:
+            return self._lru.popleft()
+        if self.recomputes_last_block and self._adopt_duplicate():
+            return None
+        raise AssertionError(f"admitting {request_id} needs an LRU eviction the "
+                             "runtime's trace does not report")
+
+    def _adopt_duplicate(self) -> bool:
+        """A runtime that recomputes a fully cached prompt's last block keeps that copy
+        indexed beside the original (vLLM does). Evicting the unheld original then loses
+        nothing, so its trace reports no eviction: the slot is freed, the hash stays
+        resident, and the running request's copy becomes the indexed one."""
+        claimed = {h for c in self._in(self._protected_state) for h in c.terms.chain}
+        held = self._running_hashes()
+        for rid, r in sorted(self.requests.items()):
+            for h in sorted(r.orphaned if r.status == "running" else ()):
+                if h in self.resident and h not in held and h not in claimed:
+                    r.orphaned.discard(h)
+                    self._let_go(rid, {h})
+                    return True
+        return False
 
     def _make_room(self, need: int) -> None:
         """Non-blocking claims yield, in order, until free + cached blocks cover `need`."""
@@ -345,7 +362,12 @@ class PoolModel:
             raise InvalidInput(f"request {request_id!r} is {r.status}")
         r.status = status
         r.orphaned.clear()
-        for key in [k for k, holders in self.orphans.items() if request_id in holders]:
+        self._let_go(request_id)
+
+    def _let_go(self, request_id: str, hashes: set[str] | None = None) -> None:
+        """The request no longer holds its orphaned copies (of `hashes`; default all)."""
+        for key in [k for k, holders in self.orphans.items()
+                    if request_id in holders and (hashes is None or k[1] in hashes)]:
             self.orphans[key].discard(request_id)
             if not self.orphans[key]:
                 del self.orphans[key]

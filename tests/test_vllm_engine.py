@@ -113,11 +113,11 @@ def test_ttl_expires_on_engine_steps(claims):
 
 def test_bad_claim_arguments_refuse_the_request_and_change_nothing(claims):  # RKC-RT-4
     bad = claims.run("bad", PREFIX + [1], extra_args={"kvclaims_claim": "c", "kvclaims_blocks": 99})
-    assert bad.finish_reason == "abort" and bad.stop_reason == "kvclaims:invalid"
-    assert "cannot claim 99" in bad.kvclaims["error"]
+    assert bad.finish_reason == "abort" and bad.stop_reason == "kvclaims:rejected:InvalidInput"
+    assert "cannot claim 99" in bad.kvclaims["error"] and bad.kvclaims["field"] == "kvclaims_claim"
     assert "c" not in claims.scheduler.book.claims
     assert claims.run("bad2", [9] * 40, extra_args={"kvclaims_release": "nobody"}).kvclaims == {
-        "error": "no claim 'nobody'"}
+        "error": "no claim 'nobody'", "type": "UnknownId", "field": "kvclaims_release", "status": 400}
     assert check(claims).ok
 
 

@@ -19,10 +19,13 @@ What vLLM fixes, the adapter reports rather than hides:
   engine step that does not tick. A running request has run its prefill and is
   then kept out of the schedule (see `harness`), so it holds exactly its prompt's
   blocks until it is finished.
-- **Capabilities.** `evict_blocks` only: vLLM's CPU backend has no host tier, KV
-  content cannot be compared with tokens, vLLM has no owner-side demote or
-  offload, and its `reset_prefix_cache` refuses while requests run (or preempts
-  them), where the contract's reset lets running requests keep their blocks.
+- **Capabilities.** `evict_blocks` and `reset_cache`. The reset is the contract's:
+  claims holding blocks are harmed, then every indexed block leaves vLLM's prefix
+  cache through its `BlockPool.evict_blocks` (the invalid-KV path), and running
+  requests keep their blocks unindexed; vLLM's own `reset_prefix_cache` refuses
+  while requests hold blocks (withheld blocks count) or preempts them. Not
+  applicable: the CPU backend has no host tier, KV content cannot be compared with
+  tokens, and vLLM has no owner-side demote or offload.
 
 `StockVllmAdapter` is the same engine with claims recorded but not enforced:
 stock vLLM with a witness, which the suites must tell apart.
@@ -59,7 +62,7 @@ def shared_engine() -> VllmEngine:
 
 
 class VllmAdapter:
-    capabilities = frozenset({"evict_blocks"})
+    capabilities = frozenset({"evict_blocks", "reset_cache"})
     recomputes_last_block = True  # vLLM computes at least one token of every prompt
     enforce = True
 
@@ -161,6 +164,9 @@ class VllmAdapter:
                 self._step_for(request.request_id)
 
     # --- operator actions ---------------------------------------------------------------
+    def reset_prefix_cache(self) -> None:
+        self.sched.drop_prefix_cache()
+
     def evict_blocks(self, hashes: Sequence[str]) -> None:
         """A connector reports the blocks with these hashes invalid."""
         self.sched.evict_blocks(self.sched.pool.copies(hashes))

@@ -5,39 +5,74 @@ trace record, written before any block it frees can be reused. Blocks are held
 in vLLM's own pool (see `pool.PoolView`). With ``enforce`` off the book only
 observes: claims are recorded and traced but hold nothing, which is stock vLLM
 with a witness, so the trace shows what stock eviction does to a claim.
+
+Each claim belongs to the tenant that made it: only that tenant may release it
+(RKC-SEC-1), and a tenant's live hard claims stay within its quota (RKC-SEC-2).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-from kvclaims.errors import DuplicateId, IllegalTransition, InvalidInput, UnknownId
+from kvclaims.errors import BadArgument, DuplicateId, IllegalTransition, InvalidInput, NotOwner, UnknownId
 from kvclaims.model.feasibility import accepts
 from kvclaims.model.lifecycle import Lifecycle
-from kvclaims.model.terms import reserve_context
+from kvclaims.model.terms import RESERVING, reserve_context
 from kvclaims.refimpl.claims import Claim
 from kvclaims.refimpl.trace import TraceWriter
 from kvclaims.spec import load
 from kvclaims.vllm.metrics import ClaimMetrics
 from kvclaims.vllm.pool import PoolView, hexid
-from kvclaims.vllm.xargs import ClaimOp
+from kvclaims.vllm.xargs import ANONYMOUS, ClaimOp
 
 
 @dataclass
 class Held:
-    """A claim's vLLM side: its raw chain and the blocks it holds (once materialized)."""
+    """A claim's vLLM side: its owner, its raw chain, the blocks it holds (once
+    materialized) and why it was refused (if it was)."""
 
+    tenant: str
     chain: list[bytes]
     blocks: list = field(default_factory=list)
+    refusal: str | None = None
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Per-tenant caps on hard-claimed blocks (the distinct blocks of a tenant's live hard
+    claims), so that no tenant can pin the pool and starve the others. None: no cap."""
+
+    default: int | None = None
+    tenants: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, value: Any) -> "Quota":
+        """``additional_config["kvclaims"]["quota"]``: ``{"default": N, "tenants": {tenant: N}}``."""
+        shape = '{"default": N, "tenants": {"<tenant>": N}}'
+        if not isinstance(value, dict) or set(value) - {"default", "tenants"} \
+                or not isinstance(value.get("tenants", {}), dict):
+            raise BadArgument("kvclaims.quota", f"expected {shape}, got {value!r}")
+        default, tenants = value.get("default"), value.get("tenants", {})
+        caps = {f"tenants.{t}": n for t, n in tenants.items()}
+        if default is not None:
+            caps["default"] = default
+        for where, n in caps.items():
+            if type(n) is not int or n < 0:
+                raise BadArgument(f"kvclaims.quota.{where}", f"expected a block count >= 0, got {n!r}")
+        return cls(default, dict(tenants))
+
+    def limit(self, tenant: str) -> int | None:
+        return self.tenants.get(tenant, self.default)
 
 
 class ClaimBook:
     def __init__(self, pool: PoolView, trace: TraceWriter, *, reserve: int = 0,
-                 enforce: bool = True) -> None:
+                 enforce: bool = True, quota: Quota = Quota()) -> None:
         if not 0 <= reserve < pool.U:
             raise InvalidInput(f"kvclaims reserve must satisfy 0 <= R < U={pool.U}, got {reserve}")
         self.spec = load()
         self.lifecycle = Lifecycle(self.spec)
-        self.pool, self.trace, self.R, self.enforce = pool, trace, reserve, enforce
+        self.pool, self.trace, self.R, self.enforce, self.quota = pool, trace, reserve, enforce, quota
         self.claims: dict[str, Claim] = {}
         self.held: dict[str, Held] = {}
         self.holders: dict[int, set[str]] = {}         # block id -> claims holding it
@@ -68,37 +103,58 @@ class ClaimBook:
             raise InvalidInput(f"claim {op.claim_id!r}: the prompt has {full_blocks} full blocks of "
                                f"{self.pool.B} tokens; cannot claim {op.blocks or 'them'}")
 
-    def check_event(self, claim_id: str, event: str) -> Claim:
+    def check_event(self, claim_id: str, event: str, tenant: str = ANONYMOUS) -> Claim:
+        """The claim, if `tenant` owns it and `event` is legal in its state (RKC-SEC-1)."""
         c = self.get(claim_id)
+        if self.held[claim_id].tenant != tenant:
+            raise NotOwner(f"claim {claim_id!r} belongs to another tenant; only its owner may {event} it")
         if event not in c.fsm.allowed():
             raise IllegalTransition(claim_id, c.state, event, c.fsm.allowed())
         return c
 
     # --- moves --------------------------------------------------------------
-    def submit(self, op: ClaimOp, chain: list[bytes], *, time: int, request: str | None = None) -> str:
-        """Accept or refuse under the reserve; materialize at once if already resident."""
+    def submit(self, op: ClaimOp, chain: list[bytes], *, time: int, request: str | None = None,
+               tenant: str = ANONYMOUS) -> str:
+        """Accept or refuse (reserve, then quota); materialize at once if already resident."""
         chain = chain[:op.blocks] if op.blocks else chain
         hexes = [hexid(h) for h in chain]
         c = Claim(op.claim_id, hexes, op.strength, op.priority,
                   None if op.ttl is None else time + op.ttl, ("device",), op.policy, fsm=None)
         c.fsm = self.lifecycle.claim(c.id, self._guards(c))
-        self.claims[c.id], self.held[c.id] = c, Held(chain)
+        self.claims[c.id], self.held[c.id] = c, Held(tenant, chain)
         self.trace.emit("claim_submit", claim=c.id, blocks=hexes, strength=c.strength,
                         priority=c.priority, ttl=op.ttl, tiers=["device"], policy=c.policy,
-                        request=request)
+                        request=request, tenant=tenant)
         ctx = reserve_context(hexes, self.claims.values())
-        if accepts(c.hard, ctx["new_blocks"], ctx["reserved"], self.pool.U, self.R, self.spec):
+        reason = self.refusal(c, **ctx)
+        if reason is None:
             self.fire(c, "accept", ctx)
             self.materialize_ready()
         else:
-            self.fire(c, "refuse", ctx, reason="reserve")
+            self.held[c.id].refusal = reason
+            self.fire(c, "refuse", ctx, reason=reason)
         return c.state
 
+    def refusal(self, c: Claim, new_blocks: int, reserved: int) -> str | None:
+        """Why `c` is refused at submission: the reserve (RKC-ACC-1), its tenant's quota
+        (RKC-SEC-2), or None. A quota is a tenant's own reserve; it only ever refuses
+        more, so the proved pool invariants still hold."""
+        if not accepts(c.hard, new_blocks, reserved, self.pool.U, self.R, self.spec):
+            return "reserve"
+        tenant = self.held[c.id].tenant
+        limit = self.quota.limit(tenant)
+        if c.hard and limit is not None and len(self._hard_blocks(tenant) | set(c.chain)) > limit:
+            return "quota"
+        return None
+
+    def _hard_blocks(self, tenant: str) -> set[str]:
+        return {h for c in self.claims.values()
+                if c.hard and c.state in RESERVING and self.held[c.id].tenant == tenant for h in c.chain}
+
     def _guards(self, c: Claim) -> dict:
-        fits = lambda new_blocks, reserved, **_: accepts(  # noqa: E731
-            c.hard, new_blocks, reserved, self.pool.U, self.R, self.spec)
-        return {"within_reserve": fits,
-                "exceeds_reserve": lambda **ctx: not fits(**ctx),
+        ok = lambda new_blocks, reserved, **_: self.refusal(c, new_blocks, reserved) is None  # noqa: E731
+        return {"within_reserve": ok,
+                "exceeds_reserve": lambda **ctx: not ok(**ctx),
                 "chain_resident": lambda **_: self.pool.resident(self.held[c.id].chain) is not None}
 
     def fire(self, c: Claim, event: str, ctx: dict | None = None, **fields) -> None:
@@ -142,19 +198,20 @@ class ClaimBook:
         for cid in sorted({c for b in block_ids for c in self.holders.get(b, ())}):
             self.end(self.claims[cid], event, reason=reason)
 
-    def make_room(self, need: int) -> None:
+    def make_room(self, need: int, own: set[int] = frozenset()) -> None:
         """Demote non-blocking claims (soft first, then lower priority, then id) until
         their blocks give `need` more evictable blocks. A claim whose every block a
-        request or a blocking claim also holds is passed over: it holds no yielding
-        block, and demoting it would free nothing."""
+        request, a blocking claim or the deciding request itself (`own`: its prefix
+        hits, which it is about to hold) also holds is passed over: it holds no
+        yielding block, and demoting it would free nothing."""
         blocking = self.blocking_ids()
         for c in sorted(self.materialized(blocking=False), key=Claim.yield_order):
             if need <= 0:
                 return
-            if not any(b.ref_cnt == len(self.holders[b.block_id]) and not self.holders[b.block_id] & blocking
-                       for b in self.held[c.id].blocks):
+            if not any(b.block_id not in own and b.ref_cnt == len(self.holders[b.block_id])
+                       and not self.holders[b.block_id] & blocking for b in self.held[c.id].blocks):
                 continue
-            freed = [b for b in self.held[c.id].blocks if b.ref_cnt == 1]
+            freed = [b for b in self.held[c.id].blocks if b.ref_cnt == 1 and b.block_id not in own]
             self.end(c, "demote", reason="pressure")
             need -= len(freed)
 

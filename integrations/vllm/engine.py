@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
 from kvclaims.vllm.model_dir import tiny_model_dir
-from kvclaims.vllm.xargs import ClaimOp, to_xargs
+from kvclaims.vllm.xargs import ANONYMOUS, ClaimOp, to_xargs
 
 # Single process (so the scheduler is reachable), a small CPU KV space, no model hub,
 # vLLM's logs on stderr (stdout is the caller's), and the caller's request ids in the
@@ -133,12 +133,14 @@ class VllmEngine:
             raise InvalidInput("stock vLLM has no claims: build the engine with integration=True")
         return self.scheduler
 
-    def submit_claim(self, claim_id: str, tokens: Sequence[int], **terms: Any) -> str:
-        """Claim the full blocks of `tokens` directly; `terms` as ClaimOp (strength, ttl, ...)."""
-        return self._claims().submit_claim(ClaimOp(claim_id, **terms), list(tokens))
+    def submit_claim(self, claim_id: str, tokens: Sequence[int], *, tenant: str = ANONYMOUS,
+                     **terms: Any) -> str:
+        """Claim the full blocks of `tokens` for `tenant` directly; `terms` as ClaimOp
+        (strength, ttl, ...)."""
+        return self._claims().submit_claim(ClaimOp(claim_id, **terms), list(tokens), tenant)
 
-    def release_claim(self, claim_id: str) -> None:
-        self._claims().release_claim(claim_id)
+    def release_claim(self, claim_id: str, *, tenant: str = ANONYMOUS) -> None:
+        self._claims().release_claim(claim_id, tenant)
 
     def claim_state(self, claim_id: str) -> str:
         return self._claims().book.get(claim_id).state

@@ -17,7 +17,7 @@ from kvclaims.spec import Spec
 
 
 @lru_cache(maxsize=1)
-def _series() -> tuple[Gauge, Counter, Counter, Counter]:
+def _series() -> tuple[Gauge, Counter, Counter, Counter, Counter]:
     return (
         Gauge("kvclaims_claims", "Resident KV claims by lifecycle state", ["state"],
               multiprocess_mode="livesum"),
@@ -26,13 +26,14 @@ def _series() -> tuple[Gauge, Counter, Counter, Counter]:
                 ["reason"]),
         Counter("kvclaims_claim_harms", "Claims whose resident state an operator action or an "
                 "invalid KV load removed (harm/fail events)", ["event", "reason"]),
+        Counter("kvclaims_claim_refusals", "Claims refused at submission (refuse events)", ["reason"]),
     )
 
 
 class ClaimMetrics:
     def __init__(self, spec: Spec) -> None:
         self.states = list(spec.lifecycle.states)
-        self.claims, self.events, self.refusals, self.harms = _series()
+        self.claims, self.events, self.refusals, self.harms, self.claim_refusals = _series()
         self.set_states({})
 
     def set_states(self, counts: dict[str, int]) -> None:
@@ -43,6 +44,8 @@ class ClaimMetrics:
         self.events.labels(event=event).inc()
         if event in ("harm", "fail"):
             self.harms.labels(event=event, reason=reason or "").inc()
+        elif event == "refuse":
+            self.claim_refusals.labels(reason=reason or "").inc()
         self.set_states(counts)
 
     def refusal(self, reason: str) -> None:

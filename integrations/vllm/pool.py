@@ -4,15 +4,18 @@ Claims hold blocks the way requests do, with a reference (``touch``), so a held
 block is out of vLLM's free queue and its allocator cannot evict it. A block's
 class follows the contract's precedence (protected > active > yielding > cached
 > free): a block is *active* when it has references beyond the claims' own.
-KV events (``BlockRemoved``/``BlockStored``) are read from the pool's queue
-without consuming it, so a configured KV-event publisher still gets them all.
+
+Per engine step the view does O(changes) work, never O(pool): a decision that
+fits in free and cached blocks is read off vLLM's free-queue count
+(`evictable`), and the hashes stored and lost are logged as vLLM's prefix index
+changes (`IndexLog`). Only a decision that needs the yielding, active or
+protected classes scans the pool (`classes`).
 """
 from __future__ import annotations
 
-from collections import Counter
+from functools import lru_cache
 from typing import Iterable, Mapping, Sequence
 
-from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
 from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core import kv_cache_utils as kvu
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
@@ -23,10 +26,71 @@ from kvclaims.model.feasibility import PoolCounts
 GROUP = 0  # the integration supports models with one KV cache group
 
 
+@lru_cache(maxsize=1 << 16)
 def hexid(h: bytes | int) -> str:
-    """A block hash as the trace writes it: the form vLLM's KV events carry, in hex."""
+    """A block hash as the trace writes it: the form vLLM's KV events carry, in hex.
+    Cached: requests bring and hit mostly the same hot prefixes (and vLLM fixes the
+    form once its engine has started)."""
     v = kvu.maybe_convert_block_hash(h) if isinstance(h, bytes) else h
     return v.hex() if isinstance(v, bytes) else f"{v:016x}"
+
+
+@lru_cache(maxsize=1 << 16)
+def key_hex(key: bytes) -> str:
+    """`hexid` of a prefix-index key (a block hash with its KV cache group)."""
+    return hexid(kvu.get_block_hash(key))
+
+
+class IndexLog:
+    """The changes to one ``BlockPool``'s prefix index as they happen: every hash stored,
+    and every hash removed that left no indexed copy (a duplicate's removal is not a
+    loss; an old copy evicted before its hash is stored again is one). It wraps the
+    index's ``insert`` and ``pop`` on the instance, and the pool's
+    ``reset_prefix_cache``, which replaces the index (a reset is traced by the
+    scheduler itself). This is what vLLM's KV events would say, without paying for
+    them: building the events costs about as much as the allocation they describe.
+    """
+
+    def __init__(self, bp) -> None:
+        self.stored: list[bytes] = []
+        self.removed: list[bytes] = []
+        self._watch(bp.cached_block_hash_to_block)
+        reset = bp.reset_prefix_cache
+
+        def reset_prefix_cache(*args, **kwargs) -> bool:
+            ok = reset(*args, **kwargs)
+            self._watch(bp.cached_block_hash_to_block)
+            return ok
+        bp.reset_prefix_cache = reset_prefix_cache
+
+    @classmethod
+    def of(cls, bp) -> IndexLog:
+        """The pool's log, installed on first use (views of one pool share it)."""
+        if "_kvclaims_log" not in vars(bp):
+            bp._kvclaims_log = cls(bp)
+        return bp._kvclaims_log
+
+    def _watch(self, index) -> None:
+        if "insert" in vars(index):
+            return
+        insert, pop, stored, removed = index.insert, index.pop, self.stored.append, self.removed.append
+
+        def logged_insert(key, block) -> None:
+            insert(key, block)
+            stored(key)
+
+        def logged_pop(key, block_id):
+            block = pop(key, block_id)
+            if block is not None and index.get_one_block(key) is None:
+                removed(key)
+            return block
+        index.insert, index.pop = logged_insert, logged_pop
+
+    def drain(self) -> tuple[list[str], list[str]]:
+        out = [key_hex(k) for k in self.stored], [key_hex(k) for k in self.removed]
+        self.stored.clear()
+        self.removed.clear()
+        return out
 
 
 class PoolView:
@@ -35,12 +99,11 @@ class PoolView:
             raise InvalidInput("kvclaims supports models with one KV cache group "
                                "(hybrid and sliding-window models are not applicable)")
         self.bp = kv_cache_manager.block_pool
-        self.bp.enable_kv_cache_events = True   # read, not consumed: see drain_events
         self.B = block_size
         self.withheld: list[KVCacheBlock] = []
         self._hash_fn = get_hash_fn_by_name(hash_algo)
-        self._queue: list = self.bp.kv_event_queue
-        self._seen = len(self._queue)           # earlier events are not this view's
+        self._log = IndexLog.of(self.bp)
+        self._log.drain()                       # earlier changes are not this view's
 
     @property
     def U(self) -> int:
@@ -84,6 +147,14 @@ class PoolView:
         self.bp.free_blocks(reversed(blocks))
 
     # --- classes ------------------------------------------------------------
+    def evictable(self, hits: Sequence[KVCacheBlock] = ()) -> int:
+        """``free + cached`` of `classes` excluding `hits` (a request's own prefix hits),
+        without the scan. A block is free or cached exactly when nothing references it
+        (a claim's hold is a reference), which is when it sits in vLLM's free queue
+        (withheld blocks and the null block are outside it); the request's own hits
+        among them are outside the pool it competes for."""
+        return self.bp.get_num_free_blocks() - sum(b.ref_cnt == 0 for b in hits)
+
     def classes(self, holders: Mapping[int, Iterable[str]], blocking: set[str],
                 exclude: set[int] = frozenset()) -> tuple[PoolCounts, dict[str, frozenset[str]]]:
         """Block classes over the pool without `exclude` (a request's own prefix hits),
@@ -119,36 +190,14 @@ class PoolView:
         """Ids of every indexed block (first copies and duplicates) with one of `hashes`."""
         wanted = set(hashes)
         return {b.block_id for b in self.bp.blocks
-                if b.block_hash is not None and hexid(kvu.get_block_hash(b.block_hash)) in wanted}
+                if b.block_hash is not None and key_hex(b.block_hash) in wanted}
 
     def cached_hashes(self, ids: Iterable[int] | None = None) -> list[str]:
         """Hashes of the indexed blocks among `ids` (default: all blocks)."""
         blocks = self.bp.blocks if ids is None else [self.bp.blocks[i] for i in sorted(ids)]
-        return [hexid(kvu.get_block_hash(b.block_hash)) for b in blocks if b.block_hash is not None]
+        return [key_hex(b.block_hash) for b in blocks if b.block_hash is not None]
 
-    # --- KV events ----------------------------------------------------------
+    # --- index changes -----------------------------------------------------
     def drain_events(self) -> tuple[list[str], list[str]]:
-        """Hashes stored and hashes removed since the last call. A removal counts when it
-        left no indexed copy of its hash (a duplicate's removal is not a loss, but an old
-        copy evicted before its hash is stored again is one): found by walking the
-        events back from the index as it is now."""
-        if self.bp.kv_event_queue is not self._queue:    # taken by update_from_output
-            self._queue, self._seen = self.bp.kv_event_queue, 0
-        new = self._queue[self._seen:]
-        self._seen = len(self._queue)
-        copies = Counter(self.cached_hashes()) if any(isinstance(e, BlockRemoved) for e in new) else Counter()
-        stored: list[str] = []
-        removed: list[str] = []
-        for ev in reversed(new):
-            if isinstance(ev, BlockStored):
-                hexes = [hexid(h) for h in ev.block_hashes]
-                stored[:0] = hexes
-                copies.subtract(hexes)
-            elif isinstance(ev, BlockRemoved):
-                for h in reversed([hexid(h) for h in ev.block_hashes]):
-                    if copies[h] <= 0:
-                        removed.insert(0, h)
-                    copies[h] += 1
-            elif isinstance(ev, AllBlocksCleared):     # traced by reset_prefix_cache itself
-                copies.clear()
-        return stored, removed
+        """Hashes stored and hashes lost since the last call, in order (see `IndexLog`)."""
+        return self._log.drain()

@@ -15,6 +15,12 @@ responses alike), never left waiting; one that fits only in yielding blocks
 gets the yielding claims' ``demote`` events first. vLLM's ``FINISHED_ERROR``
 is not used because the OpenAI server turns it into a bare HTTP 500 that
 cannot name the blocking claims.
+
+A request whose claim operations are invalid, name a claim another tenant owns,
+or cannot apply to the book as it stands is rejected the same way
+(``kvclaims:rejected:<error type>``, the error under ``kv_transfer_params``)
+with nothing applied and nothing traced; the HTTP front end
+(`kvclaims.vllm.frontend`) turns that into a 400 or 403.
 """
 from __future__ import annotations
 
@@ -23,14 +29,15 @@ from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs, FinishReason
 from vllm.v1.request import Request, RequestStatus
 from vllm.version import __version__ as vllm_version
 
-from kvclaims.errors import InvalidInput, KVClaimsError
+from kvclaims.errors import BadArgument, InvalidInput, KVClaimsError
 from kvclaims.model.feasibility import Decision, decide
 from kvclaims.refimpl.trace import TraceWriter
-from kvclaims.vllm.claims import ClaimBook
+from kvclaims.vllm.claims import ClaimBook, Quota
 from kvclaims.vllm.pool import PoolView, hexid
-from kvclaims.vllm.xargs import ClaimOp, RequestOps, parse
+from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, rejection, server_key
 
-CONFIG_KEYS = {"reserve": int, "trace": str, "enforce": bool}
+CONFIG_KEYS = {"reserve": int, "trace": str, "enforce": bool, "tenants": bool, "tenant_header": str,
+               "quota": dict}
 WAITING = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
 
 
@@ -42,6 +49,9 @@ def settings(vllm_config) -> dict:
                 or (CONFIG_KEYS[key] is int and isinstance(value, bool)):
             raise InvalidInput(f"additional_config kvclaims.{key}={value!r}: expected one of "
                                f"{ {k: t.__name__ for k, t in CONFIG_KEYS.items()} }")
+    for key in ("tenant_header", "quota"):
+        if key in cfg and not cfg.get("tenants"):
+            raise BadArgument(f"kvclaims.{key}", "needs kvclaims.tenants=true (claims that belong to tenants)")
     if vllm_config.scheduler_config.async_scheduling:
         raise InvalidInput("kvclaims needs async_scheduling=False (--no-async-scheduling)")
     if not vllm_config.cache_config.enable_prefix_caching:
@@ -56,6 +66,9 @@ class ClaimsScheduler(Scheduler):
         cfg = settings(vllm_config)
         super().__init__(vllm_config, *args, **kwargs)
         self.hash_algo = vllm_config.cache_config.prefix_caching_hash_algo
+        self.vocab = vllm_config.model_config.get_vocab_size()
+        self.tenant_key = server_key(cfg.get("tenants", False))
+        self.quota = Quota.parse(cfg["quota"]) if "quota" in cfg else Quota()
         sink = open(cfg["trace"], "w", encoding="utf-8", buffering=1) if cfg.get("trace") else None
         self.start_claims(TraceWriter(sink), reserve=cfg.get("reserve", 0),
                           enforce=cfg.get("enforce", True))
@@ -67,7 +80,7 @@ class ClaimsScheduler(Scheduler):
         self.trace = trace
         self.trace.emit("runtime", runtime="vllm", version=vllm_version, U=self.pool.U,
                         B=self.block_size, R=reserve, host_blocks=0, enforce=enforce)
-        self.book = ClaimBook(self.pool, self.trace, reserve=reserve, enforce=enforce)
+        self.book = ClaimBook(self.pool, self.trace, reserve=reserve, enforce=enforce, quota=self.quota)
         self.ops: dict[str, RequestOps] = {}
         self.notes: dict[str, dict] = {}          # request -> what its final output reports
         self.hit_blocks: dict[str, int] = {}
@@ -79,35 +92,37 @@ class ClaimsScheduler(Scheduler):
         rid = request.request_id
         if rid in self.requests:              # a streaming session's next chunk
             return super().add_request(request)
-        params = request.sampling_params
-        try:
-            ops = parse(params.extra_args if params is not None else None)
-            if ops.claim:
-                self.book.check_new(ops.claim, len(request.block_hashes))
-            for cid in ops.release:
-                self.book.check_event(cid, "release")
-        except KVClaimsError as exc:
-            ops, error = RequestOps(), str(exc)
-        else:
-            error = None
         super().add_request(request)
+        try:
+            ops = self._vet(request)
+        except KVClaimsError as exc:          # rejected: nothing applied, nothing traced (RKC-RT-4)
+            self.notes[rid] = rejection(exc)
+            return self._close(request, f"kvclaims:rejected:{type(exc).__name__}")
         self.trace.emit("request_submit", request=rid, tokens=request.num_prompt_tokens,
                         blocks=[hexid(h) for h in request.block_hashes])
-        if error:
-            self.trace.emit("request_abort", request=rid, error=error)
-            self.notes[rid] = {"error": error}
-            return self._close(request, "kvclaims:invalid")
         self.ops[rid] = ops
         for cid in ops.release:
             self.book.end(self.book.claims[cid], "release", reason="owner", request=rid)
         if ops.claim:
-            self.book.submit(ops.claim, list(request.block_hashes), time=self.trace.time, request=rid)
+            self.book.submit(ops.claim, list(request.block_hashes), time=self.trace.time, request=rid,
+                             tenant=ops.tenant)
         if ops.release or ops.claim:
             self.notes[rid] = {"claims": [*ops.release, *([ops.claim.claim_id] if ops.claim else [])]}
 
+    def _vet(self, request: Request) -> RequestOps:
+        """The request's claim operations, checked against the book as it stands: all of
+        them apply, or an error names the first that cannot (and nothing changes)."""
+        params = request.sampling_params
+        ops = parse(params.extra_args if params is not None else None, tenant_key=self.tenant_key)
+        if ops.claim:
+            _judged(PREFIX + "claim", self.book.check_new, ops.claim, len(request.block_hashes))
+        for cid in ops.release:
+            _judged(PREFIX + "release", self.book.check_event, cid, "release", ops.tenant)
+        return ops
+
     def schedule(self, *args, **kwargs):
-        if self.tick_per_step:
-            self.tick()
+        if self.tick_per_step and (self.requests or not self.closing):
+            self.tick()     # (a step that only delivers rejections is no tick: they change nothing)
         if self.book.enforce:
             self._arbitrate()
         out = super().schedule(*args, **kwargs)
@@ -124,18 +139,25 @@ class ClaimsScheduler(Scheduler):
     def _arbitrate(self) -> None:
         """Decide every fresh waiting request with the contract's predicate. With no claim
         holding blocks only a request larger than the pool is decided (refused): stock
-        vLLM would leave it waiting forever."""
+        vLLM would leave it waiting forever. A request that fits in free and cached blocks
+        alone is admitted with nothing to demote, the predicate's own answer, read off
+        vLLM's free queue (`PoolView.evictable`) without classifying the pool; when it fits
+        even with no hit it needs no lookup either (each hit lowers its need by one and
+        the room by at most one)."""
         B, holding = self.block_size, self.book.holding()
         for request in [r for r in self.waiting if r.status in WAITING and r.num_computed_tokens == 0]:
-            if not holding and -(-request.num_tokens // B) <= self.pool.U:
+            blocks = -(-request.num_tokens // B)
+            if blocks <= self.pool.evictable() or (not holding and blocks <= self.pool.U):
                 continue
             hits = self.kv_cache_manager.get_computed_blocks(request)[0].blocks[0]
-            A = -(-request.num_tokens // B) - len(hits)
-            counts, blocking = self.pool.classes(self.book.holders, self.book.blocking_ids(),
-                                                 {b.block_id for b in hits})
+            A = blocks - len(hits)
+            if A <= self.pool.evictable(hits):
+                continue
+            own = {b.block_id for b in hits}
+            counts, blocking = self.pool.classes(self.book.holders, self.book.blocking_ids(), own)
             d = decide(A, counts, blocking, self.book.spec)
             if d.outcome == "admit":
-                self.book.make_room(A - counts.free - counts.cached)
+                self.book.make_room(A - counts.free - counts.cached, own)
             elif d.outcome == "wait":
                 if request.request_id not in self.waited:
                     self.waited.add(request.request_id)
@@ -213,7 +235,11 @@ class ClaimsScheduler(Scheduler):
     def _note(self, rid: str) -> dict:
         note = self.notes.pop(rid)
         if "claims" in note:
-            note["claims"] = {cid: self.book.claims[cid].state for cid in note["claims"]}
+            ids = note["claims"]
+            note["claims"] = {cid: self.book.claims[cid].state for cid in ids}
+            refused = {cid: self.book.held[cid].refusal for cid in ids if self.book.held[cid].refusal}
+            if refused:
+                note["claim_refusals"] = refused
         return note
 
     def _sync(self, reason: str) -> None:
@@ -225,14 +251,18 @@ class ClaimsScheduler(Scheduler):
             self.trace.emit("block_store", blocks=stored, tier="device")
 
     # ------------------------------------------------------------------ claims, in process
-    def submit_claim(self, op: ClaimOp, tokens: list[int]) -> str:
+    def submit_claim(self, op: ClaimOp, tokens: list[int], tenant: str = ANONYMOUS) -> str:
         """Claim the full blocks of `tokens` directly (no request); returns the claim's state."""
+        bad = [i for i, t in enumerate(tokens) if type(t) is not int or not 0 <= t < self.vocab]
+        if bad:
+            raise BadArgument("tokens", f"tokens[{bad[0]}] is {tokens[bad[0]]!r}; expected a token id "
+                              f"in [0, {self.vocab})")
         chain = self.pool.chain(tokens)
         self.book.check_new(op, len(chain))
-        return self.book.submit(op, chain, time=self.trace.time)
+        return self.book.submit(op, chain, time=self.trace.time, tenant=tenant)
 
-    def release_claim(self, claim_id: str) -> None:
-        self.book.end(self.book.check_event(claim_id, "release"), "release", reason="owner")
+    def release_claim(self, claim_id: str, tenant: str = ANONYMOUS) -> None:
+        self.book.end(self.book.check_event(claim_id, "release", tenant), "release", reason="owner")
 
     # ------------------------------------------------------------------ operator actions
     def reset_prefix_cache(self, reset_running_requests: bool = False,
@@ -255,9 +285,21 @@ class ClaimsScheduler(Scheduler):
         """Invalid KV (a connector's failed load): claims holding a block are harmed, then
         the blocks leave the prefix cache, so stale KV is never served."""
         self.trace.emit("operator", action="evict_blocks", blocks=self.pool.cached_hashes(block_ids))
-        self.book.end_holders(block_ids, "harm", "invalid_load")
+        self._drop(block_ids, "invalid_load")
+
+    def drop_prefix_cache(self) -> None:
+        """The contract's prefix-cache reset (weights changed): every claim holding blocks is
+        harmed, then every indexed block leaves the prefix cache, through the same eviction
+        as invalid KV; a running request keeps its blocks, unindexed. (vLLM's own
+        `reset_prefix_cache` instead refuses while requests hold blocks, or preempts them.)"""
+        self.trace.emit("operator", action="reset_prefix_cache")
+        self._drop({b.block_id for b in self.pool.bp.blocks if b.block_hash is not None},
+                   "reset_prefix_cache")
+
+    def _drop(self, block_ids: set[int], reason: str) -> None:
+        self.book.end_holders(block_ids, "harm", reason)
         self.kv_cache_manager.evict_blocks(block_ids)
-        self._sync("invalid_load")
+        self._sync(reason)
 
     def _handle_invalid_blocks(self, invalid_block_ids: set[int], num_scheduled_tokens):
         claimed = invalid_block_ids & set(self.book.holders)
@@ -266,3 +308,12 @@ class ClaimsScheduler(Scheduler):
         affected = super()._handle_invalid_blocks(invalid_block_ids, num_scheduled_tokens)
         self._sync("invalid_load")
         return affected
+
+
+def _judged(field: str, check, *args) -> None:
+    """Run a book check; an error it raises names the request field it judged."""
+    try:
+        check(*args)
+    except KVClaimsError as exc:
+        exc.field = field
+        raise

@@ -4,22 +4,40 @@ The OpenAI-compatible server passes its ``vllm_xargs`` body field through to
 ``extra_args``, and ``vllm_xargs`` only carries strings, numbers and lists of
 them, so the operations are flat ``kvclaims_*`` keys (strings of digits are
 accepted where a number is expected, since some clients send everything as
-text). Parsing is all-or-nothing: a bad key raises ``InvalidInput`` naming it,
-and the scheduler then refuses the whole request with nothing applied.
+text). Parsing is all-or-nothing: a bad key raises ``BadArgument`` naming it,
+and the request is rejected with nothing applied; `rejection` is what its
+client is told, by the engine and by the HTTP front end alike.
+
+When claims belong to tenants, a request names its tenant (``kvclaims_tenant``)
+with a seal (``kvclaims_seal``, an HMAC of the tenant under the server's secret
+``$KVCLAIMS_TENANT_KEY``). The HTTP front end sets both from the request's
+credentials, and the engine accepts a tenant only with its seal: a client cannot
+name another tenant, whichever route its request comes in by.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from kvclaims.errors import InvalidInput
+from kvclaims.errors import BadArgument, KVClaimsError, NotOwner
 from kvclaims.model.terms import POLICIES, STRENGTHS
 
 PREFIX = "kvclaims_"
-KEYS = ("claim", "blocks", "strength", "priority", "ttl", "policy", "release", "no_admit")
+KEYS = ("claim", "blocks", "strength", "priority", "ttl", "policy", "release", "no_admit", "tenant", "seal")
+CLAIM_TERMS = ("blocks", "strength", "priority", "ttl", "policy")
 # The integration keeps claims on the device tier only: vLLM's CPU backend has no host
 # tier it can verify, so the `offload` policy is not applicable here.
 VLLM_POLICIES = tuple(p for p in POLICIES if p != "offload")
+ANONYMOUS = "anonymous"     # the tenant of a single-tenant engine, and of a request with no credentials
+# Claim ids and tenants: short, and free of the separators of a refusal's stop_reason.
+NAME = re.compile(r"[\w.@/+=~-]{1,256}", re.ASCII)
+INTEGER = re.compile(r"-?[0-9]+")
+INT32 = 2**31               # priorities, TTLs and block counts are 32-bit: the trace and metrics stay sane
+KEY_ENV = "KVCLAIMS_TENANT_KEY"
 
 
 @dataclass(frozen=True)
@@ -39,80 +57,143 @@ class RequestOps:
     claim: ClaimOp | None = None
     release: tuple[str, ...] = ()
     no_admit: bool = False          # write no-admit: the blocks it computes are not cached
+    tenant: str = ANONYMOUS         # who owns the claims it makes and may release
 
 
-def parse(extra_args: Mapping[str, Any] | None) -> RequestOps:
-    """The claim operations in `extra_args`; keys without the prefix are left to others."""
-    raw = {k[len(PREFIX):]: v for k, v in (extra_args or {}).items() if k.startswith(PREFIX)}
+def parse(extra_args: Mapping[str, Any] | None, *, tenant_key: bytes | None = None) -> RequestOps:
+    """The claim operations in `extra_args`; keys without the prefix are left to others.
+    With a `tenant_key` (claims belong to tenants), a request that makes or releases
+    claims must name its tenant, sealed under that key; without, none may."""
+    if not isinstance(extra_args or {}, Mapping):
+        raise BadArgument("extra_args", f"expected a mapping, got {type(extra_args).__name__}")
+    raw = {k[len(PREFIX):]: v for k, v in (extra_args or {}).items()
+           if isinstance(k, str) and k.startswith(PREFIX)}
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
-        raise InvalidInput(f"unknown claim argument(s) {[PREFIX + k for k in unknown]}; "
-                           f"known: {[PREFIX + k for k in KEYS]}")
-    claim = None
-    if "claim" in raw:
-        strength = _choice(raw, "strength", STRENGTHS, "hard")
-        policy = _choice(raw, "policy", VLLM_POLICIES, "refuse" if strength == "hard" else "demote")
-        if strength == "soft" and policy == "refuse":
-            raise InvalidInput(f"{PREFIX}policy: a soft claim cannot refuse requests (use 'demote')")
-        claim = ClaimOp(_name(raw["claim"], "claim"), _int(raw, "blocks", 1), strength,
-                        _int(raw, "priority", None) or 0, _int(raw, "ttl", 1), policy)
-    else:
-        orphans = sorted(set(raw) & {"blocks", "strength", "priority", "ttl", "policy"})
-        if orphans:
-            raise InvalidInput(f"{[PREFIX + k for k in orphans]} given without {PREFIX}claim")
-    release = raw.get("release", [])
-    release = tuple(_name(r, "release") for r in (release if isinstance(release, list) else [release]))
-    no_admit = _bool(raw.get("no_admit", False))
+        raise BadArgument(PREFIX + unknown[0], f"unknown claim argument; known: {[PREFIX + k for k in KEYS]}")
+    orphans = [k for k in CLAIM_TERMS if k in raw and "claim" not in raw]
+    if orphans:
+        raise BadArgument(PREFIX + orphans[0], f"given without {PREFIX}claim")
+    claim = _claim(raw) if "claim" in raw else None
+    release = _release(raw)
+    no_admit = _bool(raw.get("no_admit", False), "no_admit")
     if claim and no_admit:
-        raise InvalidInput(f"{PREFIX}no_admit: a request cannot claim its prefix and refuse to cache it")
+        raise BadArgument(PREFIX + "no_admit", "a request cannot claim its prefix and refuse to cache it")
     if claim and claim.claim_id in release:
-        raise InvalidInput(f"{PREFIX}release: claim {claim.claim_id!r} is made and released by one request")
-    return RequestOps(claim, release, no_admit)
-
+        raise BadArgument(PREFIX + "release", f"claim {claim.claim_id!r} is made and released by one request")
+    return RequestOps(claim, release, no_admit, _tenant(raw, tenant_key, claim is not None or bool(release)))
 
 def to_xargs(claim: str | None = None, *, blocks: int | None = None, strength: str | None = None,
              priority: int | None = None, ttl: int | None = None, policy: str | None = None,
-             release: str | list[str] | tuple[str, ...] = (), no_admit: bool = False) -> dict[str, Any]:
-    """The ``extra_args`` / ``vllm_xargs`` dict for these operations, validated here first."""
+             release: str | list[str] | tuple[str, ...] = (), no_admit: bool = False,
+             tenant: str | None = None, tenant_key: bytes | None = None) -> dict[str, Any]:
+    """The ``extra_args`` / ``vllm_xargs`` dict for these operations, validated here first
+    (with `tenant_key`, for `tenant` and sealed: what a trusted caller in process sends)."""
     fields = {"claim": claim, "blocks": blocks, "strength": strength, "priority": priority,
               "ttl": ttl, "policy": policy,
               "release": [release] if isinstance(release, str) else list(release) or None,
-              "no_admit": no_admit or None}
+              "no_admit": no_admit or None, "tenant": tenant,
+              "seal": seal(tenant_key, tenant) if tenant is not None and tenant_key else None}
     xargs = {PREFIX + k: v for k, v in fields.items() if v is not None}
-    parse(xargs)
+    parse(xargs, tenant_key=tenant_key)
     return xargs
 
 
+def server_key(tenants: bool) -> bytes | None:
+    """The server's sealing secret when claims belong to tenants: ``$KVCLAIMS_TENANT_KEY``,
+    which the API server and the engine processes share (None: single-tenant)."""
+    if not tenants:
+        return None
+    key = os.environ.get(KEY_ENV, "")
+    if len(key) < 16:
+        raise BadArgument(KEY_ENV, "claims that belong to tenants need a secret of at least 16 "
+                          "characters in the API server's and the engine's environment")
+    return key.encode()
+
+
+def seal(key: bytes, tenant: str) -> str:
+    return hmac.new(key, tenant.encode(), hashlib.sha256).hexdigest()
+
+
+def rejection(exc: KVClaimsError) -> dict[str, Any]:
+    """What the client of a rejected request is told: the error, its type, the field it
+    names (when one does) and the HTTP status the front end answers with (403 for another
+    tenant's claim, else 400: the payload was wrong)."""
+    return {"error": str(exc), "type": type(exc).__name__, "field": getattr(exc, "field", None),
+            "status": 403 if isinstance(exc, NotOwner) else 400}
+
+
+def _claim(raw: Mapping[str, Any]) -> ClaimOp:
+    strength = _choice(raw, "strength", STRENGTHS, "hard")
+    policy = _choice(raw, "policy", VLLM_POLICIES, "refuse" if strength == "hard" else "demote")
+    if strength == "soft" and policy == "refuse":
+        raise BadArgument(PREFIX + "policy", "a soft claim cannot refuse requests (use 'demote')")
+    priority = _int(raw, "priority", -INT32)
+    return ClaimOp(_name(raw["claim"], "claim"), _int(raw, "blocks", 1), strength,
+                   0 if priority is None else priority, _int(raw, "ttl", 1), policy)
+
+
+def _release(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    value = raw.get("release", [])
+    names = [_name(r, "release") for r in (value if isinstance(value, list) else [value])]
+    if "release" in raw and not names:
+        raise BadArgument(PREFIX + "release", "names no claim")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BadArgument(PREFIX + "release", f"claim {twice[0]!r} is released twice")
+    return tuple(names)
+
+
+def _tenant(raw: Mapping[str, Any], key: bytes | None, needed: bool) -> str:
+    if key is None:
+        given = [k for k in ("tenant", "seal") if k in raw]
+        if given:
+            raise BadArgument(PREFIX + given[0], "this engine has no tenants (additional_config "
+                              "kvclaims.tenants is off)")
+        return ANONYMOUS
+    if "tenant" not in raw and not needed:
+        return ANONYMOUS
+    if "tenant" not in raw:
+        raise BadArgument(PREFIX + "tenant", "missing: claims belong to tenants here; over HTTP the "
+                          "front end sets it from the credentials (--middleware "
+                          "kvclaims.vllm.frontend.ClaimsMiddleware, on /v1/completions and "
+                          "/v1/chat/completions)")
+    tenant = _name(raw["tenant"], "tenant")
+    if not hmac.compare_digest(str(raw.get("seal", "")).encode(), seal(key, tenant).encode()):
+        raise BadArgument(PREFIX + "seal", f"tenant {tenant!r} is not sealed by this server's front end, "
+                          "which sets the tenant from the request's credentials")
+    return tenant
+
+
 def _name(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 256:
-        raise InvalidInput(f"{PREFIX}{key}: a claim id is a non-empty string of at most 256 characters")
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise BadArgument(PREFIX + key, f"expected 1 to 256 letters, digits or ._@/+=~-, got {value!r}")
     return value
 
 
 def _choice(raw: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
     value = raw.get(key, default)
-    if value not in allowed:
-        raise InvalidInput(f"{PREFIX}{key}: {value!r} is not one of {allowed}")
+    if not isinstance(value, str) or value not in allowed:
+        raise BadArgument(PREFIX + key, f"{value!r} is not one of {allowed}")
     return value
 
 
-def _int(raw: Mapping[str, Any], key: str, minimum: int | None) -> int | None:
+def _int(raw: Mapping[str, Any], key: str, minimum: int) -> int | None:
     value = raw.get(key)
     if value is None:
         return None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and INTEGER.fullmatch(value.strip()):
         value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise InvalidInput(f"{PREFIX}{key}: expected an integer{bound}, got {raw[key]!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value < INT32:
+        raise BadArgument(PREFIX + key, f"expected an integer in [{minimum}, {INT32 - 1}], got {raw[key]!r}")
     return value
 
 
-def _bool(value: Any) -> bool:
-    if value in (True, False, 0, 1):
+def _bool(value: Any, key: str) -> bool:
+    if type(value) in (bool, int) and value in (0, 1):
         return bool(value)
     if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
         return value.lower() in ("true", "1")
-    raise InvalidInput(f"{PREFIX}no_admit: expected a boolean, got {value!r}")
+    raise BadArgument(PREFIX + key, f"expected a boolean, got {value!r}")
