@@ -30,7 +30,7 @@ def test_litmus_on_vllm(name):
 
 def test_stock_vllm_fails_the_hard_claim_scenario():
     """The same adapter over stock allocation (claims recorded, not enforced): the prefill is
-    admitted, the resident is lost, and the trace convicts it from vLLM's own BlockRemoved events."""
+    admitted, the resident is lost, and the trace convicts it from vLLM's own prefix index."""
     result = run_scenario("accepted_hard_claim", StockVllmAdapter)
     assert result.status == "failed"
     assert any(f.startswith("refused, blocked by the claim") for f in result.failures)
