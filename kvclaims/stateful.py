@@ -223,7 +223,7 @@ class ContractMachine(RuleBasedStateMachine):
     def finish(self, request: str, admit: bool) -> None:
         if self.model.requests[request].status == "running":
             self.rt.finish(request, admit=admit)
-            self.model.finish(request)
+            self.model.finish(request, admit=admit)
         else:
             self._rejected(InvalidInput, lambda: self.rt.finish(request, admit=admit),
                            f"finish of {self.model.requests[request].status} request {request}")

@@ -284,25 +284,32 @@ class PoolModel:
                        and not any(h in c.terms.chain for c in self._in(self._protected_state)))
         if self._lru:
             return self._lru.popleft()
-        if self.recomputes_last_block and self._adopt_duplicate():
+        if self.recomputes_last_block and self._evict_duplicated_original():
             return None
         raise AssertionError(f"admitting {request_id} needs an LRU eviction the "
                              "runtime's trace does not report")
 
-    def _adopt_duplicate(self) -> bool:
+    def _evict_duplicated_original(self) -> bool:
         """A runtime that recomputes a fully cached prompt's last block keeps that copy
         indexed beside the original (vLLM does). Evicting the unheld original then loses
-        nothing, so its trace reports no eviction: the slot is freed, the hash stays
-        resident, and the running request's copy becomes the indexed one."""
-        claimed = {h for c in self._in(self._protected_state) for h in c.terms.chain}
-        held = self._running_hashes()
+        nothing, so its trace reports no eviction: the slot is freed and the hash stays
+        resident, in the running request's copy."""
+        unheld = self.resident - self._running_hashes() - self._claimed()
+        duplicated = sorted(h for r in self.requests.values() if r.status == "running"
+                            for h in r.orphaned & unheld)
+        return bool(duplicated) and self._adopt(duplicated[0])
+
+    def _adopt(self, h: str) -> bool:
+        """The indexed copy of `h` left; a running request's duplicate (if any) is now it."""
         for rid, r in sorted(self.requests.items()):
-            for h in sorted(r.orphaned if r.status == "running" else ()):
-                if h in self.resident and h not in held and h not in claimed:
-                    r.orphaned.discard(h)
-                    self._let_go(rid, {h})
-                    return True
+            if r.status == "running" and h in r.orphaned:
+                r.orphaned.discard(h)
+                self._let_go(rid, {h})
+                return True
         return False
+
+    def _claimed(self) -> set[str]:
+        return {h for c in self._in(self._protected_state) for h in c.terms.chain}
 
     def _make_room(self, need: int) -> None:
         """Non-blocking claims yield, in order, until free + cached blocks cover `need`."""
@@ -342,8 +349,15 @@ class PoolModel:
                 self._fire(c, "fail" if set(missing) & self.corrupt_host else "restore")
                 self._drop_host(c)
 
-    def finish(self, request_id: str) -> None:
+    def finish(self, request_id: str, admit: bool = True) -> None:
+        """`admit=False` is write no-admit: the blocks it computed leave unless held elsewhere
+        (which ones the runtime dropped the model adopts at `sync`)."""
+        r = self._request(request_id)
+        computed = set(r.chain[r.hits:]) - r.orphaned if r.status == "running" and not admit else set()
         self._end_request(request_id, "running", "finished")
+        if self.recomputes_last_block:
+            for h in sorted(computed - self._running_hashes() - self._claimed()):
+                self._adopt(h)
 
     def abort(self, request_id: str) -> None:
         r = self._request(request_id)

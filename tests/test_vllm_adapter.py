@@ -53,3 +53,38 @@ def test_stateful_contract_on_vllm():
         phases=[Phase.generate, Phase.shrink],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
     assert sum(steps) >= 1000, steps
+
+
+def _replay(program):
+    state = VllmMachine()
+    program(state)
+    state.teardown()
+
+
+HARD = {"strength": "hard", "policy": "refuse", "tiers": ("device",), "priority": 0, "ttl": None}
+
+
+def test_regression_no_admit_drops_an_original_a_duplicate_outlives():
+    """vLLM keeps a recomputed last block as a second indexed copy; when write no-admit drops
+    the original, the hash stays cached in that copy, with no eviction (fuzz, seed 2)."""
+    def program(state):
+        state.start(U=9, B=2, reserve=0, host=0)
+        c0 = state.submit_claim(blocks=2, family=0, kwargs={**HARD, "ttl": 1})
+        state.contract_holds()
+        state.request_claimed_prefix(claim=c0, tail=0)
+        state.contract_holds()
+        for _ in range(2):
+            state.submit_claim(blocks=1, family=0, kwargs=HARD)
+            state.contract_holds()
+        state.operator(action="reset_cache", index=0)
+        state.contract_holds()
+        r1 = state.submit_request(shape=(0, 3, 0, False))
+        state.contract_holds()
+        for _ in range(2):
+            state.submit_claim(blocks=1, family=0, kwargs=HARD)
+            state.contract_holds()
+        state.request_claimed_prefix(claim=c0, tail=0)
+        state.contract_holds()
+        state.finish(admit=False, request=r1)
+        state.contract_holds()
+    _replay(program)
