@@ -70,6 +70,7 @@ class ModelRequest:
     hits: int = 0
     decision: Decision | None = None
     orphaned: set[str] = field(default_factory=set)  # its blocks that are not the indexed copy
+    duplicates: set[str] = field(default_factory=set)  # those it computed while the hash was indexed
     admitting: bool = False       # while room is made it holds only its hits
 
     @property
@@ -89,7 +90,8 @@ class PoolModel:
     host_blocks: int = 0
     spec: Spec = field(default_factory=load)
     # A runtime that must compute at least one token recomputes the last block of a prompt
-    # that is entirely cached (vLLM): that block is not a hit.
+    # that is entirely cached (vLLM): that block is not a hit. Such a runtime also indexes a
+    # block it computes while its hash is indexed as a second copy, which outlives the first.
     recomputes_last_block: bool = False
 
     def __post_init__(self) -> None:
@@ -296,14 +298,15 @@ class PoolModel:
         resident, in the running request's copy."""
         unheld = self.resident - self._running_hashes() - self._claimed()
         duplicated = sorted(h for r in self.requests.values() if r.status == "running"
-                            for h in r.orphaned & unheld)
+                            for h in r.duplicates & unheld)
         return bool(duplicated) and self._adopt(duplicated[0])
 
     def _adopt(self, h: str) -> bool:
         """The indexed copy of `h` left; a running request's duplicate (if any) is now it."""
         for rid, r in sorted(self.requests.items()):
-            if r.status == "running" and h in r.orphaned:
+            if r.status == "running" and h in r.duplicates:
                 r.orphaned.discard(h)
+                r.duplicates.discard(h)
                 self._let_go(rid, {h})
                 return True
         return False
@@ -376,6 +379,7 @@ class PoolModel:
             raise InvalidInput(f"request {request_id!r} is {r.status}")
         r.status = status
         r.orphaned.clear()
+        r.duplicates.clear()
         self._let_go(request_id)
 
     def _let_go(self, request_id: str, hashes: set[str] | None = None) -> None:
@@ -428,6 +432,7 @@ class PoolModel:
             for h in hashes & r.held:
                 self.orphans.setdefault((action, h), set()).add(rid)
                 r.orphaned.add(h)
+            r.duplicates -= hashes       # no copy of these stays indexed
         self.resident -= hashes
 
     def _orphan_for(self, request_id: str, hashes: set[str]) -> None:
@@ -435,6 +440,7 @@ class PoolModel:
         for h in hashes:
             self.orphans[(action, h)] = {request_id}
         self.requests[request_id].orphaned |= hashes
+        self.requests[request_id].duplicates |= hashes
 
     # --- the runtime's block table -------------------------------------------------
     def missing_claimed(self, resident: set[str]) -> dict[str, list[str]]:

@@ -88,3 +88,21 @@ def test_regression_no_admit_drops_an_original_a_duplicate_outlives():
         state.finish(admit=False, request=r1)
         state.contract_holds()
     _replay(program)
+
+
+def test_regression_a_reset_copy_is_no_duplicate():
+    """A block a reset unindexed under a running request is no second copy: write no-admit
+    of the request that computed the hash anew leaves it uncached (fuzz, seed 1)."""
+    def program(state):
+        state.start(U=8, B=2, reserve=0, host=0)
+        c0 = state.submit_claim(blocks=1, family=0, kwargs=HARD)
+        state.contract_holds()
+        state.request_claimed_prefix(claim=c0, tail=0)
+        state.contract_holds()
+        state.operator(action="reset_cache", index=0)
+        state.contract_holds()
+        r1 = state.request_claimed_prefix(claim=c0, tail=0)
+        state.contract_holds()
+        state.finish(admit=False, request=r1)
+        state.contract_holds()
+    _replay(program)
