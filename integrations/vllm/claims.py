@@ -122,6 +122,7 @@ class ClaimBook:
                   None if op.ttl is None else time + op.ttl, ("device",), op.policy, fsm=None)
         c.fsm = self.lifecycle.claim(c.id, self._guards(c))
         self.claims[c.id], self.held[c.id] = c, Held(tenant, chain)
+        self.metrics.added(c.state)
         self.trace.emit("claim_submit", claim=c.id, blocks=hexes, strength=c.strength,
                         priority=c.priority, ttl=op.ttl, tiers=["device"], policy=c.policy,
                         request=request, tenant=tenant)
@@ -158,15 +159,10 @@ class ClaimBook:
                 "chain_resident": lambda **_: self.pool.resident(self.held[c.id].chain) is not None}
 
     def fire(self, c: Claim, event: str, ctx: dict | None = None, **fields) -> None:
+        before = c.state
         state = c.fsm.fire(event, **(ctx or {}))
         self.trace.emit("claim", claim=c.id, event=event, state=state, **fields)
-        self.metrics.event(event, fields.get("reason"), self.states())
-
-    def states(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for c in self.claims.values():
-            out[c.state] = out.get(c.state, 0) + 1
-        return out
+        self.metrics.event(event, fields.get("reason"), before, state)
 
     def materialize_ready(self) -> None:
         for c in sorted(self.claims.values(), key=lambda c: c.id):

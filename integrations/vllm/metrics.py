@@ -32,21 +32,30 @@ def _series() -> tuple[Gauge, Counter, Counter, Counter, Counter]:
 
 class ClaimMetrics:
     def __init__(self, spec: Spec) -> None:
-        self.states = list(spec.lifecycle.states)
         self.claims, self.events, self.refusals, self.harms, self.claim_refusals = _series()
-        self.set_states({})
+        self.count = dict.fromkeys(spec.lifecycle.states, 0)   # claims by state, kept as they move
+        for s in self.count:
+            self.claims.labels(state=s).set(0)
 
-    def set_states(self, counts: dict[str, int]) -> None:
-        for s in self.states:
-            self.claims.labels(state=s).set(counts.get(s, 0))
+    def added(self, state: str) -> None:
+        self._move(None, state)
 
-    def event(self, event: str, reason: str | None, counts: dict[str, int]) -> None:
+    def event(self, event: str, reason: str | None, before: str, after: str) -> None:
         self.events.labels(event=event).inc()
         if event in ("harm", "fail"):
             self.harms.labels(event=event, reason=reason or "").inc()
         elif event == "refuse":
             self.claim_refusals.labels(reason=reason or "").inc()
-        self.set_states(counts)
+        self._move(before, after)
+
+    def _move(self, before: str | None, after: str) -> None:
+        """Only the two states that changed are written: an event costs O(1), not O(claims)."""
+        if before == after:
+            return
+        for s, d in ((before, -1), (after, 1)):
+            if s is not None:
+                self.count[s] += d
+                self.claims.labels(state=s).set(self.count[s])
 
     def refusal(self, reason: str) -> None:
         self.refusals.labels(reason=reason).inc()
