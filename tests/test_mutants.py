@@ -4,20 +4,25 @@ A mutant breaks one contract rule; if the machine cannot tell it from the
 reference, a check cannot fail. The test names any survivor.
 """
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from kvclaims.refimpl.mutants import MUTANTS
 from kvclaims.stateful import machine_for
 
 HUNT = settings(max_examples=500, stateful_step_count=50, deadline=None, database=None,
-                derandomize=True, report_multiple_bugs=False, print_blob=False,
+                derandomize=False, report_multiple_bugs=False, print_blob=False,
                 phases=[Phase.explicit, Phase.generate],
                 suppress_health_check=list(HealthCheck))
+SEEDS = (0, 1, 2)   # fixed: deterministic in CI; three hunts so one unlucky search is not a verdict
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_mutant_is_caught(name):
     """RKC-RT-1 RKC-RT-2 RKC-RT-3 RKC-FEAS-6 RKC-ACC-1 RKC-TR-5: each rule's seeded bug fails the suite."""
-    with pytest.raises(AssertionError):
-        run_state_machine_as_test(machine_for(MUTANTS[name]), settings=HUNT)
+    for s in SEEDS:
+        try:
+            run_state_machine_as_test(seed(s)(machine_for(MUTANTS[name])), settings=HUNT)
+        except AssertionError:
+            return
+    pytest.fail(f"mutant {name} survived {len(SEEDS)} hunts of {HUNT.max_examples} examples")
