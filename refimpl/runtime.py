@@ -24,6 +24,8 @@ from kvclaims.refimpl.pool import DevicePool
 from kvclaims.refimpl.trace import TraceWriter
 from kvclaims.spec import Spec, load
 
+MAX_TICKS = 10**6   # one step call: each tick is a sweep, so a huge count is a hang, not input
+
 
 class Runtime:
     """A paged KV pool of `U` blocks of `B` tokens with reserve `R` and a host tier of `host_blocks`.
@@ -56,6 +58,7 @@ class Runtime:
         lc = self.spec.lifecycle
         self._offloaded = {t.dest for t in lc.transitions if t.event == "offload"}
         self._awaiting = {t.source for t in lc.transitions if t.event == "materialize"}
+        self._expirable = {t.source for t in lc.transitions if t.event == "expire"}
         # Indexes kept by `_fire`, so no operation scans every claim: live claims by
         # state, and by the last hash of their chain (a chain is named by its tail).
         self._by_state: dict[str, set[str]] = {st: set() for st in lc.states}
@@ -354,11 +357,11 @@ class Runtime:
 
     def step(self, ticks: int = 1) -> None:
         """Advance the logical clock: expire claims whose TTL ran out, then retry waiting requests."""
-        _check_int("step", "ticks", ticks, 1)
+        _check_int("step", "ticks", ticks, 1, MAX_TICKS)
         for _ in range(ticks):
             self.trace.time += 1
-            for c in sorted(self.claims.values(), key=lambda c: c.id):
-                if c.deadline is not None and c.deadline <= self.time and "expire" in c.fsm.allowed():
+            for c in self._in(*self._expirable):
+                if c.deadline is not None and c.deadline <= self.time:
                     self._end(c, "expire", reason="ttl")
             for rid in list(self.waiting):
                 self._try_admit(self.requests[rid])

@@ -219,8 +219,9 @@ def test_requests(rt, call, error, at, says):
 
 # ---------------------------------------------------------------------- the clock and operator calls
 CALLS = {
-    **{f"ticks {v!r}": (lambda rt, v=v: rt.step(v), InvalidField, ("step", "ticks"), "an int >= 1")
+    **{f"ticks {v!r}": (lambda rt, v=v: rt.step(v), InvalidField, ("step", "ticks"), "an int in [1, 1000000]")
        for v in (0, -1, True, 1.5, "1", None)},
+    "ticks past the cap": (lambda rt: rt.step(10**6 + 1), InvalidField, ("step", "ticks"), "got 1000001"),
     "evict null": (lambda rt: rt.evict_blocks(None), InvalidField, ("evict_blocks", "hashes"), "must be a list"),
     "evict string": (lambda rt: rt.evict_blocks("abc"), InvalidField, ("evict_blocks", "hashes"), "must be a list"),
     "evict number": (lambda rt: rt.evict_blocks([5]), InvalidField, ("evict_blocks", "hashes[0]"), "block hash"),
