@@ -85,12 +85,19 @@ class ContractMachine(RuleBasedStateMachine):
         return (family_tokens(family, shared, self.rt.B)
                 + unique_tokens(self.serial, tail, self.rt.B))
 
-    def _evicted(self) -> list[str]:
-        """Cached blocks the runtime's LRU evicted since the last check, in order."""
-        return [h for _, rec in read_lines(self.rt.trace_lines(self.trace_pos))
-                if isinstance(rec, dict) and rec.get("kind") == "block_evict"
-                and rec.get("tier") == "device" and rec.get("reason") == "lru"
-                for h in rec.get("blocks", [])]
+    def _evicted(self) -> dict[str, list[str]]:
+        """Cached blocks the runtime's LRU evicted since the last check, in order, by the
+        admission they made room for (the `request_admit` record that follows them)."""
+        groups: dict[str, list[str]] = {}
+        pending: list[str] = []
+        for _, rec in read_lines(self.rt.trace_lines(self.trace_pos)):
+            if not isinstance(rec, dict):
+                continue
+            if rec.get("kind") == "block_evict" and rec.get("tier") == "device" and rec.get("reason") == "lru":
+                pending += rec.get("blocks", [])
+            elif rec.get("kind") == "request_admit" and pending:
+                groups[rec["request"]], pending = pending, []
+        return groups
 
     def _rejected(self, error: type[KVClaimsError], fn: Callable[[], object], what: str) -> None:
         """`fn` must raise `error` and leave the runtime exactly as it was (RKC-RT-4)."""

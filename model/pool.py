@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
@@ -110,7 +110,8 @@ class PoolModel:
         # until their last holder ends. Keyed (action number, hash) -> holding requests.
         self.orphans: dict[tuple[int, str], set[str]] = {}
         self._actions = count()
-        self._lru: deque[str] | None = None  # the current operation's reported LRU evictions
+        # The current operation's reported LRU evictions, per admission (request id -> hashes).
+        self._lru: dict[str, deque[str]] | None = None
 
     # --- what the contract says about blocks ----------------------------------
     def _in(self, *states: str):
@@ -233,15 +234,19 @@ class PoolModel:
 
     # --- requests ------------------------------------------------------------------
     def submit_request(self, request_id: str, chain: tuple[str, ...],
-                       lru_evictions: Sequence[str] | None = None) -> Decision:
+                       lru_evictions: Mapping[str, Sequence[str]] | None = None) -> Decision:
         """Decide like the contract. `lru_evictions`: the cached blocks the runtime's LRU
-        evicted meanwhile, in order (from its trace), which the model adopts rather than
-        guess; None when the model runs alone (it then evicts cached blocks by hash order)."""
+        evicted meanwhile for each admission, in order (from its trace), which the model
+        adopts rather than guess; None when the model runs alone (it then evicts cached
+        blocks by hash order)."""
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
         self.requests[request_id] = ModelRequest(tuple(chain))
-        self._lru = None if lru_evictions is None else deque(lru_evictions)
+        self._adopt_lru(lru_evictions)
         return self._try_admit(request_id)
+
+    def _adopt_lru(self, lru_evictions: Mapping[str, Sequence[str]] | None) -> None:
+        self._lru = None if lru_evictions is None else {r: deque(hs) for r, hs in lru_evictions.items()}
 
     def _try_admit(self, request_id: str) -> Decision:
         r = self.requests[request_id]
@@ -265,6 +270,9 @@ class PoolModel:
             # The runtime took the blocks still missing from its LRU, oldest first.
             for _ in range(max(0, len(r.chain) - hits - self.counts().free)):
                 self.resident.discard(self._lru_victim(request_id))
+            # A runtime may also take cached blocks while free ones remain (vLLM keeps both
+            # in one LRU queue): whatever else it evicted for this admission is gone too.
+            self.resident -= set(self._lru.pop(request_id, ()) if self._lru else ())
             self._orphan_for(request_id, set(r.chain[hits:]) & self.resident)
             self.resident |= set(r.chain)
             for c in self._in(self._protected_state, "demoted"):
@@ -284,8 +292,8 @@ class PoolModel:
         if self._lru is None:
             return min(h for h in self.resident if h not in self._running_hashes()
                        and not any(h in c.terms.chain for c in self._in(self._protected_state)))
-        if self._lru:
-            return self._lru.popleft()
+        if self._lru.get(request_id):
+            return self._lru[request_id].popleft()
         if self.recomputes_last_block and self._evict_duplicated_original():
             return None
         raise AssertionError(f"admitting {request_id} needs an LRU eviction the "
@@ -390,8 +398,8 @@ class PoolModel:
             if not self.orphans[key]:
                 del self.orphans[key]
 
-    def step(self, ticks: int = 1, lru_evictions: Sequence[str] | None = None) -> None:
-        self._lru = None if lru_evictions is None else deque(lru_evictions)
+    def step(self, ticks: int = 1, lru_evictions: Mapping[str, Sequence[str]] | None = None) -> None:
+        self._adopt_lru(lru_evictions)
         for _ in range(ticks):
             self.time += 1
             for c in self._in(*self.spec.lifecycle.live):
