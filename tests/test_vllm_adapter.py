@@ -110,20 +110,27 @@ def test_regression_a_reset_copy_is_no_duplicate():
     _replay(program)
 
 
+def _claimed_block_left_cached(state):
+    """The seed-11 opening: a claim on a prompt's first block, whose second block an
+    invalid-load eviction leaves cached alone; returns the (harmed) claim."""
+    state.start(U=8, B=2, reserve=0, host=0)
+    c0 = state.submit_claim(blocks=1, family=0, kwargs={**HARD, "ttl": 1})
+    state.contract_holds()
+    r0 = state.request_claimed_prefix(claim=c0, tail=0)
+    state.contract_holds()
+    state.abort(request=r0)
+    state.contract_holds()
+    state.operator(action="evict_blocks", index=1)
+    state.contract_holds()
+    return c0
+
+
 def test_regression_eager_lru_eviction_with_free_blocks():
     """vLLM's single free queue may evict a cached block while free ones remain: the
     oracle takes every LRU eviction reported before an admission as that admission's
     (fuzz, seed 11, 100k steps)."""
     def program(state):
-        state.start(U=8, B=2, reserve=0, host=0)
-        c0 = state.submit_claim(blocks=1, family=0, kwargs={**HARD, "ttl": 1})
-        state.contract_holds()
-        r0 = state.request_claimed_prefix(claim=c0, tail=0)
-        state.contract_holds()
-        state.abort(request=r0)
-        state.contract_holds()
-        state.operator(action="evict_blocks", index=1)
-        state.contract_holds()
+        c0 = _claimed_block_left_cached(state)
         state.submit_request(shape=(0, 0, 0, False))
         state.contract_holds()
         state.submit_request(shape=(0, 0, 49, False))
@@ -162,15 +169,7 @@ def test_engine_abort_mid_request_keeps_the_claimed_blocks():
                    "100k steps)")
 def test_regression_silent_reuse_of_a_duplicated_original():
     def program(state):
-        state.start(U=8, B=2, reserve=0, host=0)
-        c0 = state.submit_claim(blocks=1, family=0, kwargs={**HARD, "ttl": 1})
-        state.contract_holds()
-        r0 = state.request_claimed_prefix(claim=c0, tail=0)
-        state.contract_holds()
-        state.abort(request=r0)
-        state.contract_holds()
-        state.operator(action="evict_blocks", index=1)
-        state.contract_holds()
+        c0 = _claimed_block_left_cached(state)
         for _ in range(2):
             state.submit_request(shape=(0, 0, 0, False))
             state.contract_holds()
