@@ -13,6 +13,9 @@ _SPEC = load()
 STRENGTHS: tuple[str, ...] = _SPEC.strengths
 POLICIES: tuple[str, ...] = _SPEC.policies
 TIERS: tuple[str, ...] = _SPEC.tiers
+# A claim's priority, in every runtime: a signed 32-bit int. Lower yields first under
+# pressure; bounded so every runtime and trace reader keeps it exactly.
+PRIORITIES = range(-2**31, 2**31)
 # States in which a hard claim counts against the reserve: accepted, and protected.
 RESERVING = frozenset({t.dest for t in _SPEC.lifecycle.transitions if t.event == "accept"}
                       | set(_SPEC.lifecycle.protected))

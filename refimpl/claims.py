@@ -6,10 +6,6 @@ from dataclasses import dataclass, field
 from kvclaims.model.lifecycle import ClaimFSM
 from kvclaims.model.terms import ClaimRules
 
-# A claim's priority: an int in [0, 2**31). Lower yields first under pressure. Bounded so
-# every runtime can keep it in 32 bits and every trace reader can parse it exactly.
-PRIORITIES = range(0, 2**31)
-
 
 @dataclass
 class Claim(ClaimRules):

@@ -16,8 +16,8 @@ from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, Inva
                              InvalidInput, NoRoom, UnknownId)
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide, outcome
 from kvclaims.model.lifecycle import Lifecycle
-from kvclaims.model.terms import POLICIES, STRENGTHS, TIERS, ReserveLedger
-from kvclaims.refimpl.claims import PRIORITIES, Claim, Request
+from kvclaims.model.terms import PRIORITIES, POLICIES, STRENGTHS, TIERS, ReserveLedger
+from kvclaims.refimpl.claims import Claim, Request
 from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
 from kvclaims.refimpl.pool import DevicePool
@@ -499,8 +499,7 @@ class Runtime:
         """Offloaded claims whose chain prefixes the request are restored into its new blocks."""
         for c in self._in(*self._offloaded):
             n = len(c.chain)
-            if c.state in self._offloaded and n > hit and r.hashes[:n] == c.chain \
-                    and self._restore_fits(c):
+            if n > hit and r.hashes[:n] == c.chain and self._restore_fits(c):
                 targets = {h: r.slots[i] for i, h in enumerate(c.chain)
                            if self.pool.lookup(h) is None}
                 self._restore(c, targets)

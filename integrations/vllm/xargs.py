@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from kvclaims.errors import BadArgument, KVClaimsError, NotOwner
-from kvclaims.model.terms import POLICIES, STRENGTHS
+from kvclaims.model.terms import POLICIES, PRIORITIES, STRENGTHS
 
 PREFIX = "kvclaims_"
 KEYS = ("claim", "blocks", "strength", "priority", "ttl", "policy", "release", "no_admit", "tenant", "seal")
@@ -128,7 +128,7 @@ def _claim(raw: Mapping[str, Any]) -> ClaimOp:
     policy = _choice(raw, "policy", VLLM_POLICIES, "refuse" if strength == "hard" else "demote")
     if strength == "soft" and policy == "refuse":
         raise BadArgument(PREFIX + "policy", "a soft claim cannot refuse requests (use 'demote')")
-    priority = _int(raw, "priority", -INT32)
+    priority = _int(raw, "priority", PRIORITIES.start)
     return ClaimOp(_name(raw["claim"], "claim"), _int(raw, "blocks", 1), strength,
                    0 if priority is None else priority, _int(raw, "ttl", 1), policy)
 
