@@ -99,6 +99,8 @@ class Spec:
     strengths: tuple[str, ...] = ()
     policies: tuple[str, ...] = ()
     tiers: tuple[str, ...] = ()
+    invalidations: tuple[str, ...] = ()    # operator actions that start a new epoch
+    weight_changes: tuple[str, ...] = ()   # those after which every block's KV differs
 
     @property
     def outcome_names(self) -> tuple[str, ...]:
@@ -184,7 +186,11 @@ def from_dict(raw: dict) -> Spec:
             strengths=tuple(raw["claims"]["strengths"]),
             policies=tuple(raw["claims"]["policies"]),
             tiers=tuple(raw["claims"]["tiers"]),
+            invalidations=tuple(raw["invalidation"]["actions"]),
+            weight_changes=tuple(raw["invalidation"]["weights"]),
         )
+        if not set(spec.weight_changes) <= set(spec.invalidations):
+            raise SpecError("invalidation.weights must be among invalidation.actions")
         missing = set(lc.guards) - set(spec.pool_guards)
         if missing:
             raise SpecError(f"lifecycle guards without a pool reading: {sorted(missing)}")

@@ -80,7 +80,8 @@ def normalize_actions(spec: "Spec", raw_actions: list[dict]) -> tuple["Action", 
                     lines = [f"h == {src!r}"] + (["free >= 1"] if src == "absent" else [])
                     out.append(Action(f"{name}[h]", doc, params,
                                       (*lines, *guard, *raw.get("guard_h", [])),
-                                      _with_counter_adjustment(spec, {"h": repr(dst)})))
+                                      _with_counter_adjustment(
+                                          spec, {**raw.get("update_h", {}), "h": repr(dst)})))
                 else:
                     raise SpecError(f"action {name}: unknown instance {where!r}")
             continue
