@@ -9,6 +9,9 @@ table and trace, not on its own bookkeeping:
   (and, where the runtime can show it, holds exactly its tokens' KV);
 - RKC-INV-3 / RKC-INV-4: class counts conserve U and hard claims fit under U - R;
 - every claim's state and every request's status equal the model's;
+- RKC-INV-6: a request admitted before the latest invalidation indexes nothing it
+  computes, and (where the runtime can show it) an admitted or grown request of the
+  current epoch holds exactly its tokens' KV, so no stale block was reused;
 - the trace so far passes the checker (events before reuse, attribution, order).
 
 A rejected operation must raise a typed error and change nothing (RKC-RT-4).
@@ -29,12 +32,12 @@ from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, Inva
 from kvclaims.model.pool import ClaimTerms, PoolModel
 from kvclaims.refimpl.checker import Checker
 from kvclaims.refimpl.trace import read_lines
-from kvclaims.strategies import claim_kwargs, family_tokens, prompt_shape, unique_tokens
+from kvclaims.strategies import VOCAB, claim_kwargs, family_tokens, prompt_shape, unique_tokens
 
 Factory = Callable[..., RuntimeAdapter]
 # Obligations the machine checks on every step (each named in a ContractViolation below).
 # The trace envelope, order and fields (RKC-TR-1..3) are the checker's, fed every record.
-CHECKS = ("RKC-INV-1", "RKC-INV-3", "RKC-INV-4", "RKC-ACC-1", "RKC-FEAS-6", "RKC-FEAS-7",
+CHECKS = ("RKC-INV-1", "RKC-INV-3", "RKC-INV-4", "RKC-INV-6", "RKC-ACC-1", "RKC-FEAS-6", "RKC-FEAS-7",
           "RKC-RT-2", "RKC-RT-3", "RKC-RT-4", "RKC-TR-1", "RKC-TR-2", "RKC-TR-3", "RKC-TR-5")
 OPERATOR_ACTIONS = ("reset_cache", "evict_blocks", "device_fault", "host_fault")
 ERRORS = {e.__name__: e for e in (IllegalTransition, GuardRejected, InvalidInput)}
@@ -68,6 +71,7 @@ class ContractMachine(RuleBasedStateMachine):
         self.trace_pos = 0
         self.serial = 0
         self.tokens: dict[str, list[int]] = {}  # claim id -> prefix tokens
+        self.prompts: dict[str, list[int]] = {}  # request id -> its tokens so far
         self.model.sync(self.rt.resident())
 
     def _can(self, capability: str) -> bool:
@@ -87,7 +91,8 @@ class ContractMachine(RuleBasedStateMachine):
 
     def _evicted(self) -> dict[str, list[str]]:
         """Cached blocks the runtime's LRU evicted since the last check, in order, by the
-        admission they made room for (the `request_admit` record that follows them)."""
+        admission or growth they made room for (the `request_admit` or `request_grow`
+        record that follows them)."""
         groups: dict[str, list[str]] = {}
         pending: list[str] = []
         for _, rec in read_lines(self.rt.trace_lines(self.trace_pos)):
@@ -95,7 +100,7 @@ class ContractMachine(RuleBasedStateMachine):
                 continue
             if rec.get("kind") == "block_evict" and rec.get("tier") == "device" and rec.get("reason") == "lru":
                 pending += rec.get("blocks", [])
-            elif rec.get("kind") == "request_admit" and pending:
+            elif rec.get("kind") in ("request_admit", "request_grow") and pending:
                 groups[rec["request"]], pending = pending, []
         return groups
 
@@ -219,11 +224,49 @@ class ContractMachine(RuleBasedStateMachine):
 
     def _submit(self, tokens: list[int]) -> str:
         rid = f"r{len(self.model.requests)}"
+        self.prompts[rid] = tokens
         got = self.rt.submit_request(rid, tokens)
-        want = self.model.submit_request(rid, tuple(self.rt.block_hashes(tokens)), self._evicted())
+        want = self.model.submit_request(rid, tuple(self.rt.block_hashes(tokens)), self._evicted(),
+                                         blocks=-(-len(tokens) // self.rt.B))
+        self._same_decision(rid, got, want)
+        self._verify(rid)
+        return rid
+
+    def _same_decision(self, rid: str, got, want) -> None:
         if (got.outcome, tuple(got.blocking_claims)) != (want.outcome, want.blocking_claims):
             raise ContractViolation(f"RKC-FEAS-7: request {rid} got {got}, the model decides {want}")
-        return rid
+
+    def _verify(self, rid: str) -> None:
+        """RKC-INV-6: a running request of the current epoch holds exactly its tokens' KV,
+        so no block it reused was computed before an invalidation (nor corrupt)."""
+        if self._can("verify_request") and self.model.requests[rid].status == "running" \
+                and self.model.fresh(rid) and not self.rt.verify_request(rid):
+            raise ContractViolation(f"RKC-INV-6: request {rid} holds KV that is not its tokens' "
+                                    "under the current weights (stale or corrupt KV reused)")
+
+    @precondition(lambda self: self.rt is not None and self._can("decode"))
+    @rule(request=requests, n=st.integers(1, 9))
+    def decode(self, request: str, n: int) -> None:
+        """A running request grows by `n` generated tokens; a stale one must index none."""
+        if self.model.requests[request].status != "running":
+            self._rejected(InvalidInput, lambda: self.rt.decode(request, [0]),
+                           f"decode of {self.model.requests[request].status} request {request}")
+            return
+        self.serial += 1
+        tokens = self.prompts[request] + [(self.serial * 7 + i) % VOCAB for i in range(n)]
+        chain = tuple(self.rt.block_hashes(tokens))
+        before = self.rt.resident()
+        got = self.rt.decode(request, tokens[len(self.prompts[request]):])
+        want = self.model.decode(request, chain, -(-len(tokens) // self.rt.B), self._evicted())
+        self._same_decision(request, got, want)
+        if want.outcome != "admit":
+            return
+        self.prompts[request] = tokens
+        indexed = (self.rt.resident() - before) & set(chain)
+        if indexed and not self.model.fresh(request):
+            raise ContractViolation(f"RKC-INV-6: request {request}, admitted before the latest "
+                                    f"invalidation, indexed blocks {sorted(indexed)}")
+        self._verify(request)
 
     @precondition(lambda self: self.rt is not None)
     @rule(request=requests, admit=st.booleans())

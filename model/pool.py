@@ -65,13 +65,20 @@ class ModelClaim:
 
 @dataclass
 class ModelRequest:
-    chain: tuple[str, ...]
+    chain: tuple[str, ...]        # hashes of its full blocks
+    blocks: int = 0               # blocks it needs in all: a partial last block has no hash
     status: str = "waiting"       # waiting | running | refused | finished | aborted
     hits: int = 0
+    epoch: int = 0                # the invalidation epoch it was admitted in
     decision: Decision | None = None
     orphaned: set[str] = field(default_factory=set)  # its blocks that are not the indexed copy
     duplicates: set[str] = field(default_factory=set)  # those it computed while the hash was indexed
     admitting: bool = False       # while room is made it holds only its hits
+
+    @property
+    def partial(self) -> int:
+        """Its unhashed last block, allocated while it runs."""
+        return self.blocks - len(self.chain) if self.status == "running" else 0
 
     @property
     def held(self) -> set[str]:
@@ -106,6 +113,7 @@ class PoolModel:
         self.requests: dict[str, ModelRequest] = {}
         self.waiting: list[str] = []
         self.events: list[tuple[str, str]] = []   # (claim_id, event), in order
+        self.epoch = 0    # operator actions of the spec's [invalidation] so far
         # Blocks an operator action unindexed while requests held them: still allocated
         # until their last holder ends. Keyed (action number, hash) -> holding requests.
         self.orphans: dict[tuple[int, str], set[str]] = {}
@@ -124,8 +132,9 @@ class PoolModel:
     def _running_hashes(self) -> set[str]:
         return {h for r in self.requests.values() for h in r.held}
 
-    def counts(self, own: frozenset[str] = frozenset()) -> PoolCounts:
-        """Classes by precedence; `own` (a deciding request's hits) is outside its pool."""
+    def counts(self, own: frozenset[str] = frozenset(), private: int = 0) -> PoolCounts:
+        """Classes by precedence; `own` (a deciding request's indexed blocks) and its
+        `private` unindexed ones are outside its pool."""
         held = self._running_hashes()
         mat = self._in(self._protected_state)
         blocking = {h for c in mat if c.terms.blocking for h in c.terms.chain}
@@ -134,9 +143,14 @@ class PoolModel:
         for h in self.resident - own:
             n["protected" if h in blocking else "active" if h in held else
               "yielding" if h in yielding else "cached"] += 1
-        orphans = len(self.orphans)
-        n["active"] += orphans
-        return PoolCounts(U=self.U - len(own), free=self.U - len(self.resident) - orphans, **n)
+        unindexed = len(self.orphans) + sum(r.partial for r in self.requests.values())
+        n["active"] += unindexed - private
+        return PoolCounts(U=self.U - len(own) - private, free=self.U - len(self.resident) - unindexed, **n)
+
+    def _private(self, request_id: str) -> int:
+        """Unindexed blocks the request holds: orphaned copies and its partial last block."""
+        return sum(request_id in holders for holders in self.orphans.values()) \
+            + self.requests[request_id].partial
 
     def blocking_sets(self, own: frozenset[str] = frozenset()) -> dict[str, frozenset[str]]:
         return {c.terms.id: frozenset(set(c.terms.chain) & self.resident - own)
@@ -234,14 +248,16 @@ class PoolModel:
 
     # --- requests ------------------------------------------------------------------
     def submit_request(self, request_id: str, chain: tuple[str, ...],
-                       lru_evictions: Mapping[str, Sequence[str]] | None = None) -> Decision:
-        """Decide like the contract. `lru_evictions`: the cached blocks the runtime's LRU
-        evicted meanwhile for each admission, in order (from its trace), which the model
+                       lru_evictions: Mapping[str, Sequence[str]] | None = None,
+                       blocks: int | None = None) -> Decision:
+        """Decide like the contract. `blocks`: all the prompt's blocks (default: its full
+        ones, `chain`). `lru_evictions`: the cached blocks the runtime's LRU evicted
+        meanwhile for each admission or growth, in order (from its trace), which the model
         adopts rather than guess; None when the model runs alone (it then evicts cached
         blocks by hash order)."""
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
-        self.requests[request_id] = ModelRequest(tuple(chain))
+        self.requests[request_id] = ModelRequest(tuple(chain), len(chain) if blocks is None else blocks)
         self._adopt_lru(lru_evictions)
         return self._try_admit(request_id)
 
@@ -256,23 +272,18 @@ class PoolModel:
         if self.recomputes_last_block and hits == len(r.chain):
             hits -= 1
         own = frozenset(r.chain[:hits])
-        d = decide(len(r.chain) - hits, self.counts(own), self.blocking_sets(own), self.spec)
+        d = decide(r.blocks - hits, self.counts(own), self.blocking_sets(own), self.spec)
         r.decision = d
         if d.outcome == "admit":
             if request_id in self.waiting:
                 self.waiting.remove(request_id)
-            r.status, r.hits, r.admitting = "running", hits, True
-            self._make_room(len(r.chain) - hits)
+            r.status, r.hits, r.admitting, r.epoch = "running", hits, True, self.epoch
+            self._make_room(r.blocks - hits)
             r.admitting = False
             self._restore_for(r)
+            self._take_lru(request_id, r.blocks - hits - r.partial)
             # Blocks past the first miss are computed anew; where the hash is still
             # indexed (held elsewhere) the new copy stays unindexed, the request's own.
-            # The runtime took the blocks still missing from its LRU, oldest first.
-            for _ in range(max(0, len(r.chain) - hits - self.counts().free)):
-                self.resident.discard(self._lru_victim(request_id))
-            # A runtime may also take cached blocks while free ones remain (vLLM keeps both
-            # in one LRU queue): whatever else it evicted for this admission is gone too.
-            self.resident -= set(self._lru.pop(request_id, ()) if self._lru else ())
             self._orphan_for(request_id, set(r.chain[hits:]) & self.resident)
             self.resident |= set(r.chain)
             for c in self._in(self._protected_state, "demoted"):
@@ -287,6 +298,44 @@ class PoolModel:
                 self.waiting.remove(request_id)
             r.status = "refused"
         return d
+
+    def _take_lru(self, request_id: str, need: int) -> None:
+        """The runtime took the `need` blocks still missing from its LRU, oldest first. A
+        runtime may also take cached blocks while free ones remain (vLLM keeps both in one
+        LRU queue): whatever else it evicted for this request is gone too."""
+        for _ in range(max(0, need - self.counts().free)):
+            self.resident.discard(self._lru_victim(request_id))
+        self.resident -= set(self._lru.pop(request_id, ()) if self._lru else ())
+
+    def decode(self, request_id: str, chain: tuple[str, ...], blocks: int,
+               lru_evictions: Mapping[str, Sequence[str]] | None = None) -> Decision:
+        """A running request grows by generated tokens to `blocks` blocks whose full ones
+        hash to `chain`. Its new blocks are decided like an admission with everything it
+        holds as its own; a claim-blocked or too-large growth ends it refused. A request
+        admitted before the latest invalidation indexes none of them (RKC-INV-6)."""
+        r = self._request(request_id)
+        if r.status != "running":
+            raise InvalidInput(f"request {request_id!r} is {r.status}, not running")
+        self._adopt_lru(lru_evictions)
+        A, own = blocks - r.blocks, frozenset(r.held)
+        r.decision = d = decide(A, self.counts(own, self._private(request_id)),
+                                self.blocking_sets(own), self.spec)
+        if d.outcome == "admit":
+            self._make_room(A)
+            self._take_lru(request_id, A)
+            new = set(chain[len(r.chain):])
+            r.chain, r.blocks = tuple(chain), blocks
+            stored = new - self.resident if self.fresh(request_id) else set()
+            self._orphan_for(request_id, new - stored, duplicates=self.fresh(request_id))
+            self.resident |= stored
+            self._materialize_ready()
+        elif d.outcome != "wait":
+            self._end_request(request_id, "running", "refused")
+        return d
+
+    def fresh(self, request_id: str) -> bool:
+        """Was the request admitted in the current invalidation epoch?"""
+        return self.requests[request_id].epoch == self.epoch
 
     def _lru_victim(self, request_id: str) -> str | None:
         if self._lru is None:
@@ -411,16 +460,19 @@ class PoolModel:
 
     # --- operator actions ---------------------------------------------------------
     def reset_prefix_cache(self) -> None:
+        self.epoch += 1
         for c in self._in(self._protected_state, "offloaded"):
             self._fire(c, "harm")
             self._drop_host(c)
         self._orphan(set(self.resident))
 
     def evict_blocks(self, hashes: set[str]) -> None:
+        self.epoch += 1
         self._end_holders(hashes, "harm")
         self._orphan(hashes)
 
     def inject_device_fault(self, h: str) -> None:
+        self.epoch += 1
         self._end_holders({h}, "fail")
         self._orphan({h})
 
@@ -443,12 +495,15 @@ class PoolModel:
             r.duplicates -= hashes       # no copy of these stays indexed
         self.resident -= hashes
 
-    def _orphan_for(self, request_id: str, hashes: set[str]) -> None:
+    def _orphan_for(self, request_id: str, hashes: set[str], duplicates: bool = True) -> None:
+        """Blocks the request computed but could not index: its own, unindexed copies;
+        `duplicates`: copies a runtime that indexes duplicates (vLLM) would index."""
         action = next(self._actions)
         for h in hashes:
             self.orphans[(action, h)] = {request_id}
         self.requests[request_id].orphaned |= hashes
-        self.requests[request_id].duplicates |= hashes
+        if duplicates:
+            self.requests[request_id].duplicates |= hashes
 
     # --- the runtime's block table -------------------------------------------------
     def missing_claimed(self, resident: set[str]) -> dict[str, list[str]]:

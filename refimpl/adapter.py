@@ -31,11 +31,12 @@ class RefimplAdapter(Runtime):
         return set(self.pool.index)
 
     def verify_prefix(self, tokens: Sequence[int]) -> bool:
-        """Each block of the prefix is resident and holds exactly the KV of its tokens."""
+        """Each block of the prefix is resident and holds exactly the KV of its tokens under
+        the current weights (stale KV fails, as corrupt KV does)."""
         B = self.B
         for i, h in enumerate(self.block_hashes(tokens)):
             slot = self.pool.lookup(h)
-            if slot is None or not self.pool.verify(slot, tokens[i * B:(i + 1) * B], i * B):
+            if slot is None or not self.pool.verify(slot, tokens[i * B:(i + 1) * B], i * B, self.weights):
                 return False
         return True
 

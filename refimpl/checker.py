@@ -9,6 +9,12 @@ is lost for every claim whose state requires it in that tier (protected states
 on the device, offloaded on the host); with no such claim the eviction is
 ordinary.
 
+Residency per tier is the trace's own (RKC-TR-9): stores, offloads and restores
+add blocks, evictions remove them, and every block a record reuses, copies or
+materializes over must be resident then. Operator actions of the spec's
+`[invalidation]` start epochs; a request admitted before the latest one stores
+nothing (RKC-INV-6).
+
 By default the report keeps every claim's final state and every request's
 outcome (RKC-TR-8). Given `on_end`, the checker instead hands each one out as
 it ends and keeps only counts, so its memory grows with live claims and
@@ -18,7 +24,9 @@ event for one reads as `unknown_*` and a reused id goes unnoticed.
 from __future__ import annotations
 
 import json
+import reprlib
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from typing import Any, Callable, Iterable
 
 from kvclaims.errors import IllegalTransition
@@ -26,7 +34,7 @@ from kvclaims.model.terms import TIERS
 from kvclaims.refimpl.trace import MAX_LINE, SCHEMA_VERSION, file_lines, read_lines
 from kvclaims.spec import Spec, load
 
-# kind -> required fields and their types (spec/TRACE.md, RKC-TR-3).
+# kind -> required fields and their types (spec/TRACE.md, RKC-TR-3); a required string is non-empty.
 FIELDS: dict[str, dict[str, type]] = {
     "runtime": {},
     "claim_submit": {"claim": str, "blocks": list},
@@ -44,6 +52,8 @@ FIELDS: dict[str, dict[str, type]] = {
     "block_restore": {"blocks": list, "tier": str, "claim": str},
     "operator": {"action": str},
 }
+# kind -> optional fields the checker reads (spec/TRACE.md, RKC-TR-3), checked unless absent or null.
+OPTIONAL: dict[str, dict[str, type]] = {"block_store": {"request": str}}
 # Request status each request event requires, and the status it leads to.
 REQUEST_MOVES: dict[str, tuple[tuple[str, ...], str]] = {
     "request_wait": (("submitted",), "waiting"),
@@ -57,8 +67,12 @@ REQUEST_MOVES: dict[str, tuple[tuple[str, ...], str]] = {
 REQUEST_ENDS = (frozenset(dest for _, dest in REQUEST_MOVES.values())
                 - {s for sources, _ in REQUEST_MOVES.values() for s in sources})
 
-_STRING_LISTS = ("blocks", "blocking_claims")
+_STRING_LISTS = ("blocks", "blocking_claims", "hit_blocks")  # lists of non-empty strings wherever present
 _is_str = str.__instancecheck__
+_OTHER_TIER = dict(zip(TIERS, reversed(TIERS)))  # a copy's source: block_offload into host reads the device
+_MISSING = object()
+_UNKNOWN = (None, (), None)  # an unknown kind's (fields, optional, replay)
+RECENT_EVICTIONS = 1024  # per tier: evicted hashes remembered to say why a block is missing
 
 OnEnd = Callable[[str, str, Any], None]  # ("claim", id, final state) or ("request", id, outcome dict)
 
@@ -105,16 +119,23 @@ class Checker:
         self.tier_of = needed_tiers(self.spec)
         self.needed: dict[str, dict[str, set[str]]] = {t: {} for t in TIERS}
         self.refusals = set(self.spec.outcome_names) - {"admit", "wait"}
+        self.resident: dict[str, set[str]] = {t: set() for t in TIERS}
+        self.evicted: dict[str, dict[str, tuple[int, str]]] = {t: {} for t in TIERS}  # recent: hash -> (line, reason)
+        self.invalidations = frozenset(self.spec.invalidations)
+        self.epoch, self.invalidated = 0, ""       # invalidations so far; the latest, described
+        self.admitted: dict[str, int] = {}         # request -> epoch of its admission
         self.report = Report()
         self.requests = self.report.requests if on_end is None else {}  # live ones only when streamed
         self.last_seq: int | None = None
         self.last_time = 0
         self._line, self._seq = 0, None
         replay = {"claim_submit": self._on_claim_submit, "claim": self._on_claim,
-                  "request_submit": self._on_request_submit, "block_evict": self._on_evict,
-                  **dict.fromkeys(REQUEST_MOVES, self._on_request)}
-        # kind -> (required fields, what replays it; None: nothing to replay)
-        self.kinds = {kind: (tuple(fields.items()), replay.get(kind)) for kind, fields in FIELDS.items()}
+                  "request_submit": self._on_request_submit, **dict.fromkeys(REQUEST_MOVES, self._on_request),
+                  "request_admit": self._on_admit, "block_store": self._on_store, "block_evict": self._on_evict,
+                  "block_offload": self._on_copy, "block_restore": self._on_copy, "operator": self._on_operator}
+        # kind -> (required fields, optional fields read, what replays it; None: nothing to replay)
+        self.kinds = {kind: (tuple(fields.items()), tuple(OPTIONAL.get(kind, {}).items()), replay.get(kind))
+                      for kind, fields in FIELDS.items()}
 
     # ------------------------------------------------------------------ driving
     def feed(self, line: int, rec: dict[str, Any] | str) -> None:
@@ -125,8 +146,8 @@ class Checker:
             return self._flag(getattr(rec, "kind", "malformed_line"), str(rec))
         seq, time, kind = rec.get("seq"), rec.get("time"), rec.get("kind")
         self._seq = seq if type(seq) is int else None
-        fields, replay = self.kinds.get(kind, (None, None)) if type(kind) is str else (None, None)
-        problem = self._shape(rec, fields, seq, time)
+        fields, optional, replay = self.kinds.get(kind, _UNKNOWN) if type(kind) is str else _UNKNOWN
+        problem = self._shape(rec, fields, optional, seq, time)
         if problem:
             return self._flag("malformed_line", problem)
         self.report.records += 1
@@ -154,7 +175,7 @@ class Checker:
         self.report.violations.append(Violation(self._line, self._seq, kind, message))
 
     def _shape(self, rec: dict[str, Any], fields: tuple[tuple[str, type], ...] | None,
-               seq: Any, time: Any) -> str | None:
+               optional: tuple[tuple[str, type], ...], seq: Any, time: Any) -> str | None:
         """RKC-TR-1, RKC-TR-3: what the record lacks of the envelope or of its kind's fields."""
         version = rec.get("schema_version")
         if type(version) is not int or version != SCHEMA_VERSION:
@@ -167,13 +188,20 @@ class Checker:
             return f"unknown kind {rec.get('kind')!r}"
         kind = rec["kind"]
         for name, typ in fields:
-            if not isinstance(rec.get(name), typ):
-                return f"{kind}: field {name!r} must be a {typ.__name__}"
+            value = rec.get(name, _MISSING)
+            if not isinstance(value, typ):
+                return f"{kind}: field {name!r} must be a {typ.__name__}, {_got(value)}"
+            if value == "":   # only a str equals "": an id, a reason or an event names something
+                return f"{kind}: field {name!r} must be a non-empty string"
         for name in _STRING_LISTS:
-            if name in rec and not (type(rec[name]) is list and all(map(_is_str, rec[name]))):
-                return f"{kind}: {name} must be a list of strings"
+            if name in rec and not (type(rec[name]) is list and all(map(_is_str, rec[name])) and "" not in rec[name]):
+                return f"{kind}: field {name!r} must be a list of non-empty strings"
+        for name, typ in optional:
+            value = rec.get(name)
+            if value is not None and (not isinstance(value, typ) or value == ""):
+                return f"{kind}: field {name!r}, when given, must be a non-empty {typ.__name__}, {_got(value)}"
         if "tier" in rec and rec["tier"] not in TIERS:
-            return f"{kind}: tier must be one of {TIERS}"
+            return f"{kind}: field 'tier' must be one of {TIERS}"
         return None
 
     def _sequence(self, seq: int, time: int) -> None:
@@ -211,7 +239,7 @@ class Checker:
         if "state" in rec and rec["state"] != after:
             self._flag("state_mismatch", f"claim {cid!r}: trace says {rec['state']!r}, replay gives {after!r}")
         if self.tier_of.get(before) != self.tier_of.get(after):
-            self._move(cid, before, after)
+            self._move(cid, before, after, event)
         if after in self.terminal:
             del self.live[cid], self.chains[cid]
             self._end_claim(cid, after)
@@ -230,8 +258,11 @@ class Checker:
         else:
             self._flag("illegal_transition", str(IllegalTransition(cid, state, event, self.allowed[state])))
 
-    def _move(self, cid: str, before: str | None, after: str) -> None:
+    def _move(self, cid: str, before: str | None, after: str, event: str) -> None:
+        """The claim's chain changes the tier it needs: entering one, it must be resident there (RKC-TR-9)."""
         old, new = self.tier_of.get(before), self.tier_of.get(after)
+        if new:
+            self._need(new, self.chains[cid], f"claim {cid!r} {event!r} needs")
         for h in self.chains[cid]:
             holders = self.needed[old].get(h) if old else None
             if holders is not None:  # None too for a hash the chain repeats
@@ -268,7 +299,9 @@ class Checker:
         if outcome["status"] not in sources:
             return self._flag("illegal_request_event", f"{kind} for request {rid!r} in status {outcome['status']!r}")
         outcome["status"] = dest
-        if kind == "request_finish":
+        if kind == "request_admit":
+            self.admitted[rid] = self.epoch
+        elif kind == "request_finish":
             outcome["admit"] = rec["admit"]
         elif kind == "request_refuse":
             outcome.update(reason=rec["reason"], blocking_claims=rec["blocking_claims"])
@@ -280,6 +313,7 @@ class Checker:
         self._count("request " + outcome["status"])
         if self.on_end:
             del self.requests[rid]
+            self.admitted.pop(rid, None)
             self.on_end("request", rid, outcome)
 
     def _attribution(self, rid: str, reason: str, blocking: list[str]) -> None:
@@ -298,9 +332,58 @@ class Checker:
                            f"request {rid!r} attributed to claim {cid!r}, which protects no blocks")
 
     # ------------------------------------------------------------------ blocks
+    def _on_admit(self, rec: dict) -> None:
+        """RKC-TR-9: a request reuses only blocks resident on the device."""
+        if "hit_blocks" in rec:
+            self._need("device", rec["hit_blocks"], f"request {rec['request']!r} reuses")
+        self._on_request(rec)
+
+    def _on_store(self, rec: dict) -> None:
+        """New content is resident; RKC-INV-6: not computed by a request admitted before the latest invalidation."""
+        self.resident[rec["tier"]].update(rec["blocks"])
+        rid = rec.get("request")
+        if rid is not None and self.admitted.get(rid, self.epoch) < self.epoch:
+            self._flag("stale_store", f"request {rid!r} stores {len(rec['blocks'])} block(s) but was admitted "
+                                      f"before the invalidation {self.invalidated}: its KV may be stale")
+
+    def _on_copy(self, rec: dict) -> None:
+        """RKC-TR-9: an offload or restore copies blocks resident in the other tier into `tier`."""
+        tier, blocks = rec["tier"], rec["blocks"]
+        self._need(_OTHER_TIER[tier], blocks, f"{rec['kind']} for claim {rec['claim']!r} copies")
+        self.resident[tier].update(blocks)
+
+    def _on_operator(self, rec: dict) -> None:
+        if rec["action"] in self.invalidations:
+            self.epoch += 1
+            self.invalidated = f"at line {self._line} ({rec['action']})"
+
+    def _need(self, tier: str, blocks: list[str], what: str) -> None:
+        """RKC-TR-9: each of `blocks` is resident on `tier`, or a finding says why not."""
+        resident = self.resident[tier]
+        if resident.issuperset(blocks):
+            return
+        for h in blocks:
+            if h not in resident:
+                self._flag("phantom_block", f"{what} block {h}, which is not resident on {tier}: "
+                                            f"{self._why_absent(tier, h)}")
+
+    def _why_absent(self, tier: str, h: str) -> str:
+        where = self.evicted[tier].get(h)
+        if where is None:
+            return (f"the trace never stored it there (or evicted it more than "
+                    f"{RECENT_EVICTIONS} evictions ago)")
+        return f"evicted at line {where[0]} ({where[1]})"
+
     def _on_evict(self, rec: dict) -> None:
-        """RKC-TR-6: an eviction of a block some claim's state needs in that tier is a loss."""
-        needed, blocks = self.needed[rec["tier"]], rec["blocks"]
+        """RKC-TR-6: an eviction of a block some claim's state needs in that tier is a loss.
+        The blocks leave the tier's residency; the latest evictions are remembered (bounded)."""
+        tier, blocks = rec["tier"], rec["blocks"]
+        self.resident[tier].difference_update(blocks)
+        recent = self.evicted[tier]
+        recent.update(dict.fromkeys(blocks, (self._line, rec["reason"])))
+        if len(recent) > RECENT_EVICTIONS:
+            self.evicted[tier] = dict(islice(recent.items(), len(recent) - RECENT_EVICTIONS // 2, None))
+        needed = self.needed[tier]
         if needed.keys().isdisjoint(blocks):
             self.report.ordinary_evictions += len(blocks)
             return
@@ -308,10 +391,14 @@ class Checker:
             if h in needed:
                 for cid in sorted(needed[h]):
                     self._flag("claimed_block_lost",
-                               f"block {h} evicted from {rec['tier']} ({rec['reason']}) while claim {cid!r} "
+                               f"block {h} evicted from {tier} ({rec['reason']}) while claim {cid!r} "
                                f"is {self.live[cid]!r}, with no lifecycle event first")
             else:
                 self.report.ordinary_evictions += 1
+
+
+def _got(value: Any) -> str:
+    return "but it is missing" if value is _MISSING else f"got {reprlib.repr(value)} ({type(value).__name__})"
 
 
 def needed_tiers(spec: Spec) -> dict[str, str]:

@@ -33,5 +33,7 @@ class Request:
     slots: list[int] = field(default_factory=list)
     new_slots: set[int] = field(default_factory=set)   # blocks it computed (freed on no-admit)
     hit_blocks: int = 0
+    epoch: int = 0                    # the invalidation epoch it was admitted in
+    weights: int = 0                  # the weights version its KV is computed under
     reason: str | None = None
     blocking_claims: tuple[str, ...] = ()

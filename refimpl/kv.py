@@ -1,8 +1,11 @@
 """Block hashing, deterministic KV content and checksums.
 
-Content is an exact integer function of (token id, position) cast to float32,
-so the same tokens give bit-identical KV on any device and a reused block can
-be verified against a fresh computation.
+Content is an exact integer function of (token id, position, weights version)
+cast to float32, so the same tokens give bit-identical KV on any device and a
+reused block can be verified against a fresh computation. The weights version
+counts the invalidations that change every block's KV (the spec's
+`[invalidation] weights`, a prefix-cache reset): KV computed before one differs
+from KV computed after it, so stale KV fails verification as corrupt KV does.
 """
 from __future__ import annotations
 
@@ -32,13 +35,14 @@ def chain_hashes(tokens: Sequence[int], B: int) -> list[str]:
 
 
 def content(tokens: Sequence[int], start: int, heads: int, head_dim: int,
-            device: torch.device) -> torch.Tensor:
-    """KV `[2, len(tokens), heads, head_dim]` for tokens at positions start, start+1, ..."""
+            device: torch.device, weights: int = 0) -> torch.Tensor:
+    """KV `[2, len(tokens), heads, head_dim]` for tokens at positions start, start+1, ...
+    under weights version `weights` (versions differ unless 65521 apart, the modulus)."""
     tok = torch.tensor(list(tokens), dtype=torch.int64, device=device).view(1, -1, 1, 1)
     pos = torch.arange(start, start + len(tokens), device=device).view(1, -1, 1, 1)
     kv = torch.arange(2, device=device).view(2, 1, 1, 1)
     hd = torch.arange(heads * head_dim, device=device).view(1, 1, heads, head_dim)
-    code = (tok * 1000003 + pos * 7919 + kv * 104729 + hd * 31) % 65521
+    code = (tok * 1000003 + pos * 7919 + kv * 104729 + hd * 31 + weights * 15485863) % 65521
     return code.to(torch.float32) / 65536.0   # a power of two: exact on every device
 
 

@@ -79,6 +79,14 @@ class ClaimBlockedWaits(RefimplAdapter):
             self.trace.emit("request_wait", request=r.id, new_blocks=0)
 
 
+class StaleStore(RefimplAdapter):
+    """A request running across an invalidation keeps indexing what it computes (RKC-INV-6):
+    KV computed over pre-reset KV is served after the reset."""
+
+    def _fresh(self, r: Request) -> bool:
+        return True
+
+
 MUTANTS: dict[str, type[RefimplAdapter]] = {
     "evict_hard_claimed": EvictHardClaimed,
     "skip_demotion_event": SkipDemotionEvent,
@@ -88,4 +96,5 @@ MUTANTS: dict[str, type[RefimplAdapter]] = {
     "accept_past_reserve": AcceptPastReserve,
     "event_after_terminal": EventAfterTerminal,
     "claim_blocked_waits": ClaimBlockedWaits,
+    "stale_store": StaleStore,
 }

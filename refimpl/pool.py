@@ -52,14 +52,17 @@ class DevicePool:
         self.is_free[slot] = False
         return slot
 
-    def write(self, slot: int, tokens: Sequence[int], start: int, offset: int = 0) -> None:
-        """Compute KV for `tokens` (absolute positions from `start`) into the slot at `offset`."""
+    def write(self, slot: int, tokens: Sequence[int], start: int, offset: int = 0,
+              weights: int = 0) -> None:
+        """Compute KV for `tokens` (absolute positions from `start`) into the slot at `offset`,
+        under weights version `weights`."""
         self.kv[slot, :, offset:offset + len(tokens)] = content(
-            tokens, start, self.heads, self.head_dim, self.device)
+            tokens, start, self.heads, self.head_dim, self.device, weights)
 
-    def verify(self, slot: int, tokens: Sequence[int], start: int) -> bool:
-        """Does the slot hold exactly the KV of `tokens` at positions from `start`?"""
-        want = content(tokens, start, self.heads, self.head_dim, self.device)
+    def verify(self, slot: int, tokens: Sequence[int], start: int, weights: int = 0) -> bool:
+        """Does the slot hold exactly the KV of `tokens` at positions from `start` under
+        weights version `weights`?"""
+        want = content(tokens, start, self.heads, self.head_dim, self.device, weights)
         return bool(torch.equal(self.kv[slot, :, :len(tokens)], want))
 
     def digests(self, slots: Sequence[int]) -> list[str]:

@@ -64,6 +64,9 @@ class Runtime:
         self._by_state: dict[str, set[str]] = {st: set() for st in lc.states}
         self._by_tail: dict[str, set[str]] = {}
         self.ledger = ReserveLedger()
+        # Invalidation epochs (the spec's [invalidation]): `epoch` counts the operator
+        # actions that declared KV invalid, `weights` those that changed every block's KV.
+        self.epoch = self.weights = 0
         self.trace = TraceWriter(sink)
         self.trace.emit("runtime", runtime="refimpl", U=U, B=B, R=R, host_blocks=host_blocks,
                         device=str(self.pool.device))
@@ -86,10 +89,12 @@ class Runtime:
         return self._decide(-(-len(tokens) // self.B) - len(hits), hits)
 
     def verify_request(self, request_id: str) -> bool:
-        """Does every block the request holds contain exactly the KV of its tokens?"""
+        """Does every block the request holds contain exactly the KV of its tokens under the
+        current weights? (False for a request admitted before a reset: its KV is stale.)"""
         r = self._request(request_id)
         B = self.B
-        return all(self.pool.verify(s, r.tokens[i * B:(i + 1) * B], i * B) for i, s in enumerate(r.slots))
+        return all(self.pool.verify(s, r.tokens[i * B:(i + 1) * B], i * B, self.weights)
+                   for i, s in enumerate(r.slots))
 
     def _claim(self, claim_id: str) -> Claim:
         _check_id(claim_id, "claim")
@@ -443,7 +448,7 @@ class Runtime:
         return hits
 
     def _admit(self, r: Request, hits: list[int], A: int) -> None:
-        r.status, r.hit_blocks = "running", len(hits)
+        r.status, r.hit_blocks, r.epoch, r.weights = "running", len(hits), self.epoch, self.weights
         self._take(r, hits)
         hit_hashes = r.hashes[:len(hits)]
         slots = self._obtain(A, yielding=True)
@@ -505,25 +510,31 @@ class Runtime:
                 self._restore(c, targets)
 
     def _compute(self, r: Request, start: int) -> None:
-        """Write KV for tokens from `start` into blocks not already filled; register full ones."""
-        B, stored = self.B, []
+        """Write KV for tokens from `start` into blocks not already filled; register full ones,
+        unless the request is stale (RKC-INV-6)."""
+        B, stored, fresh = self.B, [], self._fresh(r)
         for i in range(start // B, len(r.slots)):
             slot = r.slots[i]
             if self.pool.hash_of[slot] is not None:
                 continue   # restored from the host
             lo = max(start, i * B)
-            self.pool.write(slot, r.tokens[lo:(i + 1) * B], lo, lo - i * B)
+            self.pool.write(slot, r.tokens[lo:(i + 1) * B], lo, lo - i * B, r.weights)
             r.new_slots.add(slot)
-            if i < len(r.hashes) and self.pool.register(slot, r.hashes[i]):
+            if fresh and i < len(r.hashes) and self.pool.register(slot, r.hashes[i]):
                 stored.append(r.hashes[i])
         if len(r.hashes) < len(r.tokens) // B:   # decode filled blocks: extend the chain
             for i in range(len(r.hashes), len(r.tokens) // B):
                 h = block_hash(r.hashes[-1] if r.hashes else ROOT_HASH, r.tokens[i * B:(i + 1) * B])
                 r.hashes.append(h)
-                if self.pool.register(r.slots[i], h):
+                if fresh and self.pool.register(r.slots[i], h):
                     stored.append(h)
         if stored:
             self.trace.emit("block_store", request=r.id, blocks=stored, tier="device")
+
+    def _fresh(self, r: Request) -> bool:
+        """Was the request admitted in the current epoch? A stale one computes over KV an
+        invalidation declared wrong, so nothing it computes may be indexed (RKC-INV-6)."""
+        return r.epoch == self.epoch
 
     def _refuse(self, r: Request, d: Decision) -> None:
         r.status, r.reason, r.blocking_claims = "refused", d.outcome, d.blocking_claims
@@ -545,8 +556,9 @@ class Runtime:
 
     # ------------------------------------------------------------------ operator actions
     def reset_prefix_cache(self) -> None:
-        """Weights changed: all cached KV is invalid. Claims with resident state are harmed first."""
-        self.trace.emit("operator", action="reset_prefix_cache")
+        """Weights changed: all cached KV is invalid. Claims with resident state are harmed first;
+        requests running across the reset keep their blocks, unindexed, and index nothing more."""
+        self._invalidate("reset_prefix_cache")
         for c in self._in(*self.spec.lifecycle.protected, *self._offloaded):
             self._end(c, "harm", reason="reset_prefix_cache")
         self._drop_blocks([s for s in range(self.U) if self.pool.hash_of[s] is not None],
@@ -562,7 +574,7 @@ class Runtime:
         if not hashes or None in slots:
             gone = [h for h, s in zip(hashes, slots) if s is None]
             raise UnknownId(f"not resident on the device: {gone or 'no blocks given'}")
-        self.trace.emit("operator", action="evict_blocks", blocks=list(hashes))
+        self._invalidate("evict_blocks", blocks=list(hashes))
         self._end_holders(slots, "harm", "invalid_load")
         self._drop_blocks(slots, "invalid_load")
 
@@ -572,7 +584,7 @@ class Runtime:
         slot = self.pool.lookup(h)
         if slot is None:
             raise UnknownId(f"block {h!r} is not resident on the device")
-        self.trace.emit("operator", action="inject_device_fault", blocks=[h])
+        self._invalidate("inject_device_fault", blocks=[h])
         self.pool.kv[slot] += 1.0
         self._end_holders([slot], "fail", "device_fault")
         self._drop_blocks([slot], "device_fault")
@@ -584,6 +596,13 @@ class Runtime:
             raise UnknownId(f"block {h!r} is not in the host tier")
         self.trace.emit("operator", action="inject_host_fault", blocks=[h])
         self.host.corrupt(h)
+
+    def _invalidate(self, action: str, **fields) -> None:
+        """Announce an operator action of the spec's [invalidation]: a new epoch begins."""
+        assert action in self.spec.invalidations, action
+        self.trace.emit("operator", action=action, **fields)
+        self.epoch += 1
+        self.weights += action in self.spec.weight_changes
 
     def _end_holders(self, slots: list[int], event: str, reason: str) -> None:
         ids = sorted({c for s in slots for c in self.pool.holders[s]})

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import json
 import json.scanner
+import os
+import stat
 from typing import IO, Any, Callable, Iterable, Iterator
+
+from kvclaims.errors import BadArgument
+
+try:
+    import fcntl
+except ImportError:       # not POSIX: O_EXCL alone guards new files
+    fcntl = None
 
 SCHEMA_VERSION = 1
 MAX_LINE = 8 << 20  # bytes; a longer line is reported, never read into memory whole
@@ -44,6 +53,37 @@ class TraceWriter:
     def write(self, path) -> None:
         with open(path, "w", encoding="utf-8") as fh:
             fh.writelines(line + "\n" for line in self.lines())
+
+
+def open_trace_file(path: str | os.PathLike[str], *, field: str = "trace") -> IO[str]:
+    """A new trace file at `path`, for writing: a trace is evidence, so an existing one is
+    never truncated or appended to. An existing non-empty file is a `BadArgument` in
+    `field`. An existing empty file (made beforehand, or by a start that died before its
+    first record) is reused. The file is created with ``O_EXCL`` and held with an
+    exclusive ``flock`` for as long as it is open, so of two processes racing for one
+    path exactly one wins: the other gets the error. A path that is not a regular file
+    (``/dev/stderr``, a FIFO) holds nothing to clobber and is opened as it is."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BadArgument(field, f"{os.fsdecode(path)} is being written by another process; "
+                                         f"give each writer its own trace file") from None
+            size = os.fstat(fd).st_size          # under the lock: no writer can start now
+            if size:
+                raise BadArgument(field, f"{os.fsdecode(path)} already holds a trace ({size} bytes); "
+                                         f"a trace is never overwritten: move it away or name a new file")
+        return os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class BadLine(str):

@@ -45,7 +45,8 @@ def test_claimed_block_lost_without_event():
 
 
 def test_host_copy_of_offloaded_claim_lost():
-    r = check_lines(trace(*MATERIALIZED, ("claim", {"claim": "c", "event": "offload"}),
+    r = check_lines(trace(*MATERIALIZED, ("block_offload", {"blocks": [H1, H2], "tier": "host", "claim": "c"}),
+                          ("claim", {"claim": "c", "event": "offload"}),
                           ("block_evict", {"blocks": [H1], "tier": "device", "reason": "offload"}),
                           ("block_evict", {"blocks": [H1], "tier": "host", "reason": "lru"})))
     assert kinds(r) == ["claimed_block_lost"] and r.claims == {"c": "offloaded"}
@@ -55,6 +56,7 @@ def test_chain_that_repeats_a_block():
     """A block named twice in one chain is held once and let go once."""
     r = check_lines(trace(("claim_submit", {"claim": "c", "blocks": [H1, H1]}),
                           ("claim", {"claim": "c", "event": "accept"}),
+                          ("block_store", {"blocks": [H1], "tier": "device"}),
                           ("claim", {"claim": "c", "event": "materialize"}),
                           ("block_evict", {"blocks": [H1], "tier": "device", "reason": "lru"}),
                           ("claim", {"claim": "c", "event": "demote"}),
