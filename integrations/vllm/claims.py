@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from kvclaims.errors import BadArgument, DuplicateId, IllegalTransition, InvalidInput, NotOwner, UnknownId
+from kvclaims.errors import (BadArgument, DuplicateId, IllegalTransition, InvalidField, InvalidInput,
+                             NotOwner, UnknownId)
 from kvclaims.model.feasibility import accepts
 from kvclaims.model.lifecycle import Lifecycle
 from kvclaims.model.terms import RESERVING, reserve_context
@@ -96,12 +97,23 @@ class ClaimBook:
         return bool(self.holders)
 
     # --- checks (raise, change nothing) -------------------------------------
-    def check_new(self, op: ClaimOp, full_blocks: int) -> None:
+    def check_new(self, op: ClaimOp, full_blocks: int, prefix: int | None = None) -> None:
+        """Can `op` be submitted? A request's claim (`prefix` None) is on the first `op.blocks`
+        (default all) of its prompt's `full_blocks`: a trailing partial block is simply not
+        claimed. A claim made in process names its prefix, `prefix` tokens, which must be
+        whole blocks, as for every runtime (RKC-RT-4). Either way at most U blocks: a longer
+        chain could never be resident."""
         if op.claim_id in self.claims:
             raise DuplicateId(f"claim {op.claim_id!r} already exists")
+        where, B = f"claim {op.claim_id!r}", self.pool.B
+        if prefix is not None and (prefix < 1 or prefix % B):
+            raise InvalidField(where, "prefix", f"must be whole blocks of {B} tokens, got {prefix} tokens")
         if full_blocks < 1 or (op.blocks or 0) > full_blocks:
-            raise InvalidInput(f"claim {op.claim_id!r}: the prompt has {full_blocks} full blocks of "
-                               f"{self.pool.B} tokens; cannot claim {op.blocks or 'them'}")
+            raise InvalidInput(f"{where}: the prompt has {full_blocks} full blocks of "
+                               f"{B} tokens; cannot claim {op.blocks or 'them'}")
+        if (op.blocks or full_blocks) > self.pool.U:
+            raise InvalidField(where, "prefix", f"has {op.blocks or full_blocks} blocks, more than the "
+                                                f"pool's {self.pool.U}: it could never be resident")
 
     def check_event(self, claim_id: str, event: str, tenant: str = ANONYMOUS) -> Claim:
         """The claim, if `tenant` owns it and `event` is legal in its state (RKC-SEC-1)."""

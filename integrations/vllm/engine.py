@@ -34,6 +34,7 @@ class Result:
     stop_reason: str | int | None
     num_cached_tokens: int
     kvclaims: dict[str, Any] = field(default_factory=dict)
+    token_ids: list[int] = field(default_factory=list)    # the tokens it generated
 
     @property
     def refused(self) -> bool:
@@ -41,10 +42,10 @@ class Result:
 
 
 def engine_kwargs(*, integration: bool = True, U: int = 80, B: int = 32, max_model_len: int = 2560,
-                  scheduler: str = SCHEDULER, **kvclaims: Any) -> dict[str, Any]:
-    """``LLM``/``EngineArgs`` keyword arguments for the tiny model (see the brief's recipe).
-    Any prompt's prefill is one engine step (the batch budget is the model length)."""
-    kw: dict[str, Any] = dict(model=str(tiny_model_dir()), skip_tokenizer_init=True,
+                  scheduler: str = SCHEDULER, model: str | None = None, **kvclaims: Any) -> dict[str, Any]:
+    """``LLM``/``EngineArgs`` keyword arguments for the tiny model (or another local `model`
+    directory). Any prompt's prefill is one engine step (the batch budget is the model length)."""
+    kw: dict[str, Any] = dict(model=model or str(tiny_model_dir()), skip_tokenizer_init=True,
                               enable_prefix_caching=True, block_size=B,
                               num_gpu_blocks_override=U + 1, max_model_len=max_model_len,
                               max_num_batched_tokens=max_model_len,
@@ -65,8 +66,12 @@ class VllmEngine:
         from vllm import EngineArgs, LLMEngine
 
         self.integration = integration
-        self.engine = LLMEngine.from_engine_args(EngineArgs(**engine_kwargs(integration=integration,
-                                                                            **settings)))
+        args = EngineArgs(**engine_kwargs(integration=integration, **settings))
+        config = args.create_engine_config()
+        if integration:     # the scheduler's own checks, before the model loads rather than after
+            from kvclaims.vllm.scheduler import settings as checked
+            checked(config)
+        self.engine = LLMEngine.from_vllm_config(config, disable_log_stats=args.disable_log_stats)
         self.scheduler = self.engine.engine_core.engine_core.scheduler
         self.B = self.engine.vllm_config.cache_config.block_size
         self.internal: dict[str, str] = {}     # our request id -> vLLM's internal one
@@ -97,7 +102,7 @@ class VllmEngine:
             if out.finished:
                 c = out.outputs[0]
                 r = Result(out.request_id, c.finish_reason, c.stop_reason, out.num_cached_tokens or 0,
-                           (out.kv_transfer_params or {}).get("kvclaims", {}))
+                           (out.kv_transfer_params or {}).get("kvclaims", {}), list(c.token_ids))
                 self.results[out.request_id] = r
                 done.append(r)
         return done

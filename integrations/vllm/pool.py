@@ -19,11 +19,16 @@ from typing import Iterable, Mapping, Sequence
 from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core import kv_cache_utils as kvu
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
+from vllm.v1.kv_cache_interface import FullAttentionSpec, MLAAttentionSpec, UniformTypeKVCacheSpecs
 
-from kvclaims.errors import InvalidInput
+from kvclaims.errors import BadArgument, InvalidInput
 from kvclaims.model.feasibility import PoolCounts
 
 GROUP = 0  # the integration supports models with one KV cache group
+# Group specs whose manager (vLLM's FullAttentionManager) keeps a block for every token;
+# subclasses that drop blocks (RSWASpec, SinkFullAttentionSpec, ...) are not among them.
+FULL_ATTENTION = (FullAttentionSpec, MLAAttentionSpec)
+FULL_LAYER_TYPES = {"attention", "full_attention"}   # hf `layer_types` of such layers
 
 
 @lru_cache(maxsize=1 << 16)
@@ -95,15 +100,50 @@ class IndexLog:
 
 class PoolView:
     def __init__(self, kv_cache_manager, block_size: int, hash_algo: str) -> None:
-        if len(kv_cache_manager.kv_cache_config.kv_cache_groups) != 1:
-            raise InvalidInput("kvclaims supports models with one KV cache group "
-                               "(hybrid and sliding-window models are not applicable)")
+        self.check_groups(kv_cache_manager)
         self.bp = kv_cache_manager.block_pool
         self.B = block_size
         self.withheld: list[KVCacheBlock] = []
         self._hash_fn = get_hash_fn_by_name(hash_algo)
         self._log = IndexLog.of(self.bp)
         self._log.drain()                       # earlier changes are not this view's
+
+    @staticmethod
+    def check_groups(kv_cache_manager) -> None:
+        """The pool is one full-attention KV cache group, the only kind whose blocks vLLM
+        keeps for every token of a prefix: a sliding-window group frees the blocks that
+        leave the window, so a claim on them would never materialize, yet reserve its
+        blocks. Anything else is refused, its kind named (``SlidingWindowSpec``, ...)."""
+        groups = kv_cache_manager.kv_cache_config.kv_cache_groups
+        kinds = [_kind(g.kv_cache_spec) for g in groups]
+        if len(groups) != 1 or not _full_attention(groups[0].kv_cache_spec):
+            raise BadArgument("model", f"kvclaims cannot protect this model's KV cache: its KV cache groups "
+                                       f"are {kinds or 'none'}; it needs one full-attention group "
+                                       f"({FULL_ATTENTION[0].__name__})")
+
+    @staticmethod
+    def check_model(vllm_config) -> None:
+        """`check_groups` as far as the config tells before the model loads: refuses a model
+        every layer of which has a sliding window (`SlidingWindowSpec`), a hybrid
+        (Mamba, linear attention), an attention-free one, and, unless vLLM's hybrid
+        allocator is off (then every layer gets a full-attention group), one whose
+        layer types mix kinds. What it passes, `check_groups` decides at engine start."""
+        mc, cc = vllm_config.model_config, vllm_config.cache_config
+        layer_types = sorted(set(getattr(mc.hf_text_config, "layer_types", None) or ()))
+        if cc.sliding_window is not None:
+            kind = (f"SlidingWindowSpec (sliding_window={cc.sliding_window} on every layer; "
+                    f"--disable-sliding-window runs it as full attention, up to the window's length)")
+        elif mc.is_attention_free:
+            kind = "none (an attention-free model)"
+        elif mc.is_hybrid:
+            kind = f"hybrid (layer types {layer_types or 'not given'}: Mamba or linear-attention state)"
+        elif set(layer_types) - FULL_LAYER_TYPES and not vllm_config.scheduler_config.disable_hybrid_kv_cache_manager:
+            kind = f"one per layer type {layer_types} (e.g. SlidingWindowSpec)"
+        else:
+            return
+        raise BadArgument("model", f"kvclaims cannot protect this model's KV cache: its KV cache groups "
+                                   f"would be {kind}; it needs one full-attention group "
+                                   f"({FULL_ATTENTION[0].__name__})")
 
     @property
     def U(self) -> int:
@@ -201,3 +241,17 @@ class PoolView:
     def drain_events(self) -> tuple[list[str], list[str]]:
         """Hashes stored and hashes lost since the last call, in order (see `IndexLog`)."""
         return self._log.drain()
+
+
+def _specs(spec) -> list:
+    """A group's layer specs (a group of layers with different page sizes wraps them)."""
+    return list(spec.kv_cache_specs.values()) if isinstance(spec, UniformTypeKVCacheSpecs) else [spec]
+
+
+def _full_attention(spec) -> bool:
+    return all(type(s) in FULL_ATTENTION for s in _specs(spec))
+
+
+def _kind(spec) -> str:
+    names = sorted({type(s).__name__ for s in _specs(spec)})
+    return names[0] if len(names) == 1 else "+".join(names)

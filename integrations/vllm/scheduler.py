@@ -31,7 +31,7 @@ from vllm.version import __version__ as vllm_version
 
 from kvclaims.errors import BadArgument, InvalidInput, KVClaimsError
 from kvclaims.model.feasibility import Decision, decide
-from kvclaims.refimpl.trace import TraceWriter
+from kvclaims.refimpl.trace import TraceWriter, open_trace_file
 from kvclaims.vllm.claims import ClaimBook, Quota
 from kvclaims.vllm.pool import PoolView, hexid
 from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, rejection, server_key
@@ -42,7 +42,10 @@ WAITING = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
 
 
 def settings(vllm_config) -> dict:
-    """``additional_config["kvclaims"]``, validated."""
+    """``additional_config["kvclaims"]``, validated, for this engine: ``{dp_rank}`` in
+    `trace` becomes the engine's data-parallel rank (one file per engine process). It
+    reads only the config, so entry points run it before the model loads
+    (`VllmEngine`); the scheduler runs it again, for the entry points that cannot."""
     cfg = dict((vllm_config.additional_config or {}).get("kvclaims") or {})
     for key, value in cfg.items():
         if key not in CONFIG_KEYS or not isinstance(value, CONFIG_KEYS[key]) \
@@ -56,6 +59,15 @@ def settings(vllm_config) -> dict:
         raise InvalidInput("kvclaims needs async_scheduling=False (--no-async-scheduling)")
     if not vllm_config.cache_config.enable_prefix_caching:
         raise InvalidInput("kvclaims needs prefix caching (enable_prefix_caching=True)")
+    PoolView.check_model(vllm_config)
+    if cfg.get("trace"):
+        # A dense model's data-parallel engines each run as DP size 1, rank 0; only
+        # `data_parallel_index` keeps the engine's own rank.
+        pc = vllm_config.parallel_config
+        if "{dp_rank}" not in cfg["trace"] and (pc.data_parallel_size > 1 or pc.data_parallel_index > 0):
+            raise BadArgument("kvclaims.trace", f"{cfg['trace']!r} would be written by every data-parallel "
+                                                "engine: put {dp_rank} in the path (one file per engine)")
+        cfg["trace"] = cfg["trace"].replace("{dp_rank}", str(pc.data_parallel_index))
     return cfg
 
 
@@ -69,7 +81,8 @@ class ClaimsScheduler(Scheduler):
         self.vocab = vllm_config.model_config.get_vocab_size()
         self.tenant_key = server_key(cfg.get("tenants", False))
         self.quota = Quota.parse(cfg["quota"]) if "quota" in cfg else Quota()
-        sink = open(cfg["trace"], "w", encoding="utf-8", buffering=1) if cfg.get("trace") else None
+        PoolView.check_groups(self.kv_cache_manager)   # before a trace file exists: a refusal leaves none
+        sink = open_trace_file(cfg["trace"], field="kvclaims.trace") if cfg.get("trace") else None
         self.start_claims(TraceWriter(sink), reserve=cfg.get("reserve", 0),
                           enforce=cfg.get("enforce", True))
 
@@ -86,6 +99,32 @@ class ClaimsScheduler(Scheduler):
         self.hit_blocks: dict[str, int] = {}
         self.waited: set[str] = set()
         self.closing: dict[str, tuple[Request, str]] = {}   # finished by us: output still due
+        # Invalidation epochs (the spec's [invalidation]): a request admitted before the
+        # latest one indexes nothing more (RKC-INV-6).
+        self.epoch = 0
+        self.admitted_epoch: dict[str, int] = {}
+        self._guard_caching()
+
+    def _guard_caching(self) -> None:
+        """Route vLLM's block caching (`KVCacheCoordinator.cache_blocks`, which both
+        `allocate_slots` and the async-load path call) through `_cache_blocks`. Wrapped on
+        the instance, as `pool.IndexLog` wraps the prefix index: vLLM offers no hook there,
+        and the rule needs the request that computed the blocks."""
+        coordinator = self.kv_cache_manager.coordinator
+        if "cache_blocks" not in vars(coordinator):
+            coordinator._kvclaims_cache_blocks = coordinator.cache_blocks
+        coordinator.cache_blocks = self._cache_blocks
+
+    def _cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
+        """Index the request's newly full blocks, unless it is stale: admitted before the
+        latest invalidation, its KV may rest on KV declared invalid (RKC-INV-6). What it
+        stores is traced under its id, after the evictions that made room for it."""
+        rid = request.request_id
+        if self.admitted_epoch.get(rid, self.epoch) != self.epoch:
+            return
+        self._sync("lru")
+        self.kv_cache_manager.coordinator._kvclaims_cache_blocks(request, num_computed_tokens)
+        self._sync("lru", request=rid)
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request: Request) -> None:
@@ -185,6 +224,7 @@ class ClaimsScheduler(Scheduler):
         hits = (request.num_computed_tokens - scheduled) // B
         self.hit_blocks[rid] = hits
         hit_hashes = [hexid(h) for h in request.block_hashes[:hits]]
+        self.admitted_epoch[rid] = self.epoch
         total = len(self.kv_cache_manager.get_blocks(rid).blocks[0])
         self.trace.emit("request_admit", request=rid, hit_blocks=hit_hashes, new_blocks=total - hits)
         self.book.hits(hit_hashes, rid)
@@ -200,7 +240,7 @@ class ClaimsScheduler(Scheduler):
                 self.trace.emit("request_finish", request=rid, admit=not no_admit)
                 if no_admit:
                     self._drop_computed(request)
-        for table in (self.ops, self.hit_blocks):
+        for table in (self.ops, self.hit_blocks, self.admitted_epoch):
             table.pop(rid, None)
         self.waited.discard(rid)
         return super()._free_request(request, delay_free_blocks)
@@ -242,13 +282,13 @@ class ClaimsScheduler(Scheduler):
                 note["claim_refusals"] = refused
         return note
 
-    def _sync(self, reason: str) -> None:
+    def _sync(self, reason: str, **store_fields) -> None:
         """Write vLLM's own KV events since the last call into the trace."""
         stored, removed = self.pool.drain_events()
         if removed:
             self.trace.emit("block_evict", blocks=removed, tier="device", reason=reason)
         if stored:
-            self.trace.emit("block_store", blocks=stored, tier="device")
+            self.trace.emit("block_store", blocks=stored, tier="device", **store_fields)
 
     # ------------------------------------------------------------------ claims, in process
     def submit_claim(self, op: ClaimOp, tokens: list[int], tenant: str = ANONYMOUS) -> str:
@@ -269,7 +309,7 @@ class ClaimsScheduler(Scheduler):
                            reset_connector: bool = False) -> bool:
         """Claims holding blocks are harmed first, and only when the reset will happen."""
         if reset_running_requests or not self._requests_hold_blocks():
-            self.trace.emit("operator", action="reset_prefix_cache")
+            self._invalidate("reset_prefix_cache")
             self.book.end_holders(set(self.book.holders), "harm", "reset_prefix_cache")
         cached = self.pool.cached_hashes()
         ok = super().reset_prefix_cache(reset_running_requests, reset_connector)
@@ -284,7 +324,7 @@ class ClaimsScheduler(Scheduler):
     def evict_blocks(self, block_ids: set[int]) -> None:
         """Invalid KV (a connector's failed load): claims holding a block are harmed, then
         the blocks leave the prefix cache, so stale KV is never served."""
-        self.trace.emit("operator", action="evict_blocks", blocks=self.pool.cached_hashes(block_ids))
+        self._invalidate("evict_blocks", blocks=self.pool.cached_hashes(block_ids))
         self._drop(block_ids, "invalid_load")
 
     def drop_prefix_cache(self) -> None:
@@ -292,9 +332,16 @@ class ClaimsScheduler(Scheduler):
         harmed, then every indexed block leaves the prefix cache, through the same eviction
         as invalid KV; a running request keeps its blocks, unindexed. (vLLM's own
         `reset_prefix_cache` instead refuses while requests hold blocks, or preempts them.)"""
-        self.trace.emit("operator", action="reset_prefix_cache")
+        self._invalidate("reset_prefix_cache")
         self._drop({b.block_id for b in self.pool.bp.blocks if b.block_hash is not None},
                    "reset_prefix_cache")
+
+    def _invalidate(self, action: str, **fields) -> None:
+        """Announce an operator action of the spec's [invalidation]: a new epoch begins, and
+        the requests running now index nothing more (`_cache_blocks`)."""
+        assert action in self.book.spec.invalidations, action
+        self.trace.emit("operator", action=action, **fields)
+        self.epoch += 1
 
     def _drop(self, block_ids: set[int], reason: str) -> None:
         self.book.end_holders(block_ids, "harm", reason)
