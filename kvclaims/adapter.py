@@ -8,9 +8,10 @@ them report "not applicable" instead of passing silently.
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from kvclaims.errors import InvalidInput
+from kvclaims.errors import BadArgument, InvalidInput
 from kvclaims.model.feasibility import Decision, PoolCounts
 
 # Optional operations, by name. A runtime lists the ones it supports.
@@ -85,7 +86,8 @@ SHORTCUTS = {"vllm": "kvclaims.vllm.adapter:VllmAdapter"}   # a real in-process 
 def load_adapter(name: str, **kwargs: Any) -> RuntimeAdapter:
     """`refimpl`, `vllm`, or `MODULE:CLASS` for any class implementing the protocol.
 
-    kwargs are the pool's shape (U, B, R, host_blocks) and are passed to the class.
+    kwargs are the pool's shape (U, B, R, host_blocks) and are passed to the class. A keyword
+    the class does not take, or one it needs and was not given, is a `BadArgument` naming it.
     """
     name = SHORTCUTS.get(name, name)
     if name == "refimpl":
@@ -99,9 +101,32 @@ def load_adapter(name: str, **kwargs: Any) -> RuntimeAdapter:
             raise InvalidInput(f"cannot load runtime {name!r}: {exc}") from None
     else:
         raise InvalidInput(f"runtime must be 'refimpl', 'vllm' or MODULE:CLASS, got {name!r}")
-    runtime = cls(**kwargs)
+    try:
+        runtime = cls(**kwargs)
+    except TypeError as exc:
+        arg = _argument_error(exc, kwargs)
+        if arg is None:
+            raise
+        raise BadArgument(arg, f"cannot build {name!r}: TypeError: {exc}") from None
     if not isinstance(runtime, RuntimeAdapter):
         missing = [m for m in ("block_hashes", "submit_claim", "submit_request", "resident",
                                "trace_lines", "capabilities") if not hasattr(runtime, m)]
         raise InvalidInput(f"runtime {name!r} does not implement the adapter protocol (missing {missing})")
     return runtime
+
+
+def _argument_error(exc: TypeError, kwargs: dict[str, Any]) -> str | None:
+    """The keyword a constructor's TypeError is about, when Python raised it binding the call:
+    one of `kwargs` the class (or a base it forwards them to) does not take, or an argument
+    the class itself needs (raised by our own call: no constructor frame ran). Any other
+    TypeError is the runtime's own failure, and stays one."""
+    message, own_call = str(exc), exc.__traceback__ is not None and exc.__traceback__.tb_next is None
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", message)
+    if unexpected and unexpected[1] in kwargs:
+        return unexpected[1]
+    missing = re.search(r"missing \d+ required (?:positional|keyword-only) arguments?: '(\w+)'", message)
+    if missing and own_call and missing[1] not in kwargs:
+        return missing[1]
+    if own_call and kwargs and re.search(r"takes no (?:keyword )?arguments", message):
+        return next(iter(kwargs))
+    return None

@@ -1,9 +1,11 @@
 """`kvclaims conform`: the whole battery against one runtime, one verdict per obligation.
 
 Evidence per obligation id: the Z3 proofs of the contract itself, the litmus
-scenarios that check it on the runtime, and the stateful suite (which checks
-its ids after every step). An obligation conforms when it has evidence and none
-of it failed; "not applicable" scenarios are listed, never counted as passes.
+scenarios that check it on the runtime, the rejection scenarios (the protocol's
+bad input: the reference runtime's typed error, nothing changed) and the
+stateful suite (which checks its ids after every step). An obligation conforms
+when it has evidence and none of it failed; "not applicable" scenarios are
+listed, never counted as passes.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import argparse
 import json
 import sys
 
+from kvclaims import rejections
 from kvclaims.fuzz import check_steps, fuzz, runtime_factory, violation
 from kvclaims.proofs.run import prove_all
 from kvclaims.refimpl.checker import check_lines
@@ -35,6 +38,10 @@ def conform(runtime: str, steps: int, seed: int) -> dict:
         for oid in SCENARIOS[res.name].checks:
             evidence[oid].append({"kind": "litmus", "name": res.name, "result": res.status,
                                   **({"reason": res.reason} if res.reason else {})})
+    for res in rejections.run_all(factory):
+        evidence[rejections.OBLIGATION].append({"kind": "rejection", "name": res.name, "result": res.status,
+                                                **({"reason": res.reason} if res.reason else {}),
+                                                **({"violation": "; ".join(res.failures)} if res.failures else {})})
     try:
         totals = fuzz(factory, steps, seed)
         stateful = {"result": "passed", "steps": totals["steps"]}

@@ -3,8 +3,9 @@
     pytest --kvclaims-runtime=mypkg.adapter:MyRuntime
 
 adds the litmus scenarios and the stateful contract machine (kvclaims.contract_suite)
-to the session, driven through your RuntimeAdapter. Without the option nothing
-is added. Strategies for your own tests: `kvclaims.strategies`.
+and the rejection scenarios (kvclaims.rejections) to the session, driven through
+your RuntimeAdapter. Without the option nothing is added. Strategies for your own
+tests: `kvclaims.strategies`.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ SUITE = Path(__file__).with_name("contract_suite.py")
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvclaims", "Resident KV Claims contract")
     group.addoption("--kvclaims-runtime", metavar="MODULE:CLASS",
-                    help="run the litmus and stateful contract suites against this runtime adapter")
+                    help="run the litmus, rejection and stateful contract suites against this runtime adapter")
     group.addoption("--kvclaims-steps", type=int, default=50,
                     help="steps per stateful example (default 50)")
     group.addoption("--kvclaims-examples", type=int, default=100,
@@ -30,6 +31,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args.append(str(SUITE))
 
 
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """The rejection scenarios are items beside the suite's own tests: one per scenario,
+    built from the registry (kvclaims.rejections is imported only when they run)."""
+    if file_path == SUITE and parent.config.getoption("kvclaims_runtime"):
+        return Rejections.from_parent(parent, path=file_path)
+    return None
+
+
 @pytest.fixture(scope="session")
 def kvclaims_runtime(request: pytest.FixtureRequest) -> str:
     """The adapter named by --kvclaims-runtime."""
@@ -37,3 +46,42 @@ def kvclaims_runtime(request: pytest.FixtureRequest) -> str:
     if not name:
         pytest.skip("no --kvclaims-runtime given")
     return name
+
+
+class Rejections(pytest.File):
+    def collect(self):
+        from kvclaims.rejections import REJECTIONS
+        for name in sorted(REJECTIONS):
+            yield Rejection.from_parent(self, name=f"test_rejection[{name}]", scenario=name)
+
+
+class Rejection(pytest.Item):
+    """One rejection scenario on the runtime: passes, fails with what went wrong, or skips
+    when not applicable, with the reason."""
+
+    def __init__(self, *, scenario: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scenario = scenario
+
+    def runtest(self) -> None:
+        from functools import partial
+
+        from kvclaims.adapter import load_adapter
+        from kvclaims.rejections import run_rejection
+        result = run_rejection(self.scenario, partial(load_adapter, self.config.getoption("kvclaims_runtime")))
+        if result.status == "not_applicable":
+            pytest.skip(f"not applicable: {result.reason}")
+        if result.status != "passed":
+            raise Rejected(f"{result.expected}\n" + "\n".join(result.failures))
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, Rejected):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, f"kvclaims rejection {self.scenario}"
+
+
+class Rejected(AssertionError):
+    """A rejection scenario failed: what it required, then what happened."""

@@ -68,13 +68,12 @@ def open_trace_file(path: str | os.PathLike[str], *, field: str = "trace") -> IO
     except FileExistsError:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
             try:
                 if fcntl is not None:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise BadArgument(field, f"{os.fsdecode(path)} is being written by another process; "
+                raise BadArgument(field, f"{os.fsdecode(path)} is held by another trace writer; "
                                          f"give each writer its own trace file") from None
             size = os.fstat(fd).st_size          # under the lock: no writer can start now
             if size:

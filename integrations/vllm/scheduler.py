@@ -140,24 +140,41 @@ class ClaimsScheduler(Scheduler):
         self.trace.emit("request_submit", request=rid, tokens=request.num_prompt_tokens,
                         blocks=[hexid(h) for h in request.block_hashes])
         self.ops[rid] = ops
+
+    def _vet(self, request: Request) -> RequestOps:
+        """The request's claim operations, checked against the book as it stands: all of
+        them could apply, or an error names the first that cannot (and nothing changes)."""
+        params = request.sampling_params
+        ops = parse(params.extra_args if params is not None else None, tenant_key=self.tenant_key)
+        self._check_ops(ops, request)
+        return ops
+
+    def _check_ops(self, ops: RequestOps, request: Request) -> None:
+        if ops.claim:
+            _judged(PREFIX + "claim", self.book.check_new, ops.claim, len(request.block_hashes))
+        for cid in ops.release:
+            _judged(PREFIX + "release", self.book.check_event, cid, "release", ops.tenant)
+
+    def _apply_ops(self, request: Request) -> None:
+        """RKC-RT-8: a request's claim operations apply together when it is admitted (it
+        starts computing its prefix), checked again against the book as it is then; if one
+        can no longer apply (another request took the claim id, or released the claim
+        meanwhile) none does, and the request runs with its outcome saying so."""
+        rid, ops = request.request_id, self.ops.get(request.request_id)
+        ids = _claim_ids(ops)
+        if not ids:
+            return
+        try:
+            self._check_ops(ops, request)
+        except KVClaimsError as exc:
+            self.notes[rid] = _not_applied(ids, f"{type(exc).__name__}: {exc}")
+            return
         for cid in ops.release:
             self.book.end(self.book.claims[cid], "release", reason="owner", request=rid)
         if ops.claim:
             self.book.submit(ops.claim, list(request.block_hashes), time=self.trace.time, request=rid,
                              tenant=ops.tenant)
-        if ops.release or ops.claim:
-            self.notes[rid] = {"claims": [*ops.release, *([ops.claim.claim_id] if ops.claim else [])]}
-
-    def _vet(self, request: Request) -> RequestOps:
-        """The request's claim operations, checked against the book as it stands: all of
-        them apply, or an error names the first that cannot (and nothing changes)."""
-        params = request.sampling_params
-        ops = parse(params.extra_args if params is not None else None, tenant_key=self.tenant_key)
-        if ops.claim:
-            _judged(PREFIX + "claim", self.book.check_new, ops.claim, len(request.block_hashes))
-        for cid in ops.release:
-            _judged(PREFIX + "release", self.book.check_event, cid, "release", ops.tenant)
-        return ops
+        self.notes[rid] = {"claims": ids}
 
     def schedule(self, *args, **kwargs):
         if self.tick_per_step and (self.requests or not self.closing):
@@ -210,7 +227,8 @@ class ClaimsScheduler(Scheduler):
                         blocking_claims=list(d.blocking_claims))
         self.book.metrics.refusal(d.outcome)
         self.notes[rid] = {**self.notes.get(rid, {}), "refused": d.outcome,
-                           "blocking_claims": list(d.blocking_claims)}
+                           "blocking_claims": list(d.blocking_claims),
+                           **_not_applied(_claim_ids(self.ops.get(rid)), "the request was refused")}
         self._close(request, ":".join(["kvclaims", d.outcome, *([",".join(d.blocking_claims)]
                                                                if d.blocking_claims else [])]))
 
@@ -228,6 +246,7 @@ class ClaimsScheduler(Scheduler):
         total = len(self.kv_cache_manager.get_blocks(rid).blocks[0])
         self.trace.emit("request_admit", request=rid, hit_blocks=hit_hashes, new_blocks=total - hits)
         self.book.hits(hit_hashes, rid)
+        self._apply_ops(request)
 
     def _free_request(self, request: Request, delay_free_blocks: bool = False):
         rid = request.request_id
@@ -235,6 +254,9 @@ class ClaimsScheduler(Scheduler):
             if request.status in (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR,
                                   RequestStatus.FINISHED_IGNORED):
                 self.trace.emit("request_abort", request=rid, status=request.status.name)
+                if rid not in self.hit_blocks and _claim_ids(self.ops.get(rid)):
+                    self.notes[rid] = _not_applied(_claim_ids(self.ops[rid]),
+                                                   "the request ended before it was admitted")
             else:
                 no_admit = self.ops.get(rid, RequestOps()).no_admit
                 self.trace.emit("request_finish", request=rid, admit=not no_admit)
@@ -355,6 +377,16 @@ class ClaimsScheduler(Scheduler):
         affected = super()._handle_invalid_blocks(invalid_block_ids, num_scheduled_tokens)
         self._sync("invalid_load")
         return affected
+
+
+def _claim_ids(ops: RequestOps | None) -> list[str]:
+    """The claims a request's operations name: those it releases, then the one it makes."""
+    return [] if ops is None else [*ops.release, *([ops.claim.claim_id] if ops.claim else [])]
+
+
+def _not_applied(ids: list[str], why: str) -> dict:
+    """What the client is told of claim operations that did not apply (RKC-RT-8)."""
+    return {"claims_not_applied": ids, "claims_not_applied_reason": why} if ids else {}
 
 
 def _judged(field: str, check, *args) -> None:
