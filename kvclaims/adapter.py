@@ -25,6 +25,8 @@ CAPABILITIES = (
     "owner_ops",       # demote_claim / offload_claim / restore_claim on an owner's request
     "decode",          # decode(request_id, tokens): a running request grows by generated tokens
     "verify_request",  # verify_request(request_id): the blocks a request holds hold exactly its KV
+    "request_claims",  # submit_request(id, tokens, claim={"id": ..., **terms}) and
+                       # claim_outcome(id): a claim the request carries, applied at admission
 )
 
 

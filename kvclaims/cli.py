@@ -1,5 +1,8 @@
-"""The `kvclaims` command. Each subcommand lives in its own module with
-``add_arguments(parser)`` and ``run(args) -> int``; errors print one line, no traceback."""
+"""`kvclaims`: the resident KV claims contract for LLM KV-cache reuse, proved, tested
+against runtimes and checked on their traces.
+
+Each subcommand lives in its own module with ``add_arguments(parser)`` and
+``run(args) -> int``; errors print one line, no traceback."""
 from __future__ import annotations
 
 import argparse
@@ -24,10 +27,16 @@ COMMANDS = {
 }
 
 
+def summary() -> str:
+    """What `kvclaims --help` says first: this module's first docstring paragraph, whole
+    (argparse re-wraps it; a paragraph cut at a line break would end mid-sentence)."""
+    return " ".join(__doc__.split("\n\n")[0].split()).replace("`", "")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """All subcommands; when `argv` names one, only its module is imported with its
     arguments (the others bring torch and z3: seconds of start-up for nothing)."""
-    parser = argparse.ArgumentParser(prog="kvclaims", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="kvclaims", description=summary())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     for name, (module, help_text) in COMMANDS.items():

@@ -37,7 +37,7 @@ from kvclaims.strategies import VOCAB, claim_kwargs, family_tokens, prompt_shape
 Factory = Callable[..., RuntimeAdapter]
 # Obligations the machine checks on every step (each named in a ContractViolation below).
 # The trace envelope, order and fields (RKC-TR-1..3) are the checker's, fed every record.
-CHECKS = ("RKC-INV-1", "RKC-INV-3", "RKC-INV-4", "RKC-INV-6", "RKC-ACC-1", "RKC-FEAS-6", "RKC-FEAS-7",
+CHECKS = ("RKC-INV-1", "RKC-INV-3", "RKC-INV-4", "RKC-INV-6", "RKC-RT-8", "RKC-ACC-1", "RKC-FEAS-6", "RKC-FEAS-7",
           "RKC-RT-2", "RKC-RT-3", "RKC-RT-4", "RKC-TR-1", "RKC-TR-2", "RKC-TR-3", "RKC-TR-5")
 OPERATOR_ACTIONS = ("reset_cache", "evict_blocks", "device_fault", "host_fault")
 ERRORS = {e.__name__: e for e in (IllegalTransition, GuardRejected, InvalidInput)}
@@ -222,12 +222,26 @@ class ContractMachine(RuleBasedStateMachine):
         need = self.rt.U - self.model.counts().protected + 1
         return self._submit(unique_tokens(self.serial, need, self.rt.B))
 
-    def _submit(self, tokens: list[int]) -> str:
+    @precondition(lambda self: self.rt is not None and self._can("request_claims"))
+    @rule(target=requests, family=st.integers(0, 2), blocks=st.integers(1, 64),
+          kwargs=claim_kwargs(host_tier=False), taken=st.booleans())
+    def request_with_claim(self, family: int, blocks: int, kwargs: dict, taken: bool) -> str:
+        """A request carries a claim on its prefix: it applies at admission, or never if the
+        request is refused or aborted first or the id is taken by then (RKC-RT-8)."""
+        tokens = family_tokens(family, 1 + blocks % max(1, self.rt.U // 3), self.rt.B)
+        self.serial += 1
+        cid = f"c{len(self.model.claims)}" if taken else f"q{self.serial}"
+        return self._submit(tokens, ClaimTerms(cid, tuple(self.rt.block_hashes(tokens)), **kwargs))
+
+    def _submit(self, tokens: list[int], claim: ClaimTerms | None = None) -> str:
         rid = f"r{len(self.model.requests)}"
         self.prompts[rid] = tokens
-        got = self.rt.submit_request(rid, tokens)
+        carried = {} if claim is None else {"claim": {
+            "id": claim.id, "strength": claim.strength, "priority": claim.priority,
+            "ttl": claim.ttl, "tiers": claim.tiers, "policy": claim.policy}}
+        got = self.rt.submit_request(rid, tokens, **carried)
         want = self.model.submit_request(rid, tuple(self.rt.block_hashes(tokens)), self._evicted(),
-                                         blocks=-(-len(tokens) // self.rt.B))
+                                         blocks=-(-len(tokens) // self.rt.B), claim=claim)
         self._same_decision(rid, got, want)
         self._verify(rid)
         return rid
@@ -330,6 +344,9 @@ class ContractMachine(RuleBasedStateMachine):
         missing = self.model.missing_claimed(resident)
         if missing:
             raise ContractViolation(f"RKC-INV-1: materialized claims lost blocks with no event: {missing}")
+        for rid, r in self.model.requests.items():
+            if r.claim_outcome == "applied":     # the prompt's full blocks, claimed at admission
+                self.tokens.setdefault(r.claim.id, self.prompts[rid][:len(r.claim.chain) * self.rt.B])
         if self._can("verify_content"):
             for cid in self.model.materialized_chains():
                 if not self.rt.verify_prefix(self.tokens[cid]):
@@ -341,6 +358,9 @@ class ContractMachine(RuleBasedStateMachine):
             if self.rt.request_status(rid) != r.status:
                 raise ContractViolation(f"RKC-RT-3: request {rid} is {self.rt.request_status(rid)!r}, "
                                         f"the model says {r.status!r}")
+            if r.claim is not None and self.rt.claim_outcome(rid) != r.claim_outcome:
+                raise ContractViolation(f"RKC-RT-8: request {rid}'s claim is {self.rt.claim_outcome(rid)!r}, "
+                                        f"the model says {r.claim_outcome!r}")
         self.model.sync(resident)
         if self.rt.counts() != self.model.counts():
             raise ContractViolation(f"RKC-INV-3: runtime counts {self.rt.counts()} != model {self.model.counts()}")

@@ -70,6 +70,8 @@ class ModelRequest:
     status: str = "waiting"       # waiting | running | refused | finished | aborted
     hits: int = 0
     epoch: int = 0                # the invalidation epoch it was admitted in
+    claim: ClaimTerms | None = None   # the claim it carries, applied at admission (RKC-RT-8)
+    claim_outcome: str | None = None  # None | pending | applied | not_applied
     decision: Decision | None = None
     orphaned: set[str] = field(default_factory=set)  # its blocks that are not the indexed copy
     duplicates: set[str] = field(default_factory=set)  # those it computed while the hash was indexed
@@ -249,15 +251,17 @@ class PoolModel:
     # --- requests ------------------------------------------------------------------
     def submit_request(self, request_id: str, chain: tuple[str, ...],
                        lru_evictions: Mapping[str, Sequence[str]] | None = None,
-                       blocks: int | None = None) -> Decision:
+                       blocks: int | None = None, claim: ClaimTerms | None = None) -> Decision:
         """Decide like the contract. `blocks`: all the prompt's blocks (default: its full
         ones, `chain`). `lru_evictions`: the cached blocks the runtime's LRU evicted
         meanwhile for each admission or growth, in order (from its trace), which the model
         adopts rather than guess; None when the model runs alone (it then evicts cached
-        blocks by hash order)."""
+        blocks by hash order). `claim`: one on the prompt's full blocks, submitted when the
+        request is admitted if its id is still free, else never (RKC-RT-8)."""
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
-        self.requests[request_id] = ModelRequest(tuple(chain), len(chain) if blocks is None else blocks)
+        self.requests[request_id] = ModelRequest(tuple(chain), len(chain) if blocks is None else blocks,
+                                                 claim=claim, claim_outcome=claim and "pending")
         self._adopt_lru(lru_evictions)
         return self._try_admit(request_id)
 
@@ -290,6 +294,10 @@ class PoolModel:
                 if set(c.terms.chain) <= own:
                     self._fire(c, "hit")
             self._materialize_ready()
+            if r.claim is not None:
+                r.claim_outcome = "not_applied" if r.claim.id in self.claims else "applied"
+                if r.claim_outcome == "applied":
+                    self.submit_claim(r.claim)
         elif d.outcome == "wait":
             if request_id not in self.waiting:
                 self.waiting.append(request_id)
@@ -297,6 +305,7 @@ class PoolModel:
             if request_id in self.waiting:
                 self.waiting.remove(request_id)
             r.status = "refused"
+            self._never_applied(r)
         return d
 
     def _take_lru(self, request_id: str, need: int) -> None:
@@ -424,6 +433,13 @@ class PoolModel:
         if r.status == "waiting":
             self.waiting.remove(request_id)
         self._end_request(request_id, ("waiting", "running"), "aborted")
+        self._never_applied(r)
+
+    @staticmethod
+    def _never_applied(r: ModelRequest) -> None:
+        """A request that ends before admission applies no claim operation (RKC-RT-8)."""
+        if r.claim_outcome == "pending":
+            r.claim_outcome = "not_applied"
 
     def _request(self, request_id: str) -> ModelRequest:
         if request_id not in self.requests:

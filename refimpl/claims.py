@@ -37,3 +37,9 @@ class Request:
     weights: int = 0                  # the weights version its KV is computed under
     reason: str | None = None
     blocking_claims: tuple[str, ...] = ()
+    claim: dict | None = None         # the claim it carries: applied at admission (RKC-RT-8)
+    claim_outcome: str | None = None  # None | pending | applied | not_applied
+
+    def __post_init__(self) -> None:
+        if self.claim is not None:
+            self.claim_outcome = "pending"

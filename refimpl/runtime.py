@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import reprlib
 from itertools import islice
-from typing import IO, Sequence
+from typing import IO, Any, Mapping, Sequence
 
 from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, InvalidField,
                              InvalidInput, NoRoom, UnknownId)
@@ -349,16 +349,54 @@ class Runtime:
         self._drop_host(c, reason="restore")
 
     # ------------------------------------------------------------------ requests
-    def submit_request(self, request_id: str, tokens: Sequence[int]) -> Decision:
-        """Submit a prompt; it is admitted, queued to wait, or refused now (with attribution)."""
+    def submit_request(self, request_id: str, tokens: Sequence[int], *,
+                       claim: Mapping[str, Any] | None = None) -> Decision:
+        """Submit a prompt; it is admitted, queued to wait, or refused now (with attribution).
+
+        `claim` (`{"id": ..., **submit_claim keywords}`) claims the prompt's full blocks. It is
+        validated now and applies when the request is admitted, or never (RKC-RT-8): a request
+        refused or aborted first makes no claim; see `claim_outcome`.
+        """
         _check_id(request_id, "request")
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
         _check_tokens(tokens, f"request {request_id!r}", "tokens", self.vocab)
-        r = Request(request_id, list(tokens), chain_hashes(list(tokens), self.B))
+        if claim is not None:
+            self._request_claim(request_id, tokens, claim)
+        r = Request(request_id, list(tokens), chain_hashes(list(tokens), self.B), claim=claim)
         self.requests[request_id] = r
         self.trace.emit("request_submit", request=request_id, tokens=len(r.tokens), blocks=r.hashes)
         return self._try_admit(r)
+
+    def _request_claim(self, request_id: str, tokens: Sequence[int], claim) -> None:
+        """Validate a request's claim as `submit_claim` would, on the prompt's full blocks."""
+        where = f"request {request_id!r}"
+        if not isinstance(claim, Mapping) or "id" not in claim:
+            raise InvalidField(where, "claim", f"must be a mapping with an 'id', {_got(claim)}")
+        terms = {k: v for k, v in claim.items() if k != "id"}
+        unknown = sorted(set(terms) - {"strength", "priority", "ttl", "tiers", "policy"})
+        if unknown:
+            raise InvalidField(where, f"claim.{unknown[0]}", "is not a claim term")
+        self._claim_terms(claim["id"], list(tokens)[:len(tokens) - len(tokens) % self.B], **{
+            "strength": "hard", "priority": 0, "ttl": None, "tiers": ("device",), "policy": None,
+            **terms})
+
+    def claim_outcome(self, request_id: str) -> str | None:
+        """What became of the request's claim: None (it carried none), "pending" (not yet
+        admitted), "applied", or "not_applied" (refused or aborted first, or the id was
+        taken by the time it was admitted)."""
+        return self._request(request_id).claim_outcome
+
+    def _apply_claim(self, r: Request) -> None:
+        """RKC-RT-8: at admission the request's claim is submitted, if its id is still free."""
+        if r.claim is None:
+            return
+        cid, terms = r.claim["id"], {k: v for k, v in r.claim.items() if k != "id"}
+        if cid in self.claims:
+            r.claim_outcome = "not_applied"
+            return
+        self.submit_claim(cid, r.tokens[:len(r.hashes) * self.B], **terms)
+        r.claim_outcome = "applied"
 
     def step(self, ticks: int = 1) -> None:
         """Advance the logical clock: expire claims whose TTL ran out, then retry waiting requests."""
@@ -416,6 +454,7 @@ class Runtime:
         if r.status == "waiting":
             self.waiting.remove(request_id)
         r.status = "aborted"
+        _never_applied(r)
         self.trace.emit("request_abort", request=request_id)
         self._release(r, admit=True)
 
@@ -461,6 +500,7 @@ class Runtime:
             if "hit" in c.fsm.allowed() and set(c.chain) <= set(hit_hashes):
                 self._fire(c, "hit", request=r.id)
         self._materialize_ready()
+        self._apply_claim(r)
 
     def _take(self, r: Request, slots: list[int]) -> None:
         for s in slots:
@@ -538,6 +578,7 @@ class Runtime:
 
     def _refuse(self, r: Request, d: Decision) -> None:
         r.status, r.reason, r.blocking_claims = "refused", d.outcome, d.blocking_claims
+        _never_applied(r)
         self.trace.emit("request_refuse", request=r.id, reason=d.outcome,
                         blocking_claims=list(d.blocking_claims))
 
@@ -620,6 +661,12 @@ class Runtime:
             else:
                 self.pool.evict(s)
         self.trace.emit("block_evict", blocks=hashes, tier="device", reason=reason)
+
+
+def _never_applied(r: Request) -> None:
+    """A request that ends before admission applies no claim operation (RKC-RT-8)."""
+    if r.claim_outcome == "pending":
+        r.claim_outcome = "not_applied"
 
 
 # Input checks. Each names where the bad value was (a claim, a request, a call) and the field,
