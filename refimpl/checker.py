@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import json
 import reprlib
+from collections import deque
 from dataclasses import asdict, dataclass, field
-from itertools import islice
 from typing import Any, Callable, Iterable
 
 from kvclaims.errors import IllegalTransition
@@ -72,7 +72,7 @@ _is_str = str.__instancecheck__
 _OTHER_TIER = dict(zip(TIERS, reversed(TIERS)))  # a copy's source: block_offload into host reads the device
 _MISSING = object()
 _UNKNOWN = (None, (), None)  # an unknown kind's (fields, optional, replay)
-RECENT_EVICTIONS = 1024  # per tier: evicted hashes remembered to say why a block is missing
+RECENT_EVICTIONS = 64  # per tier: block_evict records remembered, to say why a block is missing
 
 OnEnd = Callable[[str, str, Any], None]  # ("claim", id, final state) or ("request", id, outcome dict)
 
@@ -120,7 +120,7 @@ class Checker:
         self.needed: dict[str, dict[str, set[str]]] = {t: {} for t in TIERS}
         self.refusals = set(self.spec.outcome_names) - {"admit", "wait"}
         self.resident: dict[str, set[str]] = {t: set() for t in TIERS}
-        self.evicted: dict[str, dict[str, tuple[int, str]]] = {t: {} for t in TIERS}  # recent: hash -> (line, reason)
+        self.evicted = {t: deque(maxlen=RECENT_EVICTIONS) for t in TIERS}  # recent (line, reason, blocks)
         self.invalidations = frozenset(self.spec.invalidations)
         self.epoch, self.invalidated = 0, ""       # invalidations so far; the latest, described
         self.admitted: dict[str, int] = {}         # request -> epoch of its admission
@@ -368,21 +368,18 @@ class Checker:
                                             f"{self._why_absent(tier, h)}")
 
     def _why_absent(self, tier: str, h: str) -> str:
-        where = self.evicted[tier].get(h)
-        if where is None:
-            return (f"the trace never stored it there (or evicted it more than "
-                    f"{RECENT_EVICTIONS} evictions ago)")
-        return f"evicted at line {where[0]} ({where[1]})"
+        """The latest eviction of `h` among the tier's recent ones; a scan, only on a finding."""
+        for line, reason, blocks in reversed(self.evicted[tier]):
+            if h in blocks:
+                return f"evicted at line {line} ({reason})"
+        return f"never stored there, or evicted before its last {RECENT_EVICTIONS} block_evict records"
 
     def _on_evict(self, rec: dict) -> None:
         """RKC-TR-6: an eviction of a block some claim's state needs in that tier is a loss.
         The blocks leave the tier's residency; the latest evictions are remembered (bounded)."""
         tier, blocks = rec["tier"], rec["blocks"]
         self.resident[tier].difference_update(blocks)
-        recent = self.evicted[tier]
-        recent.update(dict.fromkeys(blocks, (self._line, rec["reason"])))
-        if len(recent) > RECENT_EVICTIONS:
-            self.evicted[tier] = dict(islice(recent.items(), len(recent) - RECENT_EVICTIONS // 2, None))
+        self.evicted[tier].append((self._line, rec["reason"], blocks))
         needed = self.needed[tier]
         if needed.keys().isdisjoint(blocks):
             self.report.ordinary_evictions += len(blocks)
