@@ -256,7 +256,7 @@ class ContractMachine(RuleBasedStateMachine):
         if self._can("verify_request") and self.model.requests[rid].status == "running" \
                 and self.model.fresh(rid) and not self.rt.verify_request(rid):
             raise ContractViolation(f"RKC-INV-6: request {rid} holds KV that is not its tokens' "
-                                    "under the current weights (stale or corrupt KV reused)")
+                                    "under its weights (stale or corrupt KV reused)")
 
     @precondition(lambda self: self.rt is not None and self._can("decode"))
     @rule(request=requests, n=st.integers(1, 9))

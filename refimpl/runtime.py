@@ -90,10 +90,11 @@ class Runtime:
 
     def verify_request(self, request_id: str) -> bool:
         """Does every block the request holds contain exactly the KV of its tokens under the
-        current weights? (False for a request admitted before a reset: its KV is stale.)"""
+        weights it was admitted with? A request that reused a block computed under other
+        weights (stale KV) or a corrupt one fails."""
         r = self._request(request_id)
         B = self.B
-        return all(self.pool.verify(s, r.tokens[i * B:(i + 1) * B], i * B, self.weights)
+        return all(self.pool.verify(s, r.tokens[i * B:(i + 1) * B], i * B, r.weights)
                    for i, s in enumerate(r.slots))
 
     def _claim(self, claim_id: str) -> Claim:

@@ -137,7 +137,9 @@ def test_seeded_mutants_against_the_litmus_suite():
     """Secondary to the stateful suite (the primary mutant catcher): which seeded mutants fail
     at least one litmus scenario. Observed: all but event_after_terminal, whose extra `hit`
     for an ended claim needs a request that reuses an ended claim's whole prefix, which no
-    scenario makes. The assertion is the observed set, so a change either way shows up."""
+    scenario makes, and stale_store, which needs a decode across a reset (the stateful
+    suite and tests/test_stale_kv.py catch it). The assertion is the observed set, so a
+    change either way shows up."""
     caught = {name for name, cls in MUTANTS.items()
               if any(r.status == "failed" for r in run_all(cls))}
-    assert caught == set(MUTANTS) - {"event_after_terminal"}
+    assert caught == set(MUTANTS) - {"event_after_terminal", "stale_store"}

@@ -50,7 +50,9 @@ def test_nothing_a_stale_request_computes_is_indexed():
     rt.reset_prefix_cache()
     rt.decode("live", [7, 8, 9, 10, 11])
     assert rt.resident() == set()
-    assert not rt.verify_request("live")      # its KV is stale under the new weights
+    assert rt.verify_request("live")          # intact under the weights it ran with ...
+    slot = rt.requests["live"].slots[0]
+    assert not rt.pool.verify(slot, LIVE[:4], 0, rt.weights)   # ... and stale under the new ones
     rt.finish("live")
     assert rt.resident() == set() and rt.counts().free == 4
 
