@@ -38,7 +38,7 @@ Factory = Callable[..., RuntimeAdapter]
 # Obligations the machine checks on every step (each named in a ContractViolation below).
 # The trace envelope, order and fields (RKC-TR-1..3) are the checker's, fed every record.
 CHECKS = ("RKC-INV-1", "RKC-INV-3", "RKC-INV-4", "RKC-INV-6", "RKC-RT-8", "RKC-ACC-1", "RKC-FEAS-6", "RKC-FEAS-7",
-          "RKC-RT-2", "RKC-RT-3", "RKC-RT-4", "RKC-TR-1", "RKC-TR-2", "RKC-TR-3", "RKC-TR-5")
+          "RKC-RT-2", "RKC-RT-3", "RKC-RT-4", "RKC-TR-1", "RKC-TR-2", "RKC-TR-3", "RKC-TR-5", "RKC-TR-9")
 OPERATOR_ACTIONS = ("reset_cache", "evict_blocks", "device_fault", "host_fault")
 ERRORS = {e.__name__: e for e in (IllegalTransition, GuardRejected, InvalidInput)}
 

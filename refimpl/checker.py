@@ -17,9 +17,10 @@ nothing (RKC-INV-6).
 
 By default the report keeps every claim's final state and every request's
 outcome (RKC-TR-8). Given `on_end`, the checker instead hands each one out as
-it ends and keeps only counts, so its memory grows with live claims and
-requests, not with the trace (RKC-TR-7); it then forgets ended ids, so an
-event for one reads as `unknown_*` and a reused id goes unnoticed.
+it ends and keeps only counts, so its memory grows with live claims,
+requests and resident blocks, not with the trace (RKC-TR-7); it then forgets
+ended ids, so an event for one reads as `unknown_*` and a reused id goes
+unnoticed.
 """
 from __future__ import annotations
 
@@ -69,10 +70,9 @@ REQUEST_ENDS = (frozenset(dest for _, dest in REQUEST_MOVES.values())
 
 _STRING_LISTS = ("blocks", "blocking_claims", "hit_blocks")  # lists of non-empty strings wherever present
 _is_str = str.__instancecheck__
-_OTHER_TIER = dict(zip(TIERS, reversed(TIERS)))  # a copy's source: block_offload into host reads the device
-_MISSING = object()
+_SOURCE = {"host": "device", "device": "host"}  # a copy into a tier reads the other: offload, restore
 _UNKNOWN = (None, (), None)  # an unknown kind's (fields, optional, replay)
-RECENT_EVICTIONS = 64  # per tier: block_evict records remembered, to say why a block is missing
+RECENT_EVICTIONS = 256  # per tier: evicted hashes remembered (at least the latest record) to say why one is missing
 
 OnEnd = Callable[[str, str, Any], None]  # ("claim", id, final state) or ("request", id, outcome dict)
 
@@ -120,7 +120,9 @@ class Checker:
         self.needed: dict[str, dict[str, set[str]]] = {t: {} for t in TIERS}
         self.refusals = set(self.spec.outcome_names) - {"admit", "wait"}
         self.resident: dict[str, set[str]] = {t: set() for t in TIERS}
-        self.evicted = {t: deque(maxlen=RECENT_EVICTIONS) for t in TIERS}  # recent (line, reason, blocks)
+        self.on_device = self.resident["device"]
+        self.evicted = {t: deque() for t in TIERS}  # recent block_evict records: (line, reason, blocks)
+        self.evicted_held = dict.fromkeys(TIERS, 0)  # how many hashes those hold
         self.invalidations = frozenset(self.spec.invalidations)
         self.epoch, self.invalidated = 0, ""       # invalidations so far; the latest, described
         self.admitted: dict[str, int] = {}         # request -> epoch of its admission
@@ -187,19 +189,19 @@ class Checker:
         if fields is None:
             return f"unknown kind {rec.get('kind')!r}"
         kind = rec["kind"]
-        for name, typ in fields:
-            value = rec.get(name, _MISSING)
-            if not isinstance(value, typ):
-                return f"{kind}: field {name!r} must be a {typ.__name__}, {_got(value)}"
-            if value == "":   # only a str equals "": an id, a reason or an event names something
-                return f"{kind}: field {name!r} must be a non-empty string"
+        for name, typ in fields:   # an id, a reason, an event: a required string names something
+            value = rec.get(name)
+            if not isinstance(value, typ) or not value and typ is str:
+                return f"{kind}: field {name!r} must be a {_kind_of(typ)}, {_got(rec, name)}"
         for name in _STRING_LISTS:
-            if name in rec and not (type(rec[name]) is list and all(map(_is_str, rec[name])) and "" not in rec[name]):
-                return f"{kind}: field {name!r} must be a list of non-empty strings"
+            if name in rec:
+                value = rec[name]
+                if type(value) is not list or "" in value or not all(map(_is_str, value)):
+                    return f"{kind}: field {name!r} must be a list of non-empty strings, {_got(rec, name)}"
         for name, typ in optional:
             value = rec.get(name)
-            if value is not None and (not isinstance(value, typ) or value == ""):
-                return f"{kind}: field {name!r}, when given, must be a non-empty {typ.__name__}, {_got(value)}"
+            if value is not None and (not isinstance(value, typ) or not value and typ is str):
+                return f"{kind}: field {name!r}, when given, must be a {_kind_of(typ)}, {_got(rec, name)}"
         if "tier" in rec and rec["tier"] not in TIERS:
             return f"{kind}: field 'tier' must be one of {TIERS}"
         return None
@@ -261,7 +263,7 @@ class Checker:
     def _move(self, cid: str, before: str | None, after: str, event: str) -> None:
         """The claim's chain changes the tier it needs: entering one, it must be resident there (RKC-TR-9)."""
         old, new = self.tier_of.get(before), self.tier_of.get(after)
-        if new:
+        if new and not self.resident[new].issuperset(self.chains[cid]):
             self._need(new, self.chains[cid], f"claim {cid!r} {event!r} needs")
         for h in self.chains[cid]:
             holders = self.needed[old].get(h) if old else None
@@ -334,8 +336,9 @@ class Checker:
     # ------------------------------------------------------------------ blocks
     def _on_admit(self, rec: dict) -> None:
         """RKC-TR-9: a request reuses only blocks resident on the device."""
-        if "hit_blocks" in rec:
-            self._need("device", rec["hit_blocks"], f"request {rec['request']!r} reuses")
+        hits = rec.get("hit_blocks")
+        if hits and not self.on_device.issuperset(hits):
+            self._need("device", hits, f"request {rec['request']!r} reuses")
         self._on_request(rec)
 
     def _on_store(self, rec: dict) -> None:
@@ -349,37 +352,48 @@ class Checker:
     def _on_copy(self, rec: dict) -> None:
         """RKC-TR-9: an offload or restore copies blocks resident in the other tier into `tier`."""
         tier, blocks = rec["tier"], rec["blocks"]
-        self._need(_OTHER_TIER[tier], blocks, f"{rec['kind']} for claim {rec['claim']!r} copies")
+        source = _SOURCE[tier]
+        if not self.resident[source].issuperset(blocks):
+            self._need(source, blocks, f"{rec['kind']} for claim {rec['claim']!r} copies")
         self.resident[tier].update(blocks)
 
     def _on_operator(self, rec: dict) -> None:
+        """RKC-INV-6: an action of the spec's [invalidation] starts a new epoch."""
         if rec["action"] in self.invalidations:
             self.epoch += 1
             self.invalidated = f"at line {self._line} ({rec['action']})"
 
     def _need(self, tier: str, blocks: list[str], what: str) -> None:
-        """RKC-TR-9: each of `blocks` is resident on `tier`, or a finding says why not."""
+        """RKC-TR-9, off the fast path (callers test residency first): a finding per absent block."""
         resident = self.resident[tier]
-        if resident.issuperset(blocks):
-            return
-        for h in blocks:
+        for h in dict.fromkeys(blocks):   # a hash a chain repeats is one finding
             if h not in resident:
                 self._flag("phantom_block", f"{what} block {h}, which is not resident on {tier}: "
                                             f"{self._why_absent(tier, h)}")
+
+    def _remember(self, tier: str, blocks: list[str], reason: str) -> None:
+        """Keep the latest evictions (about RECENT_EVICTIONS hashes a tier, at least the latest
+        record) so a finding can say why a block is missing, in memory that does not grow."""
+        recent = self.evicted[tier]
+        recent.append((self._line, reason, blocks))
+        held = self.evicted_held[tier] + len(blocks)
+        while held > RECENT_EVICTIONS and len(recent) > 1:
+            held -= len(recent.popleft()[2])
+        self.evicted_held[tier] = held
 
     def _why_absent(self, tier: str, h: str) -> str:
         """The latest eviction of `h` among the tier's recent ones; a scan, only on a finding."""
         for line, reason, blocks in reversed(self.evicted[tier]):
             if h in blocks:
                 return f"evicted at line {line} ({reason})"
-        return f"never stored there, or evicted before its last {RECENT_EVICTIONS} block_evict records"
+        return f"never stored there, or evicted before the last {RECENT_EVICTIONS} blocks evicted from it"
 
     def _on_evict(self, rec: dict) -> None:
         """RKC-TR-6: an eviction of a block some claim's state needs in that tier is a loss.
-        The blocks leave the tier's residency; the latest evictions are remembered (bounded)."""
+        RKC-TR-9: the blocks leave the tier's residency."""
         tier, blocks = rec["tier"], rec["blocks"]
         self.resident[tier].difference_update(blocks)
-        self.evicted[tier].append((self._line, rec["reason"], blocks))
+        self._remember(tier, blocks, rec["reason"])
         needed = self.needed[tier]
         if needed.keys().isdisjoint(blocks):
             self.report.ordinary_evictions += len(blocks)
@@ -394,8 +408,15 @@ class Checker:
                 self.report.ordinary_evictions += 1
 
 
-def _got(value: Any) -> str:
-    return "but it is missing" if value is _MISSING else f"got {reprlib.repr(value)} ({type(value).__name__})"
+def _kind_of(typ: type) -> str:
+    return "non-empty string" if typ is str else typ.__name__
+
+
+def _got(rec: dict[str, Any], name: str) -> str:
+    """What a bad field holds, for the finding (off the fast path)."""
+    if name not in rec:
+        return "but it is missing"
+    return f"got {reprlib.repr(rec[name])} ({type(rec[name]).__name__})"
 
 
 def needed_tiers(spec: Spec) -> dict[str, str]:

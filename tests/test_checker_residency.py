@@ -214,9 +214,14 @@ def test_memory_grows_with_resident_blocks_not_trace_length():
         blocks = [f"{i:032x}", f"{i:031x}f"]
         feed("block_store", blocks=blocks, tier="device")
         feed("block_evict", blocks=blocks, tier="device", reason="lru")
-    assert checker.finish().ok
+    feed("request_submit", request="r")
+    feed("request_admit", request="r", hit_blocks=[f"{0:032x}", f"{5 * RECENT_EVICTIONS - 1:032x}"])
+    report = checker.finish()
     assert checker.resident == {"device": set(), "host": set()}
-    assert all(len(recent) <= RECENT_EVICTIONS for recent in checker.evicted.values())
+    assert sum(len(blocks) for _, _, blocks in checker.evicted["device"]) <= RECENT_EVICTIONS
+    assert kinds(report) == ["phantom_block"] * 2
+    assert "never stored there, or evicted before the last" in report.violations[0].message
+    assert f"evicted at line {n - 2} (lru)" in report.violations[1].message
 
 
 # ---------------------------------------------------------------------- RKC-INV-6: stale stores
@@ -250,7 +255,8 @@ def test_store_by_request_admitted_after_a_reset_is_accepted():
 
 
 def test_a_store_naming_no_request_is_not_judged():
-    """RKC-INV-6: vLLM's block_store names no request, so its epoch is unknown."""
+    """RKC-INV-6: `request` is optional in block_store (null reads as absent): with none,
+    the epoch of what was stored is unknown, so it is not judged."""
     t = admitted_then("reset_prefix_cache")
     t.emit("block_store", blocks=[H1], tier="device")
     t.emit("block_store", request=None, blocks=[H2], tier="device")
@@ -380,3 +386,24 @@ def test_findings_are_json():
     t.emit("block_evict", blocks=[H1], tier="device", reason="lru")
     hit(t, "r", H1)
     json.dumps(check(t).to_json())
+
+
+def test_the_stale_store_mutant_is_caught_by_the_trace_alone():
+    """RKC-INV-6: the seeded mutant that keeps indexing across a reset writes a stale_store."""
+    from kvclaims.refimpl.mutants import MUTANTS
+    rt = MUTANTS["stale_store"](U=8, B=4)
+    rt.submit_request("r", list(range(8)))
+    rt.reset_prefix_cache()
+    rt.decode("r", list(range(8, 16)))
+    assert kinds(check_lines(rt.trace_lines())) == ["stale_store"]
+
+
+def test_a_store_before_its_request_is_admitted_is_not_judged():
+    """RKC-INV-6: vLLM indexes a request's first blocks while scheduling it, before its
+    request_admit record; such a store is in the current epoch."""
+    t = writer()
+    t.emit("operator", action="reset_prefix_cache")
+    t.emit("request_submit", request="r")
+    t.emit("block_store", request="r", blocks=[H1], tier="device")
+    t.emit("request_admit", request="r", hit_blocks=[], new_blocks=1)
+    assert check(t).ok
