@@ -62,7 +62,8 @@ def _claim(**terms: Any) -> Callable[[Run], Any]:
 
 
 def _blocks(n: float) -> Callable[[Run], list[int]]:
-    """A fresh prefix of `n` blocks (a fraction is a partial block)."""
+    """A fresh prefix of `n` blocks; a fraction is a partial block (for any B >= 2: the
+    suites ask every runtime for B=4, and vLLM takes 32)."""
     return lambda t: t.tokens(int(n) + 1, FRESH)[:int(n * t.rt.B)]
 
 
@@ -72,6 +73,7 @@ def _flawed(i: int, bad: Any) -> Callable[[Run], list[int]]:
 
 
 def _calls(method: str, *args: Any, **kwargs: Any) -> Callable[[Run], Any]:
+    """`rt.method(*args, **kwargs)`; an argument given as a function is computed from the run."""
     return lambda t: getattr(t.rt, method)(*(a(t) if callable(a) else a for a in args), **kwargs)
 
 
