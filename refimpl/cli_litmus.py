@@ -21,11 +21,16 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     """Exit 0 unless a scenario failed: not applicable is reported, never failed nor passed."""
     factory = runtime_factory(args.runtime, **({"device": args.device} if args.device else {}))
-    results = [run_scenario(n, factory) for n in (args.only or SCENARIOS)]
+    return report(args.runtime, [run_scenario(n, factory) for n in (args.only or SCENARIOS)], args.json)
+
+
+def report(runtime: str, results: list, as_json: bool) -> int:
+    """Print scenario results, one line each with what failed or why not applicable, or as
+    JSON; the exit status. (The rejection scenarios report the same way.)"""
     ok = not any(r.status == "failed" for r in results)
-    if args.json:
-        print(json.dumps({"runtime": args.runtime, "passed": ok,
-                          "scenarios": [r.to_json() for r in results]}, indent=2))
+    if as_json:
+        print(json.dumps({"runtime": runtime, "passed": ok, "scenarios": [r.to_json() for r in results]},
+                         indent=2))
     else:
         for r in results:
             print(f"{MARK[r.status]}  {r.name}: {r.expected}")

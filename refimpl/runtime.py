@@ -8,15 +8,16 @@ completely before it changes anything (RKC-RT-4).
 """
 from __future__ import annotations
 
-import reprlib
 from itertools import islice
 from typing import IO, Any, Mapping, Sequence
 
 from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, InvalidField,
                              InvalidInput, NoRoom, UnknownId)
+from kvclaims.model.checks import (MAX_TICKS, check_hash, check_id, check_int, check_list,
+                                   check_tokens, claim_terms, got)
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide, outcome
 from kvclaims.model.lifecycle import Lifecycle
-from kvclaims.model.terms import PRIORITIES, POLICIES, STRENGTHS, TIERS, ReserveLedger
+from kvclaims.model.terms import ReserveLedger
 from kvclaims.refimpl.claims import Claim, Request
 from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
@@ -24,7 +25,6 @@ from kvclaims.refimpl.pool import DevicePool
 from kvclaims.refimpl.trace import TraceWriter
 from kvclaims.spec import Spec, load
 
-MAX_TICKS = 10**6   # one step call: each tick is a sweep, so a huge count is a hang, not input
 
 
 class Runtime:
@@ -36,13 +36,13 @@ class Runtime:
     def __init__(self, U: int, B: int, R: int = 0, *, host_blocks: int = 0, heads: int = 2,
                  head_dim: int = 8, device=None, spec: Spec | None = None,
                  sink: IO[str] | None = None, vocab: int | None = None) -> None:
-        _check_int("runtime", "U", U, 1)
+        check_int("runtime", "U", U, 1)
         for name, value, low, high in (("B", B, 1, None), ("R", R, 0, U - 1),
                                        ("host_blocks", host_blocks, 0, None), ("heads", heads, 1, None),
                                        ("head_dim", head_dim, 1, None)):
-            _check_int("runtime", name, value, low, high)
+            check_int("runtime", name, value, low, high)
         if vocab is not None:
-            _check_int("runtime", "vocab", vocab, 1)
+            check_int("runtime", "vocab", vocab, 1)
         self.spec = spec or load()
         self.lifecycle = Lifecycle(self.spec)
         self.U, self.B, self.R, self.vocab = U, B, R, vocab
@@ -84,7 +84,7 @@ class Runtime:
 
     def feasibility(self, tokens: Sequence[int]) -> Decision:
         """What submitting `tokens` now would decide, changing nothing (a dry run)."""
-        _check_tokens(tokens, "feasibility", "tokens", self.vocab)
+        check_tokens(tokens, "feasibility", "tokens", self.vocab)
         hits = self._hits(chain_hashes(list(tokens), self.B))
         return self._decide(-(-len(tokens) // self.B) - len(hits), hits)
 
@@ -98,13 +98,13 @@ class Runtime:
                    for i, s in enumerate(r.slots))
 
     def _claim(self, claim_id: str) -> Claim:
-        _check_id(claim_id, "claim")
+        check_id(claim_id, "claim")
         if claim_id not in self.claims:
             raise UnknownId(f"no claim {claim_id!r}")
         return self.claims[claim_id]
 
     def _request(self, request_id: str) -> Request:
-        _check_id(request_id, "request")
+        check_id(request_id, "request")
         if request_id not in self.requests:
             raise UnknownId(f"no request {request_id!r}")
         return self.requests[request_id]
@@ -166,40 +166,10 @@ class Runtime:
         return c.state
 
     def _claim_terms(self, claim_id, prefix, strength, priority, ttl, tiers, policy) -> tuple:
-        """Validate a claim before anything changes; returns its (tiers, policy).
-
-        Rejected: an id that is not a non-empty string, or is in use (DuplicateId); a strength,
-        policy or tier the spec does not name; tiers without 'device' or with a repeat; a soft
-        claim that refuses; offload without the host tier; a priority outside PRIORITIES; a TTL
-        that is not an int >= 1; a prefix that is not whole blocks of token ids, or has more
-        blocks than the pool (it could never be resident).
-        """
-        _check_id(claim_id, "claim")
-        if claim_id in self.claims:
-            raise DuplicateId(f"claim {claim_id!r} already exists")
-        where = f"claim {claim_id!r}"
-        _check_choice(where, "strength", strength, STRENGTHS)
-        policy = ("refuse" if strength == "hard" else "demote") if policy is None else policy
-        _check_choice(where, "policy", policy, POLICIES)
-        _check_list(where, "tiers", tiers)
-        for i, tier in enumerate(tiers):
-            _check_choice(where, f"tiers[{i}]", tier, TIERS)
-        if "device" not in tiers or len(set(tiers)) < len(tiers):
-            raise InvalidField(where, "tiers", f"must name 'device', each tier once, got {list(tiers)}")
-        if strength == "soft" and policy == "refuse":
-            raise InvalidField(where, "policy", "'refuse' needs a hard claim: a soft claim cannot refuse requests")
-        if policy == "offload" and "host" not in tiers:
-            raise InvalidField(where, "policy", "'offload' needs 'host' in tiers")
-        _check_int(where, "priority", priority, PRIORITIES.start, PRIORITIES.stop - 1)
-        if ttl is not None:
-            _check_int(where, "ttl", ttl, 1)
-        _check_tokens(prefix, where, "prefix", self.vocab)
-        if len(prefix) % self.B:
-            raise InvalidField(where, "prefix", f"must be whole blocks of {self.B} tokens, got {len(prefix)} tokens")
-        if len(prefix) > self.U * self.B:
-            raise InvalidField(where, "prefix", f"has {len(prefix) // self.B} blocks, more than the "
-                                                f"pool's {self.U}: it could never be resident")
-        return tuple(tiers), policy
+        """Validate a claim before anything changes; returns its (tiers, policy) (see
+        `kvclaims.model.checks.claim_terms`)."""
+        return claim_terms(self.claims, self.U, self.B, self.vocab, claim_id, prefix, strength,
+                           priority, ttl, tiers, policy)
 
     def release_claim(self, claim_id: str) -> None:
         self._end(self._checked(claim_id, "release"), "release", reason="owner")
@@ -358,10 +328,10 @@ class Runtime:
         validated now and applies when the request is admitted, or never (RKC-RT-8): a request
         refused or aborted first makes no claim; see `claim_outcome`.
         """
-        _check_id(request_id, "request")
+        check_id(request_id, "request")
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
-        _check_tokens(tokens, f"request {request_id!r}", "tokens", self.vocab)
+        check_tokens(tokens, f"request {request_id!r}", "tokens", self.vocab)
         if claim is not None:
             self._request_claim(request_id, tokens, claim)
         r = Request(request_id, list(tokens), chain_hashes(list(tokens), self.B), claim=claim)
@@ -373,7 +343,7 @@ class Runtime:
         """Validate a request's claim as `submit_claim` would, on the prompt's full blocks."""
         where = f"request {request_id!r}"
         if not isinstance(claim, Mapping) or "id" not in claim:
-            raise InvalidField(where, "claim", f"must be a mapping with an 'id', {_got(claim)}")
+            raise InvalidField(where, "claim", f"must be a mapping with an 'id', {got(claim)}")
         terms = {k: v for k, v in claim.items() if k != "id"}
         unknown = sorted(set(terms) - {"strength", "priority", "ttl", "tiers", "policy"})
         if unknown:
@@ -401,7 +371,7 @@ class Runtime:
 
     def step(self, ticks: int = 1) -> None:
         """Advance the logical clock: expire claims whose TTL ran out, then retry waiting requests."""
-        _check_int("step", "ticks", ticks, 1, MAX_TICKS)
+        check_int("step", "ticks", ticks, 1, MAX_TICKS)
         for _ in range(ticks):
             self.trace.time += 1
             for c in self._in(*self._expirable):
@@ -420,7 +390,7 @@ class Runtime:
         r = self._request(request_id)
         if r.status != "running":
             raise InvalidInput(f"request {request_id!r} is {r.status}, not running")
-        _check_tokens(tokens, f"request {request_id!r}", "tokens", self.vocab)
+        check_tokens(tokens, f"request {request_id!r}", "tokens", self.vocab)
         total = len(r.tokens) + len(tokens)
         A = -(-total // self.B) - len(r.slots)
         d = self._decide(A, r.slots)
@@ -443,7 +413,7 @@ class Runtime:
         if r.status != "running":
             raise InvalidInput(f"request {request_id!r} is {r.status}, not running")
         if not isinstance(admit, bool):
-            raise InvalidField(f"request {request_id!r}", "admit", f"must be a bool, {_got(admit)}")
+            raise InvalidField(f"request {request_id!r}", "admit", f"must be a bool, {got(admit)}")
         r.status = "finished"
         self.trace.emit("request_finish", request=request_id, admit=admit)
         self._release(r, admit=admit)
@@ -608,9 +578,9 @@ class Runtime:
 
     def evict_blocks(self, hashes: Sequence[str]) -> None:
         """A connector reported these blocks invalid: claims holding them are harmed, then they go."""
-        _check_list("evict_blocks", "hashes", hashes)
+        check_list("evict_blocks", "hashes", hashes)
         for i, h in enumerate(hashes):
-            _check_hash("evict_blocks", f"hashes[{i}]", h)
+            check_hash("evict_blocks", f"hashes[{i}]", h)
         hashes = list(dict.fromkeys(hashes))
         slots = [self.pool.lookup(h) for h in hashes]
         if not hashes or None in slots:
@@ -622,7 +592,7 @@ class Runtime:
 
     def inject_device_fault(self, h: str) -> None:
         """Corrupt one device block: claims holding it fail closed, then it leaves the cache."""
-        _check_hash("inject_device_fault", "block", h)
+        check_hash("inject_device_fault", "block", h)
         slot = self.pool.lookup(h)
         if slot is None:
             raise UnknownId(f"block {h!r} is not resident on the device")
@@ -633,7 +603,7 @@ class Runtime:
 
     def inject_host_fault(self, h: str) -> None:
         """Corrupt one host copy; detected (fail-closed) when a claim restores it."""
-        _check_hash("inject_host_fault", "block", h)
+        check_hash("inject_host_fault", "block", h)
         if h not in self.host.index:
             raise UnknownId(f"block {h!r} is not in the host tier")
         self.trace.emit("operator", action="inject_host_fault", blocks=[h])
@@ -668,51 +638,3 @@ def _never_applied(r: Request) -> None:
     """A request that ends before admission applies no claim operation (RKC-RT-8)."""
     if r.claim_outcome == "pending":
         r.claim_outcome = "not_applied"
-
-
-# Input checks. Each names where the bad value was (a claim, a request, a call) and the field,
-# and runs before anything changes (RKC-RT-4). Values arrive as JSON decodes them, so a bool
-# is not an int, a string is not a list, and a dict is not a sequence.
-
-def _got(value) -> str:
-    return f"got {reprlib.repr(value)} ({type(value).__name__})"
-
-
-def _check_int(where: str, field: str, value, low: int, high: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low \
-            or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise InvalidField(where, field, f"must be an int {bound}, {_got(value)}")
-
-
-def _check_id(value, kind: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise InvalidField(kind, "id", f"must be a non-empty string, {_got(value)}")
-
-
-def _check_choice(where: str, field: str, value, choices: Sequence[str]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidField(where, field, f"must be one of {', '.join(choices)}, {_got(value)}")
-
-
-def _check_list(where: str, field: str, value) -> None:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise InvalidField(where, field, f"must be a list, {_got(value)}")
-
-
-def _check_hash(where: str, field: str, value) -> None:
-    if not isinstance(value, str):
-        raise InvalidField(where, field, f"must be a block hash (a string), {_got(value)}")
-
-
-def _check_tokens(tokens, where: str, field: str, vocab: int | None) -> None:
-    """A non-empty list of token ids: ints >= 0, and below `vocab` when the runtime has one."""
-    _check_list(where, field, tokens)
-    if not tokens:
-        raise InvalidField(where, field, "must not be empty")
-    bad = next((i for i, t in enumerate(tokens) if not (
-        isinstance(t, int) and not isinstance(t, bool) and t >= 0 and (vocab is None or t < vocab))), None)
-    if bad is not None:
-        below = "" if vocab is None else f" and < {vocab}, the vocabulary size"
-        raise InvalidField(where, f"{field}[{bad}]",
-                           f"must be a token id (an int >= 0{below}), {_got(tokens[bad])}")

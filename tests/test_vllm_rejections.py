@@ -73,9 +73,8 @@ def test_a_request_claims_its_full_blocks():
     assert (rt.request_status("r"), rt.claim_state("h")) == ("running", "materialized")
 
 
-@pytest.mark.xfail(strict=True, reason="ClaimsScheduler.submit_claim does not yet pass its prefix "
-                                       "(prefix=len(tokens)) to ClaimBook.check_new")
 def test_an_in_process_claim_is_whole_blocks():
+    """RKC-RT-4: the integration's in-process claim (what the adapter calls) takes whole blocks."""
     rt = VllmAdapter(U=8)
     with pytest.raises(InvalidField):
         rt.sched.submit_claim(ClaimOp("half"), list(range(48)))

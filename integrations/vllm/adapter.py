@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from types import SimpleNamespace
 from typing import Sequence
 
 from vllm.v1.request import RequestStatus
@@ -47,8 +46,8 @@ from kvclaims.errors import DuplicateId, InvalidField, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts
 # The protocol's input rules are the reference runtime's: one rule set, so a bad call
 # gets the same typed error here as there (RKC-RT-4).
-from kvclaims.refimpl.runtime import (MAX_TICKS, Runtime, _check_hash, _check_id, _check_int,
-                                      _check_list, _check_tokens)
+from kvclaims.model.checks import (MAX_TICKS, check_hash, check_id, check_int, check_list,
+                                   check_tokens, claim_terms)
 from kvclaims.vllm.engine import VllmEngine
 from kvclaims.vllm.model_dir import VOCAB
 from kvclaims.vllm.pool import hexid
@@ -96,31 +95,31 @@ class VllmAdapter:
     def submit_claim(self, claim_id: str, prefix: Sequence[int], *, strength: str = "hard",
                      priority: int = 0, ttl: int | None = None,
                      tiers: Sequence[str] = ("device",), policy: str | None = None) -> str:
-        """The protocol's claim terms (`Runtime._claim_terms`, against this engine's book: token
-        ids are any int >= 0, taken modulo the vocabulary), then vLLM's own limits."""
-        book = SimpleNamespace(claims=self.sched.book.claims, U=self.U, B=self.B, vocab=None)
-        tiers, policy = Runtime._claim_terms(book, claim_id, prefix, strength, priority, ttl, tiers, policy)
+        """The protocol's claim terms (`kvclaims.model.checks.claim_terms`, against this engine's
+        book: token ids are any int >= 0, taken modulo the vocabulary), then vLLM's own limits."""
+        tiers, policy = claim_terms(self.sched.book.claims, self.U, self.B, None, claim_id, prefix,
+                                    strength, priority, ttl, tiers, policy)
         if tiers != ("device",):
             raise InvalidInput(f"claim {claim_id!r}: vLLM here has no host tier (tiers {tiers})")
         op = parse(to_xargs(claim_id, strength=strength, priority=priority, ttl=ttl, policy=policy)).claim
         return self.sched.submit_claim(op, self._ids(prefix))
 
     def release_claim(self, claim_id: str) -> None:
-        _check_id(claim_id, "claim")
+        check_id(claim_id, "claim")
         self.sched.release_claim(claim_id)
 
     def claim_state(self, claim_id: str) -> str:
-        _check_id(claim_id, "claim")
+        check_id(claim_id, "claim")
         return self.sched.book.get(claim_id).state
 
     # --- requests -----------------------------------------------------------------------
     def submit_request(self, request_id: str, tokens: Sequence[int]) -> Decision:
         """Queue the prompt and run one engine step for it alone: admitted (its prefill
         ran), waiting, or refused by the integration."""
-        _check_id(request_id, "request")
+        check_id(request_id, "request")
         if request_id in self.engine.internal:
             raise DuplicateId(f"request {request_id!r} already exists")
-        _check_tokens(tokens, f"request {request_id!r}", "tokens", None)
+        check_tokens(tokens, f"request {request_id!r}", "tokens", None)
         try:
             self.engine.submit_request(request_id, self._ids(tokens), max_tokens=2, ignore_eos=True)
         except ValueError as exc:       # vLLM's own input checks (prompt past the model length)
@@ -140,7 +139,7 @@ class VllmAdapter:
             self.sched.only = None
 
     def request_status(self, request_id: str) -> str:
-        _check_id(request_id, "request")
+        check_id(request_id, "request")
         if request_id not in self.engine.internal:
             raise UnknownId(f"no request {request_id!r}")
         live = self.sched.requests.get(request_id)
@@ -181,7 +180,7 @@ class VllmAdapter:
             raise InvalidInput(f"request {request_id!r} is {status}")
 
     def step(self, ticks: int = 1) -> None:
-        _check_int("step", "ticks", ticks, 1, MAX_TICKS)
+        check_int("step", "ticks", ticks, 1, MAX_TICKS)
         for _ in range(ticks):
             self.sched.tick()
             for request in list(self.sched.waiting):
@@ -193,9 +192,9 @@ class VllmAdapter:
 
     def evict_blocks(self, hashes: Sequence[str]) -> None:
         """A connector reports the blocks with these hashes invalid: each must be resident."""
-        _check_list("evict_blocks", "hashes", hashes)
+        check_list("evict_blocks", "hashes", hashes)
         for i, h in enumerate(hashes):
-            _check_hash("evict_blocks", f"hashes[{i}]", h)
+            check_hash("evict_blocks", f"hashes[{i}]", h)
         resident = self.resident()
         gone = [h for h in dict.fromkeys(hashes) if h not in resident]
         if not hashes or gone:

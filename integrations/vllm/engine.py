@@ -140,7 +140,7 @@ class VllmEngine:
 
     def submit_claim(self, claim_id: str, tokens: Sequence[int], *, tenant: str = ANONYMOUS,
                      **terms: Any) -> str:
-        """Claim the full blocks of `tokens` for `tenant` directly; `terms` as ClaimOp
+        """Claim `tokens`, a whole-block prefix, for `tenant` directly; `terms` as ClaimOp
         (strength, ttl, ...)."""
         return self._claims().submit_claim(ClaimOp(claim_id, **terms), list(tokens), tenant)
 

@@ -314,13 +314,13 @@ class ClaimsScheduler(Scheduler):
 
     # ------------------------------------------------------------------ claims, in process
     def submit_claim(self, op: ClaimOp, tokens: list[int], tenant: str = ANONYMOUS) -> str:
-        """Claim the full blocks of `tokens` directly (no request); returns the claim's state."""
+        """Claim `tokens`, a whole-block prefix, directly (no request); returns the claim's state."""
         bad = [i for i, t in enumerate(tokens) if type(t) is not int or not 0 <= t < self.vocab]
         if bad:
             raise BadArgument("tokens", f"tokens[{bad[0]}] is {tokens[bad[0]]!r}; expected a token id "
                               f"in [0, {self.vocab})")
         chain = self.pool.chain(tokens)
-        self.book.check_new(op, len(chain))
+        self.book.check_new(op, len(chain), prefix=len(tokens))
         return self.book.submit(op, chain, time=self.trace.time, tenant=tenant)
 
     def release_claim(self, claim_id: str, tenant: str = ANONYMOUS) -> None:
