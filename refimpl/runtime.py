@@ -494,10 +494,13 @@ class Runtime:
             if c.policy == "offload" and c.host_allowed and self.host.room(c.chain):
                 try:
                     self._offload(c, reason=reason)
-                    continue
                 except NoRoom:   # the host copy failed: demote instead, as with no room
-                    reason = "offload_error"
-            self._demote(c, reason=reason)
+                    self._demote(c, reason="offload_error")
+            else:
+                self._demote(c, reason=reason)
+            # Paired with the pick: a claim that yielded has left the protected state, so
+            # the loop progresses (a runtime whose yield keeps the claim would spin forever).
+            assert c.state not in self.spec.lifecycle.protected, f"claim {c.id} yielded but is still {c.state}"
         return [p.take_free() for _ in range(n)]
 
     def _next_yielding(self) -> Claim | None:
