@@ -324,6 +324,22 @@ def _reset(t: Run, rt) -> None:
     t.check("verify_request", "live request's KV intact", lambda: rt.verify_request("live"))
 
 
+@scenario("stale_kv_after_reset", ('RKC-INV-6',), "a request decoding across a cache reset indexes nothing it computes after it; a later prompt reuses only blocks computed after the reset",
+          U=6, needs=("reset_cache", "decode"))
+def _stale(t: Run, rt) -> None:
+    P, tail = t.tokens(1, 1), t.tokens(1, 2)
+    rt.submit_request("live", P + tail[:1])
+    rt.reset_prefix_cache()
+    rt.decode("live", tail[1:])            # fills its second block over pre-reset KV
+    rt.finish("live")
+    t.expect(not rt.resident(), "nothing the live request computed after the reset is indexed")
+    _warm(rt, "fresh", P + tail + t.tokens(1, 3)[:1])
+    rt.submit_request("again", P + tail + t.tokens(1, 4)[:1])
+    t.expect(rt.hit_blocks("again") == 2, "again reuses the two blocks fresh computed")
+    t.check("verify_request", "again's KV is its tokens' under the new weights",
+            lambda: rt.verify_request("again"))
+
+
 @scenario("shared_prefix_claims", ('RKC-INV-4', 'RKC-FEAS-6'), "two hard claims share a prefix: reserved once, attribution is the claim whose release frees blocks, releasing one keeps the other", U=12)
 def _shared(t: Run, rt) -> None:
     P, Q = t.tokens(4, 1), t.tokens(2, 2)

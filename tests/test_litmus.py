@@ -112,7 +112,7 @@ def test_external_runtime_with_fewer_capabilities(monkeypatch, capsys):
     caps = load_adapter("fixture_runtime:ExternalRuntime", U=8, B=4, R=0, host_blocks=0).capabilities
     gated = {n for n, s in SCENARIOS.items() if not s.needs <= caps}
     assert gated == {"materialization_failure", "trace_outcome_reconstruction", "offload_restore",
-                     "prefix_cache_reset_with_claims", "device_fault_fail_closed"}
+                     "prefix_cache_reset_with_claims", "device_fault_fail_closed", "stale_kv_after_reset"}
     for name, s in out.items():
         if name in gated:
             missing = sorted(SCENARIOS[name].needs - caps)
@@ -137,9 +137,7 @@ def test_seeded_mutants_against_the_litmus_suite():
     """Secondary to the stateful suite (the primary mutant catcher): which seeded mutants fail
     at least one litmus scenario. Observed: all but event_after_terminal, whose extra `hit`
     for an ended claim needs a request that reuses an ended claim's whole prefix, which no
-    scenario makes, and stale_store, which needs a decode across a reset (the stateful
-    suite and tests/test_stale_kv.py catch it). The assertion is the observed set, so a
-    change either way shows up."""
+    scenario makes. The assertion is the observed set, so a change either way shows up."""
     caught = {name for name, cls in MUTANTS.items()
               if any(r.status == "failed" for r in run_all(cls))}
-    assert caught == set(MUTANTS) - {"event_after_terminal", "stale_store"}
+    assert caught == set(MUTANTS) - {"event_after_terminal"}
