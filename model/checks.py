@@ -9,7 +9,7 @@ string is not a list, and a dict is not a sequence.
 from __future__ import annotations
 
 import reprlib
-from typing import Collection, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from kvclaims.errors import DuplicateId, InvalidField
 from kvclaims.model.terms import PRIORITIES, POLICIES, STRENGTHS, TIERS
@@ -55,6 +55,28 @@ def claim_terms(existing: Collection[str], U: int, B: int, vocab: int | None, cl
         raise InvalidField(where, "prefix", f"has {len(prefix) // B} blocks, more than the "
                                             f"pool's {U}: it could never be resident")
     return tuple(tiers), policy
+
+
+
+CLAIM_TERMS = {"strength": "hard", "priority": 0, "ttl": None, "tiers": ("device",), "policy": None}
+
+
+def request_claim(existing: Collection[str], U: int, B: int, vocab: int | None, request_id: str,
+                  tokens: Sequence[int], claim) -> tuple[str, dict[str, Any]]:
+    """Validate the claim a request carries (`{"id": ..., **claim terms}`), on the prompt's
+    full blocks, as `claim_terms` would; returns (claim id, its terms with defaults filled,
+    tiers and policy normalized). RKC-RT-8: it applies at admission, so this is the check
+    made at submission."""
+    where = f"request {request_id!r}"
+    if not isinstance(claim, Mapping) or "id" not in claim:
+        raise InvalidField(where, "claim", f"must be a mapping with an 'id', {got(claim)}")
+    terms = {**CLAIM_TERMS, **{k: v for k, v in claim.items() if k != "id"}}
+    unknown = sorted(set(terms) - set(CLAIM_TERMS))
+    if unknown:
+        raise InvalidField(where, f"claim.{unknown[0]}", "is not a claim term")
+    prefix = list(tokens)[:len(tokens) - len(tokens) % B]
+    terms["tiers"], terms["policy"] = claim_terms(existing, U, B, vocab, claim["id"], prefix, **terms)
+    return claim["id"], terms
 
 
 def got(value) -> str:

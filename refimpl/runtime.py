@@ -14,7 +14,7 @@ from typing import IO, Any, Mapping, Sequence
 from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, InvalidField,
                              InvalidInput, NoRoom, UnknownId)
 from kvclaims.model.checks import (MAX_TICKS, check_hash, check_id, check_int, check_list,
-                                   check_tokens, claim_terms, got)
+                                   check_tokens, claim_terms, got, request_claim)
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide, outcome
 from kvclaims.model.lifecycle import Lifecycle
 from kvclaims.model.terms import ReserveLedger
@@ -333,24 +333,11 @@ class Runtime:
             raise DuplicateId(f"request {request_id!r} already exists")
         check_tokens(tokens, f"request {request_id!r}", "tokens", self.vocab)
         if claim is not None:
-            self._request_claim(request_id, tokens, claim)
+            request_claim(self.claims, self.U, self.B, self.vocab, request_id, tokens, claim)
         r = Request(request_id, list(tokens), chain_hashes(list(tokens), self.B), claim=claim)
         self.requests[request_id] = r
         self.trace.emit("request_submit", request=request_id, tokens=len(r.tokens), blocks=r.hashes)
         return self._try_admit(r)
-
-    def _request_claim(self, request_id: str, tokens: Sequence[int], claim) -> None:
-        """Validate a request's claim as `submit_claim` would, on the prompt's full blocks."""
-        where = f"request {request_id!r}"
-        if not isinstance(claim, Mapping) or "id" not in claim:
-            raise InvalidField(where, "claim", f"must be a mapping with an 'id', {got(claim)}")
-        terms = {k: v for k, v in claim.items() if k != "id"}
-        unknown = sorted(set(terms) - {"strength", "priority", "ttl", "tiers", "policy"})
-        if unknown:
-            raise InvalidField(where, f"claim.{unknown[0]}", "is not a claim term")
-        self._claim_terms(claim["id"], list(tokens)[:len(tokens) - len(tokens) % self.B], **{
-            "strength": "hard", "priority": 0, "ttl": None, "tiers": ("device",), "policy": None,
-            **terms})
 
     def claim_outcome(self, request_id: str) -> str | None:
         """What became of the request's claim: None (it carried none), "pending" (not yet

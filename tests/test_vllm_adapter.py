@@ -178,3 +178,31 @@ def test_regression_silent_reuse_of_a_duplicated_original():
         state.submit_request(shape=(0, 0, 3, False))
         state.contract_holds()
     _replay(program)
+
+
+def test_carried_claims_apply_at_admission_or_never():
+    """RKC-RT-8 through the protocol on vLLM, as on the refimpl (tests/test_request_claims.py):
+    a refused request's claim never exists; an admitted one's materializes; an aborted
+    waiting one's never applies."""
+    from kvclaims.errors import UnknownId
+
+    rt = VllmAdapter(U=8)
+    B = rt.B
+    resident, big = list(range(1, 1 + 6 * B)), list(range(100, 100 + 4 * B))
+    rt.submit_request("warm", resident)
+    rt.finish("warm")
+    rt.submit_claim("resident", resident)
+    assert rt.submit_request("big", big, claim={"id": "mine"}).outcome == "refuse_blocked"
+    assert rt.claim_outcome("big") == "not_applied"
+    with pytest.raises(UnknownId):
+        rt.claim_state("mine")
+    rt.release_claim("resident")
+    rt.submit_request("owner", big, claim={"id": "mine2", "strength": "soft"})
+    assert rt.claim_outcome("owner") == "applied" and rt.claim_state("mine2") == "materialized"
+    rt.finish("owner")
+    rt.submit_request("hog", list(range(200, 200 + 6 * B)))
+    assert rt.submit_request("queued", big[:3 * B], claim={"id": "mine3"}).outcome == "wait"
+    rt.abort("queued")
+    assert rt.claim_outcome("queued") == "not_applied"
+    with pytest.raises(UnknownId):
+        rt.claim_state("mine3")

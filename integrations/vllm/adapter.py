@@ -19,14 +19,15 @@ What vLLM fixes, the adapter reports rather than hides:
   engine step that does not tick. A running request has run its prefill and is
   then kept out of the schedule (see `harness`), so it holds exactly its prompt's
   blocks until it is finished.
-- **Capabilities.** `evict_blocks` and `reset_cache`. The reset is the contract's:
+- **Capabilities.** `evict_blocks`, `reset_cache` and `request_claims` (a claim carried
+  as the request's `kvclaims_*` arguments, applied at admission). The reset is the contract's:
   claims holding blocks are harmed, then every indexed block leaves vLLM's prefix
   cache through its `BlockPool.evict_blocks` (the invalid-KV path), and running
   requests keep their blocks unindexed; vLLM's own `reset_prefix_cache` refuses
   while requests hold blocks (withheld blocks count) or preempts them. Not
   applicable: the CPU backend has no host tier, KV content cannot be compared with
   tokens, and vLLM has no owner-side demote or offload.
-- **Bad input.** Every call is checked by the reference runtime's own rules before
+- **Bad input.** Every call is checked by the same rules as the reference runtime's before
   anything reaches the engine (`kvclaims.rejections`: the same typed error for the same
   bad call, nothing changed, nothing traced); then what only vLLM refuses (a host tier,
   a prompt past the model length).
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from vllm.v1.request import RequestStatus
 
@@ -47,7 +48,7 @@ from kvclaims.model.feasibility import Decision, PoolCounts
 # The protocol's input rules are the reference runtime's: one rule set, so a bad call
 # gets the same typed error here as there (RKC-RT-4).
 from kvclaims.model.checks import (MAX_TICKS, check_hash, check_id, check_int, check_list,
-                                   check_tokens, claim_terms)
+                                   check_tokens, claim_terms, request_claim)
 from kvclaims.vllm.engine import VllmEngine
 from kvclaims.vllm.model_dir import VOCAB
 from kvclaims.vllm.pool import hexid
@@ -70,7 +71,7 @@ def shared_engine() -> VllmEngine:
 
 
 class VllmAdapter:
-    capabilities = frozenset({"evict_blocks", "reset_cache"})
+    capabilities = frozenset({"evict_blocks", "reset_cache", "request_claims"})
     recomputes_last_block = True  # vLLM computes at least one token of every prompt
     enforce = True
 
@@ -82,6 +83,7 @@ class VllmAdapter:
         self.U, self.B, self.R = self.sched.pool.U, self.sched.block_size, R
         self.host_blocks = 0              # no host tier: scenarios that need one are not applicable
         self.ended: dict[str, str] = {}   # finished or aborted through the protocol
+        self.outcomes: dict[str, str] = {}  # request -> what became of the claim it carries
 
     # --- tokens and hashes --------------------------------------------------------------
     @staticmethod
@@ -113,17 +115,22 @@ class VllmAdapter:
         return self.sched.book.get(claim_id).state
 
     # --- requests -----------------------------------------------------------------------
-    def submit_request(self, request_id: str, tokens: Sequence[int]) -> Decision:
+    def submit_request(self, request_id: str, tokens: Sequence[int], *,
+                       claim: Mapping[str, Any] | None = None) -> Decision:
         """Queue the prompt and run one engine step for it alone: admitted (its prefill
-        ran), waiting, or refused by the integration."""
+        ran), waiting, or refused by the integration. `claim` travels as the request's
+        `kvclaims_*` arguments, exactly as a client sends it (RKC-RT-8)."""
         check_id(request_id, "request")
         if request_id in self.engine.internal:
             raise DuplicateId(f"request {request_id!r} already exists")
         check_tokens(tokens, f"request {request_id!r}", "tokens", None)
+        ops = {} if claim is None else self._carried(request_id, tokens, claim)
         try:
-            self.engine.submit_request(request_id, self._ids(tokens), max_tokens=2, ignore_eos=True)
+            self.engine.submit_request(request_id, self._ids(tokens), max_tokens=2, ignore_eos=True, **ops)
         except ValueError as exc:       # vLLM's own input checks (prompt past the model length)
             raise InvalidInput(f"request {request_id!r}: {exc}") from None
+        if claim is not None:
+            self.outcomes[request_id] = "pending"
         self._step_for(request_id)
         status = self.request_status(request_id)
         if status == "refused":
@@ -131,12 +138,37 @@ class VllmAdapter:
             return Decision(note["refused"], tuple(note["blocking_claims"]))
         return Decision({"running": "admit", "waiting": "wait"}[status])
 
+    def _carried(self, request_id: str, tokens: Sequence[int], claim) -> dict[str, Any]:
+        """The protocol's checks of a carried claim, then vLLM's own limit (no host tier);
+        its `to_xargs` keywords."""
+        cid, terms = request_claim(self.sched.book.claims, self.U, self.B, None, request_id, tokens, claim)
+        if terms.pop("tiers") != ("device",):
+            raise InvalidInput(f"claim {cid!r}: vLLM here has no host tier")
+        return {"claim": cid, **terms}
+
+    def claim_outcome(self, request_id: str) -> str | None:
+        """What became of the request's claim (see the refimpl's `claim_outcome`), read off
+        what the integration reports to the client."""
+        self.request_status(request_id)   # a known request
+        return self.outcomes.get(request_id)
+
+    def _note_outcomes(self) -> None:
+        """Settle pending carried claims from the notes the integration writes for clients."""
+        for rid in [r for r, o in self.outcomes.items() if o == "pending"]:
+            result = self.engine.results.get(rid)
+            note = self.sched.notes.get(rid) or (result.kvclaims if result else {})
+            if "claims" in note:
+                self.outcomes[rid] = "applied"
+            elif "claims_not_applied" in note:
+                self.outcomes[rid] = "not_applied"
+
     def _step_for(self, request_id: str) -> None:
         self.sched.only = request_id
         try:
             self.engine.step()
         finally:
             self.sched.only = None
+            self._note_outcomes()
 
     def request_status(self, request_id: str) -> str:
         check_id(request_id, "request")
@@ -165,13 +197,16 @@ class VllmAdapter:
         if not admit:
             self.sched.ops[request_id] = replace(self.sched.ops.get(request_id, RequestOps()),
                                                  no_admit=True)
+        self._note_outcomes()
         self.sched.finish_requests(request_id, RequestStatus.FINISHED_STOPPED)
         self.engine.abort(request_id)   # the engine's own record of it; the scheduler's is gone
         self.ended[request_id] = "finished"
 
     def abort(self, request_id: str) -> None:
         self._require(request_id, "waiting", "running")
-        self.engine.abort(request_id)
+        self._note_outcomes()
+        self.engine.abort(request_id)   # the scheduler frees it now, saying what did not apply
+        self._note_outcomes()
         self.ended[request_id] = "aborted"
 
     def _require(self, request_id: str, *statuses: str) -> None:
