@@ -23,6 +23,11 @@ from kvclaims.vllm.xargs import ANONYMOUS, ClaimOp, to_xargs
 ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
        "VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_DISABLE_REQUEST_ID_RANDOMIZATION": "1"}
 SCHEDULER = "kvclaims.vllm.scheduler.ClaimsScheduler"
+# Every in-process engine, kept until the process exits. vLLM's in-process engines share
+# process-wide parallel state, and an engine's teardown (when it is garbage collected)
+# destroys it under the others ("pipeline model parallel group is not initialized").
+# An engine here is a small tiny-model pool, so keeping it costs little.
+_ENGINES: list = []
 
 
 @dataclass
@@ -72,6 +77,7 @@ class VllmEngine:
             from kvclaims.vllm.scheduler import settings as checked
             checked(config)
         self.engine = LLMEngine.from_vllm_config(config, disable_log_stats=args.disable_log_stats)
+        _ENGINES.append(self.engine)
         self.scheduler = self.engine.engine_core.engine_core.scheduler
         self.B = self.engine.vllm_config.cache_config.block_size
         self.internal: dict[str, str] = {}     # our request id -> vLLM's internal one
