@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import IO, Callable
 
 from kvclaims.bench.ratio import Ratio, interleaved
-from kvclaims.refimpl.checker import Checker, check_file, needed_tiers
-from kvclaims.refimpl.trace import loads
+from kvclaims.conformance.checker import Checker, check_file, needed_tiers
+from kvclaims.trace import loads
 from kvclaims.spec import Spec, load
 
 TARGET = 1_000_000  # events/s

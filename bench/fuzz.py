@@ -15,7 +15,7 @@ from typing import Any
 
 from kvclaims.bench.ratio import Ratio
 from kvclaims.errors import KVClaimsError
-from kvclaims.fuzz import fuzz
+from kvclaims.conformance.fuzz import fuzz
 from kvclaims.refimpl.adapter import RefimplAdapter
 
 Call = tuple[str, tuple, dict]

@@ -16,12 +16,12 @@ from kvclaims.errors import KVClaimsError
 COMMANDS = {
     "prove": ("kvclaims.proofs.cli", "prove every obligation of the spec with Z3"),
     "diagram": ("kvclaims.model.diagram_cli", "print the lifecycle as a mermaid state diagram"),
-    "check": ("kvclaims.refimpl.cli_check", "check a JSONL event trace against the contract"),
-    "litmus": ("kvclaims.refimpl.cli_litmus", "run the litmus suite against a runtime"),
-    "rejections": ("kvclaims.cli_rejections", "run the bad-input scenarios: the same typed error, nothing changed"),
+    "check": ("kvclaims.conformance.cli_check", "check a JSONL event trace against the contract"),
+    "litmus": ("kvclaims.conformance.cli_litmus", "run the litmus suite against a runtime"),
+    "rejections": ("kvclaims.conformance.cli_rejections", "run the bad-input scenarios: the same typed error, nothing changed"),
     "probe": ("kvclaims.vllm.cli_probe", "run the paper's probe on a real vLLM engine, three ways"),
-    "fuzz": ("kvclaims.fuzz", "run the stateful contract test against a runtime for N steps"),
-    "conform": ("kvclaims.conform", "run proofs, litmus and the stateful suite; a verdict per obligation"),
+    "fuzz": ("kvclaims.conformance.fuzz", "run the stateful contract test against a runtime for N steps"),
+    "conform": ("kvclaims.conformance.conform", "run proofs, litmus and the stateful suite; a verdict per obligation"),
     "docs": ("kvclaims.docs", "check or refresh the generated sections of README.md and CONTRACT.md"),
     "bench": ("kvclaims.bench.suite", "measure what the contract costs: ratios against baselines, side by side"),
 }

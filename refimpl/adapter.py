@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from kvclaims.adapter import CAPABILITIES
+from kvclaims.conformance.adapter import CAPABILITIES
 from kvclaims.refimpl.kv import chain_hashes
 from kvclaims.refimpl.runtime import Runtime
 

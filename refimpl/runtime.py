@@ -22,7 +22,7 @@ from kvclaims.refimpl.claims import Claim, Request
 from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
 from kvclaims.refimpl.pool import DevicePool
-from kvclaims.refimpl.trace import TraceWriter
+from kvclaims.trace import TraceWriter
 from kvclaims.spec import Spec, load
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from kvclaims.refimpl.adapter import RefimplAdapter
-from kvclaims.refimpl.checker import check_lines
-from kvclaims.refimpl.litmus import run_all, tokens
+from kvclaims.conformance.checker import check_lines
+from kvclaims.conformance.litmus import run_all, tokens
 from kvclaims.refimpl.runtime import Runtime
 
 

@@ -67,7 +67,7 @@ def sliding_runs_without_the_integration(tmp: Path) -> None:
 def second_engine_refuses_a_trace_file(tmp: Path) -> None:
     """A second engine on a trace file the first writes is refused; the first's trace is
     untouched and checks clean."""
-    from kvclaims.refimpl.checker import check_file
+    from kvclaims.conformance.checker import check_file
     from kvclaims.vllm.engine import VllmEngine
 
     first = VllmEngine(trace=str(tmp / "claims-{dp_rank}.jsonl"))

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
 from kvclaims.errors import KVClaimsError
-from kvclaims.refimpl.checker import check_lines
+from kvclaims.conformance.checker import check_lines
 from kvclaims.refimpl.runtime import Runtime
-from kvclaims.strategies import claim_kwargs
+from kvclaims.conformance.strategies import claim_kwargs
 
 VOCAB = 50
 JUNK = [None, "", 3, 1.5, True, [], [["x"]], {"a": 1}]   # wrong types, as JSON would bring them

@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 from kvclaims.cli import main
 from kvclaims.errors import IllegalTransition
 from kvclaims.model.lifecycle import Lifecycle
-from kvclaims.refimpl.checker import Checker, check_lines
+from kvclaims.conformance.checker import Checker, check_lines
 
 H1, H2 = "a" * 32, "b" * 32
 

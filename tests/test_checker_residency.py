@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from kvclaims.refimpl.checker import FIELDS, OPTIONAL, RECENT_EVICTIONS, Checker, check_lines
+from kvclaims.conformance.checker import FIELDS, OPTIONAL, RECENT_EVICTIONS, Checker, check_lines
 from kvclaims.refimpl.runtime import Runtime
-from kvclaims.refimpl.trace import TraceWriter
+from kvclaims.trace import TraceWriter
 from kvclaims.spec import load
 
 H1, H2, H3 = "a" * 32, "b" * 32, "c" * 32

@@ -13,9 +13,9 @@ evicted (test_refimpl_runtime.py::test_operator_actions_emit_loss_events_first; 
 import pytest
 
 from kvclaims.errors import NoRoom
-from kvclaims.refimpl.checker import check_lines
+from kvclaims.conformance.checker import check_lines
 from kvclaims.refimpl.host import HostTier
-from kvclaims.refimpl.litmus import tokens
+from kvclaims.conformance.litmus import tokens
 from kvclaims.refimpl.runtime import Runtime
 from test_atomic import state
 

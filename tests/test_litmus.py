@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kvclaims.adapter import load_adapter
+from kvclaims.conformance.adapter import load_adapter
 from kvclaims.cli import main
 from kvclaims.refimpl.adapter import RefimplAdapter
-from kvclaims.refimpl.checker import check_file, check_lines
-from kvclaims.refimpl.litmus import SCENARIOS, run_all, run_scenario
+from kvclaims.conformance.checker import check_file, check_lines
+from kvclaims.conformance.litmus import SCENARIOS, run_all, run_scenario
 from kvclaims.refimpl.mutants import MUTANTS
 
 PAPER = ["ordinary_eviction", "soft_priority", "write_no_admit", "accepted_hard_claim",

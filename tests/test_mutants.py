@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from kvclaims.refimpl.mutants import MUTANTS
-from kvclaims.stateful import machine_for
+from kvclaims.conformance.stateful import machine_for
 
 HUNT = settings(max_examples=500, stateful_step_count=50, deadline=None, database=None,
                 derandomize=False, report_multiple_bugs=False, print_blob=False,

@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 
 from kvclaims.errors import KVClaimsError
 from kvclaims.model.terms import reserve_context
-from kvclaims.refimpl.checker import check_lines
+from kvclaims.conformance.checker import check_lines
 from kvclaims.refimpl.runtime import Runtime
 
 PREFIXES = [[s * 1000 + i for i in range(n * 2)] for s, n in ((1, 2), (2, 3), (3, 1))]

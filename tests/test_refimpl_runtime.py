@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidInput, UnknownId
-from kvclaims.refimpl.checker import check_lines
-from kvclaims.refimpl.litmus import tokens
+from kvclaims.conformance.checker import check_lines
+from kvclaims.conformance.litmus import tokens
 from kvclaims.refimpl.runtime import Runtime
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

@@ -1,4 +1,4 @@
-"""The rejection scenarios (kvclaims.rejections, RKC-RT-4 through the adapter protocol): all
+"""The rejection scenarios (kvclaims.conformance.rejections, RKC-RT-4 through the adapter protocol): all
 pass on the reference runtime, are not applicable without their capability, and can fail:
 a runtime that accepts a half-block claim, answers with another error type, or traces
 before it rejects is caught, by the suite, by `kvclaims rejections`, by `conform` and by
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from kvclaims import conform
+from kvclaims.conformance import conform
 from kvclaims.cli import main
 from kvclaims.errors import InvalidInput
 from kvclaims.refimpl.adapter import RefimplAdapter
-from kvclaims.rejections import OBLIGATION, REJECTIONS, run_all, run_rejection
+from kvclaims.conformance.rejections import OBLIGATION, REJECTIONS, run_all, run_rejection
 from fixture_runtime import ExternalRuntime
 
 HERE = Path(__file__).parent

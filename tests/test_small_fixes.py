@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kvclaims.adapter import load_adapter
+from kvclaims.conformance.adapter import load_adapter
 from kvclaims.errors import BadArgument
 
 ROOT = Path(__file__).resolve().parent.parent

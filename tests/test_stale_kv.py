@@ -9,7 +9,7 @@ import pytest
 
 from kvclaims.model.pool import PoolModel
 from kvclaims.refimpl.adapter import RefimplAdapter
-from kvclaims.refimpl.checker import check_lines
+from kvclaims.conformance.checker import check_lines
 from kvclaims.refimpl.mutants import StaleStore
 
 LIVE, FRESH, AGAIN = list(range(1, 7)), list(range(1, 9)) + [9], list(range(1, 9)) + [10]

@@ -5,9 +5,9 @@ up to 50 steps. Longer searches: `kvclaims fuzz --steps N` or HYPOTHESIS_PROFILE
 """
 from hypothesis import HealthCheck, settings
 
-from kvclaims.adapter import load_adapter
+from kvclaims.conformance.adapter import load_adapter
 from kvclaims.refimpl.adapter import RefimplAdapter
-from kvclaims.stateful import machine_for
+from kvclaims.conformance.stateful import machine_for
 
 RefimplMachine = machine_for(RefimplAdapter)
 

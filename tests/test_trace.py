@@ -3,9 +3,9 @@ import io
 import json
 from pathlib import Path
 
-from kvclaims.refimpl.checker import FIELDS
-from kvclaims.refimpl.litmus import SCENARIOS, run_scenario
-from kvclaims.refimpl.trace import SCHEMA_VERSION, TraceWriter, read_lines
+from kvclaims.conformance.checker import FIELDS
+from kvclaims.conformance.litmus import SCENARIOS, run_scenario
+from kvclaims.trace import SCHEMA_VERSION, TraceWriter, read_lines
 
 TRACE_MD = Path(__file__).resolve().parents[1] / "spec" / "TRACE.md"
 

@@ -14,9 +14,9 @@ import tracemalloc
 from hypothesis import given, strategies as st
 
 from kvclaims.cli import main
-from kvclaims.refimpl.checker import check_file, check_lines
-from kvclaims.refimpl.litmus import run_scenario
-from kvclaims.refimpl.trace import MAX_LINE, file_lines
+from kvclaims.conformance.checker import check_file, check_lines
+from kvclaims.conformance.litmus import run_scenario
+from kvclaims.trace import MAX_LINE, file_lines
 
 
 def rec(seq, kind="runtime", **fields):

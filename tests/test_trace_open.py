@@ -12,7 +12,7 @@ import pytest
 import engine_isolated
 
 from kvclaims.errors import BadArgument
-from kvclaims.refimpl.trace import TraceWriter, open_trace_file
+from kvclaims.trace import TraceWriter, open_trace_file
 
 
 def test_a_new_file_is_created_and_written_line_by_line(tmp_path):

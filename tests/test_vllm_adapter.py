@@ -13,8 +13,8 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-c
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 from hypothesis.stateful import run_state_machine_as_test  # noqa: E402
 
-from kvclaims.refimpl.litmus import SCENARIOS, run_scenario  # noqa: E402
-from kvclaims.stateful import machine_for  # noqa: E402
+from kvclaims.conformance.litmus import SCENARIOS, run_scenario  # noqa: E402
+from kvclaims.conformance.stateful import machine_for  # noqa: E402
 from kvclaims.vllm.adapter import StockVllmAdapter, VllmAdapter  # noqa: E402
 
 
@@ -144,7 +144,7 @@ def test_engine_abort_mid_request_keeps_the_claimed_blocks():
     """Injected fault: vLLM aborts a running request that holds claimed blocks. The claim
     keeps them (no loss event is due, none is emitted), they stay resident, and the trace
     checks clean."""
-    from kvclaims.refimpl.checker import check_lines
+    from kvclaims.conformance.checker import check_lines
 
     rt = VllmAdapter(U=16)
     prefix = list(range(1, 2 * rt.B + 1))

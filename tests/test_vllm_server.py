@@ -46,7 +46,7 @@ def test_hard_claim_refuses_and_names_the_claim_over_http(server):
     assert server.metrics("kvclaims_request_refusals_total") == {"refuse_blocked": 1}
     assert server.metrics("kvclaims_claim_events_total")["hit"] == 1
 
-    from kvclaims.refimpl.checker import check_file
+    from kvclaims.conformance.checker import check_file
     report = check_file(server.trace)
     assert report.ok, report.violations
     assert report.claims == {"resident": "materialized"}

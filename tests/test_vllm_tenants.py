@@ -11,7 +11,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-c
 from starlette.datastructures import Headers  # noqa: E402
 
 from kvclaims.errors import BadArgument  # noqa: E402
-from kvclaims.refimpl.checker import check_file  # noqa: E402
+from kvclaims.conformance.checker import check_file  # noqa: E402
 from kvclaims.vllm.claims import Quota  # noqa: E402
 from kvclaims.vllm.frontend import key_tenant, tenant_of  # noqa: E402
 from kvclaims.vllm.xargs import ANONYMOUS, KEY_ENV, server_key  # noqa: E402

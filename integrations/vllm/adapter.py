@@ -1,4 +1,4 @@
-"""vLLM as a runtime under test: the adapter protocol (`kvclaims.adapter`) over a real
+"""vLLM as a runtime under test: the adapter protocol (`kvclaims.conformance.adapter`) over a real
 in-process engine with the claims integration switched on.
 
     kvclaims litmus --runtime vllm
@@ -28,7 +28,7 @@ What vLLM fixes, the adapter reports rather than hides:
   applicable: the CPU backend has no host tier, KV content cannot be compared with
   tokens, and vLLM has no owner-side demote or offload.
 - **Bad input.** Every call is checked by the same rules as the reference runtime's before
-  anything reaches the engine (`kvclaims.rejections`: the same typed error for the same
+  anything reaches the engine (`kvclaims.conformance.rejections`: the same typed error for the same
   bad call, nothing changed, nothing traced); then what only vLLM refuses (a host tier,
   a prompt past the model length).
 

@@ -20,7 +20,7 @@ from kvclaims.model.feasibility import accepts
 from kvclaims.model.lifecycle import Lifecycle
 from kvclaims.model.terms import RESERVING, reserve_context
 from kvclaims.refimpl.claims import Claim
-from kvclaims.refimpl.trace import TraceWriter
+from kvclaims.trace import TraceWriter
 from kvclaims.spec import load
 from kvclaims.vllm.metrics import ClaimMetrics
 from kvclaims.vllm.pool import PoolView, hexid

@@ -1,6 +1,6 @@
 """The claims scheduler driven one operation at a time, for the runtime adapter.
 
-The adapter protocol (`kvclaims.adapter`) is operation by operation: a request
+The adapter protocol (`kvclaims.conformance.adapter`) is operation by operation: a request
 is decided when it is submitted, holds its prompt's blocks until the test
 finishes it, and waiting requests are retried, in order, each on the pool as
 the previous one left it, when the logical clock ticks. vLLM's scheduler
@@ -12,7 +12,7 @@ arbitration, holds and the trace are the integration's own, unchanged.
 from __future__ import annotations
 
 from kvclaims.errors import InvalidInput
-from kvclaims.refimpl.trace import TraceWriter
+from kvclaims.trace import TraceWriter
 from kvclaims.vllm.scheduler import ClaimsScheduler
 
 

@@ -31,7 +31,7 @@ from vllm.version import __version__ as vllm_version
 
 from kvclaims.errors import BadArgument, InvalidInput, KVClaimsError
 from kvclaims.model.feasibility import Decision, decide
-from kvclaims.refimpl.trace import TraceWriter, open_trace_file
+from kvclaims.trace import TraceWriter, open_trace_file
 from kvclaims.vllm.claims import ClaimBook, Quota
 from kvclaims.vllm.pool import PoolView, hexid
 from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, rejection, server_key

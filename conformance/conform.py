@@ -13,15 +13,15 @@ import argparse
 import json
 import sys
 
-from kvclaims import rejections
-from kvclaims.fuzz import check_steps, fuzz, runtime_factory, violation
+from kvclaims.conformance import rejections
+from kvclaims.conformance.fuzz import check_steps, fuzz, runtime_factory, violation
 from kvclaims.proofs.run import prove_all
-from kvclaims.refimpl.checker import check_lines
-from kvclaims.refimpl.litmus import SCENARIOS, run_all
+from kvclaims.conformance.checker import check_lines
+from kvclaims.conformance.litmus import SCENARIOS, run_all
 from kvclaims.spec import load
-from kvclaims.stateful import CHECKS
+from kvclaims.conformance.stateful import CHECKS
 
-REPORT_SCHEMA = "kvclaims.conform/1"
+REPORT_SCHEMA = "kvclaims.conformance.conform/1"
 # Obligations of a multi-tenant server, not of the runtime behind the adapter protocol.
 SERVER_CHECKED = ("RKC-SEC-1", "RKC-SEC-2")
 

@@ -2,10 +2,10 @@
 
     pytest --kvclaims-runtime=mypkg.adapter:MyRuntime
 
-adds the litmus scenarios and the stateful contract machine (kvclaims.contract_suite)
-and the rejection scenarios (kvclaims.rejections) to the session, driven through
+adds the litmus scenarios and the stateful contract machine (kvclaims.conformance.contract_suite)
+and the rejection scenarios (kvclaims.conformance.rejections) to the session, driven through
 your RuntimeAdapter. Without the option nothing is added. Strategies for your own
-tests: `kvclaims.strategies`.
+tests: `kvclaims.conformance.strategies`.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     """The rejection scenarios are items beside the suite's own tests: one per scenario,
-    built from the registry (kvclaims.rejections is imported only when they run)."""
+    built from the registry (kvclaims.conformance.rejections is imported only when they run)."""
     if file_path == SUITE and parent.config.getoption("kvclaims_runtime"):
         return Rejections.from_parent(parent, path=file_path)
     return None
@@ -50,7 +50,7 @@ def kvclaims_runtime(request: pytest.FixtureRequest) -> str:
 
 class Rejections(pytest.File):
     def collect(self):
-        from kvclaims.rejections import REJECTIONS
+        from kvclaims.conformance.rejections import REJECTIONS
         for name in sorted(REJECTIONS):
             yield Rejection.from_parent(self, name=f"test_rejection[{name}]", scenario=name)
 
@@ -66,8 +66,8 @@ class Rejection(pytest.Item):
     def runtest(self) -> None:
         from functools import partial
 
-        from kvclaims.adapter import load_adapter
-        from kvclaims.rejections import run_rejection
+        from kvclaims.conformance.adapter import load_adapter
+        from kvclaims.conformance.rejections import run_rejection
         result = run_rejection(self.scenario, partial(load_adapter, self.config.getoption("kvclaims_runtime")))
         if result.status == "not_applicable":
             pytest.skip(f"not applicable: {result.reason}")

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable
 
 from kvclaims.errors import IllegalTransition
 from kvclaims.model.terms import TIERS
-from kvclaims.refimpl.trace import MAX_LINE, SCHEMA_VERSION, file_lines, read_lines
+from kvclaims.trace import MAX_LINE, SCHEMA_VERSION, file_lines, read_lines
 from kvclaims.spec import Spec, load
 
 # kind -> required fields and their types (spec/TRACE.md, RKC-TR-3); a required string is non-empty.

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from kvclaims.adapter import load_adapter
-from kvclaims.refimpl.litmus import SCENARIOS, run_scenario
-from kvclaims.stateful import machine_for
+from kvclaims.conformance.adapter import load_adapter
+from kvclaims.conformance.litmus import SCENARIOS, run_scenario
+from kvclaims.conformance.stateful import machine_for
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

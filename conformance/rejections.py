@@ -1,7 +1,7 @@
 """Rejection scenarios: the adapter protocol's bad input, refused the same way by every runtime.
 
 RKC-RT-4 is a property of the protocol, not of one runtime: each scenario builds a
-small state through `kvclaims.adapter.RuntimeAdapter`, makes one bad call, and
+small state through `kvclaims.conformance.adapter.RuntimeAdapter`, makes one bad call, and
 requires (a) exactly the `kvclaims.errors` type the reference runtime raises for it
 (a subclass is not the same answer: a client dispatches on the type) and (b) that
 nothing changed: the trace, the block table, the class counts, every claim state
@@ -19,9 +19,9 @@ from typing import Any, Callable
 from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, InvalidField,
                              InvalidInput, KVClaimsError, UnknownId)
 from kvclaims.model.terms import PRIORITIES
-from kvclaims.refimpl.adapter import RefimplAdapter
-from kvclaims.refimpl.checker import check_lines
-from kvclaims.refimpl.litmus import B, Factory, Result, Run
+from kvclaims.conformance.adapter import reference_runtime
+from kvclaims.conformance.checker import check_lines
+from kvclaims.conformance.litmus import B, Factory, Result, Run
 
 SHAPE = {"U": 8, "R": 0, "host_blocks": 0}
 CLAIMS = ("c", "gone")                     # the setup's claims: materialized, released
@@ -208,7 +208,7 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return out
 
 
-def run_rejection(name: str, factory: Factory = RefimplAdapter) -> Result:
+def run_rejection(name: str, factory: Factory = reference_runtime) -> Result:
     """Run one scenario on a fresh runtime; its trace must also pass the checker."""
     s = REJECTIONS[name]
     t = Run(factory(B=B, **SHAPE))
@@ -241,5 +241,5 @@ def _judge(t: Run, s: Rejection) -> None:
         t.failures.append(f"accepted; expected {want}")
 
 
-def run_all(factory: Factory = RefimplAdapter) -> list[Result]:
+def run_all(factory: Factory = reference_runtime) -> list[Result]:
     return [run_rejection(n, factory) for n in REJECTIONS]

@@ -1,6 +1,6 @@
 """The litmus suite: small named scenarios, each with the outcome the contract requires.
 
-Scenarios drive a runtime only through the adapter protocol (kvclaims.adapter),
+Scenarios drive a runtime only through the adapter protocol (kvclaims.conformance.adapter),
 so any runtime can be checked, not just the reference one. A scenario declares
 the optional capabilities it needs; a runtime without one gets "not applicable"
 with the reason, never a pass. Expectations that only an optional query can
@@ -14,9 +14,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from kvclaims.refimpl.adapter import RefimplAdapter
-from kvclaims.refimpl.checker import Report, check_lines
-from kvclaims.refimpl.trace import read_lines
+from kvclaims.conformance.adapter import reference_runtime
+from kvclaims.conformance.checker import Report, check_lines
+from kvclaims.trace import read_lines
 
 B = 4  # tokens per block asked of every runtime: small, so the 80-block probe stays fast
 
@@ -82,7 +82,7 @@ class Scenario:
     expected: str
     fn: Callable[[Run, Any], None]
     shape: dict[str, int]        # U, R, host_blocks
-    needs: frozenset[str]        # capabilities from kvclaims.adapter.CAPABILITIES
+    needs: frozenset[str]        # capabilities from kvclaims.conformance.adapter.CAPABILITIES
     checks: tuple[str, ...]      # obligation ids it is evidence for
 
 
@@ -104,7 +104,7 @@ def tokens(blocks: int, seed: int, block: int = B) -> list[int]:
     return [seed * 100_000 + i for i in range(blocks * block)]
 
 
-def run_scenario(name: str, factory: Factory = RefimplAdapter) -> Result:
+def run_scenario(name: str, factory: Factory = reference_runtime) -> Result:
     """Run one scenario on a fresh runtime from `factory`; its trace must pass the checker.
 
     A runtime that cannot be built raises (the suite cannot go on); one that
@@ -126,7 +126,7 @@ def run_scenario(name: str, factory: Factory = RefimplAdapter) -> Result:
     return Result(name, s.expected, status, failures, report, lines, reason, t.unchecked)
 
 
-def run_all(factory: Factory = RefimplAdapter) -> list[Result]:
+def run_all(factory: Factory = reference_runtime) -> list[Result]:
     return [run_scenario(n, factory) for n in SCENARIOS]
 
 

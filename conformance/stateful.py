@@ -26,13 +26,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant,
                                  precondition, rule)
 
-from kvclaims.adapter import RuntimeAdapter
+from kvclaims.conformance.adapter import RuntimeAdapter
 from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, InvalidInput,
                              KVClaimsError, UnknownId)
 from kvclaims.model.pool import ClaimTerms, PoolModel
-from kvclaims.refimpl.checker import Checker
-from kvclaims.refimpl.trace import read_lines
-from kvclaims.strategies import VOCAB, claim_kwargs, family_tokens, prompt_shape, unique_tokens
+from kvclaims.conformance.checker import Checker
+from kvclaims.trace import read_lines
+from kvclaims.conformance.strategies import VOCAB, claim_kwargs, family_tokens, prompt_shape, unique_tokens
 
 Factory = Callable[..., RuntimeAdapter]
 # Obligations the machine checks on every step (each named in a ContractViolation below).

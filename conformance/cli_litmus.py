@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import json
 
-from kvclaims.fuzz import runtime_factory
-from kvclaims.refimpl.litmus import SCENARIOS, run_scenario
+from kvclaims.conformance.fuzz import runtime_factory
+from kvclaims.conformance.litmus import SCENARIOS, run_scenario
 
 MARK = {"passed": "PASS", "failed": "FAIL", "not_applicable": "N/A "}
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--runtime", default="refimpl",
-                        help="'refimpl', 'vllm' or MODULE:CLASS implementing kvclaims.adapter.RuntimeAdapter")
+                        help="'refimpl', 'vllm' or MODULE:CLASS implementing kvclaims.conformance.adapter.RuntimeAdapter")
     parser.add_argument("--device", default=None,
                         help="torch device, passed to the runtime (refimpl default: cuda if available, else cpu)")
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run only this scenario")

@@ -82,7 +82,9 @@ class RuntimeAdapter(Protocol):
         """The JSONL trace from record `start` on."""
 
 
-SHORTCUTS = {"vllm": "kvclaims.vllm.adapter:VllmAdapter"}   # a real in-process vLLM engine
+# Runtimes by short name, resolved by import at load time: the toolkit imports no runtime.
+SHORTCUTS = {"refimpl": "kvclaims.refimpl.adapter:RefimplAdapter",
+             "vllm": "kvclaims.vllm.adapter:VllmAdapter"}   # a real in-process vLLM engine
 
 
 def load_adapter(name: str, **kwargs: Any) -> RuntimeAdapter:
@@ -91,14 +93,11 @@ def load_adapter(name: str, **kwargs: Any) -> RuntimeAdapter:
     kwargs are the pool's shape (U, B, R, host_blocks) and are passed to the class. A keyword
     the class does not take, or one it needs and was not given, is a `BadArgument` naming it.
     """
-    name = SHORTCUTS.get(name, name)
-    if name == "refimpl":
-        from kvclaims.refimpl.adapter import RefimplAdapter
-        cls: Any = RefimplAdapter
-    elif ":" in name:
-        module, _, attr = name.partition(":")
+    target = SHORTCUTS.get(name, name)
+    if ":" in target:
+        module, _, attr = target.partition(":")
         try:
-            cls = getattr(importlib.import_module(module), attr)
+            cls: Any = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             raise InvalidInput(f"cannot load runtime {name!r}: {exc}") from None
     else:
@@ -132,3 +131,8 @@ def _argument_error(exc: TypeError, kwargs: dict[str, Any]) -> str | None:
     if own_call and kwargs and re.search(r"takes no (?:keyword )?arguments", message):
         return next(iter(kwargs))
     return None
+
+
+def reference_runtime(**shape: Any) -> RuntimeAdapter:
+    """The reference runtime with pool `shape`: the suites' default runtime."""
+    return load_adapter("refimpl", **shape)

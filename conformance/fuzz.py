@@ -16,9 +16,9 @@ from functools import partial
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from kvclaims.adapter import load_adapter
+from kvclaims.conformance.adapter import load_adapter
 from kvclaims.errors import BadArgument, KVClaimsError
-from kvclaims.stateful import Factory, machine_for
+from kvclaims.conformance.stateful import Factory, machine_for
 
 STEPS_PER_EXAMPLE = 50
 EXAMPLES_PER_BATCH = 200

@@ -9,8 +9,8 @@ import json
 import sys
 from typing import Any
 
-from kvclaims.refimpl.checker import OnEnd, check_file, check_lines, render
-from kvclaims.refimpl.trace import file_lines
+from kvclaims.conformance.checker import OnEnd, check_file, check_lines, render
+from kvclaims.trace import file_lines
 
 
 def add_arguments(parser) -> None:
