@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from kvclaims.model.feasibility import Decision
 from kvclaims.refimpl.adapter import RefimplAdapter
-from kvclaims.refimpl.claims import Claim, Request
+from kvclaims.model.claim import Claim
+from kvclaims.refimpl.claims import Request
 
 
 class EvictHardClaimed(RefimplAdapter):

@@ -13,17 +13,18 @@ from typing import IO, Any, Mapping, Sequence
 
 from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, InvalidField,
                              InvalidInput, NoRoom, UnknownId)
+from kvclaims.model.claim import Claim
 from kvclaims.model.checks import (MAX_TICKS, check_hash, check_id, check_int, check_list,
                                    check_tokens, claim_terms, got, request_claim)
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide, outcome
 from kvclaims.model.lifecycle import Lifecycle
 from kvclaims.model.terms import ReserveLedger
-from kvclaims.refimpl.claims import Claim, Request
+from kvclaims.refimpl.claims import Request
 from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
 from kvclaims.refimpl.pool import DevicePool
-from kvclaims.trace import TraceWriter
 from kvclaims.spec import Spec, load
+from kvclaims.trace import TraceWriter
 
 
 

@@ -19,7 +19,7 @@ from kvclaims.errors import (BadArgument, DuplicateId, IllegalTransition, Invali
 from kvclaims.model.feasibility import accepts
 from kvclaims.model.lifecycle import Lifecycle
 from kvclaims.model.terms import RESERVING, reserve_context
-from kvclaims.refimpl.claims import Claim
+from kvclaims.model.claim import Claim
 from kvclaims.trace import TraceWriter
 from kvclaims.spec import load
 from kvclaims.vllm.metrics import ClaimMetrics
