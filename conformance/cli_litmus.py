@@ -11,7 +11,8 @@ MARK = {"passed": "PASS", "failed": "FAIL", "not_applicable": "N/A "}
 
 def add_arguments(parser) -> None:
     parser.add_argument("--runtime", default="refimpl",
-                        help="'refimpl', 'vllm' or MODULE:CLASS implementing kvclaims.conformance.adapter.RuntimeAdapter")
+                        help="'refimpl', 'vllm' or MODULE:CLASS implementing "
+                             "kvclaims.conformance.adapter.RuntimeAdapter")
     parser.add_argument("--device", default=None,
                         help="torch device, passed to the runtime (refimpl default: cuda if available, else cpu)")
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run only this scenario")

@@ -9,7 +9,8 @@ from kvclaims.conformance.rejections import REJECTIONS, run_rejection
 
 def add_arguments(parser) -> None:
     parser.add_argument("--runtime", default="refimpl",
-                        help="'refimpl', 'vllm' or MODULE:CLASS implementing kvclaims.conformance.adapter.RuntimeAdapter")
+                        help="'refimpl', 'vllm' or MODULE:CLASS implementing "
+                             "kvclaims.conformance.adapter.RuntimeAdapter")
     parser.add_argument("--only", action="append", choices=sorted(REJECTIONS), help="run only this scenario")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
 

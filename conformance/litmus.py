@@ -136,7 +136,9 @@ def _warm(rt, rid: str, toks: list[int], admit: bool = True) -> None:
     rt.finish(rid, admit=admit)
 
 
-@scenario("ordinary_eviction", ('RKC-INV-1', 'RKC-TR-6'), "an unclaimed cached prefix is evicted LRU; a materialized claim beside it is untouched", U=8)
+@scenario("ordinary_eviction", ('RKC-INV-1', 'RKC-TR-6'),
+          "an unclaimed cached prefix is evicted LRU; a materialized claim beside it is untouched",
+          U=8)
 def _ordinary_eviction(t: Run, rt) -> None:
     P = t.tokens(2, 1)
     rt.submit_claim("c", P)
@@ -148,7 +150,9 @@ def _ordinary_eviction(t: Run, rt) -> None:
     t.verifies(t.tokens(5, 3), "y's KV verifies")
 
 
-@scenario("soft_priority", ('RKC-RT-1', 'RKC-INV-2'), "pressure demotes the lower-priority soft claim first, its event before its blocks go", U=8)
+@scenario("soft_priority", ('RKC-RT-1', 'RKC-INV-2'),
+          "pressure demotes the lower-priority soft claim first, its event before its blocks go",
+          U=8)
 def _soft_priority(t: Run, rt) -> None:
     rt.submit_claim("lo", t.tokens(2, 1), strength="soft", priority=0)
     rt.submit_claim("hi", t.tokens(2, 2), strength="soft", priority=5)
@@ -161,7 +165,10 @@ def _soft_priority(t: Run, rt) -> None:
     t.expect(bool(demote) and demote[0] < t.seq_of(kind="block_evict")[0], "demote precedes eviction")
 
 
-@scenario("write_no_admit", ('RKC-RT-7', 'RKC-TR-6'), "no claim: a 70-block no-admit prefill still evicts 50 of a 60-block resident; the checker sees ordinary eviction", U=80)
+@scenario("write_no_admit", ('RKC-RT-7', 'RKC-TR-6'),
+          "no claim: a 70-block no-admit prefill still evicts 50 of a 60-block resident; the checker sees "
+          "ordinary eviction",
+          U=80)
 def _write_no_admit(t: Run, rt) -> None:
     P = t.tokens(60, 1)
     _warm(rt, "warm", P)
@@ -174,7 +181,10 @@ def _write_no_admit(t: Run, rt) -> None:
     t.expect(rt.hit_blocks("replay") == 10, "replay hits only 10 blocks")
 
 
-@scenario("accepted_hard_claim", ('RKC-PROBE-1', 'RKC-FEAS-4', 'RKC-FEAS-5', 'RKC-INV-1', 'RKC-RT-6'), "the 80/60/70 probe: the prefill is refused, attributed to the claim; the resident is reused intact", U=80, R=4)
+@scenario("accepted_hard_claim", ('RKC-PROBE-1', 'RKC-FEAS-4', 'RKC-FEAS-5', 'RKC-INV-1', 'RKC-RT-6'),
+          "the 80/60/70 probe: the prefill is refused, attributed to the claim; the resident is reused "
+          "intact",
+          U=80, R=4)
 def _accepted_hard_claim(t: Run, rt) -> None:
     t.expect(rt.counts().U == 80, "80 usable blocks")
     P = t.tokens(60, 1)
@@ -191,7 +201,8 @@ def _accepted_hard_claim(t: Run, rt) -> None:
     t.expect(bool(t.seq_of(kind="claim", event="hit", request="replay")), "hit event")
 
 
-@scenario("materialization_failure", ('RKC-RT-2', 'RKC-INV-5'), "a corrupt host copy fails the restore: the claim fails closed and the request recomputes",
+@scenario("materialization_failure", ('RKC-RT-2', 'RKC-INV-5'),
+          "a corrupt host copy fails the restore: the claim fails closed and the request recomputes",
           U=8, host_blocks=4, needs=("host_tier", "owner_ops", "host_fault"))
 def _materialization_failure(t: Run, rt) -> None:
     P = t.tokens(2, 1)
@@ -205,7 +216,9 @@ def _materialization_failure(t: Run, rt) -> None:
     t.expect(not t.seq_of(kind="claim", event="restore"), "no restore event")
 
 
-@scenario("demotion", ('RKC-RT-1', 'RKC-LC-4'), "a hard claim with policy demote is demoted before its blocks serve a request", U=8)
+@scenario("demotion", ('RKC-RT-1', 'RKC-LC-4'),
+          "a hard claim with policy demote is demoted before its blocks serve a request",
+          U=8)
 def _demotion(t: Run, rt) -> None:
     rt.submit_claim("c", t.tokens(3, 1), policy="demote")
     _warm(rt, "warm", t.tokens(3, 1))
@@ -215,7 +228,10 @@ def _demotion(t: Run, rt) -> None:
              "demote precedes eviction")
 
 
-@scenario("expiry", ('RKC-RT-1', 'RKC-LC-3'), "while live the claim blocks the request; after its TTL it expires and its blocks are ordinary cache", U=8)
+@scenario("expiry", ('RKC-RT-1', 'RKC-LC-3'),
+          "while live the claim blocks the request; after its TTL it expires and its blocks are ordinary "
+          "cache",
+          U=8)
 def _expiry(t: Run, rt) -> None:
     rt.submit_claim("c", t.tokens(2, 1), ttl=2)
     _warm(rt, "warm", t.tokens(2, 1))
@@ -228,7 +244,10 @@ def _expiry(t: Run, rt) -> None:
     t.expect(rt.submit_request("fits", t.tokens(8, 3)).outcome == "admit", "admitted after expiry")
 
 
-@scenario("active_refusal_minimal_attribution", ('RKC-FEAS-5', 'RKC-FEAS-6', 'RKC-TR-4'), "several claims block a request: the refusal names a minimal deterministic set; releasing it lets the request in", U=20)
+@scenario("active_refusal_minimal_attribution", ('RKC-FEAS-5', 'RKC-FEAS-6', 'RKC-TR-4'),
+          "several claims block a request: the refusal names a minimal deterministic set; releasing it lets "
+          "the request in",
+          U=20)
 def _active_refusal(t: Run, rt) -> None:
     for cid, n, seed in (("c1", 6, 1), ("c2", 4, 2), ("c3", 3, 3)):
         rt.submit_claim(cid, t.tokens(n, seed))
@@ -243,7 +262,8 @@ def _active_refusal(t: Run, rt) -> None:
     t.expect(rt.claim_state("c3") == "materialized", "c3 untouched")
 
 
-@scenario("trace_outcome_reconstruction", ('RKC-TR-5', 'RKC-TR-8'), "the checker rebuilds every claim's final state and every request's outcome from the trace alone",
+@scenario("trace_outcome_reconstruction", ('RKC-TR-5', 'RKC-TR-8'),
+          "the checker rebuilds every claim's final state and every request's outcome from the trace alone",
           U=10, R=2, host_blocks=2, needs=("host_tier", "owner_ops", "decode"))
 def _reconstruction(t: Run, rt) -> None:
     rt.submit_claim("kept", t.tokens(2, 1))
@@ -275,7 +295,9 @@ def _reconstruction(t: Run, rt) -> None:
                  f"request {rid}: trace says {got}, runtime {status} {reason} {blocking}")
 
 
-@scenario("reserve_refusal", ('RKC-ACC-1', 'RKC-INV-4'), "a hard claim past U - R is refused at submission; shared and soft claims are not counted twice", U=10, R=2)
+@scenario("reserve_refusal", ('RKC-ACC-1', 'RKC-INV-4'),
+          "a hard claim past U - R is refused at submission; shared and soft claims are not counted twice",
+          U=10, R=2)
 def _reserve_refusal(t: Run, rt) -> None:
     t.expect(rt.submit_claim("c1", t.tokens(6, 1)) == "accepted", "c1 accepted")
     t.expect(rt.submit_claim("c2", t.tokens(4, 2)) == "refused", "c2 refused: 10 > 8")
@@ -287,7 +309,9 @@ def _reserve_refusal(t: Run, rt) -> None:
              "c1 materializes; c3 waits for its own last blocks")
 
 
-@scenario("offload_restore", ('RKC-INV-5', 'RKC-RT-2'), "an offloaded claim frees device blocks and is restored, verified, when its prefix is requested; pressure offloads it again",
+@scenario("offload_restore", ('RKC-INV-5', 'RKC-RT-2'),
+          "an offloaded claim frees device blocks and is restored, verified, when its prefix is requested; "
+          "pressure offloads it again",
           U=8, host_blocks=4, needs=("host_tier", "owner_ops"))
 def _offload_restore(t: Run, rt) -> None:
     P = t.tokens(2, 1)
@@ -303,7 +327,9 @@ def _offload_restore(t: Run, rt) -> None:
     t.expect(rt.claim_state("c") == "offloaded", "pressure offloaded the claim first")
 
 
-@scenario("prefix_cache_reset_with_claims", ('RKC-RT-5',), "a cache reset harms every claim with resident state before any block goes; running requests keep their blocks",
+@scenario("prefix_cache_reset_with_claims", ('RKC-RT-5',),
+          "a cache reset harms every claim with resident state before any block goes; running requests keep "
+          "their blocks",
           U=10, host_blocks=2, needs=("reset_cache", "host_tier", "owner_ops"))
 def _reset(t: Run, rt) -> None:
     rt.submit_claim("hard", t.tokens(2, 1))
@@ -324,7 +350,9 @@ def _reset(t: Run, rt) -> None:
     t.check("verify_request", "live request's KV intact", lambda: rt.verify_request("live"))
 
 
-@scenario("stale_kv_after_reset", ('RKC-INV-6',), "a request decoding across a cache reset indexes nothing it computes after it; a later prompt reuses only blocks computed after the reset",
+@scenario("stale_kv_after_reset", ('RKC-INV-6',),
+          "a request decoding across a cache reset indexes nothing it computes after it; a later prompt "
+          "reuses only blocks computed after the reset",
           U=6, needs=("reset_cache", "decode"))
 def _stale(t: Run, rt) -> None:
     P, tail = t.tokens(1, 1), t.tokens(1, 2)
@@ -340,7 +368,10 @@ def _stale(t: Run, rt) -> None:
             lambda: rt.verify_request("again"))
 
 
-@scenario("shared_prefix_claims", ('RKC-INV-4', 'RKC-FEAS-6'), "two hard claims share a prefix: reserved once, attribution is the claim whose release frees blocks, releasing one keeps the other", U=12)
+@scenario("shared_prefix_claims", ('RKC-INV-4', 'RKC-FEAS-6'),
+          "two hard claims share a prefix: reserved once, attribution is the claim whose release frees "
+          "blocks, releasing one keeps the other",
+          U=12)
 def _shared(t: Run, rt) -> None:
     P, Q = t.tokens(4, 1), t.tokens(2, 2)
     rt.submit_claim("c1", P)
@@ -357,7 +388,8 @@ def _shared(t: Run, rt) -> None:
     t.expect(rt.claim_state("c1") == "materialized", "c1 still protects the shared prefix")
 
 
-@scenario("device_fault_fail_closed", ('RKC-RT-5', 'RKC-RT-2'), "an injected device fault fails the claim before the block leaves the cache; a replay recomputes",
+@scenario("device_fault_fail_closed", ('RKC-RT-5', 'RKC-RT-2'),
+          "an injected device fault fails the claim before the block leaves the cache; a replay recomputes",
           U=8, needs=("device_fault",))
 def _device_fault(t: Run, rt) -> None:
     P = t.tokens(2, 1)
@@ -371,7 +403,9 @@ def _device_fault(t: Run, rt) -> None:
     t.verifies(P, "recomputed KV verifies")
 
 
-@scenario("waiting_request_claim_blocked", ('RKC-RT-3', 'RKC-FEAS-3'), "a waiting request that becomes claim-blocked is refused on its next retry, not left waiting", U=8)
+@scenario("waiting_request_claim_blocked", ('RKC-RT-3', 'RKC-FEAS-3'),
+          "a waiting request that becomes claim-blocked is refused on its next retry, not left waiting",
+          U=8)
 def _waiting_blocked(t: Run, rt) -> None:
     P, Q = t.tokens(2, 1), t.tokens(4, 2)
     rt.submit_claim("c", P)

@@ -18,7 +18,8 @@ COMMANDS = {
     "diagram": ("kvclaims.model.diagram_cli", "print the lifecycle as a mermaid state diagram"),
     "check": ("kvclaims.conformance.cli_check", "check a JSONL event trace against the contract"),
     "litmus": ("kvclaims.conformance.cli_litmus", "run the litmus suite against a runtime"),
-    "rejections": ("kvclaims.conformance.cli_rejections", "run the bad-input scenarios: the same typed error, nothing changed"),
+    "rejections": ("kvclaims.conformance.cli_rejections", "run the bad-input scenarios: the same typed error, "
+                                                          "nothing changed"),
     "probe": ("kvclaims.vllm.cli_probe", "run the paper's probe on a real vLLM engine, three ways"),
     "fuzz": ("kvclaims.conformance.fuzz", "run the stateful contract test against a runtime for N steps"),
     "conform": ("kvclaims.conformance.conform", "run proofs, litmus and the stateful suite; a verdict per obligation"),

@@ -68,7 +68,8 @@ def check_machine(spec: Spec) -> list[ProofResult]:
     return [
         ProofResult("RKC-LC-5", "illegal events raise IllegalTransition, state unchanged",
                     "exhaustive", not illegal_bad, secs / 2, checked["illegal"], "; ".join(illegal_bad)),
-        ProofResult("RKC-LC-6", "false guards raise GuardRejected, state unchanged; legal events reach the table's destination",
+        ProofResult("RKC-LC-6", "false guards raise GuardRejected, state unchanged; legal events reach the table's "
+                                "destination",
                     "exhaustive", not (guard_bad or legal_bad), secs / 2,
                     checked["guard"] + len(table), "; ".join(guard_bad + legal_bad)),
     ]

@@ -130,7 +130,8 @@ def test_malformed_lines_are_reported_with_line_numbers():
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=5), inner, max_size=3),
                            max_leaves=8)
 field_names = st.sampled_from(["schema_version", "seq", "time", "kind", "claim", "event", "request",
                                "blocks", "tier", "reason", "blocking_claims", "admit", "state"])
