@@ -10,6 +10,7 @@ the checker uses (`trace.loads`, json's C scanner): the part of checking no
 checker can skip. Memory is tracemalloc's peak over a whole check of 10^5 and of
 10^6 events, streaming (flat), and keeping every outcome at 10^5 for contrast.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ class _Writer:
         self.fh, self.seq, self.time, self.serial = fh, 0, 0, 0
 
     def __call__(self, kind: str, **fields) -> None:
-        self.fh.write(json.dumps({"schema_version": 1, "seq": self.seq, "time": self.time,
-                                  "kind": kind, **fields}) + "\n")
+        self.fh.write(
+            json.dumps({"schema_version": 1, "seq": self.seq, "time": self.time, "kind": kind, **fields}) + "\n"
+        )
         self.seq += 1
         self.time += self.seq % 16 == 0
 
@@ -72,8 +74,16 @@ class _Lane:
         self.cid, self.state, self.steps = self.out.fresh("c"), self.lc.initial, 0
         self.blocks = self.out.hashes(self.rng.randint(2, 6))
         self.held: set[str] = set()
-        self.out("claim_submit", claim=self.cid, blocks=self.blocks, strength="hard", priority=0,
-                 ttl=None, tiers=["device", "host"], policy="offload")
+        self.out(
+            "claim_submit",
+            claim=self.cid,
+            blocks=self.blocks,
+            strength="hard",
+            priority=0,
+            ttl=None,
+            tiers=["device", "host"],
+            policy="offload",
+        )
 
     def step(self) -> None:
         """One lifecycle event, with what it implies; a new claim after a terminal state.
@@ -189,22 +199,37 @@ def run(smoke: bool = False) -> list[Ratio]:
                 fn(big)
                 wall[name].append(n / (time.perf_counter() - w))
                 cpu[name].append(n / (time.process_time() - c))
+
             return call
 
-        r = interleaved(f"trace checker on a generated trace of {n:,} events",
-                        ("read + json-parse every line", timed("baseline", _parse_only)),
-                        ("kvclaims checker, streaming (kvclaims check --stream)", timed("ours", _stream)),
-                        rounds=3)
-        memory = {f"streaming_{m}": _peak_bytes(small, True), f"streaming_{n}": _peak_bytes(big, True),
-                  f"keeping_outcomes_{m}": _peak_bytes(small, False)}
+        r = interleaved(
+            f"trace checker on a generated trace of {n:,} events",
+            ("read + json-parse every line", timed("baseline", _parse_only)),
+            ("kvclaims checker, streaming (kvclaims check --stream)", timed("ours", _stream)),
+            rounds=3,
+        )
+        memory = {
+            f"streaming_{m}": _peak_bytes(small, True),
+            f"streaming_{n}": _peak_bytes(big, True),
+            f"keeping_outcomes_{m}": _peak_bytes(small, False),
+        }
     r.ratios = [b / o for b, o in zip(cpu["baseline"], cpu["ours"])]  # rates, so baseline / ours
     r.unit = "CPU-time ratio (ours / baseline)"
-    r.extra = {"events": n, "events_per_s": round(statistics.median(wall["ours"])),
-               "events_per_cpu_s": round(statistics.median(cpu["ours"])),
-               "baseline_events_per_s": round(statistics.median(wall["baseline"])),
-               "baseline_events_per_cpu_s": round(statistics.median(cpu["baseline"])),
-               "generate_s": round(generated, 2), "peak_bytes": memory}
-    throughput = Ratio(f"trace checker throughput, {n:,} events", f"the figure's target, {TARGET:,} events/s",
-                       r.ours, [x / TARGET for x in cpu["ours"]],
-                       unit=f"events per CPU-second / {TARGET:,}", target=">= 1")
+    r.extra = {
+        "events": n,
+        "events_per_s": round(statistics.median(wall["ours"])),
+        "events_per_cpu_s": round(statistics.median(cpu["ours"])),
+        "baseline_events_per_s": round(statistics.median(wall["baseline"])),
+        "baseline_events_per_cpu_s": round(statistics.median(cpu["baseline"])),
+        "generate_s": round(generated, 2),
+        "peak_bytes": memory,
+    }
+    throughput = Ratio(
+        f"trace checker throughput, {n:,} events",
+        f"the figure's target, {TARGET:,} events/s",
+        r.ours,
+        [x / TARGET for x in cpu["ours"]],
+        unit=f"events per CPU-second / {TARGET:,}",
+        target=">= 1",
+    )
     return [r, throughput]

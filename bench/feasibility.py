@@ -10,6 +10,7 @@ are reported). Only a refusal that must name blocking claims
 (`refuse_blocked`) also walks the protected blocks, to attribute; that cost
 grows with what it must name and is not part of this figure.
 """
+
 from __future__ import annotations
 
 from kvclaims.bench.ratio import Ratio, interleaved
@@ -33,8 +34,7 @@ def run(smoke: bool = False) -> list[Ratio]:
     small, big = make(), make()
     _grow(small, SMALL)
     # Prompts: a claimed prefix plus new blocks, and wholly new ones; none fits beyond the pool.
-    prompts = [[i % SMALL, 10**7 + i, 10**7 + i + 1] for i in range(500)] + \
-              [[10**8 + i] * 4 for i in range(500)]
+    prompts = [[i % SMALL, 10**7 + i, 10**7 + i + 1] for i in range(500)] + [[10**8 + i] * 4 for i in range(500)]
 
     def batch(rt: Runtime):
         return lambda: [rt.feasibility(p) for p in prompts]
@@ -42,10 +42,18 @@ def run(smoke: bool = False) -> list[Ratio]:
     out = []
     for n in sizes:
         _grow(big, n)
-        r = interleaved(f"feasibility decision, {n} live claims vs {SMALL}",
-                        (f"{SMALL} live claims", batch(small)), (f"{n} live claims", batch(big)),
-                        rounds=3 if smoke else 7, target="<= 1.2")
-        r.extra = {"live_claims": n, "decisions_per_round": len(prompts),
-                   "outcomes": sorted({big.feasibility(p).outcome for p in prompts}), "pool_blocks": U}
+        r = interleaved(
+            f"feasibility decision, {n} live claims vs {SMALL}",
+            (f"{SMALL} live claims", batch(small)),
+            (f"{n} live claims", batch(big)),
+            rounds=3 if smoke else 7,
+            target="<= 1.2",
+        )
+        r.extra = {
+            "live_claims": n,
+            "decisions_per_round": len(prompts),
+            "outcomes": sorted({big.feasibility(p).outcome for p in prompts}),
+            "pool_blocks": U,
+        }
         out.append(r)
     return out

@@ -7,6 +7,7 @@ then the same calls are replayed on fresh runtimes with no Hypothesis, oracle
 or checks. Ratio: fuzz / replay
 time, pairwise per round; fuzz steps per second go in `extra`.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -19,7 +20,7 @@ from kvclaims.conformance.fuzz import fuzz
 from kvclaims.refimpl.adapter import RefimplAdapter
 
 Call = tuple[str, tuple, dict]
-LOG: list[tuple[dict[str, Any], list[Call]]] = []   # per runtime made: its shape and top-level calls
+LOG: list[tuple[dict[str, Any], list[Call]]] = []  # per runtime made: its shape and top-level calls
 
 
 class Recorded(RefimplAdapter):
@@ -44,6 +45,7 @@ class Recorded(RefimplAdapter):
                 return attr(*args, **kwargs)
             finally:
                 self._depth -= 1
+
         return call
 
 
@@ -70,8 +72,12 @@ def run(smoke: bool = False) -> list[Ratio]:
         replay()
         ratios.append(fuzz_s / (time.perf_counter() - t0))
         rates.append(done / fuzz_s)
-    return [Ratio("stateful testing (kvclaims fuzz) on the refimpl, faults on",
-                  "the same runtime calls replayed without Hypothesis, oracle or checks",
-                  "kvclaims fuzz", ratios,
-                  extra={"fuzz_steps_per_second": round(statistics.median(rates), 1),
-                         "steps_per_round": steps})]
+    return [
+        Ratio(
+            "stateful testing (kvclaims fuzz) on the refimpl, faults on",
+            "the same runtime calls replayed without Hypothesis, oracle or checks",
+            "kvclaims fuzz",
+            ratios,
+            extra={"fuzz_steps_per_second": round(statistics.median(rates), 1), "steps_per_round": steps},
+        )
+    ]

@@ -7,6 +7,7 @@ restores. Reported as a bandwidth fraction: plain time / ours. The figure is
 meant for a CUDA device; on a CPU-only machine both sides are host memory
 copies and the checksum dominates, so the CPU number is reported as such.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,7 @@ from kvclaims.bench.ratio import Ratio, interleaved
 from kvclaims.refimpl.runtime import Runtime
 
 
-def measure(device: str, blocks: int = 512, B: int = 32, heads: int = 8, head_dim: int = 64,
-            rounds: int = 5) -> Ratio:
+def measure(device: str, blocks: int = 512, B: int = 32, heads: int = 8, head_dim: int = 64, rounds: int = 5) -> Ratio:
     rt = Runtime(blocks + 1, B, 0, host_blocks=blocks, heads=heads, head_dim=head_dim, device=device)
     prefix = [i % 50_000 for i in range(blocks * B)]
     rt.submit_request("warm", prefix)
@@ -36,10 +36,13 @@ def measure(device: str, blocks: int = 512, B: int = 32, heads: int = 8, head_di
         if rt.claim_state("c") != "materialized":
             raise AssertionError(f"restore did not verify: {rt.claim_state('c')}")
 
-    r = interleaved(f"host tier offload+restore, {blocks} blocks of "
-                    f"{dev[0].numel() * dev.element_size() // 1024} KiB on {device}",
-                    ("torch device<->host copy", plain), ("refimpl offload+restore (verified)", ours),
-                    rounds, sync)
+    r = interleaved(
+        f"host tier offload+restore, {blocks} blocks of {dev[0].numel() * dev.element_size() // 1024} KiB on {device}",
+        ("torch device<->host copy", plain),
+        ("refimpl offload+restore (verified)", ours),
+        rounds,
+        sync,
+    )
     r.ratios = [1 / x for x in r.ratios]
     r.unit = "bandwidth fraction (plain time / ours), higher is better"
     r.target = ">= 0.8" if device.startswith("cuda") else ""
@@ -49,5 +52,4 @@ def measure(device: str, blocks: int = 512, B: int = 32, heads: int = 8, head_di
 
 def run(smoke: bool = False) -> list[Ratio]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return [measure(device, blocks=64 if smoke else 2048, heads=8, head_dim=64, B=16,
-                    rounds=3 if smoke else 5)]
+    return [measure(device, blocks=64 if smoke else 2048, heads=8, head_dim=64, B=16, rounds=3 if smoke else 5)]

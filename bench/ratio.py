@@ -4,6 +4,7 @@ Every figure of the benchmark suite is a `Ratio`: ours against a baseline that
 does the same work, timed alternately in one run so machine noise hits both.
 Absolute rates a figure also reports (events/s, steps/s) go in `extra`.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -17,9 +18,9 @@ class Ratio:
     name: str
     baseline: str
     ours: str
-    ratios: list[float]           # ours / baseline per round (time ratio unless stated)
+    ratios: list[float]  # ours / baseline per round (time ratio unless stated)
     unit: str = "time ratio (ours / baseline)"
-    target: str = ""              # e.g. "<= 1.05"; empty when the figure has none
+    target: str = ""  # e.g. "<= 1.05"; empty when the figure has none
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -35,14 +36,30 @@ class Ratio:
         return self.median <= float(bound) if op == "<=" else self.median >= float(bound)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "baseline": self.baseline, "ours": self.ours, "unit": self.unit,
-                "median": round(self.median, 4), "min": round(min(self.ratios), 4),
-                "max": round(max(self.ratios), 4), "rounds": len(self.ratios),
-                "target": self.target, "met": self.met, **({"extra": self.extra} if self.extra else {})}
+        return {
+            "name": self.name,
+            "baseline": self.baseline,
+            "ours": self.ours,
+            "unit": self.unit,
+            "median": round(self.median, 4),
+            "min": round(min(self.ratios), 4),
+            "max": round(max(self.ratios), 4),
+            "rounds": len(self.ratios),
+            "target": self.target,
+            "met": self.met,
+            **({"extra": self.extra} if self.extra else {}),
+        }
 
 
-def interleaved(name: str, baseline: tuple[str, Callable[[], None]], ours: tuple[str, Callable[[], None]],
-                rounds: int = 7, sync: Callable[[], None] = lambda: None, *, target: str = "") -> Ratio:
+def interleaved(
+    name: str,
+    baseline: tuple[str, Callable[[], None]],
+    ours: tuple[str, Callable[[], None]],
+    rounds: int = 7,
+    sync: Callable[[], None] = lambda: None,
+    *,
+    target: str = "",
+) -> Ratio:
     """Time `baseline` and `ours` alternately; each call does the same work."""
     ratios = []
     for _ in range(rounds):

@@ -5,6 +5,7 @@ so a machine without vLLM still runs the others (the vLLM ones are reported
 skipped, with the reason). Exit status 0 whether or not targets are met: a
 benchmark reports, the README says what a miss means.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,16 @@ FIGURES = {
 def machine() -> dict:
     import torch
 
-    info = {"python": platform.python_version(), "platform": platform.platform(),
-            "cpus": os.cpu_count(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     try:
         import vllm
+
         info["vllm"] = vllm.__version__
     except ImportError:
         info["vllm"] = None
@@ -59,12 +65,13 @@ def run_figures(names, smoke: bool, log=lambda msg: None) -> dict:
 
 
 def markdown(result: dict) -> str:
-    rows = ["| figure | ours vs baseline | unit | median | min–max | target | met |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| figure | ours vs baseline | unit | median | min–max | target | met |", "|---|---|---|---|---|---|---|"]
     for f in result["figures"]:
         met = {True: "yes", False: "**no**", None: "—"}[f["met"]]
-        rows.append(f"| {f['name']} | {f['ours']} vs {f['baseline']} | {f['unit']} | {f['median']:.3g} "
-                    f"| {f['min']:.3g}–{f['max']:.3g} | {f['target'] or '—'} | {met} |")
+        rows.append(
+            f"| {f['name']} | {f['ours']} vs {f['baseline']} | {f['unit']} | {f['median']:.3g} "
+            f"| {f['min']:.3g}–{f['max']:.3g} | {f['target'] or '—'} | {met} |"
+        )
     rows += [f"| {name} | skipped: {why} | | | | | |" for name, why in result["skipped"].items()]
     return "\n".join(rows)
 
@@ -76,8 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = run_figures(args.only or list(FIGURES), args.smoke,
-                         log=lambda m: print(f"bench: {m}", file=sys.stderr))
+    result = run_figures(args.only or list(FIGURES), args.smoke, log=lambda m: print(f"bench: {m}", file=sys.stderr))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

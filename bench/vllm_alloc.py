@@ -23,6 +23,7 @@ LRU eviction, index, release) on vLLM's `BlockPool` and on the refimpl's
 shape (1 head of dim 1); whatever tensor work it still does per block operation
 is timed. Hashing is outside both: they share the chains vLLM computed.
 """
+
 from __future__ import annotations
 
 import gc
@@ -55,7 +56,7 @@ from kvclaims.vllm.pool import GROUP, hexid
 from kvclaims.vllm.scheduler import ClaimsScheduler
 from kvclaims.vllm.xargs import ClaimOp
 
-B = 32              # the CPU backend's block size (the tiny model's engines use it too)
+B = 32  # the CPU backend's block size (the tiny model's engines use it too)
 _params = SamplingParams(max_tokens=1)
 
 
@@ -66,7 +67,7 @@ def _config(U: int):
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
     cfg = EngineArgs(**engine_kwargs(U=U, B=B)).create_engine_config()
-    cfg.cache_config.num_gpu_blocks = U + 1      # set by the engine after profiling memory
+    cfg.cache_config.num_gpu_blocks = U + 1  # set by the engine after profiling memory
     hash_fn = get_hash_fn_by_name(cfg.cache_config.prefix_caching_hash_algo)
     kvu.init_none_hash(hash_fn)
     enable_envs_cache()
@@ -77,10 +78,10 @@ def scheduler(cls: type[Scheduler], U: int) -> Scheduler:
     """vLLM's scheduler (or ours) as its engine core builds it, over U usable blocks."""
     cfg, _ = _config(U)
     spec = FullAttentionSpec(block_size=B, num_kv_heads=1, head_size=64, dtype=torch.float32)
-    kv = KVCacheConfig(num_blocks=U + 1, kv_cache_tensors=[],
-                       kv_cache_groups=[KVCacheGroupSpec(["attn"], spec)])
-    return cls(vllm_config=cfg, kv_cache_config=kv, structured_output_manager=StructuredOutputManager(cfg),
-               block_size=B)
+    kv = KVCacheConfig(num_blocks=U + 1, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(["attn"], spec)])
+    return cls(
+        vllm_config=cfg, kv_cache_config=kv, structured_output_manager=StructuredOutputManager(cfg), block_size=B
+    )
 
 
 def request(rid: str, tokens: list[int], U: int) -> Request:
@@ -101,9 +102,9 @@ def admit(kv: KVCacheManager, req: Request) -> int | None:
 @dataclass
 class Trace:
     U: int
-    pinned: list[list[int]]             # prefixes held by claims (pinned on stock)
+    pinned: list[list[int]]  # prefixes held by claims (pinned on stock)
     requests: list[Request] = field(default_factory=list)
-    ops: list[tuple[bool, int]] = field(default_factory=list)   # (admit?, request index)
+    ops: list[tuple[bool, int]] = field(default_factory=list)  # (admit?, request index)
 
 
 def record(n: int, *, U: int = 256, claims: int = 0, families: int = 48, seed: int = 0) -> Trace:
@@ -112,7 +113,7 @@ def record(n: int, *, U: int = 256, claims: int = 0, families: int = 48, seed: i
     fams = [[rng.randrange(VOCAB) for _ in range(B * rng.randint(8, 32))] for _ in range(families)]
     trace = Trace(U, fams[:claims])
     kv = stock(trace)
-    live: list[tuple[int, int]] = []     # (finish step, request index), oldest admission first
+    live: list[tuple[int, int]] = []  # (finish step, request index), oldest admission first
     for i in range(n):
         prompt = rng.choices(fams, weights=[1 / (f + 1) for f in range(families)])[0]
         req = request(f"r{i}", prompt + [rng.randrange(VOCAB) for _ in range(rng.randint(B // 2, 4 * B))], U)
@@ -196,7 +197,7 @@ def replay_block_pool(trace: Trace, bp) -> int:
             continue
         req = trace.requests[i]
         found = []
-        for h in req.block_hashes[:(req.num_tokens - 1) // B]:
+        for h in req.block_hashes[: (req.num_tokens - 1) // B]:
             b = bp.get_cached_block(h, [GROUP])
             if b is None:
                 break
@@ -219,7 +220,7 @@ def replay_device_pool(trace: Trace, p: DevicePool, chains: list[list[str]]) -> 
             continue
         req, chain = trace.requests[i], chains[i]
         found = []
-        for h in chain[:(req.num_tokens - 1) // B]:
+        for h in chain[: (req.num_tokens - 1) // B]:
             s = p.lookup(h)
             if s is None:
                 break
@@ -234,7 +235,7 @@ def replay_device_pool(trace: Trace, p: DevicePool, chains: list[list[str]]) -> 
         for s in new:
             p.refs[s] += 1
             p.settle(s)
-        for s, h in zip(new, chain[len(found):]):
+        for s, h in zip(new, chain[len(found) :]):
             p.register(s, h)
         held[i], hits = found + new, hits + len(found)
     return hits
@@ -245,11 +246,17 @@ def timed(times: list[float], fn: Callable[[], object]) -> Callable[[], None]:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+
     return run
 
 
-def compare(name: str, baseline: tuple[str, Callable[[], object]], ours: tuple[str, Callable[[], object]],
-            rounds: int, target: str) -> tuple[Ratio, list[float], list[float]]:
+def compare(
+    name: str,
+    baseline: tuple[str, Callable[[], object]],
+    ours: tuple[str, Callable[[], object]],
+    rounds: int,
+    target: str,
+) -> tuple[Ratio, list[float], list[float]]:
     """`interleaved`, and each side's times. The heap built so far (the prepared states,
     the engines) is frozen first, as vLLM's engine core freezes its own after start-up,
     so that a full collection of it does not land in one side's round."""
@@ -257,8 +264,9 @@ def compare(name: str, baseline: tuple[str, Callable[[], object]], ours: tuple[s
     gc.collect()
     gc.freeze()
     try:
-        r = interleaved(name, (baseline[0], timed(t_base, baseline[1])), (ours[0], timed(t_ours, ours[1])),
-                        rounds, target=target)
+        r = interleaved(
+            name, (baseline[0], timed(t_base, baseline[1])), (ours[0], timed(t_ours, ours[1])), rounds, target=target
+        )
     finally:
         gc.unfreeze()
     return r, t_base, t_ours
@@ -278,10 +286,17 @@ def figure1(trace: Trace, rounds: int, label: str) -> Ratio:
         f"vLLM allocator, {label}: {len(trace.requests)} admissions on {trace.U} blocks of {B}",
         ("stock KVCacheManager", lambda: replay(trace, next(base))),
         ("KVCacheManager + claim layer", lambda: replay(trace, (s := next(ours)).kv_cache_manager, s)),
-        rounds, "<= 1.05")
-    r.extra = {**{f"{name} admissions/s": round(len(trace.requests) / statistics.median(t))
-                  for name, t in (("stock", t_base), ("claims", t_ours))},
-               "hit blocks": hits, "evicted blocks": evicted}
+        rounds,
+        "<= 1.05",
+    )
+    r.extra = {
+        **{
+            f"{name} admissions/s": round(len(trace.requests) / statistics.median(t))
+            for name, t in (("stock", t_base), ("claims", t_ours))
+        },
+        "hit blocks": hits,
+        "evicted blocks": evicted,
+    }
     return r
 
 
@@ -297,20 +312,26 @@ def figure3(trace: Trace, rounds: int) -> Ratio:
     if replay_block_pool(trace, vllm_pool()) != replay_device_pool(trace, device_pool(), chains):
         raise AssertionError("the two pools hit different blocks on the same trace")
     base, ours = iter([vllm_pool() for _ in range(rounds)]), iter([device_pool() for _ in range(rounds)])
-    r, t_base, t_ours = compare(f"block pool ops, {len(trace.requests)} admissions on {trace.U} blocks of {B}",
-                                ("vLLM BlockPool", lambda: replay_block_pool(trace, next(base))),
-                                ("refimpl DevicePool (1x1 KV)",
-                                 lambda: replay_device_pool(trace, next(ours), chains)),
-                                rounds, "<= 2")
+    r, t_base, t_ours = compare(
+        f"block pool ops, {len(trace.requests)} admissions on {trace.U} blocks of {B}",
+        ("vLLM BlockPool", lambda: replay_block_pool(trace, next(base))),
+        ("refimpl DevicePool (1x1 KV)", lambda: replay_device_pool(trace, next(ours), chains)),
+        rounds,
+        "<= 2",
+    )
     blocks = sum(-(-q.num_tokens // B) for q in trace.requests)
-    r.extra = {f"{name} ns/block": round(statistics.median(t) / blocks * 1e9)
-               for name, t in (("vLLM", t_base), ("refimpl", t_ours))}
+    r.extra = {
+        f"{name} ns/block": round(statistics.median(t) / blocks * 1e9)
+        for name, t in (("vLLM", t_base), ("refimpl", t_ours))
+    }
     return r
 
 
 def run(smoke: bool = False) -> list[Ratio]:
     n, rounds = (150, 3) if smoke else (3000, 15)
     plain = record(n)
-    return [figure1(plain, rounds, "no claims"),
-            figure1(record(n, claims=4), rounds, "4 live hard claims"),
-            figure3(plain, rounds)]
+    return [
+        figure1(plain, rounds, "no claims"),
+        figure1(record(n, claims=4), rounds, "4 live hard claims"),
+        figure3(plain, rounds),
+    ]

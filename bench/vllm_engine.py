@@ -14,6 +14,7 @@ integration's bookkeeping, not lost capacity. The model is tiny, so compute per
 step is small and the scheduler's share of a step is far larger than with a
 real model: the ratio is a lower bound for real deployments.
 """
+
 from __future__ import annotations
 
 import random
@@ -33,16 +34,17 @@ class Workload:
 
     def __init__(self, requests: int, max_tokens: int, families: int = 4, seed: int = 0) -> None:
         rng = random.Random(seed)
-        self.prefixes = [[rng.randrange(3, VOCAB) for _ in range(B * rng.randint(6, 12))]
-                         for _ in range(families)]
+        self.prefixes = [[rng.randrange(3, VOCAB) for _ in range(B * rng.randint(6, 12))] for _ in range(families)]
         self.requests, self.max_tokens, self.seed = requests, max_tokens, seed
 
     def prompts(self, k: int) -> list[list[int]]:
         rng = random.Random(self.seed * 1_000_003 + k)
         weights = [1 / (f + 1) for f in range(len(self.prefixes))]
-        return [rng.choices(self.prefixes, weights)[0]
-                + [rng.randrange(3, VOCAB) for _ in range(rng.randint(B // 2, 3 * B))]
-                for _ in range(self.requests)]
+        return [
+            rng.choices(self.prefixes, weights)[0]
+            + [rng.randrange(3, VOCAB) for _ in range(rng.randint(B // 2, 3 * B))]
+            for _ in range(self.requests)
+        ]
 
 
 class Driver:
@@ -79,13 +81,18 @@ def run(smoke: bool = False) -> list[Ratio]:
     r, t_stock, t_ours = compare(
         f"vLLM engine, tiny model on CPU: {requests} requests x {max_tokens} tokens per round, "
         f"{len(work.prefixes)} shared prefixes, {CLAIMED} live hard claims",
-        ("stock vLLM", stock.run_round), ("vLLM + kvclaims", ours.run_round), rounds, ">= 0.97")
+        ("stock vLLM", stock.run_round),
+        ("vLLM + kvclaims", ours.run_round),
+        rounds,
+        ">= 0.97",
+    )
     r.ratios = [1 / x for x in r.ratios]
     r.unit = "throughput ratio (ours / stock output tokens per s; higher is better)"
     tokens = requests * max_tokens
     held = ours.engine.scheduler.book.holders
-    r.extra = {**{f"{n} tokens/s": round(tokens / statistics.median(t))
-                  for n, t in (("stock", t_stock), ("claims", t_ours))},
-               "cached prompt tokens (stock, claims)": [stock.cached, ours.cached],
-               "claimed blocks held": len(held)}
+    r.extra = {
+        **{f"{n} tokens/s": round(tokens / statistics.median(t)) for n, t in (("stock", t_stock), ("claims", t_ours))},
+        "cached prompt tokens (stock, claims)": [stock.cached, ours.cached],
+        "claimed blocks held": len(held),
+    }
     return [r]

@@ -5,6 +5,7 @@ The litmus suite, the stateful (model-based) test, `kvclaims fuzz` and
 runtime cannot express are absent from its `capabilities`, and tests that need
 them report "not applicable" instead of passing silently.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,17 +17,17 @@ from kvclaims.model.feasibility import Decision, PoolCounts
 
 # Optional operations, by name. A runtime lists the ones it supports.
 CAPABILITIES = (
-    "host_tier",       # claims may offload to / restore from a host tier
-    "reset_cache",     # reset_prefix_cache()
-    "evict_blocks",    # evict_blocks(hashes): a connector's invalid-KV report
-    "device_fault",    # inject_device_fault(hash)
-    "host_fault",      # inject_host_fault(hash)
+    "host_tier",  # claims may offload to / restore from a host tier
+    "reset_cache",  # reset_prefix_cache()
+    "evict_blocks",  # evict_blocks(hashes): a connector's invalid-KV report
+    "device_fault",  # inject_device_fault(hash)
+    "host_fault",  # inject_host_fault(hash)
     "verify_content",  # verify_prefix(tokens): KV content can be checked exactly
-    "owner_ops",       # demote_claim / offload_claim / restore_claim on an owner's request
-    "decode",          # decode(request_id, tokens): a running request grows by generated tokens
+    "owner_ops",  # demote_claim / offload_claim / restore_claim on an owner's request
+    "decode",  # decode(request_id, tokens): a running request grows by generated tokens
     "verify_request",  # verify_request(request_id): the blocks a request holds hold exactly its KV
     "request_claims",  # submit_request(id, tokens, claim={"id": ..., **terms}) and
-                       # claim_outcome(id): a claim the request carries, applied at admission
+    # claim_outcome(id): a claim the request carries, applied at admission
 )
 
 
@@ -34,10 +35,10 @@ CAPABILITIES = (
 class RuntimeAdapter(Protocol):
     """A runtime under test. Every rejected call raises a kvclaims typed error and changes nothing."""
 
-    U: int             # usable device blocks
-    B: int             # tokens per block
-    R: int             # the reserve
-    host_blocks: int   # host-tier capacity in blocks (0: none)
+    U: int  # usable device blocks
+    B: int  # tokens per block
+    R: int  # the reserve
+    host_blocks: int  # host-tier capacity in blocks (0: none)
     capabilities: frozenset[str]
     # Optional: True for a runtime that recomputes the last block of a prompt whose every
     # block is cached (it must compute at least one token, like vLLM). Default False.
@@ -46,9 +47,17 @@ class RuntimeAdapter(Protocol):
     def block_hashes(self, tokens: Sequence[int]) -> list[str]:
         """Hashes of the full blocks of `tokens`, as the runtime's block table names them."""
 
-    def submit_claim(self, claim_id: str, prefix: Sequence[int], *, strength: str = "hard",
-                     priority: int = 0, ttl: int | None = None,
-                     tiers: Sequence[str] = ("device",), policy: str | None = None) -> str:
+    def submit_claim(
+        self,
+        claim_id: str,
+        prefix: Sequence[int],
+        *,
+        strength: str = "hard",
+        priority: int = 0,
+        ttl: int | None = None,
+        tiers: Sequence[str] = ("device",),
+        policy: str | None = None,
+    ) -> str:
         """Submit a claim on a whole-block prefix; returns its lifecycle state."""
 
     def release_claim(self, claim_id: str) -> None: ...
@@ -83,8 +92,10 @@ class RuntimeAdapter(Protocol):
 
 
 # Runtimes by short name, resolved by import at load time: the toolkit imports no runtime.
-SHORTCUTS = {"refimpl": "kvclaims.refimpl.adapter:RefimplAdapter",
-             "vllm": "kvclaims.vllm.adapter:VllmAdapter"}   # a real in-process vLLM engine
+SHORTCUTS = {
+    "refimpl": "kvclaims.refimpl.adapter:RefimplAdapter",
+    "vllm": "kvclaims.vllm.adapter:VllmAdapter",
+}  # a real in-process vLLM engine
 
 
 def load_adapter(name: str, **kwargs: Any) -> RuntimeAdapter:
@@ -110,8 +121,11 @@ def load_adapter(name: str, **kwargs: Any) -> RuntimeAdapter:
             raise
         raise BadArgument(arg, f"cannot build {name!r}: TypeError: {exc}") from None
     if not isinstance(runtime, RuntimeAdapter):
-        missing = [m for m in ("block_hashes", "submit_claim", "submit_request", "resident",
-                               "trace_lines", "capabilities") if not hasattr(runtime, m)]
+        missing = [
+            m
+            for m in ("block_hashes", "submit_claim", "submit_request", "resident", "trace_lines", "capabilities")
+            if not hasattr(runtime, m)
+        ]
         raise InvalidInput(f"runtime {name!r} does not implement the adapter protocol (missing {missing})")
     return runtime
 

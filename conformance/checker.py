@@ -22,6 +22,7 @@ requests and resident blocks, not with the trace (RKC-TR-7); it then forgets
 ended ids, so an event for one reads as `unknown_*` and a reused id goes
 unnoticed.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,9 @@ REQUEST_MOVES: dict[str, tuple[tuple[str, ...], str]] = {
     "request_abort": (("submitted", "waiting", "running"), "aborted"),
 }
 # Statuses no request event leaves: the request's outcome is final.
-REQUEST_ENDS = (frozenset(dest for _, dest in REQUEST_MOVES.values())
-                - {s for sources, _ in REQUEST_MOVES.values() for s in sources})
+REQUEST_ENDS = frozenset(dest for _, dest in REQUEST_MOVES.values()) - {
+    s for sources, _ in REQUEST_MOVES.values() for s in sources
+}
 
 _STRING_LISTS = ("blocks", "blocking_claims", "hit_blocks")  # lists of non-empty strings wherever present
 _is_str = str.__instancecheck__
@@ -88,9 +90,9 @@ class Violation:
 @dataclass
 class Report:
     violations: list[Violation] = field(default_factory=list)
-    claims: dict[str, str] = field(default_factory=dict)           # final lifecycle state (not when streamed)
+    claims: dict[str, str] = field(default_factory=dict)  # final lifecycle state (not when streamed)
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)  # outcome (not when streamed)
-    tally: dict[str, int] = field(default_factory=dict)            # "claim released", "request finished": count
+    tally: dict[str, int] = field(default_factory=dict)  # "claim released", "request finished": count
     records: int = 0
     ordinary_evictions: int = 0
 
@@ -114,8 +116,8 @@ class Checker:
         self.after = {(t.source, t.event): t.dest for t in lc.transitions}
         self.allowed = {s: [t.event for t in lc.transitions if t.source == s] for s in lc.states}
         self.terminal = frozenset(lc.terminal)
-        self.live: dict[str, str] = {}             # claim -> replayed state
-        self.chains: dict[str, list[str]] = {}     # of live claims only
+        self.live: dict[str, str] = {}  # claim -> replayed state
+        self.chains: dict[str, list[str]] = {}  # of live claims only
         self.tier_of = needed_tiers(self.spec)
         self.needed: dict[str, dict[str, set[str]]] = {t: {} for t in TIERS}
         self.refusals = set(self.spec.outcome_names) - {"admit", "wait"}
@@ -124,20 +126,30 @@ class Checker:
         self.evicted = {t: deque() for t in TIERS}  # recent block_evict records: (line, reason, blocks)
         self.evicted_held = dict.fromkeys(TIERS, 0)  # how many hashes those hold
         self.invalidations = frozenset(self.spec.invalidations)
-        self.epoch, self.invalidated = 0, ""       # invalidations so far; the latest, described
-        self.admitted: dict[str, int] = {}         # request -> epoch of its admission
+        self.epoch, self.invalidated = 0, ""  # invalidations so far; the latest, described
+        self.admitted: dict[str, int] = {}  # request -> epoch of its admission
         self.report = Report()
         self.requests = self.report.requests if on_end is None else {}  # live ones only when streamed
         self.last_seq: int | None = None
         self.last_time = 0
         self._line, self._seq = 0, None
-        replay = {"claim_submit": self._on_claim_submit, "claim": self._on_claim,
-                  "request_submit": self._on_request_submit, **dict.fromkeys(REQUEST_MOVES, self._on_request),
-                  "request_admit": self._on_admit, "block_store": self._on_store, "block_evict": self._on_evict,
-                  "block_offload": self._on_copy, "block_restore": self._on_copy, "operator": self._on_operator}
+        replay = {
+            "claim_submit": self._on_claim_submit,
+            "claim": self._on_claim,
+            "request_submit": self._on_request_submit,
+            **dict.fromkeys(REQUEST_MOVES, self._on_request),
+            "request_admit": self._on_admit,
+            "block_store": self._on_store,
+            "block_evict": self._on_evict,
+            "block_offload": self._on_copy,
+            "block_restore": self._on_copy,
+            "operator": self._on_operator,
+        }
         # kind -> (required fields, optional fields read, what replays it; None: nothing to replay)
-        self.kinds = {kind: (tuple(fields.items()), tuple(OPTIONAL.get(kind, {}).items()), replay.get(kind))
-                      for kind, fields in FIELDS.items()}
+        self.kinds = {
+            kind: (tuple(fields.items()), tuple(OPTIONAL.get(kind, {}).items()), replay.get(kind))
+            for kind, fields in FIELDS.items()
+        }
 
     # ------------------------------------------------------------------ driving
     def feed(self, line: int, rec: dict[str, Any] | str) -> None:
@@ -176,8 +188,14 @@ class Checker:
     def _flag(self, kind: str, message: str) -> None:
         self.report.violations.append(Violation(self._line, self._seq, kind, message))
 
-    def _shape(self, rec: dict[str, Any], fields: tuple[tuple[str, type], ...] | None,
-               optional: tuple[tuple[str, type], ...], seq: Any, time: Any) -> str | None:
+    def _shape(
+        self,
+        rec: dict[str, Any],
+        fields: tuple[tuple[str, type], ...] | None,
+        optional: tuple[tuple[str, type], ...],
+        seq: Any,
+        time: Any,
+    ) -> str | None:
         """RKC-TR-1, RKC-TR-3: what the record lacks of the envelope or of its kind's fields."""
         version = rec.get("schema_version")
         if type(version) is not int or version != SCHEMA_VERSION:
@@ -189,7 +207,7 @@ class Checker:
         if fields is None:
             return f"unknown kind {rec.get('kind')!r}"
         kind = rec["kind"]
-        for name, typ in fields:   # an id, a reason, an event: a required string names something
+        for name, typ in fields:  # an id, a reason, an event: a required string names something
             value = rec.get(name)
             if not isinstance(value, typ) or not value and typ is str:
                 return f"{kind}: field {name!r} must be a {_kind_of(typ)}, {_got(rec, name)}"
@@ -252,8 +270,10 @@ class Checker:
         if event not in self.spec.lifecycle.events:
             self._flag("malformed_line", f"unknown lifecycle event {event!r}")
         elif cid in self.report.claims:
-            self._flag("event_after_terminal",
-                       f"claim {cid!r}: event {event!r} after terminal state {self.report.claims[cid]!r}")
+            self._flag(
+                "event_after_terminal",
+                f"claim {cid!r}: event {event!r} after terminal state {self.report.claims[cid]!r}",
+            )
         elif state is None:
             ended = " (or that ended: ended claims are streamed out and forgotten)" if self.on_end else ""
             self._flag("unknown_claim", f"event {event!r} for claim {cid!r} that was never submitted{ended}")
@@ -330,8 +350,10 @@ class Checker:
             return self._flag("refusal_without_attribution", f"request {rid!r} refused by claims but names none")
         for cid in blocking:
             if self.tier_of.get(self.live.get(cid)) != "device":
-                self._flag("refusal_without_attribution",
-                           f"request {rid!r} attributed to claim {cid!r}, which protects no blocks")
+                self._flag(
+                    "refusal_without_attribution",
+                    f"request {rid!r} attributed to claim {cid!r}, which protects no blocks",
+                )
 
     # ------------------------------------------------------------------ blocks
     def _on_admit(self, rec: dict) -> None:
@@ -346,8 +368,11 @@ class Checker:
         self.resident[rec["tier"]].update(rec["blocks"])
         rid = rec.get("request")
         if rid is not None and self.admitted.get(rid, self.epoch) < self.epoch:
-            self._flag("stale_store", f"request {rid!r} stores {len(rec['blocks'])} block(s) but was admitted "
-                                      f"before the invalidation {self.invalidated}: its KV may be stale")
+            self._flag(
+                "stale_store",
+                f"request {rid!r} stores {len(rec['blocks'])} block(s) but was admitted "
+                f"before the invalidation {self.invalidated}: its KV may be stale",
+            )
 
     def _on_copy(self, rec: dict) -> None:
         """RKC-TR-9: an offload or restore copies blocks resident in the other tier into `tier`."""
@@ -366,10 +391,11 @@ class Checker:
     def _need(self, tier: str, blocks: list[str], what: str) -> None:
         """RKC-TR-9, off the fast path (callers test residency first): a finding per absent block."""
         resident = self.resident[tier]
-        for h in dict.fromkeys(blocks):   # a hash a chain repeats is one finding
+        for h in dict.fromkeys(blocks):  # a hash a chain repeats is one finding
             if h not in resident:
-                self._flag("phantom_block", f"{what} block {h}, which is not resident on {tier}: "
-                                            f"{self._why_absent(tier, h)}")
+                self._flag(
+                    "phantom_block", f"{what} block {h}, which is not resident on {tier}: {self._why_absent(tier, h)}"
+                )
 
     def _remember(self, tier: str, blocks: list[str], reason: str) -> None:
         """Keep the latest evictions (about RECENT_EVICTIONS hashes a tier, at least the latest
@@ -401,9 +427,11 @@ class Checker:
         for h in blocks:
             if h in needed:
                 for cid in sorted(needed[h]):
-                    self._flag("claimed_block_lost",
-                               f"block {h} evicted from {tier} ({rec['reason']}) while claim {cid!r} "
-                               f"is {self.live[cid]!r}, with no lifecycle event first")
+                    self._flag(
+                        "claimed_block_lost",
+                        f"block {h} evicted from {tier} ({rec['reason']}) while claim {cid!r} "
+                        f"is {self.live[cid]!r}, with no lifecycle event first",
+                    )
             else:
                 self.report.ordinary_evictions += 1
 
@@ -423,8 +451,7 @@ def needed_tiers(spec: Spec) -> dict[str, str]:
     """Which tier a claim in each state must keep its blocks in (RKC-TR-6): protected
     states on the device, the offload's destination on the host; other states none."""
     lc = spec.lifecycle
-    return {**{s: "device" for s in lc.protected},
-            **{t.dest: "host" for t in lc.transitions if t.event == "offload"}}
+    return {**{s: "device" for s in lc.protected}, **{t.dest: "host" for t in lc.transitions if t.event == "offload"}}
 
 
 def check_lines(lines: Iterable[str | bytes], spec: Spec | None = None, on_end: OnEnd | None = None) -> Report:
@@ -440,8 +467,10 @@ def check_file(path, spec: Spec | None = None, on_end: OnEnd | None = None, max_
 
 
 def render(report: Report) -> str:
-    lines = [f"{report.records} records, {report.count('claim')} claims, {report.count('request')} requests, "
-             f"{report.ordinary_evictions} ordinary evictions, {len(report.violations)} violations"]
+    lines = [
+        f"{report.records} records, {report.count('claim')} claims, {report.count('request')} requests, "
+        f"{report.ordinary_evictions} ordinary evictions, {len(report.violations)} violations"
+    ]
     lines += [f"  {where(v)}: {v.kind}: {v.message}" for v in report.violations]
     lines += [f"  claim {c}: {s}" for c, s in report.claims.items()]
     lines += [f"  request {r}: {json.dumps(o, sort_keys=True)}" for r, o in report.requests.items()]

@@ -3,6 +3,7 @@
 Exit 0 when the trace is clean, 1 on any violation; a file that cannot be read
 is a usage error (2, one line, from `kvclaims.cli`).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,13 @@ from kvclaims.trace import file_lines
 def add_arguments(parser) -> None:
     parser.add_argument("trace", help="JSONL trace file, or - for standard input")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--stream", action="store_true",
-                        help="print each claim's final state and each request's outcome as it ends and keep "
-                             "only counts: memory stays flat on any trace, but an id reused after it ended "
-                             "goes unnoticed")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="print each claim's final state and each request's outcome as it ends and keep "
+        "only counts: memory stays flat on any trace, but an id reused after it ended "
+        "goes unnoticed",
+    )
 
 
 def run(args) -> int:
@@ -41,6 +45,7 @@ def _printer(as_json: bool) -> OnEnd:
             _print(json.dumps({what: ident, "outcome": outcome}, sort_keys=True))
         else:
             _print(f"  {what} {ident}: {outcome if what == 'claim' else json.dumps(outcome, sort_keys=True)}")
+
     return print_outcome
 
 

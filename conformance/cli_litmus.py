@@ -1,4 +1,5 @@
 """`kvclaims litmus --runtime refimpl|MODULE:CLASS [--json]`: run the litmus suite against a runtime."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,16 @@ MARK = {"passed": "PASS", "failed": "FAIL", "not_applicable": "N/A "}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--runtime", default="refimpl",
-                        help="'refimpl', 'vllm' or MODULE:CLASS implementing "
-                             "kvclaims.conformance.adapter.RuntimeAdapter")
-    parser.add_argument("--device", default=None,
-                        help="torch device, passed to the runtime (refimpl default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--runtime",
+        default="refimpl",
+        help="'refimpl', 'vllm' or MODULE:CLASS implementing kvclaims.conformance.adapter.RuntimeAdapter",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="torch device, passed to the runtime (refimpl default: cuda if available, else cpu)",
+    )
     parser.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run only this scenario")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
 
@@ -30,8 +36,7 @@ def report(runtime: str, results: list, as_json: bool) -> int:
     JSON; the exit status. (The rejection scenarios report the same way.)"""
     ok = not any(r.status == "failed" for r in results)
     if as_json:
-        print(json.dumps({"runtime": runtime, "passed": ok, "scenarios": [r.to_json() for r in results]},
-                         indent=2))
+        print(json.dumps({"runtime": runtime, "passed": ok, "scenarios": [r.to_json() for r in results]}, indent=2))
     else:
         for r in results:
             print(f"{MARK[r.status]}  {r.name}: {r.expected}")

@@ -1,5 +1,6 @@
 """`kvclaims rejections --runtime refimpl|vllm|MODULE:CLASS [--json]`: the protocol's bad-input
 scenarios against a runtime, reported as the litmus suite reports its own."""
+
 from __future__ import annotations
 
 from kvclaims.conformance.fuzz import runtime_factory
@@ -8,9 +9,11 @@ from kvclaims.conformance.rejections import REJECTIONS, run_rejection
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--runtime", default="refimpl",
-                        help="'refimpl', 'vllm' or MODULE:CLASS implementing "
-                             "kvclaims.conformance.adapter.RuntimeAdapter")
+    parser.add_argument(
+        "--runtime",
+        default="refimpl",
+        help="'refimpl', 'vllm' or MODULE:CLASS implementing kvclaims.conformance.adapter.RuntimeAdapter",
+    )
     parser.add_argument("--only", action="append", choices=sorted(REJECTIONS), help="run only this scenario")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
 
@@ -19,4 +22,3 @@ def run(args) -> int:
     """Exit 0 unless a scenario failed: not applicable is reported, never failed nor passed."""
     factory = runtime_factory(args.runtime)
     return report(args.runtime, [run_rejection(n, factory) for n in (args.only or REJECTIONS)], args.json)
-

@@ -7,6 +7,7 @@ stateful suite (which checks its ids after every step). An obligation conforms
 when it has evidence and none of it failed; "not applicable" scenarios are
 listed, never counted as passes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,46 +28,81 @@ SERVER_CHECKED = ("RKC-SEC-1", "RKC-SEC-2")
 
 
 def conform(runtime: str, steps: int, seed: int) -> dict:
-    check_steps(steps)   # zero steps would count as stateful evidence that was never run
+    check_steps(steps)  # zero steps would count as stateful evidence that was never run
     factory = runtime_factory(runtime)
     spec = load()
     evidence: dict[str, list[dict]] = {oid: [] for oid in spec.obligations}
     for r in prove_all(spec):
-        evidence[r.obligation].append({"kind": "proof", "name": r.name, "method": r.method,
-                                       "result": "passed" if r.proved else "failed"})
+        evidence[r.obligation].append(
+            {"kind": "proof", "name": r.name, "method": r.method, "result": "passed" if r.proved else "failed"}
+        )
     for res in run_all(factory):
         for oid in SCENARIOS[res.name].checks:
-            evidence[oid].append({"kind": "litmus", "name": res.name, "result": res.status,
-                                  **({"reason": res.reason} if res.reason else {})})
+            evidence[oid].append(
+                {
+                    "kind": "litmus",
+                    "name": res.name,
+                    "result": res.status,
+                    **({"reason": res.reason} if res.reason else {}),
+                }
+            )
     for res in rejections.run_all(factory):
-        evidence[rejections.OBLIGATION].append({"kind": "rejection", "name": res.name, "result": res.status,
-                                                **({"reason": res.reason} if res.reason else {}),
-                                                **({"violation": "; ".join(res.failures)} if res.failures else {})})
+        evidence[rejections.OBLIGATION].append(
+            {
+                "kind": "rejection",
+                "name": res.name,
+                "result": res.status,
+                **({"reason": res.reason} if res.reason else {}),
+                **({"violation": "; ".join(res.failures)} if res.failures else {}),
+            }
+        )
     try:
         totals = fuzz(factory, steps, seed)
         stateful = {"result": "passed", "steps": totals["steps"]}
     except Exception as exc:  # a violation, or the runtime crashed
-        stateful = {"result": "failed", "violation": violation(exc),
-                    "program": "\n".join(getattr(exc, "__notes__", []))}
+        stateful = {
+            "result": "failed",
+            "violation": violation(exc),
+            "program": "\n".join(getattr(exc, "__notes__", [])),
+        }
     for oid in CHECKS:
         evidence[oid].append({"kind": "stateful", "name": "contract machine", **stateful})
     for oid in SERVER_CHECKED:
-        evidence[oid].append({"kind": "server", "name": "tenants", "result": "not applicable",
-                              "reason": "tenancy is the serving front end's: checked through the vLLM "
-                                        "OpenAI server by tests/test_vllm_tenants.py"})
-    evidence["RKC-TR-7"].append({"kind": "checker", "name": "malformed-input self-test",
-                                 "result": "passed" if _checker_survives_garbage() else "failed"})
+        evidence[oid].append(
+            {
+                "kind": "server",
+                "name": "tenants",
+                "result": "not applicable",
+                "reason": "tenancy is the serving front end's: checked through the vLLM "
+                "OpenAI server by tests/test_vllm_tenants.py",
+            }
+        )
+    evidence["RKC-TR-7"].append(
+        {
+            "kind": "checker",
+            "name": "malformed-input self-test",
+            "result": "passed" if _checker_survives_garbage() else "failed",
+        }
+    )
     obligations = []
     for oid, items in evidence.items():
         results = {e["result"] for e in items}
-        verdict = ("violated" if "failed" in results else
-                   "conforms" if results & {"passed"} else
-                   "not applicable" if items else "no evidence")
-        obligations.append({"id": oid, "statement": spec.obligations[oid], "verdict": verdict,
-                            "evidence": items})
-    return {"schema": REPORT_SCHEMA, "runtime": runtime,
-            "conforms": all(o["verdict"] in ("conforms", "not applicable") for o in obligations),
-            "obligations": obligations}
+        verdict = (
+            "violated"
+            if "failed" in results
+            else "conforms"
+            if results & {"passed"}
+            else "not applicable"
+            if items
+            else "no evidence"
+        )
+        obligations.append({"id": oid, "statement": spec.obligations[oid], "verdict": verdict, "evidence": items})
+    return {
+        "schema": REPORT_SCHEMA,
+        "runtime": runtime,
+        "conforms": all(o["verdict"] in ("conforms", "not applicable") for o in obligations),
+        "obligations": obligations,
+    }
 
 
 def _checker_survives_garbage() -> bool:
@@ -96,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
         for o in report["obligations"]:
             for e in o["evidence"]:
                 if e["result"] == "failed":
-                    print(f"\n{o['id']} violated by {e['kind']} {e['name']}: "
-                          f"{e.get('violation', '')}\n{e.get('program', '')}")
+                    print(
+                        f"\n{o['id']} violated by {e['kind']} {e['name']}: "
+                        f"{e.get('violation', '')}\n{e.get('program', '')}"
+                    )
         print(f"\nverdict: {'CONFORMS' if report['conforms'] else 'DOES NOT CONFORM'}")
     return 0 if report["conforms"] else 1

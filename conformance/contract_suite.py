@@ -1,4 +1,5 @@
 """The contract suites as pytest tests, collected by the plugin for --kvclaims-runtime."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -23,6 +24,10 @@ def test_litmus(kvclaims_runtime: str, name: str) -> None:
 def test_stateful_contract(kvclaims_runtime: str, pytestconfig: pytest.Config) -> None:
     run_state_machine_as_test(
         machine_for(partial(load_adapter, kvclaims_runtime)),
-        settings=settings(max_examples=pytestconfig.getoption("kvclaims_examples"),
-                          stateful_step_count=pytestconfig.getoption("kvclaims_steps"),
-                          deadline=None, suppress_health_check=[HealthCheck.too_slow]))
+        settings=settings(
+            max_examples=pytestconfig.getoption("kvclaims_examples"),
+            stateful_step_count=pytestconfig.getoption("kvclaims_steps"),
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

@@ -4,6 +4,7 @@ Steps run in batches of Hypothesis examples, each batch with its own seed
 derived from --seed, so a run is reproducible. A failure prints the shrunk,
 replayable program and exits 1; otherwise a summary of what was exercised.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,7 @@ SUMMARY = {  # summary line -> trace record kinds (claim events as claim:<event>
 }
 
 
-def fuzz(runtime: str | Factory, steps: int, seed_value: int, *, faults: bool = True,
-         log=lambda msg: None) -> Counter:
+def fuzz(runtime: str | Factory, steps: int, seed_value: int, *, faults: bool = True, log=lambda msg: None) -> Counter:
     """Run at least `steps` steps against a runtime (a name for `load_adapter`, or a factory
     from `runtime_factory`); raises the failing example's error on a violation."""
     totals: Counter = Counter()
@@ -55,12 +55,19 @@ def fuzz(runtime: str | Factory, steps: int, seed_value: int, *, faults: bool = 
     batch = 0
     while totals["steps"] < steps:
         machine = seed(seed_value * 1_000_003 + batch)(Counted)
-        run_state_machine_as_test(machine, settings=settings(
-            max_examples=min(EXAMPLES_PER_BATCH, -(-(steps - totals["steps"]) // STEPS_PER_EXAMPLE)),
-            stateful_step_count=STEPS_PER_EXAMPLE,
-            deadline=None, database=None, derandomize=False, report_multiple_bugs=False,
-            suppress_health_check=list(HealthCheck),
-            phases=[Phase.generate, Phase.shrink]))
+        run_state_machine_as_test(
+            machine,
+            settings=settings(
+                max_examples=min(EXAMPLES_PER_BATCH, -(-(steps - totals["steps"]) // STEPS_PER_EXAMPLE)),
+                stateful_step_count=STEPS_PER_EXAMPLE,
+                deadline=None,
+                database=None,
+                derandomize=False,
+                report_multiple_bugs=False,
+                suppress_health_check=list(HealthCheck),
+                phases=[Phase.generate, Phase.shrink],
+            ),
+        )
         batch += 1
         log(f"batch {batch}: {totals['steps']} steps")
     return totals
@@ -77,17 +84,16 @@ def runtime_factory(runtime: str, **fixed) -> Factory:
         raise
     except Exception as exc:  # whatever the named class raises: it cannot serve as a runtime
         given = "".join(f" with {k}={v!r}" for k, v in fixed.items())
-        raise BadArgument("--runtime", f"cannot build {runtime!r}{given}: "
-                                       f"{type(exc).__name__}: {exc}") from None
+        raise BadArgument("--runtime", f"cannot build {runtime!r}{given}: {type(exc).__name__}: {exc}") from None
     return factory
 
 
 def _without_faults(factory):
     def make(**shape):
         runtime = factory(**shape)
-        runtime.capabilities = runtime.capabilities - {"reset_cache", "evict_blocks",
-                                                       "device_fault", "host_fault"}
+        runtime.capabilities = runtime.capabilities - {"reset_cache", "evict_blocks", "device_fault", "host_fault"}
         return runtime
+
     return make
 
 
@@ -112,20 +118,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_steps(args.steps)
-    factory = runtime_factory(args.runtime)   # a bad --runtime is exit 2, not a violation
+    factory = runtime_factory(args.runtime)  # a bad --runtime is exit 2, not a violation
     t0 = time.perf_counter()
     try:
-        totals = fuzz(factory, args.steps, args.seed, faults=not args.no_faults,
-                      log=lambda m: print(m, file=sys.stderr) if not args.json else None)
+        totals = fuzz(
+            factory,
+            args.steps,
+            args.seed,
+            faults=not args.no_faults,
+            log=lambda m: print(m, file=sys.stderr) if not args.json else None,
+        )
     except Exception as exc:  # the contract was broken, or the runtime crashed: the notes hold the program
         print("\n".join(getattr(exc, "__notes__", [])))
         print(f"\nkvclaims fuzz: VIOLATION: {violation(exc)}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - t0
-    summary = {"runtime": args.runtime, "seed": args.seed, "steps": totals["steps"],
-               "examples": totals["examples"], "seconds": round(seconds, 1),
-               "steps_per_second": round(totals["steps"] / seconds, 1), "violations": 0,
-               **{name: sum(totals[k] for k in kinds) for name, kinds in SUMMARY.items()}}
+    summary = {
+        "runtime": args.runtime,
+        "seed": args.seed,
+        "steps": totals["steps"],
+        "examples": totals["examples"],
+        "seconds": round(seconds, 1),
+        "steps_per_second": round(totals["steps"] / seconds, 1),
+        "violations": 0,
+        **{name: sum(totals[k] for k in kinds) for name, kinds in SUMMARY.items()},
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

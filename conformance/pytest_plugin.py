@@ -7,6 +7,7 @@ and the rejection scenarios (kvclaims.conformance.rejections) to the session, dr
 your RuntimeAdapter. Without the option nothing is added. Strategies for your own
 tests: `kvclaims.conformance.strategies`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,12 +19,13 @@ SUITE = Path(__file__).with_name("contract_suite.py")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvclaims", "Resident KV Claims contract")
-    group.addoption("--kvclaims-runtime", metavar="MODULE:CLASS",
-                    help="run the litmus, rejection and stateful contract suites against this runtime adapter")
-    group.addoption("--kvclaims-steps", type=int, default=50,
-                    help="steps per stateful example (default 50)")
-    group.addoption("--kvclaims-examples", type=int, default=100,
-                    help="stateful examples (default 100)")
+    group.addoption(
+        "--kvclaims-runtime",
+        metavar="MODULE:CLASS",
+        help="run the litmus, rejection and stateful contract suites against this runtime adapter",
+    )
+    group.addoption("--kvclaims-steps", type=int, default=50, help="steps per stateful example (default 50)")
+    group.addoption("--kvclaims-examples", type=int, default=100, help="stateful examples (default 100)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,6 +53,7 @@ def kvclaims_runtime(request: pytest.FixtureRequest) -> str:
 class Rejections(pytest.File):
     def collect(self):
         from kvclaims.conformance.rejections import REJECTIONS
+
         for name in sorted(REJECTIONS):
             yield Rejection.from_parent(self, name=f"test_rejection[{name}]", scenario=name)
 
@@ -68,6 +71,7 @@ class Rejection(pytest.Item):
 
         from kvclaims.conformance.adapter import load_adapter
         from kvclaims.conformance.rejections import run_rejection
+
         result = run_rejection(self.scenario, partial(load_adapter, self.config.getoption("kvclaims_runtime")))
         if result.status == "not_applicable":
             pytest.skip(f"not applicable: {result.reason}")

@@ -17,18 +17,17 @@ table and trace, not on its own bookkeeping:
 A rejected operation must raise a typed error and change nothing (RKC-RT-4).
 On failure Hypothesis prints the steps as Python, ready to paste into a test.
 """
+
 from __future__ import annotations
 
 from collections import Counter
 from typing import Callable
 
 from hypothesis import strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant,
-                                 precondition, rule)
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
 
 from kvclaims.conformance.adapter import RuntimeAdapter
-from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, InvalidInput,
-                             KVClaimsError, UnknownId)
+from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidInput, KVClaimsError, UnknownId
 from kvclaims.model.pool import ClaimTerms, PoolModel
 from kvclaims.conformance.checker import Checker
 from kvclaims.trace import read_lines
@@ -37,8 +36,24 @@ from kvclaims.conformance.strategies import VOCAB, claim_kwargs, family_tokens, 
 Factory = Callable[..., RuntimeAdapter]
 # Obligations the machine checks on every step (each named in a ContractViolation below).
 # The trace envelope, order and fields (RKC-TR-1..3) are the checker's, fed every record.
-CHECKS = ("RKC-INV-1", "RKC-INV-3", "RKC-INV-4", "RKC-INV-6", "RKC-RT-8", "RKC-ACC-1", "RKC-FEAS-6", "RKC-FEAS-7",
-          "RKC-RT-2", "RKC-RT-3", "RKC-RT-4", "RKC-TR-1", "RKC-TR-2", "RKC-TR-3", "RKC-TR-5", "RKC-TR-9")
+CHECKS = (
+    "RKC-INV-1",
+    "RKC-INV-3",
+    "RKC-INV-4",
+    "RKC-INV-6",
+    "RKC-RT-8",
+    "RKC-ACC-1",
+    "RKC-FEAS-6",
+    "RKC-FEAS-7",
+    "RKC-RT-2",
+    "RKC-RT-3",
+    "RKC-RT-4",
+    "RKC-TR-1",
+    "RKC-TR-2",
+    "RKC-TR-3",
+    "RKC-TR-5",
+    "RKC-TR-9",
+)
 OPERATOR_ACTIONS = ("reset_cache", "evict_blocks", "device_fault", "host_fault")
 ERRORS = {e.__name__: e for e in (IllegalTransition, GuardRejected, InvalidInput)}
 
@@ -61,12 +76,15 @@ class ContractMachine(RuleBasedStateMachine):
         self.steps = 0
 
     # --- setup ---------------------------------------------------------------------
-    @initialize(U=st.integers(8, 64), B=st.sampled_from([2, 4]), reserve=st.integers(0, 32),
-                host=st.integers(0, 24))
+    @initialize(U=st.integers(8, 64), B=st.sampled_from([2, 4]), reserve=st.integers(0, 32), host=st.integers(0, 24))
     def start(self, U: int, B: int, reserve: int, host: int) -> None:
         self.rt = type(self).factory(U=U, B=B, R=min(reserve, U // 2), host_blocks=host)
-        self.model = PoolModel(self.rt.U, self.rt.R, self.rt.host_blocks,
-                               recomputes_last_block=getattr(self.rt, "recomputes_last_block", False))
+        self.model = PoolModel(
+            self.rt.U,
+            self.rt.R,
+            self.rt.host_blocks,
+            recomputes_last_block=getattr(self.rt, "recomputes_last_block", False),
+        )
         self.checker = Checker()
         self.trace_pos = 0
         self.serial = 0
@@ -86,8 +104,7 @@ class ContractMachine(RuleBasedStateMachine):
         tail = tail % (self.rt.U - shared + 1)
         if shared + tail == 0:
             tail = 1
-        return (family_tokens(family, shared, self.rt.B)
-                + unique_tokens(self.serial, tail, self.rt.B))
+        return family_tokens(family, shared, self.rt.B) + unique_tokens(self.serial, tail, self.rt.B)
 
     def _evicted(self) -> dict[str, list[str]]:
         """Cached blocks the runtime's LRU evicted since the last check, in order, by the
@@ -117,23 +134,27 @@ class ContractMachine(RuleBasedStateMachine):
             raise ContractViolation(f"RKC-RT-4: rejected {what} changed the runtime")
 
     def _snapshot(self) -> tuple:
-        return (len(self.rt.trace_lines(self.trace_pos)), frozenset(self.rt.resident()),
-                tuple((c, self.rt.claim_state(c)) for c in sorted(self.model.claims)),
-                tuple((r, self.rt.request_status(r)) for r in sorted(self.model.requests)))
+        return (
+            len(self.rt.trace_lines(self.trace_pos)),
+            frozenset(self.rt.resident()),
+            tuple((c, self.rt.claim_state(c)) for c in sorted(self.model.claims)),
+            tuple((r, self.rt.request_status(r)) for r in sorted(self.model.requests)),
+        )
 
     # --- claims ----------------------------------------------------------------------
     @precondition(lambda self: self.rt is not None)
-    @rule(target=claims, family=st.integers(0, 2), blocks=st.integers(1, 64),
-          kwargs=claim_kwargs(host_tier=True))
+    @rule(target=claims, family=st.integers(0, 2), blocks=st.integers(1, 64), kwargs=claim_kwargs(host_tier=True))
     def submit_claim(self, family: int, blocks: int, kwargs: dict) -> str:
         if not self._can("host_tier") and "host" in kwargs["tiers"]:
-            kwargs = {**kwargs, "tiers": ("device",),
-                      "policy": "demote" if kwargs["policy"] == "offload" else kwargs["policy"]}
+            kwargs = {
+                **kwargs,
+                "tiers": ("device",),
+                "policy": "demote" if kwargs["policy"] == "offload" else kwargs["policy"],
+            }
         tokens = family_tokens(family, 1 + blocks % max(1, self.rt.U // 3), self.rt.B)
         cid = f"c{len(self.model.claims)}"
         got = self.rt.submit_claim(cid, tokens, **kwargs)
-        want = self.model.submit_claim(ClaimTerms(cid, tuple(self.rt.block_hashes(tokens)),
-                                                  **kwargs))
+        want = self.model.submit_claim(ClaimTerms(cid, tuple(self.rt.block_hashes(tokens)), **kwargs))
         self.tokens[cid] = tokens
         if got != want:
             raise ContractViolation(f"RKC-ACC-1: claim {cid} is {got!r}, the model says {want!r}")
@@ -142,8 +163,7 @@ class ContractMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.rt is not None)
     @rule(claim=claims)
     def duplicate_claim(self, claim: str) -> None:
-        self._rejected(DuplicateId, lambda: self.rt.submit_claim(claim, self.tokens[claim]),
-                       f"duplicate claim {claim}")
+        self._rejected(DuplicateId, lambda: self.rt.submit_claim(claim, self.tokens[claim]), f"duplicate claim {claim}")
 
     @precondition(lambda self: self.rt is not None)
     @rule(claim=consumes(claims))
@@ -152,8 +172,11 @@ class ContractMachine(RuleBasedStateMachine):
             self.rt.release_claim(claim)
             self.model.release_claim(claim)
         else:
-            self._rejected(IllegalTransition, lambda: self.rt.release_claim(claim),
-                           f"release of {self.model.claims[claim].state} claim {claim}")
+            self._rejected(
+                IllegalTransition,
+                lambda: self.rt.release_claim(claim),
+                f"release of {self.model.claims[claim].state} claim {claim}",
+            )
 
     @precondition(lambda self: self.rt is not None and self._can("owner_ops"))
     @rule(claim=claims, op=st.sampled_from(["demote", "offload", "restore"]), warm=st.booleans())
@@ -162,8 +185,7 @@ class ContractMachine(RuleBasedStateMachine):
         `warm`); refusals must change nothing."""
         if warm:
             self._warm(claim)
-        call = {"demote": self.rt.demote_claim, "offload": self.rt.offload_claim,
-                "restore": self.rt.restore_claim}[op]
+        call = {"demote": self.rt.demote_claim, "offload": self.rt.offload_claim, "restore": self.rt.restore_claim}[op]
         if op == "demote":
             refusal = None if "demote" in self.model.claims[claim].fsm.allowed() else "IllegalTransition"
         else:
@@ -174,8 +196,7 @@ class ContractMachine(RuleBasedStateMachine):
         call(claim)
         getattr(self.model, op)(claim)
 
-    @precondition(lambda self: self.rt is not None and self._can("owner_ops")
-                  and self._can("host_fault"))
+    @precondition(lambda self: self.rt is not None and self._can("owner_ops") and self._can("host_fault"))
     @rule(claim=claims, corrupt=st.booleans())
     def offload_roundtrip(self, claim: str, corrupt: bool) -> None:
         """Compute the prefix, offload, maybe corrupt one host copy, restore: a restore must
@@ -223,8 +244,13 @@ class ContractMachine(RuleBasedStateMachine):
         return self._submit(unique_tokens(self.serial, need, self.rt.B))
 
     @precondition(lambda self: self.rt is not None and self._can("request_claims"))
-    @rule(target=requests, family=st.integers(0, 2), blocks=st.integers(1, 64),
-          kwargs=claim_kwargs(host_tier=False), taken=st.booleans())
+    @rule(
+        target=requests,
+        family=st.integers(0, 2),
+        blocks=st.integers(1, 64),
+        kwargs=claim_kwargs(host_tier=False),
+        taken=st.booleans(),
+    )
     def request_with_claim(self, family: int, blocks: int, kwargs: dict, taken: bool) -> str:
         """A request carries a claim on its prefix: it applies at admission, or never if the
         request is refused or aborted first or the id is taken by then (RKC-RT-8)."""
@@ -236,12 +262,24 @@ class ContractMachine(RuleBasedStateMachine):
     def _submit(self, tokens: list[int], claim: ClaimTerms | None = None) -> str:
         rid = f"r{len(self.model.requests)}"
         self.prompts[rid] = tokens
-        carried = {} if claim is None else {"claim": {
-            "id": claim.id, "strength": claim.strength, "priority": claim.priority,
-            "ttl": claim.ttl, "tiers": claim.tiers, "policy": claim.policy}}
+        carried = (
+            {}
+            if claim is None
+            else {
+                "claim": {
+                    "id": claim.id,
+                    "strength": claim.strength,
+                    "priority": claim.priority,
+                    "ttl": claim.ttl,
+                    "tiers": claim.tiers,
+                    "policy": claim.policy,
+                }
+            }
+        )
         got = self.rt.submit_request(rid, tokens, **carried)
-        want = self.model.submit_request(rid, tuple(self.rt.block_hashes(tokens)), self._evicted(),
-                                         blocks=-(-len(tokens) // self.rt.B), claim=claim)
+        want = self.model.submit_request(
+            rid, tuple(self.rt.block_hashes(tokens)), self._evicted(), blocks=-(-len(tokens) // self.rt.B), claim=claim
+        )
         self._same_decision(rid, got, want)
         self._verify(rid)
         return rid
@@ -253,24 +291,33 @@ class ContractMachine(RuleBasedStateMachine):
     def _verify(self, rid: str) -> None:
         """RKC-INV-6: a running request of the current epoch holds exactly its tokens' KV,
         so no block it reused was computed before an invalidation (nor corrupt)."""
-        if self._can("verify_request") and self.model.requests[rid].status == "running" \
-                and self.model.fresh(rid) and not self.rt.verify_request(rid):
-            raise ContractViolation(f"RKC-INV-6: request {rid} holds KV that is not its tokens' "
-                                    "under its weights (stale or corrupt KV reused)")
+        if (
+            self._can("verify_request")
+            and self.model.requests[rid].status == "running"
+            and self.model.fresh(rid)
+            and not self.rt.verify_request(rid)
+        ):
+            raise ContractViolation(
+                f"RKC-INV-6: request {rid} holds KV that is not its tokens' "
+                "under its weights (stale or corrupt KV reused)"
+            )
 
     @precondition(lambda self: self.rt is not None and self._can("decode"))
     @rule(request=requests, n=st.integers(1, 9))
     def decode(self, request: str, n: int) -> None:
         """A running request grows by `n` generated tokens; a stale one must index none."""
         if self.model.requests[request].status != "running":
-            self._rejected(InvalidInput, lambda: self.rt.decode(request, [0]),
-                           f"decode of {self.model.requests[request].status} request {request}")
+            self._rejected(
+                InvalidInput,
+                lambda: self.rt.decode(request, [0]),
+                f"decode of {self.model.requests[request].status} request {request}",
+            )
             return
         self.serial += 1
         tokens = self.prompts[request] + [(self.serial * 7 + i) % VOCAB for i in range(n)]
         chain = tuple(self.rt.block_hashes(tokens))
         before = self.rt.resident()
-        got = self.rt.decode(request, tokens[len(self.prompts[request]):])
+        got = self.rt.decode(request, tokens[len(self.prompts[request]) :])
         want = self.model.decode(request, chain, -(-len(tokens) // self.rt.B), self._evicted())
         self._same_decision(request, got, want)
         if want.outcome != "admit":
@@ -278,8 +325,10 @@ class ContractMachine(RuleBasedStateMachine):
         self.prompts[request] = tokens
         indexed = (self.rt.resident() - before) & set(chain)
         if indexed and not self.model.fresh(request):
-            raise ContractViolation(f"RKC-INV-6: request {request}, admitted before the latest "
-                                    f"invalidation, indexed blocks {sorted(indexed)}")
+            raise ContractViolation(
+                f"RKC-INV-6: request {request}, admitted before the latest "
+                f"invalidation, indexed blocks {sorted(indexed)}"
+            )
         self._verify(request)
 
     @precondition(lambda self: self.rt is not None)
@@ -289,8 +338,11 @@ class ContractMachine(RuleBasedStateMachine):
             self.rt.finish(request, admit=admit)
             self.model.finish(request, admit=admit)
         else:
-            self._rejected(InvalidInput, lambda: self.rt.finish(request, admit=admit),
-                           f"finish of {self.model.requests[request].status} request {request}")
+            self._rejected(
+                InvalidInput,
+                lambda: self.rt.finish(request, admit=admit),
+                f"finish of {self.model.requests[request].status} request {request}",
+            )
 
     @precondition(lambda self: self.rt is not None)
     @rule(request=requests)
@@ -299,8 +351,11 @@ class ContractMachine(RuleBasedStateMachine):
             self.rt.abort(request)
             self.model.abort(request)
         else:
-            self._rejected(InvalidInput, lambda: self.rt.abort(request),
-                           f"abort of {self.model.requests[request].status} request {request}")
+            self._rejected(
+                InvalidInput,
+                lambda: self.rt.abort(request),
+                f"abort of {self.model.requests[request].status} request {request}",
+            )
 
     @precondition(lambda self: self.rt is not None)
     @rule(ticks=st.integers(1, 3))
@@ -345,8 +400,8 @@ class ContractMachine(RuleBasedStateMachine):
         if missing:
             raise ContractViolation(f"RKC-INV-1: materialized claims lost blocks with no event: {missing}")
         for rid, r in self.model.requests.items():
-            if r.claim_outcome == "applied":     # the prompt's full blocks, claimed at admission
-                self.tokens.setdefault(r.claim.id, self.prompts[rid][:len(r.claim.chain) * self.rt.B])
+            if r.claim_outcome == "applied":  # the prompt's full blocks, claimed at admission
+                self.tokens.setdefault(r.claim.id, self.prompts[rid][: len(r.claim.chain) * self.rt.B])
         if self._can("verify_content"):
             for cid in self.model.materialized_chains():
                 if not self.rt.verify_prefix(self.tokens[cid]):
@@ -356,11 +411,14 @@ class ContractMachine(RuleBasedStateMachine):
                 raise ContractViolation(f"claim {cid} is {self.rt.claim_state(cid)!r}, the model says {c.state!r}")
         for rid, r in self.model.requests.items():
             if self.rt.request_status(rid) != r.status:
-                raise ContractViolation(f"RKC-RT-3: request {rid} is {self.rt.request_status(rid)!r}, "
-                                        f"the model says {r.status!r}")
+                raise ContractViolation(
+                    f"RKC-RT-3: request {rid} is {self.rt.request_status(rid)!r}, the model says {r.status!r}"
+                )
             if r.claim is not None and self.rt.claim_outcome(rid) != r.claim_outcome:
-                raise ContractViolation(f"RKC-RT-8: request {rid}'s claim is {self.rt.claim_outcome(rid)!r}, "
-                                        f"the model says {r.claim_outcome!r}")
+                raise ContractViolation(
+                    f"RKC-RT-8: request {rid}'s claim is {self.rt.claim_outcome(rid)!r}, "
+                    f"the model says {r.claim_outcome!r}"
+                )
         self.model.sync(resident)
         if self.rt.counts() != self.model.counts():
             raise ContractViolation(f"RKC-INV-3: runtime counts {self.rt.counts()} != model {self.model.counts()}")
@@ -372,8 +430,7 @@ class ContractMachine(RuleBasedStateMachine):
         want = self.model.requests[rec["request"]].decision
         got = (rec.get("reason"), tuple(rec.get("blocking_claims", ())))
         if got != (want.outcome, want.blocking_claims):
-            raise ContractViolation(f"RKC-FEAS-6: trace refuses {rec['request']} as {got}, "
-                                    f"the model decides {want}")
+            raise ContractViolation(f"RKC-FEAS-6: trace refuses {rec['request']} as {got}, the model decides {want}")
 
     def _check_trace(self) -> None:
         lines = self.rt.trace_lines(self.trace_pos)

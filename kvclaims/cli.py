@@ -3,6 +3,7 @@ against runtimes and checked on their traces.
 
 Each subcommand lives in its own module with ``add_arguments(parser)`` and
 ``run(args) -> int``; errors print one line, no traceback."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,10 @@ COMMANDS = {
     "diagram": ("kvclaims.model.diagram_cli", "print the lifecycle as a mermaid state diagram"),
     "check": ("kvclaims.conformance.cli_check", "check a JSONL event trace against the contract"),
     "litmus": ("kvclaims.conformance.cli_litmus", "run the litmus suite against a runtime"),
-    "rejections": ("kvclaims.conformance.cli_rejections", "run the bad-input scenarios: the same typed error, "
-                                                          "nothing changed"),
+    "rejections": (
+        "kvclaims.conformance.cli_rejections",
+        "run the bad-input scenarios: the same typed error, nothing changed",
+    ),
     "probe": ("kvclaims.vllm.cli_probe", "run the paper's probe on a real vLLM engine, three ways"),
     "fuzz": ("kvclaims.conformance.fuzz", "run the stateful contract test against a runtime for N steps"),
     "conform": ("kvclaims.conformance.conform", "run proofs, litmus and the stateful suite; a verdict per obligation"),
@@ -67,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("KVCLAIMS_TRACEBACK"):
             raise
-        return _fail(args, 3, f"internal error: {type(exc).__name__}: {exc} "
-                              "(KVCLAIMS_TRACEBACK=1 shows where)")
+        return _fail(args, 3, f"internal error: {type(exc).__name__}: {exc} (KVCLAIMS_TRACEBACK=1 shows where)")
 
 
 def _fail(args: argparse.Namespace, code: int, message: str) -> int:

@@ -4,6 +4,7 @@ README.md and spec/CONTRACT.md hold these between ``<!-- BEGIN generated:NAME --
 and ``<!-- END generated:NAME -->`` markers; `kvclaims docs --write` refreshes
 them and a test fails when they drift from the spec.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,8 @@ def sections(spec: Spec) -> dict[str, str]:
     lc = spec.lifecycle
     states = ["| state | meaning | terminal | protected |", "|---|---|---|---|"]
     for s, doc in lc.states.items():
-        states.append(f"| `{s}` | {doc} | {'yes' if s in lc.terminal else ''} | "
-                      f"{'yes' if s in lc.protected else ''} |")
-    return {"diagram": f"```mermaid\n{mermaid(spec)}\n```",
-            "obligations": "\n".join(rows), "states": "\n".join(states)}
+        states.append(f"| `{s}` | {doc} | {'yes' if s in lc.terminal else ''} | {'yes' if s in lc.protected else ''} |")
+    return {"diagram": f"```mermaid\n{mermaid(spec)}\n```", "obligations": "\n".join(rows), "states": "\n".join(states)}
 
 
 def refresh(text: str, generated: dict[str, str]) -> str:
@@ -42,6 +41,7 @@ def refresh(text: str, generated: dict[str, str]) -> str:
         name = match.group(1)
         body = generated.get(name, match.group(2).strip("\n"))
         return f"<!-- BEGIN generated:{name} -->\n{body}\n<!-- END generated:{name} -->"
+
     return re.sub(r"<!-- BEGIN generated:(\w+) -->(.*?)<!-- END generated:\1 -->", sub, text, flags=re.S)
 
 

@@ -1,4 +1,5 @@
 """Typed errors. Every rejection leaves the runtime exactly as it was."""
+
 from __future__ import annotations
 
 
@@ -11,8 +12,10 @@ class IllegalTransition(KVClaimsError):
 
     def __init__(self, claim_id: str, state: str, event: str, allowed: list[str]) -> None:
         self.claim_id, self.state, self.event, self.allowed = claim_id, state, event, allowed
-        super().__init__(f"claim {claim_id!r}: event {event!r} is illegal in state {state!r} "
-                         f"(allowed: {', '.join(allowed) or 'none, the state is terminal'})")
+        super().__init__(
+            f"claim {claim_id!r}: event {event!r} is illegal in state {state!r} "
+            f"(allowed: {', '.join(allowed) or 'none, the state is terminal'})"
+        )
 
 
 class GuardRejected(KVClaimsError):
@@ -20,8 +23,9 @@ class GuardRejected(KVClaimsError):
 
     def __init__(self, claim_id: str, state: str, event: str, guard: str) -> None:
         self.claim_id, self.state, self.event, self.guard = claim_id, state, event, guard
-        super().__init__(f"claim {claim_id!r}: event {event!r} from state {state!r} "
-                         f"rejected: guard {guard!r} does not hold")
+        super().__init__(
+            f"claim {claim_id!r}: event {event!r} from state {state!r} rejected: guard {guard!r} does not hold"
+        )
 
 
 class InvalidInput(KVClaimsError, ValueError):

@@ -6,6 +6,7 @@ flushed, so a process killed mid-trace loses at most the record being written.
 `file_lines` and `read_lines` yield `(line_number, record_or_BadLine)` lazily so
 a checker runs in constant memory over traces of any length and any garbage.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from kvclaims.errors import BadArgument
 
 try:
     import fcntl
-except ImportError:       # not POSIX: O_EXCL alone guards new files
+except ImportError:  # not POSIX: O_EXCL alone guards new files
     fcntl = None
 
 SCHEMA_VERSION = 1
@@ -73,12 +74,16 @@ def open_trace_file(path: str | os.PathLike[str], *, field: str = "trace") -> IO
                 if fcntl is not None:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise BadArgument(field, f"{os.fsdecode(path)} is held by another trace writer; "
-                                         f"give each writer its own trace file") from None
-            size = os.fstat(fd).st_size          # under the lock: no writer can start now
+                raise BadArgument(
+                    field, f"{os.fsdecode(path)} is held by another trace writer; give each writer its own trace file"
+                ) from None
+            size = os.fstat(fd).st_size  # under the lock: no writer can start now
             if size:
-                raise BadArgument(field, f"{os.fsdecode(path)} already holds a trace ({size} bytes); "
-                                         f"a trace is never overwritten: move it away or name a new file")
+                raise BadArgument(
+                    field,
+                    f"{os.fsdecode(path)} already holds a trace ({size} bytes); "
+                    f"a trace is never overwritten: move it away or name a new file",
+                )
         return os.fdopen(fd, "w", encoding="utf-8", buffering=1)
     except BaseException:
         os.close(fd)
@@ -107,8 +112,9 @@ def file_lines(fh: IO[bytes], limit: int = MAX_LINE) -> Iterator[bytes | BadLine
         if len(line) <= limit or line.endswith(b"\n"):
             yield line
         else:
-            yield BadLine("line_too_long", f"line longer than {limit} bytes "
-                                           f"({len(line) + _skip_rest(read)} bytes); not parsed")
+            yield BadLine(
+                "line_too_long", f"line longer than {limit} bytes ({len(line) + _skip_rest(read)} bytes); not parsed"
+            )
 
 
 def _skip_rest(read: Callable[[int], bytes], piece: int = 1 << 16) -> int:
@@ -146,12 +152,20 @@ def read_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, dict[str, An
             else:
                 yield number, BadLine("malformed_line", _why(exc))
         else:
-            yield number, rec if type(rec) is dict else BadLine("malformed_line",
-                                                                f"not a JSON object: {type(rec).__name__}")
+            yield (
+                number,
+                rec if type(rec) is dict else BadLine("malformed_line", f"not a JSON object: {type(rec).__name__}"),
+            )
         before = line
     if held:
-        yield held[0], BadLine("truncated_tail", f"the trace ends mid-record: its last line has no newline "
-                                                 f"and is {held[1]}; the lines before it were checked")
+        yield (
+            held[0],
+            BadLine(
+                "truncated_tail",
+                f"the trace ends mid-record: its last line has no newline "
+                f"and is {held[1]}; the lines before it were checked",
+            ),
+        )
 
 
 def _cut_short(line: str | bytes, before: str | bytes | None) -> bool:

@@ -6,6 +6,7 @@ Each names where the bad value was (a claim, a request, a call) and the field, a
 before anything changes. Values arrive as JSON decodes them, so a bool is not an int, a
 string is not a list, and a dict is not a sequence.
 """
+
 from __future__ import annotations
 
 import reprlib
@@ -14,11 +15,22 @@ from typing import Any, Collection, Mapping, Sequence
 from kvclaims.errors import DuplicateId, InvalidField
 from kvclaims.model.terms import PRIORITIES, POLICIES, STRENGTHS, TIERS
 
-MAX_TICKS = 10**6   # one step call: each tick is a sweep, so a huge count is a hang, not input
+MAX_TICKS = 10**6  # one step call: each tick is a sweep, so a huge count is a hang, not input
 
 
-def claim_terms(existing: Collection[str], U: int, B: int, vocab: int | None, claim_id, prefix,
-                strength, priority, ttl, tiers, policy) -> tuple[tuple[str, ...], str]:
+def claim_terms(
+    existing: Collection[str],
+    U: int,
+    B: int,
+    vocab: int | None,
+    claim_id,
+    prefix,
+    strength,
+    priority,
+    ttl,
+    tiers,
+    policy,
+) -> tuple[tuple[str, ...], str]:
     """Validate a claim on a pool of `U` blocks of `B` tokens whose live claim ids are
     `existing`; returns its (tiers, policy), the policy defaulted (refuse for hard, demote
     for soft).
@@ -52,17 +64,18 @@ def claim_terms(existing: Collection[str], U: int, B: int, vocab: int | None, cl
     if len(prefix) % B:
         raise InvalidField(where, "prefix", f"must be whole blocks of {B} tokens, got {len(prefix)} tokens")
     if len(prefix) > U * B:
-        raise InvalidField(where, "prefix", f"has {len(prefix) // B} blocks, more than the "
-                                            f"pool's {U}: it could never be resident")
+        raise InvalidField(
+            where, "prefix", f"has {len(prefix) // B} blocks, more than the pool's {U}: it could never be resident"
+        )
     return tuple(tiers), policy
-
 
 
 CLAIM_TERMS = {"strength": "hard", "priority": 0, "ttl": None, "tiers": ("device",), "policy": None}
 
 
-def request_claim(existing: Collection[str], U: int, B: int, vocab: int | None, request_id: str,
-                  tokens: Sequence[int], claim) -> tuple[str, dict[str, Any]]:
+def request_claim(
+    existing: Collection[str], U: int, B: int, vocab: int | None, request_id: str, tokens: Sequence[int], claim
+) -> tuple[str, dict[str, Any]]:
     """Validate the claim a request carries (`{"id": ..., **claim terms}`), on the prompt's
     full blocks, as `claim_terms` would; returns (claim id, its terms with defaults filled,
     tiers and policy normalized). RKC-RT-8: it applies at admission, so this is the check
@@ -74,7 +87,7 @@ def request_claim(existing: Collection[str], U: int, B: int, vocab: int | None, 
     unknown = sorted(set(terms) - set(CLAIM_TERMS))
     if unknown:
         raise InvalidField(where, f"claim.{unknown[0]}", "is not a claim term")
-    prefix = list(tokens)[:len(tokens) - len(tokens) % B]
+    prefix = list(tokens)[: len(tokens) - len(tokens) % B]
     terms["tiers"], terms["policy"] = claim_terms(existing, U, B, vocab, claim["id"], prefix, **terms)
     return claim["id"], terms
 
@@ -84,8 +97,7 @@ def got(value) -> str:
 
 
 def check_int(where: str, field: str, value, low: int, high: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low \
-            or (high is not None and value > high):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise InvalidField(where, field, f"must be an int {bound}, {got(value)}")
 
@@ -115,9 +127,14 @@ def check_tokens(tokens, where: str, field: str, vocab: int | None) -> None:
     check_list(where, field, tokens)
     if not tokens:
         raise InvalidField(where, field, "must not be empty")
-    bad = next((i for i, t in enumerate(tokens) if not (
-        isinstance(t, int) and not isinstance(t, bool) and t >= 0 and (vocab is None or t < vocab))), None)
+    bad = next(
+        (
+            i
+            for i, t in enumerate(tokens)
+            if not (isinstance(t, int) and not isinstance(t, bool) and t >= 0 and (vocab is None or t < vocab))
+        ),
+        None,
+    )
     if bad is not None:
         below = "" if vocab is None else f" and < {vocab}, the vocabulary size"
-        raise InvalidField(where, f"{field}[{bad}]",
-                           f"must be a token id (an int >= 0{below}), {got(tokens[bad])}")
+        raise InvalidField(where, f"{field}[{bad}]", f"must be a token id (an int >= 0{below}), {got(tokens[bad])}")

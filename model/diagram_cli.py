@@ -1,4 +1,5 @@
 """`kvclaims diagram`: the lifecycle, drawn from the spec's transition table."""
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@
 claim protects, it returns the outcome the contract requires and, for a
 claim-blocked refusal, the minimal deterministic set of blocking claims.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ class PoolCounts:
 
 @dataclass(frozen=True)
 class Decision:
-    outcome: str                          # one of the spec's outcome names
+    outcome: str  # one of the spec's outcome names
     blocking_claims: tuple[str, ...] = ()  # only for refuse_blocked
 
     def __repr__(self) -> str:
@@ -105,8 +106,9 @@ def attribute(need: int, blocking: Mapping[str, frozenset[Hashable]]) -> tuple[s
     raise InvalidInput(f"releasing every blocking claim does not free {need} blocks")
 
 
-def decide(A: int, counts: PoolCounts, blocking: Mapping[str, frozenset] | None = None,
-           spec: Spec | None = None) -> Decision:
+def decide(
+    A: int, counts: PoolCounts, blocking: Mapping[str, frozenset] | None = None, spec: Spec | None = None
+) -> Decision:
     """Outcome plus attribution. `blocking` maps each blocking claim to the blocks it protects."""
     name = outcome(A, counts, spec)
     if name != "refuse_blocked":
@@ -118,5 +120,4 @@ def decide(A: int, counts: PoolCounts, blocking: Mapping[str, frozenset] | None 
 
 def accepts(hard: bool, new_blocks: int, reserved: int, U: int, R: int, spec: Spec | None = None) -> bool:
     """Claim acceptance under the reserve: the spec's `within_reserve` guard (RKC-ACC-1)."""
-    return bool(_compiled(spec or load())[1](
-        {"c_hard": hard, "reserved": reserved, "k": new_blocks, "U": U, "R": R}))
+    return bool(_compiled(spec or load())[1]({"c_hard": hard, "reserved": reserved, "k": new_blocks, "U": U, "R": R}))

@@ -8,6 +8,7 @@ claims). The machine is built with ``auto_transitions=False``: the generated
 ``to_<state>()`` methods would bypass every guard. Illegal events and failed
 guards raise typed errors and leave the state as it was.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -24,8 +25,7 @@ GuardFn = Callable[..., bool]
 class ClaimFSM:
     """One claim's lifecycle state. `fire` is the only way to move it."""
 
-    def __init__(self, lifecycle: "Lifecycle", claim_id: str,
-                 guards: Mapping[str, GuardFn] | None) -> None:
+    def __init__(self, lifecycle: "Lifecycle", claim_id: str, guards: Mapping[str, GuardFn] | None) -> None:
         self.claim_id = claim_id
         self.state = lifecycle.spec.lifecycle.initial
         self._lifecycle = lifecycle
@@ -82,9 +82,15 @@ class Lifecycle:
                 row["conditions"] = [partial(_guard_condition, t.guard)]
             transitions.append(row)
         self.cursor = _Cursor()
-        self.machine = Machine(model=self.cursor, states=list(lc.states), transitions=transitions,
-                               initial=lc.initial, auto_transitions=False, send_event=True,
-                               ignore_invalid_triggers=False)
+        self.machine = Machine(
+            model=self.cursor,
+            states=list(lc.states),
+            transitions=transitions,
+            initial=lc.initial,
+            auto_transitions=False,
+            send_event=True,
+            ignore_invalid_triggers=False,
+        )
         self._allowed = {s: [t.event for t in lc.transitions if t.source == s] for s in lc.states}
 
     def allowed(self, state: str) -> list[str]:

@@ -8,6 +8,7 @@ fails. What the contract leaves to the runtime — which cached block LRU picks
 — it does not guess: after each operation it adopts the runtime's real block
 table (`sync`), once it has checked that no claimed block went missing.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -20,7 +21,6 @@ from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
 from kvclaims.model.lifecycle import ClaimFSM, Lifecycle
 from kvclaims.model.terms import POLICIES, RESERVING, STRENGTHS, ClaimRules, reserve_context
 from kvclaims.spec import Spec, load
-
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,17 @@ class ModelClaim:
 
 @dataclass
 class ModelRequest:
-    chain: tuple[str, ...]        # hashes of its full blocks
-    blocks: int = 0               # blocks it needs in all: a partial last block has no hash
-    status: str = "waiting"       # waiting | running | refused | finished | aborted
+    chain: tuple[str, ...]  # hashes of its full blocks
+    blocks: int = 0  # blocks it needs in all: a partial last block has no hash
+    status: str = "waiting"  # waiting | running | refused | finished | aborted
     hits: int = 0
-    epoch: int = 0                # the invalidation epoch it was admitted in
-    claim: ClaimTerms | None = None   # the claim it carries, applied at admission (RKC-RT-8)
+    epoch: int = 0  # the invalidation epoch it was admitted in
+    claim: ClaimTerms | None = None  # the claim it carries, applied at admission (RKC-RT-8)
     claim_outcome: str | None = None  # None | pending | applied | not_applied
     decision: Decision | None = None
     orphaned: set[str] = field(default_factory=set)  # its blocks that are not the indexed copy
     duplicates: set[str] = field(default_factory=set)  # those it computed while the hash was indexed
-    admitting: bool = False       # while room is made it holds only its hits
+    admitting: bool = False  # while room is made it holds only its hits
 
     @property
     def partial(self) -> int:
@@ -87,7 +87,7 @@ class ModelRequest:
         """Indexed blocks it holds (orphaned ones are still allocated, but not these hashes)."""
         if self.status != "running":
             return set()
-        return set(self.chain[:self.hits] if self.admitting else self.chain) - self.orphaned
+        return set(self.chain[: self.hits] if self.admitting else self.chain) - self.orphaned
 
 
 @dataclass
@@ -114,8 +114,8 @@ class PoolModel:
         self.claims: dict[str, ModelClaim] = {}
         self.requests: dict[str, ModelRequest] = {}
         self.waiting: list[str] = []
-        self.events: list[tuple[str, str]] = []   # (claim_id, event), in order
-        self.epoch = 0    # operator actions of the spec's [invalidation] so far
+        self.events: list[tuple[str, str]] = []  # (claim_id, event), in order
+        self.epoch = 0  # operator actions of the spec's [invalidation] so far
         # Blocks an operator action unindexed while requests held them: still allocated
         # until their last holder ends. Keyed (action number, hash) -> holding requests.
         self.orphans: dict[tuple[int, str], set[str]] = {}
@@ -143,20 +143,23 @@ class PoolModel:
         yielding = {h for c in mat if not c.terms.blocking for h in c.terms.chain}
         n = {"cached": 0, "yielding": 0, "active": 0, "protected": 0}
         for h in self.resident - own:
-            n["protected" if h in blocking else "active" if h in held else
-              "yielding" if h in yielding else "cached"] += 1
+            n[
+                "protected" if h in blocking else "active" if h in held else "yielding" if h in yielding else "cached"
+            ] += 1
         unindexed = len(self.orphans) + sum(r.partial for r in self.requests.values())
         n["active"] += unindexed - private
         return PoolCounts(U=self.U - len(own) - private, free=self.U - len(self.resident) - unindexed, **n)
 
     def _private(self, request_id: str) -> int:
         """Unindexed blocks the request holds: orphaned copies and its partial last block."""
-        return sum(request_id in holders for holders in self.orphans.values()) \
-            + self.requests[request_id].partial
+        return sum(request_id in holders for holders in self.orphans.values()) + self.requests[request_id].partial
 
     def blocking_sets(self, own: frozenset[str] = frozenset()) -> dict[str, frozenset[str]]:
-        return {c.terms.id: frozenset(set(c.terms.chain) & self.resident - own)
-                for c in self._in(self._protected_state) if c.terms.blocking}
+        return {
+            c.terms.id: frozenset(set(c.terms.chain) & self.resident - own)
+            for c in self._in(self._protected_state)
+            if c.terms.blocking
+        }
 
     def reserved(self) -> set[str]:
         return {h for c in self._in(*RESERVING) if c.hard for h in c.chain}
@@ -177,8 +180,7 @@ class PoolModel:
         if terms.id in self.claims:
             raise DuplicateId(f"claim {terms.id!r} already exists")
         ok = self._fits_reserve(terms)
-        c = ModelClaim(terms, self.lifecycle.claim(terms.id),
-                       None if terms.ttl is None else self.time + terms.ttl)
+        c = ModelClaim(terms, self.lifecycle.claim(terms.id), None if terms.ttl is None else self.time + terms.ttl)
         self.claims[terms.id] = c
         self._fire(c, "accept" if ok else "refuse")
         if ok:
@@ -226,8 +228,11 @@ class PoolModel:
             return "IllegalTransition"
         counts = self.counts()
         missing = set(c.terms.chain) - self.resident
-        unheld = {h for h in self.resident - set(c.terms.chain)
-                  if h not in self._running_hashes() and not self._held_by_other(h, c)}
+        unheld = {
+            h
+            for h in self.resident - set(c.terms.chain)
+            if h not in self._running_hashes() and not self._held_by_other(h, c)
+        }
         if len(missing) > counts.free + len(unheld) or not self._fits_reserve(c.terms):
             return "InvalidInput"
         return None
@@ -249,9 +254,14 @@ class PoolModel:
                 self._fire(c, "materialize")
 
     # --- requests ------------------------------------------------------------------
-    def submit_request(self, request_id: str, chain: tuple[str, ...],
-                       lru_evictions: Mapping[str, Sequence[str]] | None = None,
-                       blocks: int | None = None, claim: ClaimTerms | None = None) -> Decision:
+    def submit_request(
+        self,
+        request_id: str,
+        chain: tuple[str, ...],
+        lru_evictions: Mapping[str, Sequence[str]] | None = None,
+        blocks: int | None = None,
+        claim: ClaimTerms | None = None,
+    ) -> Decision:
         """Decide like the contract. `blocks`: all the prompt's blocks (default: its full
         ones, `chain`). `lru_evictions`: the cached blocks the runtime's LRU evicted
         meanwhile for each admission or growth, in order (from its trace), which the model
@@ -260,8 +270,9 @@ class PoolModel:
         request is admitted if its id is still free, else never (RKC-RT-8)."""
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
-        self.requests[request_id] = ModelRequest(tuple(chain), len(chain) if blocks is None else blocks,
-                                                 claim=claim, claim_outcome=claim and "pending")
+        self.requests[request_id] = ModelRequest(
+            tuple(chain), len(chain) if blocks is None else blocks, claim=claim, claim_outcome=claim and "pending"
+        )
         self._adopt_lru(lru_evictions)
         return self._try_admit(request_id)
 
@@ -316,8 +327,13 @@ class PoolModel:
             self.resident.discard(self._lru_victim(request_id))
         self.resident -= set(self._lru.pop(request_id, ()) if self._lru else ())
 
-    def decode(self, request_id: str, chain: tuple[str, ...], blocks: int,
-               lru_evictions: Mapping[str, Sequence[str]] | None = None) -> Decision:
+    def decode(
+        self,
+        request_id: str,
+        chain: tuple[str, ...],
+        blocks: int,
+        lru_evictions: Mapping[str, Sequence[str]] | None = None,
+    ) -> Decision:
         """A running request grows by generated tokens to `blocks` blocks whose full ones
         hash to `chain`. Its new blocks are decided like an admission with everything it
         holds as its own; a claim-blocked or too-large growth ends it refused. A request
@@ -327,12 +343,11 @@ class PoolModel:
             raise InvalidInput(f"request {request_id!r} is {r.status}, not running")
         self._adopt_lru(lru_evictions)
         A, own = blocks - r.blocks, frozenset(r.held)
-        r.decision = d = decide(A, self.counts(own, self._private(request_id)),
-                                self.blocking_sets(own), self.spec)
+        r.decision = d = decide(A, self.counts(own, self._private(request_id)), self.blocking_sets(own), self.spec)
         if d.outcome == "admit":
             self._make_room(A)
             self._take_lru(request_id, A)
-            new = set(chain[len(r.chain):])
+            new = set(chain[len(r.chain) :])
             r.chain, r.blocks = tuple(chain), blocks
             stored = new - self.resident if self.fresh(request_id) else set()
             self._orphan_for(request_id, new - stored, duplicates=self.fresh(request_id))
@@ -348,14 +363,17 @@ class PoolModel:
 
     def _lru_victim(self, request_id: str) -> str | None:
         if self._lru is None:
-            return min(h for h in self.resident if h not in self._running_hashes()
-                       and not any(h in c.terms.chain for c in self._in(self._protected_state)))
+            return min(
+                h
+                for h in self.resident
+                if h not in self._running_hashes()
+                and not any(h in c.terms.chain for c in self._in(self._protected_state))
+            )
         if self._lru.get(request_id):
             return self._lru[request_id].popleft()
         if self.recomputes_last_block and self._evict_duplicated_original():
             return None
-        raise AssertionError(f"admitting {request_id} needs an LRU eviction the "
-                             "runtime's trace does not report")
+        raise AssertionError(f"admitting {request_id} needs an LRU eviction the runtime's trace does not report")
 
     def _evict_duplicated_original(self) -> bool:
         """A runtime that recomputes a fully cached prompt's last block keeps that copy
@@ -363,8 +381,7 @@ class PoolModel:
         nothing, so its trace reports no eviction: the slot is freed and the hash stays
         resident, in the running request's copy."""
         unheld = self.resident - self._running_hashes() - self._claimed()
-        duplicated = sorted(h for r in self.requests.values() if r.status == "running"
-                            for h in r.duplicates & unheld)
+        duplicated = sorted(h for r in self.requests.values() if r.status == "running" for h in r.duplicates & unheld)
         return bool(duplicated) and self._adopt(duplicated[0])
 
     def _adopt(self, h: str) -> bool:
@@ -387,19 +404,20 @@ class PoolModel:
             if counts.free + counts.cached >= need:
                 return
             held = self._running_hashes()
-            blocking = {h for c in self._in(self._protected_state) if c.terms.blocking
-                        for h in c.terms.chain}
-            candidates = [c for c in self._in(self._protected_state) if not c.terms.blocking
-                          and any(h not in held and h not in blocking and h in self.resident
-                                  for h in c.terms.chain)]
+            blocking = {h for c in self._in(self._protected_state) if c.terms.blocking for h in c.terms.chain}
+            candidates = [
+                c
+                for c in self._in(self._protected_state)
+                if not c.terms.blocking
+                and any(h not in held and h not in blocking and h in self.resident for h in c.terms.chain)
+            ]
             if not candidates:
                 raise AssertionError("the decision admitted a request the pool cannot hold")
             c = min(candidates, key=lambda c: c.terms.yield_order())
             if c.terms.policy == "offload" and c.terms.host_allowed and self._host_room(c):
                 self._offload(c)
                 if c.state == "offloaded":
-                    self.resident -= {h for h in c.terms.chain
-                                      if h not in held and not self._held_by_other(h, c)}
+                    self.resident -= {h for h in c.terms.chain if h not in held and not self._held_by_other(h, c)}
             else:
                 self._fire(c, "demote")
 
@@ -422,7 +440,7 @@ class PoolModel:
         """`admit=False` is write no-admit: the blocks it computed leave unless held elsewhere
         (which ones the runtime dropped the model adopts at `sync`)."""
         r = self._request(request_id)
-        computed = set(r.chain[r.hits:]) - r.orphaned if r.status == "running" and not admit else set()
+        computed = set(r.chain[r.hits :]) - r.orphaned if r.status == "running" and not admit else set()
         self._end_request(request_id, "running", "finished")
         if self.recomputes_last_block:
             for h in sorted(computed - self._running_hashes() - self._claimed()):
@@ -457,8 +475,9 @@ class PoolModel:
 
     def _let_go(self, request_id: str, hashes: set[str] | None = None) -> None:
         """The request no longer holds its orphaned copies (of `hashes`; default all)."""
-        for key in [k for k, holders in self.orphans.items()
-                    if request_id in holders and (hashes is None or k[1] in hashes)]:
+        for key in [
+            k for k, holders in self.orphans.items() if request_id in holders and (hashes is None or k[1] in hashes)
+        ]:
             self.orphans[key].discard(request_id)
             if not self.orphans[key]:
                 del self.orphans[key]
@@ -508,7 +527,7 @@ class PoolModel:
             for h in hashes & r.held:
                 self.orphans.setdefault((action, h), set()).add(rid)
                 r.orphaned.add(h)
-            r.duplicates -= hashes       # no copy of these stays indexed
+            r.duplicates -= hashes  # no copy of these stays indexed
         self.resident -= hashes
 
     def _orphan_for(self, request_id: str, hashes: set[str], duplicates: bool = True) -> None:
@@ -524,9 +543,11 @@ class PoolModel:
     # --- the runtime's block table -------------------------------------------------
     def missing_claimed(self, resident: set[str]) -> dict[str, list[str]]:
         """Blocks of materialized claims absent from `resident`: silent losses."""
-        return {cid: [h for h in chain if h not in resident]
-                for cid, chain in self.materialized_chains().items()
-                if not set(chain) <= resident}
+        return {
+            cid: [h for h in chain if h not in resident]
+            for cid, chain in self.materialized_chains().items()
+            if not set(chain) <= resident
+        }
 
     def sync(self, resident: set[str]) -> None:
         """Adopt the runtime's device table (which cached blocks LRU kept is its choice)."""

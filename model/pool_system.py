@@ -3,6 +3,7 @@
 Used to replay solver counterexamples: a trace the prover found must also
 violate the invariant when its steps run here, or the two disagree.
 """
+
 from __future__ import annotations
 
 from kvclaims.model.lifecycle import Lifecycle
@@ -20,8 +21,7 @@ def apply(spec: Spec, action: Action, consts: dict, state: dict, params: dict) -
     failed = [g for g in action.guard if not evaluate(g, env)]
     if failed:
         raise ReplayError(f"{action.name}: guard {failed[0]!r} is false in {env}")
-    return {v: evaluate(action.update[v], env) if v in action.update else state[v]
-            for v in spec.pool_vars}
+    return {v: evaluate(action.update[v], env) if v in action.update else state[v] for v in spec.pool_vars}
 
 
 def replay(spec: Spec, trace: list[dict], broken: Invariant) -> dict:
@@ -42,10 +42,14 @@ def replay(spec: Spec, trace: list[dict], broken: Invariant) -> dict:
         if state != step["state"]:
             raise ReplayError(f"step {step['step']}: Python gives {state}, solver {step['state']}")
         if state["cs"] != claim.state:
-            event = next(t.event for t in spec.lifecycle.transitions
-                         if t.source == claim.state and t.dest == state["cs"]
-                         and (step["params"].get("ev", t.event) == t.event)
-                         and by_name[step["action"]].event in (None, t.event))
+            event = next(
+                t.event
+                for t in spec.lifecycle.transitions
+                if t.source == claim.state
+                and t.dest == state["cs"]
+                and (step["params"].get("ev", t.event) == t.event)
+                and by_name[step["action"]].event in (None, t.event)
+            )
             claim.fire(event, unchecked_guards=True)
     if evaluate(broken.expr, {**consts, **state}):
         raise ReplayError(f"trace ends in a state where {broken.name} holds: {state}")

@@ -3,6 +3,7 @@
 `ClaimRules` is shared by the oracle's `ClaimTerms` and every runtime's claim
 record, so "blocking", "host allowed" and the yield order cannot drift apart.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Protocol, Sequence
@@ -15,10 +16,11 @@ POLICIES: tuple[str, ...] = _SPEC.policies
 TIERS: tuple[str, ...] = _SPEC.tiers
 # A claim's priority, in every runtime: a signed 32-bit int. Lower yields first under
 # pressure; bounded so every runtime and trace reader keeps it exactly.
-PRIORITIES = range(-2**31, 2**31)
+PRIORITIES = range(-(2**31), 2**31)
 # States in which a hard claim counts against the reserve: accepted, and protected.
-RESERVING = frozenset({t.dest for t in _SPEC.lifecycle.transitions if t.event == "accept"}
-                      | set(_SPEC.lifecycle.protected))
+RESERVING = frozenset(
+    {t.dest for t in _SPEC.lifecycle.transitions if t.event == "accept"} | set(_SPEC.lifecycle.protected)
+)
 
 
 class _Held(Protocol):

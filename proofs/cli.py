@@ -1,4 +1,5 @@
 """`kvclaims prove`: every proof, as a table or as JSON; exit 1 if anything is not proved."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ def run(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
         print()
     else:
-        rows = [(r.obligation, r.name, r.method, "proved" if r.proved else "FAILED", f"{r.seconds:.3f}")
-                for r in results]
+        rows = [
+            (r.obligation, r.name, r.method, "proved" if r.proved else "FAILED", f"{r.seconds:.3f}") for r in results
+        ]
         head = ("obligation", "check", "method", "result", "seconds")
         widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(5)]
         for row in [head, *rows]:

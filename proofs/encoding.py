@@ -1,4 +1,5 @@
 """Z3 sorts and terms generated from the spec: enum sorts for states, events and block classes."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -33,8 +34,11 @@ class Sorts:
     def enums(self) -> dict[str, tuple[z3.SortRef, dict[str, z3.ExprRef]]]:
         lc = self.spec.lifecycle
         out = {}
-        for name, values in (("ClaimState", list(lc.states)), ("ClaimEvent", list(lc.events)),
-                             ("BlockClass", list(self.spec.block_classes))):
+        for name, values in (
+            ("ClaimState", list(lc.states)),
+            ("ClaimEvent", list(lc.events)),
+            ("BlockClass", list(self.spec.block_classes)),
+        ):
             out[name] = _enum_sort(name, tuple(values))
         return out
 
@@ -47,8 +51,7 @@ class Sorts:
 
     def literal(self, sort: z3.SortRef | None, text: str) -> z3.ExprRef:
         """The enum constant `text` of `sort`; with no sort, of the one enum that has it."""
-        owners = [consts for s, consts in self.enums.values()
-                  if (sort is None or s == sort) and text in consts]
+        owners = [consts for s, consts in self.enums.values() if (sort is None or s == sort) and text in consts]
         if len(owners) != 1:
             where = f"a {sort}" if sort is not None else "any single enumeration"
             raise ExprError(f"literal {text!r} is not a value of {where}")
@@ -65,8 +68,7 @@ class Sorts:
     def env(self, terms: dict[str, z3.ExprRef]) -> Z3Env:
         return Z3Env(terms, self.literal)
 
-    def compile(self, src: str, terms: dict[str, z3.ExprRef],
-                type_name: str | None = None) -> z3.ExprRef:
+    def compile(self, src: str, terms: dict[str, z3.ExprRef], type_name: str | None = None) -> z3.ExprRef:
         """Compile a spec expression; `type_name` gives enum literals their sort."""
         return to_z3(src, self.env(terms), self.sort(type_name) if type_name else None)
 

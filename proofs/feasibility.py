@@ -7,6 +7,7 @@ spec's `when` strings, first match wins, exactly as kvclaims.model.feasibility
 evaluates them. Attribution is checked over Venn regions of N_CLAIMS symbolic
 blocking claims: r[T] blocks are protected by exactly the claims in T.
 """
+
 from __future__ import annotations
 
 import time
@@ -37,13 +38,12 @@ class _Feas:
     def decided(self, name: str) -> z3.ExprRef:
         """Outcome `name` is the decision: its condition holds and no earlier one does."""
         names = [o.name for o in self.spec.outcomes]
-        earlier = names[:names.index(name)]
+        earlier = names[: names.index(name)]
         return z3.And(self.when[name], *[z3.Not(self.when[e]) for e in earlier])
 
     def allocation(self, classes: tuple[str, ...], tag: str) -> tuple[z3.ExprRef, list]:
         xs = [z3.Int(f"x_{c}_{tag}") for c in classes]
-        fits = z3.And(*[z3.And(x >= 0, x <= self.v[c]) for x, c in zip(xs, classes)],
-                      z3.Sum(xs) == self.v["A"])
+        fits = z3.And(*[z3.And(x >= 0, x <= self.v[c]) for x, c in zip(xs, classes)], z3.Sum(xs) == self.v["A"])
         return fits, xs
 
     def exists(self, classes: tuple[str, ...], tag: str) -> z3.ExprRef:
@@ -63,8 +63,7 @@ def _query(oid: str, name: str, claims: list, f: _Feas, method: str = "smt") -> 
         detail = f"solver answered unknown: {s.reason_unknown()}"
     else:
         m = s.model()
-        detail = "counterexample: " + ", ".join(
-            f"{k}={m.eval(v, model_completion=True)}" for k, v in f.v.items())
+        detail = "counterexample: " + ", ".join(f"{k}={m.eval(v, model_completion=True)}" for k, v in f.v.items())
     return ProofResult(oid, name, method, False, time.perf_counter() - t0, 1, detail)
 
 
@@ -72,23 +71,47 @@ def prove_feasibility(spec: Spec) -> list[ProofResult]:
     f = _Feas(spec)
     v = f.v
     out = []
-    out.append(_query("RKC-FEAS-1", "refuse_too_large iff A > U",
-                      [f.decided("refuse_too_large") != (v["A"] > v["U"])], f))
+    out.append(
+        _query("RKC-FEAS-1", "refuse_too_large iff A > U", [f.decided("refuse_too_large") != (v["A"] > v["U"])], f)
+    )
     fits_now, _ = f.allocation(NOW, "n")
-    out.append(_query("RKC-FEAS-2", "admit ⇒ an allocation from free+cached+yielding exists",
-                      [f.decided("admit"), z3.Not(f.exists(NOW, "q"))], f))
-    out.append(_query("RKC-FEAS-2", "an allocation now exists ⇒ admit",
-                      [fits_now, z3.Not(f.decided("admit"))], f))
+    out.append(
+        _query(
+            "RKC-FEAS-2",
+            "admit ⇒ an allocation from free+cached+yielding exists",
+            [f.decided("admit"), z3.Not(f.exists(NOW, "q"))],
+            f,
+        )
+    )
+    out.append(_query("RKC-FEAS-2", "an allocation now exists ⇒ admit", [fits_now, z3.Not(f.decided("admit"))], f))
     fits_drained, _ = f.allocation(DRAINED, "d")
-    out.append(_query("RKC-FEAS-3", "wait ⇒ no allocation now, one after active drains",
-                      [f.decided("wait"),
-                       z3.Or(f.exists(NOW, "q"), z3.Not(f.exists(DRAINED, "q2")))], f))
-    out.append(_query("RKC-FEAS-3", "no allocation now but one after draining ⇒ wait",
-                      [fits_drained, z3.Not(f.exists(NOW, "q")), z3.Not(f.decided("wait"))], f))
-    out.append(_query("RKC-FEAS-4", "refuse_blocked ⇒ no allocation leaves protected untouched",
-                      [f.decided("refuse_blocked"), fits_drained], f))
-    out.append(_query("RKC-FEAS-7", "outcomes are exhaustive",
-                      [z3.Not(z3.Or(*[f.decided(o.name) for o in spec.outcomes]))], f))
+    out.append(
+        _query(
+            "RKC-FEAS-3",
+            "wait ⇒ no allocation now, one after active drains",
+            [f.decided("wait"), z3.Or(f.exists(NOW, "q"), z3.Not(f.exists(DRAINED, "q2")))],
+            f,
+        )
+    )
+    out.append(
+        _query(
+            "RKC-FEAS-3",
+            "no allocation now but one after draining ⇒ wait",
+            [fits_drained, z3.Not(f.exists(NOW, "q")), z3.Not(f.decided("wait"))],
+            f,
+        )
+    )
+    out.append(
+        _query(
+            "RKC-FEAS-4",
+            "refuse_blocked ⇒ no allocation leaves protected untouched",
+            [f.decided("refuse_blocked"), fits_drained],
+            f,
+        )
+    )
+    out.append(
+        _query("RKC-FEAS-7", "outcomes are exhaustive", [z3.Not(z3.Or(*[f.decided(o.name) for o in spec.outcomes]))], f)
+    )
     for o in spec.outcomes:
         out.append(_reachable_outcome(o.name, f))
     out += _attribution(f)
@@ -103,8 +126,15 @@ def _reachable_outcome(name: str, f: _Feas) -> ProofResult:
     s = new_solver()
     s.add(*f.assume, f.decided(name))
     ok = s.check() == z3.sat
-    return ProofResult("RKC-FEAS-7", f"outcome {name!r} is decidable (sat)", "smt", ok,
-                       time.perf_counter() - t0, 1, "" if ok else "the outcome can never be decided")
+    return ProofResult(
+        "RKC-FEAS-7",
+        f"outcome {name!r} is decidable (sat)",
+        "smt",
+        ok,
+        time.perf_counter() - t0,
+        1,
+        "" if ok else "the outcome can never be decided",
+    )
 
 
 def _regions(n: int):
@@ -126,8 +156,7 @@ def _attribution(f: _Feas) -> list[ProofResult]:
     subsets, r = _regions(n)
     protected_total = z3.Sum(list(r.values()))
     need = v["A"] - (v["U"] - v["protected"])
-    base = [*(x >= 0 for x in r.values()), v["protected"] == protected_total,
-            f.decided("refuse_blocked")]
+    base = [*(x >= 0 for x in r.values()), v["protected"] == protected_total, f.decided("refuse_blocked")]
 
     def freed(S):
         return z3.Sum([r[T] for T in subsets if T <= S] or [z3.IntVal(0)])
@@ -138,11 +167,11 @@ def _attribution(f: _Feas) -> list[ProofResult]:
     def before(j, i):
         return z3.Or(size[j] > size[i], z3.And(size[j] == size[i], j < i))
 
-    pick = [z3.Sum([z3.If(before(j, i), size[j], 0) for j in range(n) if j != i] or [z3.IntVal(0)])
-            < need for i in range(n)]
+    pick = [
+        z3.Sum([z3.If(before(j, i), size[j], 0) for j in range(n) if j != i] or [z3.IntVal(0)]) < need for i in range(n)
+    ]
     all_sets = [frozenset(c) for k in range(n + 1) for c in combinations(range(n), k)]
-    is_pick = {S: z3.And(*[pick[i] if i in S else z3.Not(pick[i]) for i in range(n)])
-               for S in all_sets}
+    is_pick = {S: z3.And(*[pick[i] if i in S else z3.Not(pick[i]) for i in range(n)]) for S in all_sets}
 
     def better(S2, S):
         """S2 precedes S under the definition's order."""
@@ -160,8 +189,15 @@ def _attribution(f: _Feas) -> list[ProofResult]:
             s.add(is_pick[S], freed(S) < need)
             if s.check() != z3.unsat:
                 failures.append(f"greedy set {sorted(S)} may not suffice")
-    suff = ProofResult("RKC-FEAS-5", f"greedy attribution frees enough ({n} disjoint claims)",
-                       "smt", not failures, time.perf_counter() - t0, len(all_sets), "; ".join(failures))
+    suff = ProofResult(
+        "RKC-FEAS-5",
+        f"greedy attribution frees enough ({n} disjoint claims)",
+        "smt",
+        not failures,
+        time.perf_counter() - t0,
+        len(all_sets),
+        "; ".join(failures),
+    )
 
     t0 = time.perf_counter()
     failures = []
@@ -175,9 +211,15 @@ def _attribution(f: _Feas) -> list[ProofResult]:
                 queries += 1
                 if s.check() != z3.unsat:
                     failures.append(f"{sorted(S2)} beats greedy {sorted(S)}")
-    minimal = ProofResult("RKC-FEAS-6",
-                          f"greedy attribution is the minimal deterministic set ({n} disjoint claims)",
-                          "smt", not failures, time.perf_counter() - t0, queries, "; ".join(failures[:3]))
+    minimal = ProofResult(
+        "RKC-FEAS-6",
+        f"greedy attribution is the minimal deterministic set ({n} disjoint claims)",
+        "smt",
+        not failures,
+        time.perf_counter() - t0,
+        queries,
+        "; ".join(failures[:3]),
+    )
 
     t0 = time.perf_counter()
     s2 = new_solver()
@@ -186,10 +228,15 @@ def _attribution(f: _Feas) -> list[ProofResult]:
     with scope(s2):
         s2.add(freed(frozenset(range(n))) < need)
         ok = s2.check() == z3.unsat
-    exists = ProofResult("RKC-FEAS-5",
-                         f"releasing all blocking claims always suffices ({n} overlapping claims)",
-                         "smt", ok, time.perf_counter() - t0, 1,
-                         "" if ok else "a claim-blocked request that no release can admit")
+    exists = ProofResult(
+        "RKC-FEAS-5",
+        f"releasing all blocking claims always suffices ({n} overlapping claims)",
+        "smt",
+        ok,
+        time.perf_counter() - t0,
+        1,
+        "" if ok else "a claim-blocked request that no release can admit",
+    )
     return [suff, minimal, exists]
 
 
@@ -202,11 +249,26 @@ def _acceptance(spec: Spec) -> list[ProofResult]:
     exceeds = sorts.compile(spec.pool_guards["exceeds_reserve"], v)
     t0 = time.perf_counter()
     s = new_solver()
-    s.add(z3.Not(z3.And(within != exceeds,
-                        z3.Implies(within, z3.Or(z3.Not(v["c_hard"]), v["reserved"] + v["k"] <= v["U"] - v["R"])))))
+    s.add(
+        z3.Not(
+            z3.And(
+                within != exceeds,
+                z3.Implies(within, z3.Or(z3.Not(v["c_hard"]), v["reserved"] + v["k"] <= v["U"] - v["R"])),
+            )
+        )
+    )
     ok = s.check() == z3.unsat
-    return [ProofResult("RKC-ACC-1", "accept iff within the reserve; refuse iff it would be exceeded",
-                        "smt", ok, time.perf_counter() - t0, 1, "" if ok else str(s.model()))]
+    return [
+        ProofResult(
+            "RKC-ACC-1",
+            "accept iff within the reserve; refuse iff it would be exceeded",
+            "smt",
+            ok,
+            time.perf_counter() - t0,
+            1,
+            "" if ok else str(s.model()),
+        )
+    ]
 
 
 def _probe(f: _Feas) -> ProofResult:
@@ -218,12 +280,19 @@ def _probe(f: _Feas) -> ProofResult:
     s.add(*f.assume, *[v[k] == val for k, val in values.items()], z3.Not(f.decided("refuse_blocked")))
     ok = s.check() == z3.unsat
     from kvclaims.model.feasibility import PoolCounts, decide
+
     counts = {k: val for k, val in values.items() if k != "A"}
     try:
         decision = decide(70, PoolCounts(**counts), {"probe": frozenset(range(60))}, f.spec)
     except AssertionError as exc:  # a spec whose outcomes are not exhaustive
         decision = exc
     ok = ok and getattr(decision, "blocking_claims", None) == ("probe",)
-    return ProofResult("RKC-PROBE-1", "80/60/70 probe: refuse_blocked, attributed to the claim",
-                       "smt (concrete)", ok, time.perf_counter() - t0, 1,
-                       "" if ok else f"decision was {decision}")
+    return ProofResult(
+        "RKC-PROBE-1",
+        "80/60/70 probe: refuse_blocked, attributed to the claim",
+        "smt (concrete)",
+        ok,
+        time.perf_counter() - t0,
+        1,
+        "" if ok else f"decision was {decision}",
+    )

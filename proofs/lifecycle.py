@@ -1,4 +1,5 @@
 """Lifecycle obligations checked by Z3 over the transition relation generated from the spec."""
+
 from __future__ import annotations
 
 import time
@@ -16,18 +17,20 @@ def _relation(sorts: Sorts, spec: Spec):
     E, ev = sorts.enums["ClaimEvent"]
 
     def T(s, e, d):
-        return z3.Or(*[z3.And(s == st[t.source], e == ev[t.event], d == st[t.dest])
-                       for t in spec.lifecycle.transitions])
+        return z3.Or(
+            *[z3.And(s == st[t.source], e == ev[t.event], d == st[t.dest]) for t in spec.lifecycle.transitions]
+        )
+
     return S, st, E, ev, T
 
 
-def _unsat_result(oid: str, name: str, method: str, solver: z3.Solver, t0: float,
-                  explain, queries: int = 1) -> ProofResult:
+def _unsat_result(
+    oid: str, name: str, method: str, solver: z3.Solver, t0: float, explain, queries: int = 1
+) -> ProofResult:
     verdict = solver.check()
     if verdict == z3.unsat:
         return ProofResult(oid, name, method, True, time.perf_counter() - t0, queries)
-    detail = (f"solver answered unknown: {solver.reason_unknown()}" if verdict == z3.unknown
-              else explain(solver.model()))
+    detail = f"solver answered unknown: {solver.reason_unknown()}" if verdict == z3.unknown else explain(solver.model())
     return ProofResult(oid, name, method, False, time.perf_counter() - t0, queries, detail)
 
 
@@ -39,29 +42,56 @@ def prove_lifecycle(spec: Spec) -> list[ProofResult]:
 
     def show(m):
         return f"s={m.eval(s)}, e={m.eval(e)}, d={m.eval(d)}" + (
-            f", d2={m.eval(d2)}" if m.eval(d2, model_completion=False) is not None else "")
+            f", d2={m.eval(d2)}" if m.eval(d2, model_completion=False) is not None else ""
+        )
 
     results = []
     t0 = time.perf_counter()
     q = new_solver()
     q.add(T(s, e, d), T(s, e, d2), d != d2)
-    results.append(_unsat_result("RKC-LC-1", "deterministic: T(s,e,d) ∧ T(s,e,d2) ⇒ d = d2",
-                                 "smt", q, t0, lambda m: f"two destinations: {show(m)}"))
+    results.append(
+        _unsat_result(
+            "RKC-LC-1",
+            "deterministic: T(s,e,d) ∧ T(s,e,d2) ⇒ d = d2",
+            "smt",
+            q,
+            t0,
+            lambda m: f"two destinations: {show(m)}",
+        )
+    )
 
     t0 = time.perf_counter()
     q = new_solver()
     q.add(T(s, e, d), z3.Or(*[s == st[x] for x in lc.terminal]))
-    results.append(_unsat_result("RKC-LC-3", "terminal states have no outgoing transition",
-                                 "smt", q, t0, lambda m: f"leaves a terminal state: {show(m)}"))
+    results.append(
+        _unsat_result(
+            "RKC-LC-3",
+            "terminal states have no outgoing transition",
+            "smt",
+            q,
+            t0,
+            lambda m: f"leaves a terminal state: {show(m)}",
+        )
+    )
 
     t0 = time.perf_counter()
     q = new_solver()
-    q.add(T(s, e, d), z3.Or(*[s == st[x] for x in lc.protected]),
-          z3.And(*[d != st[x] for x in lc.protected]),
-          z3.And(*[e != ev[x] for x in lc.loss_events]))
-    results.append(_unsat_result(
-        "RKC-LC-4", "leaving a protected state takes a loss-permitting event", "smt", q, t0,
-        lambda m: f"leaves protection without a loss event: {show(m)}"))
+    q.add(
+        T(s, e, d),
+        z3.Or(*[s == st[x] for x in lc.protected]),
+        z3.And(*[d != st[x] for x in lc.protected]),
+        z3.And(*[e != ev[x] for x in lc.loss_events]),
+    )
+    results.append(
+        _unsat_result(
+            "RKC-LC-4",
+            "leaving a protected state takes a loss-permitting event",
+            "smt",
+            q,
+            t0,
+            lambda m: f"leaves protection without a loss event: {show(m)}",
+        )
+    )
 
     results.append(_reachability(lc, st, ev, S, E, T))
     return results
@@ -84,7 +114,12 @@ def _reachability(lc, st, ev, S, E, T) -> ProofResult:
             q.add(path[-1] == st[name])
             if q.check() != z3.sat:
                 unreached.append(name)
-    return ProofResult("RKC-LC-2", f"every state reachable from {lc.initial!r}",
-                       f"bmc k={k - 1} (complete: {k} states)", not unreached,
-                       time.perf_counter() - t0, len(lc.states),
-                       f"unreachable: {unreached}" if unreached else "")
+    return ProofResult(
+        "RKC-LC-2",
+        f"every state reachable from {lc.initial!r}",
+        f"bmc k={k - 1} (complete: {k} states)",
+        not unreached,
+        time.perf_counter() - t0,
+        len(lc.states),
+        f"unreachable: {unreached}" if unreached else "",
+    )

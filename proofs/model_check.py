@@ -4,6 +4,7 @@ For every (state, event) pair: a legal event reaches exactly the table's
 destination; an illegal one raises IllegalTransition; a guarded event whose
 guard is false raises GuardRejected; a rejection leaves the state unchanged.
 """
+
 from __future__ import annotations
 
 import time
@@ -66,10 +67,22 @@ def check_machine(spec: Spec) -> list[ProofResult]:
                 legal_bad.append(f"{state} --{event}--> {claim.state}, spec says {row.dest}")
     secs = time.perf_counter() - t0
     return [
-        ProofResult("RKC-LC-5", "illegal events raise IllegalTransition, state unchanged",
-                    "exhaustive", not illegal_bad, secs / 2, checked["illegal"], "; ".join(illegal_bad)),
-        ProofResult("RKC-LC-6", "false guards raise GuardRejected, state unchanged; legal events reach the table's "
-                                "destination",
-                    "exhaustive", not (guard_bad or legal_bad), secs / 2,
-                    checked["guard"] + len(table), "; ".join(guard_bad + legal_bad)),
+        ProofResult(
+            "RKC-LC-5",
+            "illegal events raise IllegalTransition, state unchanged",
+            "exhaustive",
+            not illegal_bad,
+            secs / 2,
+            checked["illegal"],
+            "; ".join(illegal_bad),
+        ),
+        ProofResult(
+            "RKC-LC-6",
+            "false guards raise GuardRejected, state unchanged; legal events reach the table's destination",
+            "exhaustive",
+            not (guard_bad or legal_bad),
+            secs / 2,
+            checked["guard"] + len(table),
+            "; ".join(guard_bad + legal_bad),
+        ),
     ]

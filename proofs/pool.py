@@ -6,6 +6,7 @@ When a step query is sat, a bounded search from Init looks for a real trace to
 the violation, which is printed step by step and replayed in Python through
 ``kvclaims.model.pool_system`` (the same expressions, evaluated concretely).
 """
+
 from __future__ import annotations
 
 import time
@@ -32,8 +33,7 @@ class PoolEncoding:
         return {n: z3.Const(f"{n}@{tag}", self.sorts.sort(t)) for n, t in self.spec.pool_vars.items()}
 
     def params(self, action: Action, tag: str) -> dict[str, z3.ExprRef]:
-        return {n: z3.Const(f"{action.name}.{n}@{tag}", self.sorts.sort(t))
-                for n, t in action.params.items()}
+        return {n: z3.Const(f"{action.name}.{n}@{tag}", self.sorts.sort(t)) for n, t in action.params.items()}
 
     def expr(self, src: str, state: dict, extra: dict | None = None) -> z3.ExprRef:
         return self.sorts.compile(src, {**self.consts, **state, **(extra or {})})
@@ -99,13 +99,19 @@ def find_trace(enc: PoolEncoding, inv: Invariant, depth: int = BMC_DEPTH) -> lis
         if _check(s, f"bmc {inv.name} k={k}") == z3.sat:
             m = s.model()
             consts = enc.read_consts(m)
-            trace = [{"step": 0, "action": "init", "params": {}, "state": enc.read_state(m, states[0]),
-                      "constants": consts}]
+            trace = [
+                {"step": 0, "action": "init", "params": {}, "state": enc.read_state(m, states[0]), "constants": consts}
+            ]
             for i, choice in enumerate(choices):
                 action = enc.spec.actions[m.eval(choice, model_completion=True).as_long()]
-                trace.append({"step": i + 1, "action": action.name,
-                              "params": enc.read_params(m, action, str(i)),
-                              "state": enc.read_state(m, states[i + 1])})
+                trace.append(
+                    {
+                        "step": i + 1,
+                        "action": action.name,
+                        "params": enc.read_params(m, action, str(i)),
+                        "state": enc.read_state(m, states[i + 1]),
+                    }
+                )
             s.pop()
             return trace
         s.pop()
@@ -160,7 +166,8 @@ def prove_invariants(spec: Spec) -> list[ProofResult]:
                         failures.append(
                             f"step {action.name}: from {enc.read_state(m, pre)} with "
                             f"{enc.read_params(m, action, 'pre')} to {enc.read_state(m, post)} "
-                            f"(constants {enc.read_consts(m)})")
+                            f"(constants {enc.read_consts(m)})"
+                        )
         except SolverUnknown as exc:
             failures.append(str(exc))
         detail, trace = "", []
@@ -171,9 +178,20 @@ def prove_invariants(spec: Spec) -> list[ProofResult]:
                 replay(spec, trace, inv)
                 detail = format_trace(trace, f"{inv.id} {inv.name}")
             else:
-                detail = (f"{inv.id} {inv.name} is not inductive; no trace from Init within "
-                          f"{BMC_DEPTH} steps. Failing queries:\n  " + "\n  ".join(failures))
-        results.append(ProofResult(inv.id, f"{inv.name} (base + {len(spec.actions)} steps)",
-                                   "induction", not failures, time.perf_counter() - t0,
-                                   queries, detail, trace))
+                detail = (
+                    f"{inv.id} {inv.name} is not inductive; no trace from Init within "
+                    f"{BMC_DEPTH} steps. Failing queries:\n  " + "\n  ".join(failures)
+                )
+        results.append(
+            ProofResult(
+                inv.id,
+                f"{inv.name} (base + {len(spec.actions)} steps)",
+                "induction",
+                not failures,
+                time.perf_counter() - t0,
+                queries,
+                detail,
+                trace,
+            )
+        )
     return results

@@ -1,4 +1,5 @@
 """Run every proof and exhaustive check of the spec; the JSON report format lives here."""
+
 from __future__ import annotations
 
 from kvclaims.proofs.feasibility import prove_feasibility
@@ -13,8 +14,7 @@ REPORT_SCHEMA = "kvclaims.prove/1"
 
 def prove_all(spec: Spec | None = None) -> list[ProofResult]:
     spec = spec or load()
-    return (prove_lifecycle(spec) + check_machine(spec) + prove_invariants(spec)
-            + prove_feasibility(spec))
+    return prove_lifecycle(spec) + check_machine(spec) + prove_invariants(spec) + prove_feasibility(spec)
 
 
 def obligation_verdicts(spec: Spec, results: list[ProofResult]) -> dict[str, str]:
@@ -35,6 +35,7 @@ def report(spec: Spec, results: list[ProofResult]) -> dict:
         "proved": all(r.proved for r in results),
         "total_seconds": round(sum(r.seconds for r in results), 4),
         "results": [r.to_json() for r in results],
-        "obligations": [{"id": oid, "statement": spec.obligations[oid], "verdict": verdicts[oid]}
-                        for oid in spec.obligations],
+        "obligations": [
+            {"id": oid, "statement": spec.obligations[oid], "verdict": verdicts[oid]} for oid in spec.obligations
+        ],
     }

@@ -1,4 +1,5 @@
 """The reference runtime as a RuntimeAdapter: the observation side of the protocol."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ class RefimplAdapter(Runtime):
         B = self.B
         for i, h in enumerate(self.block_hashes(tokens)):
             slot = self.pool.lookup(h)
-            if slot is None or not self.pool.verify(slot, tokens[i * B:(i + 1) * B], i * B, self.weights):
+            if slot is None or not self.pool.verify(slot, tokens[i * B : (i + 1) * B], i * B, self.weights):
                 return False
         return True
 

@@ -1,4 +1,5 @@
 """Request records of the reference runtime (plain data; the runtime moves them)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,16 +9,16 @@ from dataclasses import dataclass, field
 class Request:
     id: str
     tokens: list[int]
-    hashes: list[str]                 # hashes of its full blocks, in order
-    status: str = "waiting"           # waiting | running | refused | finished | aborted
+    hashes: list[str]  # hashes of its full blocks, in order
+    status: str = "waiting"  # waiting | running | refused | finished | aborted
     slots: list[int] = field(default_factory=list)
-    new_slots: set[int] = field(default_factory=set)   # blocks it computed (freed on no-admit)
+    new_slots: set[int] = field(default_factory=set)  # blocks it computed (freed on no-admit)
     hit_blocks: int = 0
-    epoch: int = 0                    # the invalidation epoch it was admitted in
-    weights: int = 0                  # the weights version its KV is computed under
+    epoch: int = 0  # the invalidation epoch it was admitted in
+    weights: int = 0  # the weights version its KV is computed under
     reason: str | None = None
     blocking_claims: tuple[str, ...] = ()
-    claim: dict | None = None         # the claim it carries: applied at admission (RKC-RT-8)
+    claim: dict | None = None  # the claim it carries: applied at admission (RKC-RT-8)
     claim_outcome: str | None = None  # None | pending | applied | not_applied
 
     def __post_init__(self) -> None:

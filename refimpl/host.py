@@ -4,6 +4,7 @@ Copies are verified by checksum on the way out and on the way back; the
 checksum compared against is the one recorded when the claim materialized.
 A claim's blocks move as one batch: one gather, one transfer, one digest pass.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,8 +18,8 @@ class HostTier:
     def __init__(self, capacity: int, block_shape: tuple[int, ...], pin: bool) -> None:
         self.capacity = capacity
         self.kv = torch.zeros(capacity, *block_shape, pin_memory=pin and capacity > 0)
-        self.index: dict[str, int] = {}          # hash -> host slot
-        self.owners: dict[str, set[str]] = {}    # hash -> claims whose offload holds it
+        self.index: dict[str, int] = {}  # hash -> host slot
+        self.owners: dict[str, set[str]] = {}  # hash -> claims whose offload holds it
         self.free: list[int] = list(range(capacity - 1, -1, -1))
 
     def room(self, hashes) -> bool:
@@ -31,10 +32,10 @@ class HostTier:
         is what gets verified.
         """
         fresh = [i for i, h in enumerate(hashes) if h not in self.index]
-        if fresh:   # copy first, index after: a failed copy leaves the tier as it was
-            slots = self.free[len(self.free) - len(fresh):][::-1]
+        if fresh:  # copy first, index after: a failed copy leaves the tier as it was
+            slots = self.free[len(self.free) - len(fresh) :][::-1]
             self.kv[slots] = blocks[fresh].cpu()
-            del self.free[len(self.free) - len(fresh):]
+            del self.free[len(self.free) - len(fresh) :]
             self.index.update((hashes[i], s) for i, s in zip(fresh, slots))
         for h in hashes:
             self.owners.setdefault(h, set()).add(owner)

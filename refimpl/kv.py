@@ -7,6 +7,7 @@ counts the invalidations that change every block's KV (the spec's
 `[invalidation] weights`, a prefix-cache reset): KV computed before one differs
 from KV computed after it, so stale KV fails verification as corrupt KV does.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,13 +30,14 @@ def chain_hashes(tokens: Sequence[int], B: int) -> list[str]:
     """Hashes of the full blocks of `tokens` (a trailing partial block has none)."""
     out, parent = [], ROOT_HASH
     for i in range(0, len(tokens) - len(tokens) % B, B):
-        parent = block_hash(parent, tokens[i:i + B])
+        parent = block_hash(parent, tokens[i : i + B])
         out.append(parent)
     return out
 
 
-def content(tokens: Sequence[int], start: int, heads: int, head_dim: int,
-            device: torch.device, weights: int = 0) -> torch.Tensor:
+def content(
+    tokens: Sequence[int], start: int, heads: int, head_dim: int, device: torch.device, weights: int = 0
+) -> torch.Tensor:
     """KV `[2, len(tokens), heads, head_dim]` for tokens at positions start, start+1, ...
     under weights version `weights` (versions differ unless 65521 apart, the modulus)."""
     tok = torch.tensor(list(tokens), dtype=torch.int64, device=device).view(1, -1, 1, 1)
@@ -43,7 +45,7 @@ def content(tokens: Sequence[int], start: int, heads: int, head_dim: int,
     kv = torch.arange(2, device=device).view(2, 1, 1, 1)
     hd = torch.arange(heads * head_dim, device=device).view(1, 1, heads, head_dim)
     code = (tok * 1000003 + pos * 7919 + kv * 104729 + hd * 31 + weights * 15485863) % 65521
-    return code.to(torch.float32) / 65536.0   # a power of two: exact on every device
+    return code.to(torch.float32) / 65536.0  # a power of two: exact on every device
 
 
 def checksums(blocks: torch.Tensor) -> list[str]:
@@ -60,10 +62,13 @@ def checksums(blocks: torch.Tensor) -> list[str]:
         return []
     out = []
     w = _weights(blocks[0].numel(), blocks.device)
-    for chunk in blocks.detach().split(_CHUNK):       # bounds the int64 temporaries
+    for chunk in blocks.detach().split(_CHUNK):  # bounds the int64 temporaries
         words = chunk.reshape(len(chunk), -1).view(torch.int32).to(torch.int64)
-        out.append(words @ w.T if words.is_cpu   # CUDA has no int64 matmul; it is bandwidth-bound
-                   else torch.stack([(words * w[0]).sum(-1), (words * w[1]).sum(-1)], 1))
+        out.append(
+            words @ w.T
+            if words.is_cpu  # CUDA has no int64 matmul; it is bandwidth-bound
+            else torch.stack([(words * w[0]).sum(-1), (words * w[1]).sum(-1)], 1)
+        )
     return [f"{a & _MASK:016x}{b & _MASK:016x}" for a, b in torch.cat(out).tolist()]
 
 

@@ -4,6 +4,7 @@ The stateful suite must catch every one (tests/test_mutants.py); a mutant that
 survives means a check that cannot fail. Each overrides one small seam of
 `Runtime`, so the bug is exactly the one named.
 """
+
 from __future__ import annotations
 
 from kvclaims.model.feasibility import Decision
@@ -65,7 +66,7 @@ class EventAfterTerminal(RefimplAdapter):
     def _admit(self, r: Request, hits: list[int], A: int) -> None:
         super()._admit(r, hits, A)
         for c in sorted(self.claims.values(), key=lambda c: c.id):
-            if c.fsm.terminal and c.state != "refused" and set(c.chain) <= set(r.hashes[:len(hits)]):
+            if c.fsm.terminal and c.state != "refused" and set(c.chain) <= set(r.hashes[: len(hits)]):
                 self.trace.emit("claim", claim=c.id, event="hit", state=c.state, request=r.id)
 
 

@@ -8,6 +8,7 @@ Block classes (the spec's precedence protected > active > yielding > cached >
 free) are kept as running counts, updated whenever a slot changes, so a
 feasibility decision reads them in O(1) instead of scanning the pool.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -27,16 +28,17 @@ def default_device() -> torch.device:
 class DevicePool:
     """`U` usable blocks of `B` tokens; KV lives in `kv[U, 2, B, heads, head_dim]`."""
 
-    def __init__(self, U: int, B: int, heads: int = 2, head_dim: int = 8,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, U: int, B: int, heads: int = 2, head_dim: int = 8, device: torch.device | str | None = None
+    ) -> None:
         self.U, self.B, self.heads, self.head_dim = U, B, heads, head_dim
         self.device = torch.device(device) if device is not None else default_device()
         self.kv = torch.zeros(U, 2, B, heads, head_dim, device=self.device)
         self.hash_of: list[str | None] = [None] * U
-        self.refs = [0] * U                      # requests holding the slot
+        self.refs = [0] * U  # requests holding the slot
         self.holders: list[set[str]] = [set() for _ in range(U)]  # materialized claims
-        self.blockers = [0] * U                  # how many of the holders are blocking
-        self.index: dict[str, int] = {}          # registered hash -> slot
+        self.blockers = [0] * U  # how many of the holders are blocking
+        self.index: dict[str, int] = {}  # registered hash -> slot
         self.lru: OrderedDict[int, None] = OrderedDict()  # cached slots, oldest first
         self.free: list[int] = list(range(U - 1, -1, -1))  # pop() gives slot 0 first
         self.is_free = [True] * U
@@ -52,18 +54,18 @@ class DevicePool:
         self.is_free[slot] = False
         return slot
 
-    def write(self, slot: int, tokens: Sequence[int], start: int, offset: int = 0,
-              weights: int = 0) -> None:
+    def write(self, slot: int, tokens: Sequence[int], start: int, offset: int = 0, weights: int = 0) -> None:
         """Compute KV for `tokens` (absolute positions from `start`) into the slot at `offset`,
         under weights version `weights`."""
-        self.kv[slot, :, offset:offset + len(tokens)] = content(
-            tokens, start, self.heads, self.head_dim, self.device, weights)
+        self.kv[slot, :, offset : offset + len(tokens)] = content(
+            tokens, start, self.heads, self.head_dim, self.device, weights
+        )
 
     def verify(self, slot: int, tokens: Sequence[int], start: int, weights: int = 0) -> bool:
         """Does the slot hold exactly the KV of `tokens` at positions from `start` under
         weights version `weights`?"""
         want = content(tokens, start, self.heads, self.head_dim, self.device, weights)
-        return bool(torch.equal(self.kv[slot, :, :len(tokens)], want))
+        return bool(torch.equal(self.kv[slot, :, : len(tokens)], want))
 
     def digests(self, slots: Sequence[int]) -> list[str]:
         """Checksums of the slots' current KV, in one pass on the device."""
@@ -122,8 +124,17 @@ class DevicePool:
 
     def _reclass(self, slot: int) -> None:
         """Move the slot to the class its refs, holders and LRU membership now give."""
-        new = ("protected" if self.blockers[slot] else "active" if self.refs[slot]
-               else "yielding" if self.holders[slot] else "cached" if slot in self.lru else None)
+        new = (
+            "protected"
+            if self.blockers[slot]
+            else "active"
+            if self.refs[slot]
+            else "yielding"
+            if self.holders[slot]
+            else "cached"
+            if slot in self.lru
+            else None
+        )
         old = self.klass[slot]
         if new == old:
             return

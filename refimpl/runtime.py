@@ -6,16 +6,25 @@ the code: a claim's loss event is emitted before any of its blocks is evicted
 or reused (RKC-RT-1, RKC-RT-5), and every public method validates its input
 completely before it changes anything (RKC-RT-4).
 """
+
 from __future__ import annotations
 
 from itertools import islice
 from typing import IO, Any, Mapping, Sequence
 
-from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, InvalidField,
-                             InvalidInput, NoRoom, UnknownId)
+from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidField, InvalidInput, NoRoom, UnknownId
 from kvclaims.model.claim import Claim
-from kvclaims.model.checks import (MAX_TICKS, check_hash, check_id, check_int, check_list,
-                                   check_tokens, claim_terms, got, request_claim)
+from kvclaims.model.checks import (
+    MAX_TICKS,
+    check_hash,
+    check_id,
+    check_int,
+    check_list,
+    check_tokens,
+    claim_terms,
+    got,
+    request_claim,
+)
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide, outcome
 from kvclaims.model.lifecycle import Lifecycle
 from kvclaims.model.terms import ReserveLedger
@@ -27,20 +36,34 @@ from kvclaims.spec import Spec, load
 from kvclaims.trace import TraceWriter
 
 
-
 class Runtime:
     """A paged KV pool of `U` blocks of `B` tokens with reserve `R` and a host tier of `host_blocks`.
 
     With `vocab`, token ids must lie in [0, vocab); without it, any int >= 0 is a token.
     """
 
-    def __init__(self, U: int, B: int, R: int = 0, *, host_blocks: int = 0, heads: int = 2,
-                 head_dim: int = 8, device=None, spec: Spec | None = None,
-                 sink: IO[str] | None = None, vocab: int | None = None) -> None:
+    def __init__(
+        self,
+        U: int,
+        B: int,
+        R: int = 0,
+        *,
+        host_blocks: int = 0,
+        heads: int = 2,
+        head_dim: int = 8,
+        device=None,
+        spec: Spec | None = None,
+        sink: IO[str] | None = None,
+        vocab: int | None = None,
+    ) -> None:
         check_int("runtime", "U", U, 1)
-        for name, value, low, high in (("B", B, 1, None), ("R", R, 0, U - 1),
-                                       ("host_blocks", host_blocks, 0, None), ("heads", heads, 1, None),
-                                       ("head_dim", head_dim, 1, None)):
+        for name, value, low, high in (
+            ("B", B, 1, None),
+            ("R", R, 0, U - 1),
+            ("host_blocks", host_blocks, 0, None),
+            ("heads", heads, 1, None),
+            ("head_dim", head_dim, 1, None),
+        ):
             check_int("runtime", name, value, low, high)
         if vocab is not None:
             check_int("runtime", "vocab", vocab, 1)
@@ -51,8 +74,7 @@ class Runtime:
             self.pool = DevicePool(U, B, heads, head_dim, device)
         except (RuntimeError, AssertionError, TypeError) as exc:  # unknown device, no CUDA, no memory
             raise InvalidField("runtime", "device", f"{device!r} cannot hold the KV pool: {exc}") from None
-        self.host = HostTier(host_blocks, tuple(self.pool.kv.shape[1:]),
-                             pin=self.pool.device.type == "cuda")
+        self.host = HostTier(host_blocks, tuple(self.pool.kv.shape[1:]), pin=self.pool.device.type == "cuda")
         self.claims: dict[str, Claim] = {}
         self.requests: dict[str, Request] = {}
         self.waiting: list[str] = []
@@ -69,8 +91,9 @@ class Runtime:
         # actions that declared KV invalid, `weights` those that changed every block's KV.
         self.epoch = self.weights = 0
         self.trace = TraceWriter(sink)
-        self.trace.emit("runtime", runtime="refimpl", U=U, B=B, R=R, host_blocks=host_blocks,
-                        device=str(self.pool.device))
+        self.trace.emit(
+            "runtime", runtime="refimpl", U=U, B=B, R=R, host_blocks=host_blocks, device=str(self.pool.device)
+        )
 
     @property
     def time(self) -> int:
@@ -95,8 +118,7 @@ class Runtime:
         weights (stale KV) or a corrupt one fails."""
         r = self._request(request_id)
         B = self.B
-        return all(self.pool.verify(s, r.tokens[i * B:(i + 1) * B], i * B, r.weights)
-                   for i, s in enumerate(r.slots))
+        return all(self.pool.verify(s, r.tokens[i * B : (i + 1) * B], i * B, r.weights) for i, s in enumerate(r.slots))
 
     def _claim(self, claim_id: str) -> Claim:
         check_id(claim_id, "claim")
@@ -141,23 +163,47 @@ class Runtime:
         return [self.claims[c] for c in sorted(set().union(*(self._by_state[st] for st in states)))]
 
     # ------------------------------------------------------------------ claims
-    def submit_claim(self, claim_id: str, prefix: Sequence[int], *, strength: str = "hard",
-                     priority: int = 0, ttl: int | None = None,
-                     tiers: Sequence[str] = ("device",), policy: str | None = None) -> str:
+    def submit_claim(
+        self,
+        claim_id: str,
+        prefix: Sequence[int],
+        *,
+        strength: str = "hard",
+        priority: int = 0,
+        ttl: int | None = None,
+        tiers: Sequence[str] = ("device",),
+        policy: str | None = None,
+    ) -> str:
         """Submit a claim on a whole-block prefix; returns its state after accept/refuse (and materialize).
 
         `policy` defaults to refuse for hard claims, demote for soft ones. See `_claim_terms`
         for what is rejected.
         """
         tiers, policy = self._claim_terms(claim_id, prefix, strength, priority, ttl, tiers, policy)
-        c = Claim(claim_id, chain_hashes(list(prefix), self.B), strength, priority,
-                  None if ttl is None else self.time + ttl, tiers, policy, fsm=None)
+        c = Claim(
+            claim_id,
+            chain_hashes(list(prefix), self.B),
+            strength,
+            priority,
+            None if ttl is None else self.time + ttl,
+            tiers,
+            policy,
+            fsm=None,
+        )
         c.fsm = self.lifecycle.claim(claim_id, self._guards(c))
         self.claims[claim_id] = c
         self._by_state[c.state].add(claim_id)
         self._by_tail.setdefault(c.chain[-1], set()).add(claim_id)
-        self.trace.emit("claim_submit", claim=claim_id, blocks=c.chain, strength=strength,
-                        priority=priority, ttl=ttl, tiers=list(tiers), policy=policy)
+        self.trace.emit(
+            "claim_submit",
+            claim=claim_id,
+            blocks=c.chain,
+            strength=strength,
+            priority=priority,
+            ttl=ttl,
+            tiers=list(tiers),
+            policy=policy,
+        )
         ctx = self.ledger.context(c.chain)
         if self._within_reserve(c, ctx["new_blocks"], ctx["reserved"]):
             self._fire(c, "accept", ctx)
@@ -169,8 +215,9 @@ class Runtime:
     def _claim_terms(self, claim_id, prefix, strength, priority, ttl, tiers, policy) -> tuple:
         """Validate a claim before anything changes; returns its (tiers, policy) (see
         `kvclaims.model.checks.claim_terms`)."""
-        return claim_terms(self.claims, self.U, self.B, self.vocab, claim_id, prefix, strength,
-                           priority, ttl, tiers, policy)
+        return claim_terms(
+            self.claims, self.U, self.B, self.vocab, claim_id, prefix, strength, priority, ttl, tiers, policy
+        )
 
     def release_claim(self, claim_id: str) -> None:
         self._end(self._checked(claim_id, "release"), "release", reason="owner")
@@ -183,8 +230,10 @@ class Runtime:
         if not c.host_allowed:
             raise GuardRejected(claim_id, c.state, "offload", "host_allowed")
         if not self.host.room(c.chain):
-            raise NoRoom(f"claim {claim_id!r}: the host tier has {len(self.host.free)} free blocks, "
-                         f"too few for its {len(c.chain)}")
+            raise NoRoom(
+                f"claim {claim_id!r}: the host tier has {len(self.host.free)} free blocks, "
+                f"too few for its {len(c.chain)}"
+            )
         self._offload(c, reason="owner")
 
     def restore_claim(self, claim_id: str) -> str:
@@ -197,7 +246,7 @@ class Runtime:
             raise NoRoom(f"claim {claim_id!r}: no room on the device for {len(missing)} blocks")
         if not self._restore_fits(c):
             raise InvalidInput(f"claim {claim_id!r}: restoring would exceed the reserve")
-        for s in resident:   # pinned while room is made, so eviction cannot take them
+        for s in resident:  # pinned while room is made, so eviction cannot take them
             p.refs[s] += 1
             p.settle(s)
         slots = self._obtain(len(missing), yielding=False)
@@ -216,10 +265,8 @@ class Runtime:
 
     def _guards(self, c: Claim) -> dict:
         return {
-            "within_reserve": lambda new_blocks, reserved, **_: self._within_reserve(
-                c, new_blocks, reserved),
-            "exceeds_reserve": lambda new_blocks, reserved, **_: not self._within_reserve(
-                c, new_blocks, reserved),
+            "within_reserve": lambda new_blocks, reserved, **_: self._within_reserve(c, new_blocks, reserved),
+            "exceeds_reserve": lambda new_blocks, reserved, **_: not self._within_reserve(c, new_blocks, reserved),
             "chain_resident": lambda **_: all(self.pool.lookup(h) is not None for h in c.chain),
             "host_allowed": lambda **_: c.host_allowed,
             "checksums_match": lambda arrived, **_: self._matches(arrived, c),
@@ -280,7 +327,7 @@ class Runtime:
         slots = [self.pool.lookup(h) for h in c.chain]
         try:
             copies = self.host.store(c.chain, self.pool.kv[slots], c.id)
-        except (RuntimeError, MemoryError) as exc:   # torch's out-of-memory errors are RuntimeErrors
+        except (RuntimeError, MemoryError) as exc:  # torch's out-of-memory errors are RuntimeErrors
             raise NoRoom(f"claim {c.id!r}: the host tier could not take its blocks: {exc}") from exc
         arrived = dict(zip(c.chain, copies))
         if not self._matches(arrived, c):
@@ -321,8 +368,9 @@ class Runtime:
         self._drop_host(c, reason="restore")
 
     # ------------------------------------------------------------------ requests
-    def submit_request(self, request_id: str, tokens: Sequence[int], *,
-                       claim: Mapping[str, Any] | None = None) -> Decision:
+    def submit_request(
+        self, request_id: str, tokens: Sequence[int], *, claim: Mapping[str, Any] | None = None
+    ) -> Decision:
         """Submit a prompt; it is admitted, queued to wait, or refused now (with attribution).
 
         `claim` (`{"id": ..., **submit_claim keywords}`) claims the prompt's full blocks. It is
@@ -354,7 +402,7 @@ class Runtime:
         if cid in self.claims:
             r.claim_outcome = "not_applied"
             return
-        self.submit_claim(cid, r.tokens[:len(r.hashes) * self.B], **terms)
+        self.submit_claim(cid, r.tokens[: len(r.hashes) * self.B], **terms)
         r.claim_outcome = "applied"
 
     def step(self, ticks: int = 1) -> None:
@@ -448,7 +496,7 @@ class Runtime:
     def _admit(self, r: Request, hits: list[int], A: int) -> None:
         r.status, r.hit_blocks, r.epoch, r.weights = "running", len(hits), self.epoch, self.weights
         self._take(r, hits)
-        hit_hashes = r.hashes[:len(hits)]
+        hit_hashes = r.hashes[: len(hits)]
         slots = self._obtain(A, yielding=True)
         self.trace.emit("request_admit", request=r.id, hit_blocks=hit_hashes, new_blocks=A)
         self._take(r, slots)
@@ -482,7 +530,7 @@ class Runtime:
             if c.policy == "offload" and c.host_allowed and self.host.room(c.chain):
                 try:
                     self._offload(c, reason=reason)
-                except NoRoom:   # the host copy failed: demote instead, as with no room
+                except NoRoom:  # the host copy failed: demote instead, as with no room
                     self._demote(c, reason="offload_error")
             else:
                 self._demote(c, reason=reason)
@@ -493,9 +541,14 @@ class Runtime:
 
     def _next_yielding(self) -> Claim | None:
         p = self.pool
-        live = [c for c in self._in(*self.spec.lifecycle.protected) if not c.blocking and any(
-                    not p.refs[s] and not any(self.claims[o].blocking for o in p.holders[s])
-                    for s in map(p.lookup, c.chain))]
+        live = [
+            c
+            for c in self._in(*self.spec.lifecycle.protected)
+            if not c.blocking
+            and any(
+                not p.refs[s] and not any(self.claims[o].blocking for o in p.holders[s]) for s in map(p.lookup, c.chain)
+            )
+        ]
         return min(live, key=Claim.yield_order, default=None)
 
     def _evict(self, slots: list[int], reason: str) -> None:
@@ -507,8 +560,7 @@ class Runtime:
         for c in self._in(*self._offloaded):
             n = len(c.chain)
             if n > hit and r.hashes[:n] == c.chain and self._restore_fits(c):
-                targets = {h: r.slots[i] for i, h in enumerate(c.chain)
-                           if self.pool.lookup(h) is None}
+                targets = {h: r.slots[i] for i, h in enumerate(c.chain) if self.pool.lookup(h) is None}
                 self._restore(c, targets)
 
     def _compute(self, r: Request, start: int) -> None:
@@ -518,15 +570,15 @@ class Runtime:
         for i in range(start // B, len(r.slots)):
             slot = r.slots[i]
             if self.pool.hash_of[slot] is not None:
-                continue   # restored from the host
+                continue  # restored from the host
             lo = max(start, i * B)
-            self.pool.write(slot, r.tokens[lo:(i + 1) * B], lo, lo - i * B, r.weights)
+            self.pool.write(slot, r.tokens[lo : (i + 1) * B], lo, lo - i * B, r.weights)
             r.new_slots.add(slot)
             if fresh and i < len(r.hashes) and self.pool.register(slot, r.hashes[i]):
                 stored.append(r.hashes[i])
-        if len(r.hashes) < len(r.tokens) // B:   # decode filled blocks: extend the chain
+        if len(r.hashes) < len(r.tokens) // B:  # decode filled blocks: extend the chain
             for i in range(len(r.hashes), len(r.tokens) // B):
-                h = block_hash(r.hashes[-1] if r.hashes else ROOT_HASH, r.tokens[i * B:(i + 1) * B])
+                h = block_hash(r.hashes[-1] if r.hashes else ROOT_HASH, r.tokens[i * B : (i + 1) * B])
                 r.hashes.append(h)
                 if fresh and self.pool.register(r.slots[i], h):
                     stored.append(h)
@@ -541,15 +593,13 @@ class Runtime:
     def _refuse(self, r: Request, d: Decision) -> None:
         r.status, r.reason, r.blocking_claims = "refused", d.outcome, d.blocking_claims
         _never_applied(r)
-        self.trace.emit("request_refuse", request=r.id, reason=d.outcome,
-                        blocking_claims=list(d.blocking_claims))
+        self.trace.emit("request_refuse", request=r.id, reason=d.outcome, blocking_claims=list(d.blocking_claims))
 
     def _release(self, r: Request, admit: bool) -> None:
         no_admit = []
         for s in reversed(r.slots):
             self.pool.refs[s] -= 1
-            if not admit and s in r.new_slots and not self.pool.held(s) \
-                    and self.pool.hash_of[s] is not None:
+            if not admit and s in r.new_slots and not self.pool.held(s) and self.pool.hash_of[s] is not None:
                 no_admit.append(s)
             else:
                 self.pool.settle(s)
@@ -564,8 +614,7 @@ class Runtime:
         self._invalidate("reset_prefix_cache")
         for c in self._in(*self.spec.lifecycle.protected, *self._offloaded):
             self._end(c, "harm", reason="reset_prefix_cache")
-        self._drop_blocks([s for s in range(self.U) if self.pool.hash_of[s] is not None],
-                          "reset_prefix_cache")
+        self._drop_blocks([s for s in range(self.U) if self.pool.hash_of[s] is not None], "reset_prefix_cache")
 
     def evict_blocks(self, hashes: Sequence[str]) -> None:
         """A connector reported these blocks invalid: claims holding them are harmed, then they go."""

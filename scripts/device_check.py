@@ -5,6 +5,7 @@ Run on a machine with a CUDA device (exit 2 without one):
 then `pytest tests/test_refimpl_*.py tests/test_litmus.py`, whose cuda cases run there.
 Writes device_check.json to OUT_DIR (default $OUT, else the current directory).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,14 @@ def probe() -> dict:
     rt.finish("warm")
     d = rt.submit_request("big", tokens(70, 2))
     rt.submit_request("again", P)
-    return {"device": str(rt.pool.kv.device), "host_pinned": rt.host.kv.is_pinned(),
-            "refused_by": list(d.blocking_claims), "hits": rt.requests["again"].hit_blocks,
-            "verified": rt.verify_request("again"), "trace_ok": check_lines(rt.trace.lines()).ok}
+    return {
+        "device": str(rt.pool.kv.device),
+        "host_pinned": rt.host.kv.is_pinned(),
+        "refused_by": list(d.blocking_claims),
+        "hits": rt.requests["again"].hit_blocks,
+        "verified": rt.verify_request("again"),
+        "trace_ok": check_lines(rt.trace.lines()).ok,
+    }
 
 
 def main() -> int:
@@ -41,11 +47,23 @@ def main() -> int:
         return 2
     start = time.perf_counter()
     results = run_all(partial(RefimplAdapter, device="cuda"))
-    report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "probe": probe(),
-              "litmus": [r.to_json() for r in results], "seconds": round(time.perf_counter() - start, 2)}
+    report = {
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "probe": probe(),
+        "litmus": [r.to_json() for r in results],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     p = report["probe"]
-    ok = (all(r.passed for r in results) and p["device"].startswith("cuda") and p["host_pinned"]
-          and p["refused_by"] == ["c"] and p["hits"] == 60 and p["verified"] and p["trace_ok"])
+    ok = (
+        all(r.passed for r in results)
+        and p["device"].startswith("cuda")
+        and p["host_pinned"]
+        and p["refused_by"] == ["c"]
+        and p["hits"] == 60
+        and p["verified"]
+        and p["trace_ok"]
+    )
     report["ok"] = ok
     out = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("OUT", "."))
     out.mkdir(parents=True, exist_ok=True)

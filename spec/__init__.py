@@ -4,6 +4,7 @@ Everything else (the lifecycle machine, the Z3 encodings, the diagram, the docs
 table) is derived from the :class:`Spec` this module returns, so a state or an
 event is never written down twice.
 """
+
 from __future__ import annotations
 
 import tomllib
@@ -15,8 +16,7 @@ from pathlib import Path
 from kvclaims.errors import KVClaimsError
 from kvclaims.spec.expr import ExprError, names, parse
 
-__all__ = ["Spec", "Lifecycle", "Transition", "Outcome", "Invariant", "Action",
-           "SpecError", "load", "CONTRACT_PATH"]
+__all__ = ["Spec", "Lifecycle", "Transition", "Outcome", "Invariant", "Action", "SpecError", "load", "CONTRACT_PATH"]
 
 CONTRACT_PATH = Path(str(resources.files(__package__).joinpath("contract.toml")))
 
@@ -75,7 +75,7 @@ class Action:
     params: dict[str, str]
     guard: tuple[str, ...]
     update: dict[str, str]
-    event: str | None = None        # the lifecycle event of c this action fires, if fixed
+    event: str | None = None  # the lifecycle event of c this action fires, if fixed
     event_param: str | None = None  # or the param that names it
 
 
@@ -99,8 +99,8 @@ class Spec:
     strengths: tuple[str, ...] = ()
     policies: tuple[str, ...] = ()
     tiers: tuple[str, ...] = ()
-    invalidations: tuple[str, ...] = ()    # operator actions that start a new epoch
-    weight_changes: tuple[str, ...] = ()   # those after which every block's KV differs
+    invalidations: tuple[str, ...] = ()  # operator actions that start a new epoch
+    weight_changes: tuple[str, ...] = ()  # those after which every block's KV differs
 
     @property
     def outcome_names(self) -> tuple[str, ...]:
@@ -110,8 +110,16 @@ class Spec:
 def _lifecycle(raw: dict) -> Lifecycle:
     states, events, guards = raw["states"], raw["events"], raw["guards"]
     rows = [Transition(*row) for row in raw["transitions"]["rows"]]
-    lc = Lifecycle(raw["initial"], states, events, guards, tuple(raw["terminal"]["states"]),
-                   tuple(raw["protected"]), tuple(raw["loss_events"]), tuple(rows))
+    lc = Lifecycle(
+        raw["initial"],
+        states,
+        events,
+        guards,
+        tuple(raw["terminal"]["states"]),
+        tuple(raw["protected"]),
+        tuple(raw["loss_events"]),
+        tuple(rows),
+    )
     for s in (lc.initial, *lc.terminal, *lc.protected):
         if s not in states:
             raise SpecError(f"lifecycle names unknown state {s!r}")

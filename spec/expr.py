@@ -5,6 +5,7 @@ strings in a small Python-syntax subset. Parsing once and interpreting the same
 tree in Python and in Z3 is what keeps the executable model and the proofs
 from drifting apart.
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,9 +21,30 @@ class ExprError(ValueError):
 
 
 _ALLOWED = (
-    ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub,
-    ast.Compare, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn,
-    ast.BinOp, ast.Add, ast.Sub, ast.IfExp, ast.Constant, ast.Name, ast.Load, ast.Tuple,
+    ast.Expression,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.Compare,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+    ast.In,
+    ast.NotIn,
+    ast.BinOp,
+    ast.Add,
+    ast.Sub,
+    ast.IfExp,
+    ast.Constant,
+    ast.Name,
+    ast.Load,
+    ast.Tuple,
 )
 
 
@@ -64,7 +86,7 @@ def evaluate(src: str, env: Mapping[str, Any]) -> Any:
 class Z3Env:
     """How names and enum literals map to Z3 terms."""
 
-    terms: Mapping[str, Any]          # variable name -> z3 term
+    terms: Mapping[str, Any]  # variable name -> z3 term
     literal: Callable[[Any, str], Any]  # (z3 sort or None, literal text) -> z3 constant
 
 
@@ -73,8 +95,7 @@ def to_z3(src: str, env: Z3Env, expected_sort: Any = None) -> Any:
     import z3
 
     def is_literal(node: ast.AST) -> bool:
-        return isinstance(node, ast.Tuple) or (
-            isinstance(node, ast.Constant) and isinstance(node.value, str))
+        return isinstance(node, ast.Tuple) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
 
     def context_sort(nodes: list[ast.AST]) -> Any:
         """The sort of the first operand that is not an enum literal (or a tuple of them)."""
@@ -127,11 +148,16 @@ def to_z3(src: str, env: Z3Env, expected_sort: Any = None) -> Any:
                     terms.append(member if isinstance(op, ast.In) else z3.Not(member))
                     continue
                 right = lit(right_node, left.sort())
-                terms.append({
-                    ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b,
-                    ast.Lt: lambda a, b: a < b, ast.LtE: lambda a, b: a <= b,
-                    ast.Gt: lambda a, b: a > b, ast.GtE: lambda a, b: a >= b,
-                }[type(op)](left, right))
+                terms.append(
+                    {
+                        ast.Eq: lambda a, b: a == b,
+                        ast.NotEq: lambda a, b: a != b,
+                        ast.Lt: lambda a, b: a < b,
+                        ast.LtE: lambda a, b: a <= b,
+                        ast.Gt: lambda a, b: a > b,
+                        ast.GtE: lambda a, b: a >= b,
+                    }[type(op)](left, right)
+                )
                 left = right
             return z3.And(*terms) if len(terms) > 1 else terms[0]
         raise ExprError(f"{type(node).__name__} is not supported in {src!r}")

@@ -6,6 +6,7 @@ destination from the lifecycle table; an update of ``h`` gets the matching
 counter adjustments. The result is what the Z3 prover and the Python replayer
 both consume, and what the mutation tests edit line by line.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ def _event_lines(spec: "Spec", rows, event_param: str | None) -> tuple[list[str]
     With one fixed event the rows differ only by source; with `event_param` the
     environment picks the event, so each row is matched on (source, event).
     """
+
     def match(t) -> str:
         return f"cs == {t.source!r}" + (f" and {event_param} == {t.event!r}" if event_param else "")
 
@@ -50,8 +52,11 @@ def _with_counter_adjustment(spec: "Spec", update: dict[str, str]) -> dict[str, 
     out = dict(update)
     for counter in dict.fromkeys(spec.counter_of.values()):
         classes = [c for c, n in spec.counter_of.items() if n == counter]
-        gain = (("1" if literal in classes else "0") if literal is not None
-                else f"(1 if ({new_h}) in {_tuple(classes)} else 0)")
+        gain = (
+            ("1" if literal in classes else "0")
+            if literal is not None
+            else f"(1 if ({new_h}) in {_tuple(classes)} else 0)"
+        )
         base = out.get(counter, counter)
         out[counter] = f"{base} + {gain} - (1 if h in {_tuple(classes)} else 0)"
     return out
@@ -72,16 +77,27 @@ def normalize_actions(spec: "Spec", raw_actions: list[dict]) -> tuple["Action", 
                 if where == "other":
                     cls = _class_of_counter(spec, frm)
                     avail = frm if cls == "absent" else f"{frm} - (1 if h == {cls!r} else 0)"
-                    out.append(Action(f"{name}[other]", doc, params,
-                                      (f"{avail} >= 1", *guard),
-                                      {frm: f"{frm} - 1", to: f"{to} + 1"}))
+                    out.append(
+                        Action(
+                            f"{name}[other]",
+                            doc,
+                            params,
+                            (f"{avail} >= 1", *guard),
+                            {frm: f"{frm} - 1", to: f"{to} + 1"},
+                        )
+                    )
                 elif where == "h":
                     src, dst = _class_of_counter(spec, frm), _class_of_counter(spec, to)
                     lines = [f"h == {src!r}"] + (["free >= 1"] if src == "absent" else [])
-                    out.append(Action(f"{name}[h]", doc, params,
-                                      (*lines, *guard, *raw.get("guard_h", [])),
-                                      _with_counter_adjustment(
-                                          spec, {**raw.get("update_h", {}), "h": repr(dst)})))
+                    out.append(
+                        Action(
+                            f"{name}[h]",
+                            doc,
+                            params,
+                            (*lines, *guard, *raw.get("guard_h", [])),
+                            _with_counter_adjustment(spec, {**raw.get("update_h", {}), "h": repr(dst)}),
+                        )
+                    )
                 else:
                     raise SpecError(f"action {name}: unknown instance {where!r}")
             continue
@@ -95,6 +111,5 @@ def normalize_actions(spec: "Spec", raw_actions: list[dict]) -> tuple["Action", 
             lines, dest = _event_lines(spec, rows, event_param)
             guard = lines + guard
             update["cs"] = dest
-        out.append(Action(name, doc, params, tuple(guard),
-                          _with_counter_adjustment(spec, update), event, event_param))
+        out.append(Action(name, doc, params, tuple(guard), _with_counter_adjustment(spec, update), event, event_param))
     return tuple(out)

@@ -1,5 +1,6 @@
 """Hypothesis profiles: `ci` (built in, derandomized, loaded when CI is set) for CI,
 `long` for soak runs (HYPOTHESIS_PROFILE=long)."""
+
 import os
 
 from hypothesis import settings

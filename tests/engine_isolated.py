@@ -3,6 +3,7 @@ a vLLM engine whose teardown destroys vLLM's process-wide parallel state, which 
 break the in-process engines the rest of the suite shares ("pipeline model parallel
 group is not initialized"). `run(name, tmp)` runs one in a fresh interpreter; run as a
 script, it runs the named check and exits 0 when it holds."""
+
 from __future__ import annotations
 
 import os
@@ -12,12 +13,17 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SHAPE = dict(max_model_len=1024)    # the sliding model's window must fit the 80-block pool
+SHAPE = dict(max_model_len=1024)  # the sliding model's window must fit the 80-block pool
 
 
 def run(name: str, tmp: Path) -> None:
-    out = subprocess.run([sys.executable, str(Path(__file__)), name, str(tmp)], capture_output=True,
-                         text=True, timeout=600, cwd=HERE.parent)
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__)), name, str(tmp)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=HERE.parent,
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
 
 
@@ -27,6 +33,7 @@ def frames(exc: BaseException) -> list[str]:
 
 def refused(fn, *args, **kw):
     from kvclaims.errors import BadArgument
+
     try:
         fn(*args, **kw)
     except BadArgument as exc:
@@ -41,6 +48,7 @@ def sliding_refused_at_scheduler_start(tmp: Path) -> None:
 
     from kvclaims.vllm.engine import ENV, engine_kwargs
     from kvclaims.vllm.model_dir import tiny_sliding_model_dir
+
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
     trace = tmp / "claims.jsonl"
@@ -48,7 +56,7 @@ def sliding_refused_at_scheduler_start(tmp: Path) -> None:
     err = refused(LLMEngine.from_engine_args, EngineArgs(**kw))
     assert err.field == "model" and "SlidingWindowSpec" in str(err), err
     assert any(f.endswith("scheduler.py:__init__") for f in frames(err)), frames(err)
-    assert not trace.exists()                 # refused before the trace file is made
+    assert not trace.exists()  # refused before the trace file is made
 
 
 def sliding_runs_without_the_integration(tmp: Path) -> None:

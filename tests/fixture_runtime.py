@@ -7,6 +7,7 @@ need them as not applicable, and pass the rest. Methods are spelled out, not
 forwarded by __getattr__: from Python 3.12 a runtime-checkable Protocol looks
 attributes up statically, so forwarded ones would not count.
 """
+
 from kvclaims.refimpl.adapter import RefimplAdapter
 
 
@@ -15,7 +16,7 @@ class ExternalRuntime:
 
     def __init__(self, U: int, B: int, R: int = 0, host_blocks: int = 0, **kwargs) -> None:
         self._rt = RefimplAdapter(U, B, R, host_blocks=0, **kwargs)
-        self.U, self.B, self.R, self.host_blocks = U, B, R, 0   # no host tier, whatever was asked
+        self.U, self.B, self.R, self.host_blocks = U, B, R, 0  # no host tier, whatever was asked
 
     def block_hashes(self, tokens):
         return self._rt.block_hashes(tokens)

@@ -6,6 +6,7 @@ Random programs mix valid operations (so claims materialize, offload, wait and f
 many invalid ones: unknown and junk ids, malformed claim terms and prompts, illegal
 lifecycle events, double releases, restores with no room, bad ticks and block hashes.
 """
+
 import copy
 
 from hypothesis import event, settings
@@ -18,24 +19,27 @@ from kvclaims.refimpl.runtime import Runtime
 from kvclaims.conformance.strategies import claim_kwargs
 
 VOCAB = 50
-JUNK = [None, "", 3, 1.5, True, [], [["x"]], {"a": 1}]   # wrong types, as JSON would bring them
+JUNK = [None, "", 3, 1.5, True, [], [["x"]], {"a": 1}]  # wrong types, as JSON would bring them
 
 
 def state(rt) -> dict:
     """Everything a rejected operation must leave as it was (tensors as bytes, so `==` compares)."""
     p, h = rt.pool, rt.host
-    return copy.deepcopy({
-        "pool": {k: v for k, v in vars(p).items() if k not in ("kv", "device")},
-        "pool_kv": p.kv.cpu().numpy().tobytes(),
-        "claims": {cid: ({k: v for k, v in vars(c).items() if k != "fsm"}, c.state)
-                   for cid, c in rt.claims.items()},
-        "requests": {rid: vars(r) for rid, r in rt.requests.items()},
-        "waiting": rt.waiting,
-        "host": {k: v for k, v in vars(h).items() if k != "kv"},
-        "host_kv": h.kv.numpy().tobytes(),
-        "indexes": (rt._by_state, rt._by_tail, rt.ledger.names),
-        "trace": (rt.trace.seq, rt.trace.time, len(rt.trace.records)),
-    })
+    return copy.deepcopy(
+        {
+            "pool": {k: v for k, v in vars(p).items() if k not in ("kv", "device")},
+            "pool_kv": p.kv.cpu().numpy().tobytes(),
+            "claims": {
+                cid: ({k: v for k, v in vars(c).items() if k != "fsm"}, c.state) for cid, c in rt.claims.items()
+            },
+            "requests": {rid: vars(r) for rid, r in rt.requests.items()},
+            "waiting": rt.waiting,
+            "host": {k: v for k, v in vars(h).items() if k != "kv"},
+            "host_kv": h.kv.numpy().tobytes(),
+            "indexes": (rt._by_state, rt._by_tail, rt.ledger.names),
+            "trace": (rt.trace.seq, rt.trace.time, len(rt.trace.records)),
+        }
+    )
 
 
 def prompt(family: int, blocks: int, B: int) -> list[int]:
@@ -62,12 +66,31 @@ FLAWS = {
 flaws = st.sampled_from(["none"] * 6 + list(FLAWS))
 # One bad claim field (or none): (keyword, value), or ("prefix", a flaw of FLAWS).
 CLAIM_FLAWS = [
-    *(("claim_id", v) for v in JUNK), ("strength", "medium"), ("strength", None),
-    ("policy", "evict"), ("policy", ""), ("policy", "refuse"), ("tiers", ("host",)), ("tiers", ()),
-    ("tiers", ("device", "device")), ("tiers", "device"), ("tiers", None), ("tiers", [["device"]]),
-    ("tiers", ("device", "disk")), ("priority", -1), ("priority", 2**31), ("priority", "1"),
-    ("priority", 1.5), ("priority", True), ("priority", None), ("ttl", 0), ("ttl", -1),
-    ("ttl", "2"), ("ttl", 2.0), ("ttl", True), *(("prefix", f) for f in FLAWS if f != "none"),
+    *(("claim_id", v) for v in JUNK),
+    ("strength", "medium"),
+    ("strength", None),
+    ("policy", "evict"),
+    ("policy", ""),
+    ("policy", "refuse"),
+    ("tiers", ("host",)),
+    ("tiers", ()),
+    ("tiers", ("device", "device")),
+    ("tiers", "device"),
+    ("tiers", None),
+    ("tiers", [["device"]]),
+    ("tiers", ("device", "disk")),
+    ("priority", -1),
+    ("priority", 2**31),
+    ("priority", "1"),
+    ("priority", 1.5),
+    ("priority", True),
+    ("priority", None),
+    ("ttl", 0),
+    ("ttl", -1),
+    ("ttl", "2"),
+    ("ttl", 2.0),
+    ("ttl", True),
+    *(("prefix", f) for f in FLAWS if f != "none"),
 ]
 claim_flaws = st.none() | st.none() | st.sampled_from(CLAIM_FLAWS)
 # An existing id (by index; unknown while there are none), often; or junk.
@@ -75,15 +98,22 @@ picks = st.integers(0, 50) | st.integers(0, 50) | st.sampled_from(JUNK)
 
 
 class Atomic(RuleBasedStateMachine):
-    @initialize(U=st.integers(4, 12), B=st.sampled_from([1, 2, 4]), R=st.integers(0, 3),
-                host=st.sampled_from([0, 1, 2, 6]), vocab=st.sampled_from([None, VOCAB]))
+    @initialize(
+        U=st.integers(4, 12),
+        B=st.sampled_from([1, 2, 4]),
+        R=st.integers(0, 3),
+        host=st.sampled_from([0, 1, 2, 6]),
+        vocab=st.sampled_from([None, VOCAB]),
+    )
     def start(self, U, B, R, host, vocab) -> None:
         """A runtime that already has work: a materialized blocking claim and an offloadable one."""
         self.rt = Runtime(U, B, min(R, U - 1), host_blocks=host, vocab=vocab, device="cpu")
         self.prefixes: dict[str, list[int]] = {}
         self.serial = 0
-        for cid, family, terms in (("h", 0, {}), ("o", 1, {"strength": "soft", "policy": "offload",
-                                                         "tiers": ("device", "host")})):
+        for cid, family, terms in (
+            ("h", 0, {}),
+            ("o", 1, {"strength": "soft", "policy": "offload", "tiers": ("device", "host")}),
+        ):
             self.prefixes[cid] = prompt(family, 1, B)
             self.rt.submit_claim(cid, self.prefixes[cid], **terms)
             self._submit(self.prefixes[cid], finish=True)
@@ -105,15 +135,19 @@ class Atomic(RuleBasedStateMachine):
 
     def pick_request(self, value, live: bool):
         """A request by index, among those still waiting or running if `live`."""
-        pool = [rid for rid, r in self.rt.requests.items()
-                if not live or r.status in ("waiting", "running")]
+        pool = [rid for rid, r in self.rt.requests.items() if not live or r.status in ("waiting", "running")]
         return self.pick(pool, value)
 
     def tokens(self, family, blocks, flaw) -> object:
         return FLAWS[flaw](prompt(family, blocks, self.rt.B), self.rt)
 
-    @rule(cid=st.sampled_from("abcdef"), family=st.integers(0, 2), blocks=st.integers(1, 3),
-          terms=claim_kwargs(host_tier=True), flaw=claim_flaws)
+    @rule(
+        cid=st.sampled_from("abcdef"),
+        family=st.integers(0, 2),
+        blocks=st.integers(1, 3),
+        terms=claim_kwargs(host_tier=True),
+        flaw=claim_flaws,
+    )
     def submit_claim(self, cid, family, blocks, terms, flaw) -> None:
         """A valid claim (ids repeat: duplicates), or one with a single bad field."""
         args = {"claim_id": cid, "prefix": prompt(family, blocks, self.rt.B), **terms}
@@ -167,8 +201,12 @@ class Atomic(RuleBasedStateMachine):
         rid, tokens = self.pick_request(rid, live), self.tokens(3, blocks, flaw)
         self.attempt(lambda: self.rt.decode(rid, tokens))
 
-    @rule(rid=picks, live=st.booleans(), op=st.sampled_from(["abort", "verify_request", "finish"]),
-          admit=st.sampled_from([True, False, "false", 0, None]))
+    @rule(
+        rid=picks,
+        live=st.booleans(),
+        op=st.sampled_from(["abort", "verify_request", "finish"]),
+        admit=st.sampled_from([True, False, "false", 0, None]),
+    )
     def end_request(self, rid, live, op, admit) -> None:
         rid = self.pick_request(rid, live)
         args = {"admit": admit} if op == "finish" else {}
@@ -182,8 +220,11 @@ class Atomic(RuleBasedStateMachine):
     def step(self, ticks) -> None:
         self.attempt(lambda: self.rt.step(ticks))
 
-    @rule(op=st.sampled_from(["inject_device_fault", "inject_host_fault", "evict_blocks"]),
-          which=picks, listed=st.booleans())
+    @rule(
+        op=st.sampled_from(["inject_device_fault", "inject_host_fault", "evict_blocks"]),
+        which=picks,
+        listed=st.booleans(),
+    )
     def operator(self, op, which, listed) -> None:
         """On a known block (of either tier, so sometimes the wrong one), an unknown one, or junk."""
         known = sorted({*self.rt.pool.index, *self.rt.host.index})

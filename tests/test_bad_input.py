@@ -6,6 +6,7 @@ leaves the runtime exactly as it was (RKC-RT-4). Values come as JSON would bring
 strings for ints, floats, bools, null, nested lists, objects. At the command line a bad
 argument is one line on stderr and exit 2, never a traceback.
 """
+
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvclaims.cli import main
-from kvclaims.errors import (DuplicateId, GuardRejected, IllegalTransition, InvalidField,
-                             InvalidInput, NoRoom, UnknownId)
+from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidField, InvalidInput, NoRoom, UnknownId
 from kvclaims.refimpl.adapter import RefimplAdapter
 from kvclaims.refimpl.runtime import Runtime
 from test_atomic import prompt, state
@@ -58,12 +58,20 @@ def table(rows: dict):
 
 # ---------------------------------------------------------------------- the runtime's shape
 SHAPE = {
-    "U zero": ({"U": 0}, "U"), "U string": ({"U": "8"}, "U"), "U bool": ({"U": True}, "U"),
-    "U float": ({"U": 8.0}, "U"), "B zero": ({"B": 0}, "B"), "B null": ({"B": None}, "B"),
-    "R = U": ({"R": 8}, "R"), "R negative": ({"R": -1}, "R"),
-    "host negative": ({"host_blocks": -1}, "host_blocks"), "heads zero": ({"heads": 0}, "heads"),
-    "vocab zero": ({"vocab": 0}, "vocab"), "vocab string": ({"vocab": "50"}, "vocab"),
-    "unknown device": ({"device": "nodev"}, "device"), "device list": ({"device": [1]}, "device"),
+    "U zero": ({"U": 0}, "U"),
+    "U string": ({"U": "8"}, "U"),
+    "U bool": ({"U": True}, "U"),
+    "U float": ({"U": 8.0}, "U"),
+    "B zero": ({"B": 0}, "B"),
+    "B null": ({"B": None}, "B"),
+    "R = U": ({"R": 8}, "R"),
+    "R negative": ({"R": -1}, "R"),
+    "host negative": ({"host_blocks": -1}, "host_blocks"),
+    "heads zero": ({"heads": 0}, "heads"),
+    "vocab zero": ({"vocab": 0}, "vocab"),
+    "vocab string": ({"vocab": "50"}, "vocab"),
+    "unknown device": ({"device": "nodev"}, "device"),
+    "device list": ({"device": [1]}, "device"),
 }
 
 
@@ -97,8 +105,12 @@ CLAIMS = {  # overrides of a valid hard claim 'x' on ONE_BLOCK -> (error, (where
     "tiers null": ({"tiers": None}, InvalidField, X + ("tiers",), "must be a list"),
     "tiers nested": ({"tiers": [["device"]]}, InvalidField, X + ("tiers[0]",), "one of device, host"),
     "tier unknown": ({"tiers": ("device", "disk")}, InvalidField, X + ("tiers[1]",), "got 'disk'"),
-    "priority below -2**31": ({"priority": -2**31 - 1}, InvalidField, X + ("priority",),
-                              "in [-2147483648, 2147483647]"),
+    "priority below -2**31": (
+        {"priority": -(2**31) - 1},
+        InvalidField,
+        X + ("priority",),
+        "in [-2147483648, 2147483647]",
+    ),
     "priority 2**31": ({"priority": 2**31}, InvalidField, X + ("priority",), "in [-2147483648, 2147483647]"),
     "priority string": ({"priority": "1"}, InvalidField, X + ("priority",), "got '1' (str)"),
     "priority float": ({"priority": 1.5}, InvalidField, X + ("priority",), "(float)"),
@@ -121,8 +133,12 @@ CLAIMS = {  # overrides of a valid hard claim 'x' on ONE_BLOCK -> (error, (where
     "token negative": ({"prefix": [1, 2, -3, 4]}, InvalidField, X + ("prefix[2]",), "an int >= 0"),
     "token past vocab": ({"prefix": [1, 2, 3, VOCAB]}, InvalidField, X + ("prefix[3]",), "vocabulary size"),
     "partial block": ({"prefix": [1, 2, 3]}, InvalidField, X + ("prefix",), "whole blocks of 4 tokens"),
-    "more blocks than the pool": ({"prefix": prompt(5, 9, 4)}, InvalidField, X + ("prefix",),
-                                  "9 blocks, more than the pool's 8"),
+    "more blocks than the pool": (
+        {"prefix": prompt(5, 9, 4)},
+        InvalidField,
+        X + ("prefix",),
+        "9 blocks, more than the pool's 8",
+    ),
 }
 
 
@@ -141,11 +157,19 @@ def test_claim_limits_are_inclusive():
 # ---------------------------------------------------------------------- claim operations
 CLAIM_OPS = {
     "unknown claim": (lambda rt: rt.release_claim("nope"), UnknownId, None, "no claim 'nope'"),
-    "double release": (lambda rt: rt.release_claim("gone"), IllegalTransition, None,
-                       "'release' is illegal in state 'released'"),
+    "double release": (
+        lambda rt: rt.release_claim("gone"),
+        IllegalTransition,
+        None,
+        "'release' is illegal in state 'released'",
+    ),
     "demote after release": (lambda rt: rt.demote_claim("gone"), IllegalTransition, None, "terminal"),
-    "restore of a resident claim": (lambda rt: rt.restore_claim("c"), IllegalTransition, None,
-                                    "illegal in state 'materialized'"),
+    "restore of a resident claim": (
+        lambda rt: rt.restore_claim("c"),
+        IllegalTransition,
+        None,
+        "illegal in state 'materialized'",
+    ),
     "offload without the host tier": (lambda rt: rt.offload_claim("c"), GuardRejected, None, "host_allowed"),
     "offload to a full host": (lambda rt: rt.offload_claim("off"), NoRoom, None, "1 free blocks, too few for its 2"),
     "id list": (lambda rt: rt.release_claim(["c"]), InvalidField, ("claim", "id"), "(list)"),
@@ -169,10 +193,18 @@ def _offloaded(R: int) -> Runtime:
 
 
 RESTORES = {  # a restore that has no room, or would break the reserve
-    "no device room": (lambda rt: rt.submit_request("fill", prompt(3, 4, 4)), 0, NoRoom,
-                       "no room on the device for 2 blocks"),
-    "past the reserve": (lambda rt: rt.submit_claim("k", prompt(3, 3, 4)), 1, InvalidInput,
-                         "restoring would exceed the reserve"),
+    "no device room": (
+        lambda rt: rt.submit_request("fill", prompt(3, 4, 4)),
+        0,
+        NoRoom,
+        "no room on the device for 2 blocks",
+    ),
+    "past the reserve": (
+        lambda rt: rt.submit_claim("k", prompt(3, 3, 4)),
+        1,
+        InvalidInput,
+        "restoring would exceed the reserve",
+    ),
 }
 
 
@@ -195,14 +227,22 @@ REQUESTS = {
     "token null": (lambda rt: rt.submit_request("x", [1, None]), InvalidField, REQ + ("tokens[1]",), "(NoneType)"),
     "token float": (lambda rt: rt.submit_request("x", [1, 2.0]), InvalidField, REQ + ("tokens[1]",), "(float)"),
     "token bool": (lambda rt: rt.submit_request("x", [True]), InvalidField, REQ + ("tokens[0]",), "(bool)"),
-    "token past vocab": (lambda rt: rt.submit_request("x", [VOCAB]), InvalidField, REQ + ("tokens[0]",),
-                         "< 50, the vocabulary size"),
+    "token past vocab": (
+        lambda rt: rt.submit_request("x", [VOCAB]),
+        InvalidField,
+        REQ + ("tokens[0]",),
+        "< 50, the vocabulary size",
+    ),
     "decode nothing": (lambda rt: rt.decode("run", []), InvalidField, ("request 'run'", "tokens"), "must not be empty"),
     "decode junk": (lambda rt: rt.decode("run", ["a"]), InvalidField, ("request 'run'", "tokens[0]"), "got 'a'"),
     "decode ended": (lambda rt: rt.decode("done", [1]), InvalidInput, None, "request 'done' is finished, not running"),
     "decode unknown": (lambda rt: rt.decode("nope", [1]), UnknownId, None, "no request 'nope'"),
-    "admit string": (lambda rt: rt.finish("run", admit="false"), InvalidField, ("request 'run'", "admit"),
-                     "must be a bool, got 'false'"),
+    "admit string": (
+        lambda rt: rt.finish("run", admit="false"),
+        InvalidField,
+        ("request 'run'", "admit"),
+        "must be a bool, got 'false'",
+    ),
     "admit number": (lambda rt: rt.finish("run", admit=0), InvalidField, ("request 'run'", "admit"), "(int)"),
     "finish twice": (lambda rt: rt.finish("done"), InvalidInput, None, "request 'done' is finished"),
     "abort ended": (lambda rt: rt.abort("done2"), InvalidInput, None, "it cannot be aborted"),
@@ -220,16 +260,22 @@ def test_requests(rt, call, error, at, says):
 
 # ---------------------------------------------------------------------- the clock and operator calls
 CALLS = {
-    **{f"ticks {v!r}": (lambda rt, v=v: rt.step(v), InvalidField, ("step", "ticks"), "an int in [1, 1000000]")
-       for v in (0, -1, True, 1.5, "1", None)},
+    **{
+        f"ticks {v!r}": (lambda rt, v=v: rt.step(v), InvalidField, ("step", "ticks"), "an int in [1, 1000000]")
+        for v in (0, -1, True, 1.5, "1", None)
+    },
     "ticks past the cap": (lambda rt: rt.step(10**6 + 1), InvalidField, ("step", "ticks"), "got 1000001"),
     "evict null": (lambda rt: rt.evict_blocks(None), InvalidField, ("evict_blocks", "hashes"), "must be a list"),
     "evict string": (lambda rt: rt.evict_blocks("abc"), InvalidField, ("evict_blocks", "hashes"), "must be a list"),
     "evict number": (lambda rt: rt.evict_blocks([5]), InvalidField, ("evict_blocks", "hashes[0]"), "block hash"),
     "evict nested": (lambda rt: rt.evict_blocks([["x"]]), InvalidField, ("evict_blocks", "hashes[0]"), "(list)"),
     "evict unknown": (lambda rt: rt.evict_blocks(["0" * 32]), UnknownId, None, "not resident"),
-    "device fault null": (lambda rt: rt.inject_device_fault(None), InvalidField,
-                          ("inject_device_fault", "block"), "block hash"),
+    "device fault null": (
+        lambda rt: rt.inject_device_fault(None),
+        InvalidField,
+        ("inject_device_fault", "block"),
+        "block hash",
+    ),
     "device fault unknown": (lambda rt: rt.inject_device_fault("zz"), UnknownId, None, "'zz' is not resident"),
     "host fault number": (lambda rt: rt.inject_host_fault(5), InvalidField, ("inject_host_fault", "block"), "(int)"),
 }
@@ -261,11 +307,12 @@ CLI = {  # argv -> what the one line on stderr says (exit 2)
     "fuzz unknown runtime": (["fuzz", "--runtime", "nope"], "runtime must be 'refimpl', 'vllm' or MODULE:CLASS"),
     "fuzz missing module": (["fuzz", "--runtime", "no_such_module:X"], "No module named 'no_such_module'"),
     "fuzz missing class": (["fuzz", "--runtime", "json:Nope"], "has no attribute 'Nope'"),
-    "fuzz class that takes no shape": (["fuzz", "--runtime", "json:JSONDecoder"],
-                                       "cannot build 'json:JSONDecoder': TypeError"),
+    "fuzz class that takes no shape": (
+        ["fuzz", "--runtime", "json:JSONDecoder"],
+        "cannot build 'json:JSONDecoder': TypeError",
+    ),
     "fuzz empty MODULE:CLASS": (["fuzz", "--runtime", ":"], "cannot build ':'"),
-    "fuzz not an adapter": (["fuzz", "--runtime", "types:SimpleNamespace"],
-                            "does not implement the adapter protocol"),
+    "fuzz not an adapter": (["fuzz", "--runtime", "types:SimpleNamespace"], "does not implement the adapter protocol"),
     "litmus not an adapter": (["litmus", "--runtime", "json:JSONDecoder"], "cannot build 'json:JSONDecoder'"),
     "litmus unknown device": (["litmus", "--device", "nodev"], "device 'nodev' cannot hold the KV pool"),
     "conform zero steps": (["conform", "--steps", "0"], "--steps: must be at least 1"),
@@ -306,14 +353,22 @@ def test_cli_malformed_command_lines(argv, says, capsys):
     assert info.value.code == 2 and says in err.splitlines()[-1] and "Traceback" not in err
 
 
-@pytest.mark.parametrize("raised,code,says", [
-    (RuntimeError("boom\nsecond line"), 3,
-     "internal error: RuntimeError: boom second line (KVCLAIMS_TRACEBACK=1 shows where)"),
-    (KeyboardInterrupt(), 130, "interrupted"),
-], ids=["internal error", "interrupted"])
+@pytest.mark.parametrize(
+    "raised,code,says",
+    [
+        (
+            RuntimeError("boom\nsecond line"),
+            3,
+            "internal error: RuntimeError: boom second line (KVCLAIMS_TRACEBACK=1 shows where)",
+        ),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+    ids=["internal error", "interrupted"],
+)
 def test_cli_unexpected_exceptions_are_one_line(raised, code, says, capsys, monkeypatch):
     def run(args):
         raise raised
+
     monkeypatch.setattr("kvclaims.model.diagram_cli.run", run)
     monkeypatch.delenv("KVCLAIMS_TRACEBACK", raising=False)
     assert main(["diagram"]) == code
@@ -326,13 +381,17 @@ def test_fuzz_reports_a_crashing_runtime_as_a_violation(capsys):
     assert main(["fuzz", "--runtime", f"{__name__}:CrashingRuntime", "--steps", "50", "--json"]) == 1
     out = capsys.readouterr()
     assert out.err.strip().splitlines()[-1] == "kvclaims fuzz: VIOLATION: TypeError: boom"
-    assert "state.start(" in out.out   # the replayable program
+    assert "state.start(" in out.out  # the replayable program
 
 
-@pytest.mark.parametrize("argv,says", [
-    (["fuzz", "--runtime", "json:JSONDecoder", "--steps", "5"], "cannot build 'json:JSONDecoder'"),
-    (["litmus", "--device", "nodev"], "device 'nodev' cannot hold the KV pool"),
-], ids=["fuzz", "litmus"])
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["fuzz", "--runtime", "json:JSONDecoder", "--steps", "5"], "cannot build 'json:JSONDecoder'"),
+        (["litmus", "--device", "nodev"], "device 'nodev' cannot hold the KV pool"),
+    ],
+    ids=["fuzz", "litmus"],
+)
 def test_installed_command(argv, says):
     """The same through the installed `kvclaims` script, in its own process."""
     out = subprocess.run([Path(sys.executable).with_name("kvclaims"), *argv], capture_output=True, text=True)

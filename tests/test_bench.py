@@ -3,6 +3,7 @@
 Timings are not asserted (benchmarks are a separate command, `kvclaims bench`);
 this only keeps the suite from rotting.
 """
+
 import json
 
 import pytest

@@ -1,4 +1,5 @@
 """The trace checker: each violation class, line numbers, garbage input, the CLI."""
+
 import json
 
 from hypothesis import given, strategies as st
@@ -33,8 +34,13 @@ def kinds(report):
 
 
 def test_clean_trace_reconstructs_states():
-    r = check_lines(trace(*MATERIALIZED, ("claim", {"claim": "c", "event": "demote"}),
-                          ("block_evict", {"blocks": [H1], "tier": "device", "reason": "lru"})))
+    r = check_lines(
+        trace(
+            *MATERIALIZED,
+            ("claim", {"claim": "c", "event": "demote"}),
+            ("block_evict", {"blocks": [H1], "tier": "device", "reason": "lru"}),
+        )
+    )
     assert r.ok and r.claims == {"c": "demoted"} and r.ordinary_evictions == 1
 
 
@@ -45,48 +51,70 @@ def test_claimed_block_lost_without_event():
 
 
 def test_host_copy_of_offloaded_claim_lost():
-    r = check_lines(trace(*MATERIALIZED, ("block_offload", {"blocks": [H1, H2], "tier": "host", "claim": "c"}),
-                          ("claim", {"claim": "c", "event": "offload"}),
-                          ("block_evict", {"blocks": [H1], "tier": "device", "reason": "offload"}),
-                          ("block_evict", {"blocks": [H1], "tier": "host", "reason": "lru"})))
+    r = check_lines(
+        trace(
+            *MATERIALIZED,
+            ("block_offload", {"blocks": [H1, H2], "tier": "host", "claim": "c"}),
+            ("claim", {"claim": "c", "event": "offload"}),
+            ("block_evict", {"blocks": [H1], "tier": "device", "reason": "offload"}),
+            ("block_evict", {"blocks": [H1], "tier": "host", "reason": "lru"}),
+        )
+    )
     assert kinds(r) == ["claimed_block_lost"] and r.claims == {"c": "offloaded"}
 
 
 def test_chain_that_repeats_a_block():
     """A block named twice in one chain is held once and let go once."""
-    r = check_lines(trace(("claim_submit", {"claim": "c", "blocks": [H1, H1]}),
-                          ("claim", {"claim": "c", "event": "accept"}),
-                          ("block_store", {"blocks": [H1], "tier": "device"}),
-                          ("claim", {"claim": "c", "event": "materialize"}),
-                          ("block_evict", {"blocks": [H1], "tier": "device", "reason": "lru"}),
-                          ("claim", {"claim": "c", "event": "demote"}),
-                          ("block_evict", {"blocks": [H1], "tier": "device", "reason": "lru"})))
+    r = check_lines(
+        trace(
+            ("claim_submit", {"claim": "c", "blocks": [H1, H1]}),
+            ("claim", {"claim": "c", "event": "accept"}),
+            ("block_store", {"blocks": [H1], "tier": "device"}),
+            ("claim", {"claim": "c", "event": "materialize"}),
+            ("block_evict", {"blocks": [H1], "tier": "device", "reason": "lru"}),
+            ("claim", {"claim": "c", "event": "demote"}),
+            ("block_evict", {"blocks": [H1], "tier": "device", "reason": "lru"}),
+        )
+    )
     assert kinds(r) == ["claimed_block_lost"] and r.claims == {"c": "demoted"}
 
 
 def test_illegal_transition_and_event_after_terminal():
     """RKC-TR-5: replay through the lifecycle machine."""
-    r = check_lines(trace(("claim_submit", {"claim": "c", "blocks": [H1]}),
-                          ("claim", {"claim": "c", "event": "materialize"}),
-                          ("claim", {"claim": "c", "event": "accept"}),
-                          ("claim", {"claim": "c", "event": "release"}),
-                          ("claim", {"claim": "c", "event": "hit"}),
-                          ("claim", {"claim": "zz", "event": "accept"}),
-                          ("claim", {"claim": "c", "event": "nonsense"})))
+    r = check_lines(
+        trace(
+            ("claim_submit", {"claim": "c", "blocks": [H1]}),
+            ("claim", {"claim": "c", "event": "materialize"}),
+            ("claim", {"claim": "c", "event": "accept"}),
+            ("claim", {"claim": "c", "event": "release"}),
+            ("claim", {"claim": "c", "event": "hit"}),
+            ("claim", {"claim": "zz", "event": "accept"}),
+            ("claim", {"claim": "c", "event": "nonsense"}),
+        )
+    )
     assert kinds(r) == ["illegal_transition", "event_after_terminal", "unknown_claim", "malformed_line"]
     assert r.claims == {"c": "released"}
 
 
 def test_state_mismatch_and_duplicates():
-    r = check_lines(trace(("claim_submit", {"claim": "c", "blocks": [H1]}),
-                          ("claim", {"claim": "c", "event": "accept", "state": "refused"}),
-                          ("claim_submit", {"claim": "c", "blocks": [H1]}),
-                          ("request_submit", {"request": "r"}),
-                          ("request_submit", {"request": "r"}),
-                          ("request_finish", {"request": "r", "admit": True}),
-                          ("request_admit", {"request": "q"})))
-    assert kinds(r) == ["state_mismatch", "duplicate_claim", "duplicate_request",
-                        "illegal_request_event", "unknown_request"]
+    r = check_lines(
+        trace(
+            ("claim_submit", {"claim": "c", "blocks": [H1]}),
+            ("claim", {"claim": "c", "event": "accept", "state": "refused"}),
+            ("claim_submit", {"claim": "c", "blocks": [H1]}),
+            ("request_submit", {"request": "r"}),
+            ("request_submit", {"request": "r"}),
+            ("request_finish", {"request": "r", "admit": True}),
+            ("request_admit", {"request": "q"}),
+        )
+    )
+    assert kinds(r) == [
+        "state_mismatch",
+        "duplicate_claim",
+        "duplicate_request",
+        "illegal_request_event",
+        "unknown_request",
+    ]
 
 
 def test_refusal_attribution():
@@ -104,8 +132,9 @@ def test_refusal_attribution():
     assert kinds(r) == ["refusal_without_attribution"] * 4
     assert [v.seq for v in r.violations] == [11, 12, 13, 14]
     assert r.requests["a"] == {"status": "refused", "reason": "refuse_blocked", "blocking_claims": ["c"]}
-    r = check_lines(trace(("claim_submit", {"claim": "c", "blocks": [H1]}),
-                          ("claim", {"claim": "c", "event": "refuse"})))
+    r = check_lines(
+        trace(("claim_submit", {"claim": "c", "blocks": [H1]}), ("claim", {"claim": "c", "event": "refuse"}))
+    )
     assert kinds(r) == ["refusal_without_attribution"]
 
 
@@ -120,23 +149,51 @@ def test_sequence_gap_order_and_time():
 
 def test_malformed_lines_are_reported_with_line_numbers():
     """RKC-TR-7."""
-    lines = ["not json", "", "[]", rec(0, "runtime"), '{"schema_version": 2, "seq": 1, "time": 0, "kind": "runtime"}',
-             rec(1, "mystery"), rec(2, "block_evict", blocks=[1], tier="device", reason="x"),
-             rec(3, "block_evict", blocks=[H1], tier="moon", reason="x"), rec(4, "claim", claim=5, event="x")]
+    lines = [
+        "not json",
+        "",
+        "[]",
+        rec(0, "runtime"),
+        '{"schema_version": 2, "seq": 1, "time": 0, "kind": "runtime"}',
+        rec(1, "mystery"),
+        rec(2, "block_evict", blocks=[1], tier="device", reason="x"),
+        rec(3, "block_evict", blocks=[H1], tier="moon", reason="x"),
+        rec(4, "claim", claim=5, event="x"),
+    ]
     r = check_lines(lines)
     assert kinds(r) == ["malformed_line"] * 7
     assert [v.line for v in r.violations] == [1, 3, 5, 6, 7, 8, 9]
     assert [v.seq for v in r.violations] == [None, None, 1, 1, 2, 3, 4]
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-                           lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                           max_leaves=8)
-field_names = st.sampled_from(["schema_version", "seq", "time", "kind", "claim", "event", "request",
-                               "blocks", "tier", "reason", "blocking_claims", "admit", "state"])
-records = st.dictionaries(field_names, json_values | st.sampled_from(
-    [1, "claim", "claim_submit", "block_evict", "request_refuse", "accept", "device", [H1]]), max_size=8)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+field_names = st.sampled_from(
+    [
+        "schema_version",
+        "seq",
+        "time",
+        "kind",
+        "claim",
+        "event",
+        "request",
+        "blocks",
+        "tier",
+        "reason",
+        "blocking_claims",
+        "admit",
+        "state",
+    ]
+)
+records = st.dictionaries(
+    field_names,
+    json_values
+    | st.sampled_from([1, "claim", "claim_submit", "block_evict", "request_refuse", "accept", "device", [H1]]),
+    max_size=8,
+)
 
 
 @given(st.lists(st.one_of(st.text(max_size=40), records.map(json.dumps)), max_size=20))
@@ -179,20 +236,23 @@ def test_compiled_table_is_the_lifecycle_machine():
 def test_streaming_hands_out_every_outcome_and_keeps_counts():
     """RKC-TR-8 in constant memory: with `on_end` each claim's final state and each request's
     outcome is handed out once, the report keeps counts, and ended ids are forgotten."""
-    lines = trace(*MATERIALIZED,
-                  ("request_submit", {"request": "r"}),
-                  ("request_admit", {"request": "r"}),
-                  ("request_finish", {"request": "r", "admit": False}),
-                  ("claim_submit", {"claim": "d", "blocks": [H2]}),
-                  ("claim", {"claim": "d", "event": "refuse", "reason": "reserve"}),
-                  ("request_submit", {"request": "w"}),
-                  ("request_wait", {"request": "w"}))
+    lines = trace(
+        *MATERIALIZED,
+        ("request_submit", {"request": "r"}),
+        ("request_admit", {"request": "r"}),
+        ("request_finish", {"request": "r", "admit": False}),
+        ("claim_submit", {"claim": "d", "blocks": [H2]}),
+        ("claim", {"claim": "d", "event": "refuse", "reason": "reserve"}),
+        ("request_submit", {"request": "w"}),
+        ("request_wait", {"request": "w"}),
+    )
     ended = []
     streamed = check_lines(lines, on_end=lambda *x: ended.append(x))
     full = check_lines(lines)
     assert streamed.ok and full.ok and streamed.tally == full.tally
     assert sorted((what, i) for what, i, _ in ended) == sorted(
-        [("claim", c) for c in full.claims] + [("request", r) for r in full.requests])
+        [("claim", c) for c in full.claims] + [("request", r) for r in full.requests]
+    )
     assert {i: o for _, i, o in ended} == {**full.claims, **full.requests}
     assert streamed.claims == {} and streamed.requests == {}
     assert streamed.count("claim") == 2 and streamed.count("request") == 2
@@ -206,7 +266,9 @@ def test_cli_stream_prints_outcomes_as_they_end(tmp_path, capsys):
     path.write_text("\n".join(trace(*MATERIALIZED, ("claim", {"claim": "c", "event": "release"}))) + "\n")
     assert main(["check", str(path), "--stream"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "  claim c: released", "5 records, 1 claims, 0 requests, 0 ordinary evictions, 0 violations"]
+        "  claim c: released",
+        "5 records, 1 claims, 0 requests, 0 ordinary evictions, 0 violations",
+    ]
     assert main(["check", str(path), "--stream", "--json"]) == 0
     first, last = map(json.loads, capsys.readouterr().out.splitlines())
     assert first == {"claim": "c", "outcome": "released"} and last["ok"] and last["tally"] == {"claim released": 1}

@@ -1,5 +1,6 @@
 """The checker sees residency (RKC-TR-9) and stale stores (RKC-INV-6), and required fields
 are never empty (RKC-TR-3): traces built with the refimpl's own TraceWriter."""
+
 import dataclasses
 import json
 
@@ -61,8 +62,8 @@ def only_phantom(report, line: int, *words: str) -> None:
 def test_hit_on_block_evicted_by_lru_and_never_restored():
     """RKC-TR-9: a request_admit reusing a block the trace evicted (lru) is a phantom hit."""
     t = stored(H1, H2)
-    t.emit("block_evict", blocks=[H1], tier="device", reason="lru")   # line 6
-    hit(t, "r", H1, H2)                                                 # admit at line 8
+    t.emit("block_evict", blocks=[H1], tier="device", reason="lru")  # line 6
+    hit(t, "r", H1, H2)  # admit at line 8
     only_phantom(check(t), 8, H1, "request 'r' reuses", "not resident on device", "evicted at line 6 (lru)")
 
 
@@ -70,7 +71,7 @@ def test_hit_on_block_evicted_at_reset():
     """RKC-TR-9: blocks a prefix-cache reset evicted are not there to hit after it."""
     t = stored(H1)
     t.emit("operator", action="reset_prefix_cache")
-    t.emit("block_evict", blocks=[H1], tier="device", reason="reset_prefix_cache")   # line 7
+    t.emit("block_evict", blocks=[H1], tier="device", reason="reset_prefix_cache")  # line 7
     hit(t, "r", H1)
     only_phantom(check(t), 9, H1, "evicted at line 7 (reset_prefix_cache)")
 
@@ -127,8 +128,8 @@ def test_empty_or_absent_hit_blocks_need_nothing():
 def test_claim_materializing_over_an_evicted_block():
     """RKC-TR-9: a claim materializes only over its whole chain resident on the device."""
     t = stored(H1, H2)
-    t.emit("block_evict", blocks=[H2], tier="device", reason="lru")   # line 6
-    materialized(t)                                                     # materialize at line 9
+    t.emit("block_evict", blocks=[H2], tier="device", reason="lru")  # line 6
+    materialized(t)  # materialize at line 9
     only_phantom(check(t), 9, H2, "claim 'c'", "materialize", "evicted at line 6 (lru)")
 
 
@@ -181,7 +182,7 @@ def test_restore_from_a_host_block_never_offloaded():
 def test_restore_from_a_host_block_evicted_from_host():
     """RKC-TR-9: a host copy evicted from the host tier cannot be restored."""
     t = offloaded()
-    t.emit("block_evict", blocks=[H2], tier="host", reason="lru")   # line 12: a claimed_block_lost too
+    t.emit("block_evict", blocks=[H2], tier="host", reason="lru")  # line 12: a claimed_block_lost too
     t.emit("block_restore", claim="c", blocks=[H1, H2], tier="device")
     r = check(t)
     assert kinds(r) == ["claimed_block_lost", "phantom_block"]
@@ -238,7 +239,7 @@ def test_store_by_request_admitted_before_an_invalidation(action):
     """RKC-INV-6: a request admitted before an invalidation (each action of the spec's
     [invalidation]) stores no block: such a block_store is a stale_store."""
     t = admitted_then(action)
-    t.emit("block_store", request="old", blocks=[H1], tier="device")   # line 5
+    t.emit("block_store", request="old", blocks=[H1], tier="device")  # line 5
     r = check(t)
     assert kinds(r) == ["stale_store"] and r.violations[0].line == 5
     assert "'old'" in r.violations[0].message and f"line 4 ({action})" in r.violations[0].message
@@ -354,10 +355,11 @@ def test_required_field_missing_or_mistyped(kind, name, bad):
 def test_the_bug_report_inputs():
     """RKC-TR-3: the reported cases, verbatim: an empty reason was accepted, a missing one rejected."""
     for kind, fields, name in (
-            ("block_evict", {"blocks": [H1], "tier": "device", "reason": ""}, "reason"),
-            ("claim", {"claim": "c", "event": ""}, "event"),
-            ("request_submit", {"request": ""}, "request"),
-            ("operator", {"action": ""}, "action")):
+        ("block_evict", {"blocks": [H1], "tier": "device", "reason": ""}, "reason"),
+        ("claim", {"claim": "c", "event": ""}, "event"),
+        ("request_submit", {"request": ""}, "request"),
+        ("operator", {"action": ""}, "action"),
+    ):
         r = check_lines(with_record(kind, **fields))
         assert kinds(r) == ["malformed_line"] and name in r.violations[0].message, (kind, r.violations)
     missing = check_lines(with_record("block_evict", blocks=[H1], tier="device"))
@@ -391,6 +393,7 @@ def test_findings_are_json():
 def test_the_stale_store_mutant_is_caught_by_the_trace_alone():
     """RKC-INV-6: the seeded mutant that keeps indexing across a reset writes a stale_store."""
     from kvclaims.refimpl.mutants import MUTANTS
+
     rt = MUTANTS["stale_store"](U=8, B=4)
     rt.submit_request("r", list(range(8)))
     rt.reset_prefix_cache()

@@ -1,4 +1,5 @@
 """The command line as a user runs it: subprocesses, exit codes, JSON shape."""
+
 import json
 import subprocess
 import sys
@@ -8,8 +9,7 @@ from kvclaims.spec import load
 
 
 def kvclaims(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "kvclaims.cli", *args],
-                          capture_output=True, text=True, **kw)
+    return subprocess.run([sys.executable, "-m", "kvclaims.cli", *args], capture_output=True, text=True, **kw)
 
 
 def test_prove_json_reports_every_obligation():
@@ -19,8 +19,7 @@ def test_prove_json_reports_every_obligation():
     assert doc["schema"] == "kvclaims.prove/1" and doc["proved"] is True
     assert [o["id"] for o in doc["obligations"]] == list(load().obligations)
     assert all(r["result"] == "proved" for r in doc["results"])
-    assert {"obligation", "name", "method", "result", "seconds", "queries", "detail", "trace"} \
-        <= set(doc["results"][0])
+    assert {"obligation", "name", "method", "result", "seconds", "queries", "detail", "trace"} <= set(doc["results"][0])
 
 
 def test_prove_table():
@@ -30,7 +29,7 @@ def test_prove_table():
 
 def test_prove_fails_on_a_broken_spec(tmp_path):
     """A broken contract makes `prove` exit 1 and print the counterexample."""
-    text = load_text().replace('guard_h = ["cs != \'materialized\'"]', "guard_h = []", 1)
+    text = load_text().replace("guard_h = [\"cs != 'materialized'\"]", "guard_h = []", 1)
     broken = tmp_path / "broken.toml"
     broken.write_text(text)
     out = kvclaims("prove", "--spec", str(broken))
@@ -50,4 +49,5 @@ def test_diagram():
 
 def load_text():
     from kvclaims.spec import CONTRACT_PATH
+
     return CONTRACT_PATH.read_text()

@@ -10,6 +10,7 @@ evicted (test_refimpl_runtime.py::test_operator_actions_emit_loss_events_first; 
 `prefix_cache_reset_with_claims`, with an offloaded claim and a running request; litmus
 `device_fault_fail_closed`). A process killed mid-trace: see the trace reader's tests.
 """
+
 import pytest
 
 from kvclaims.errors import NoRoom
@@ -38,6 +39,7 @@ OFFLOAD = {"strength": "soft", "tiers": ("device", "host"), "policy": "offload"}
 def host_store_fails(monkeypatch) -> None:
     def store(self, hashes, blocks, owner):
         raise RuntimeError("host allocation failed")
+
     monkeypatch.setattr(HostTier, "store", store)
 
 
@@ -47,7 +49,7 @@ def restore_corrupt_copy_by_request(monkeypatch) -> Runtime:
     rt.offload_claim("c")
     rt.inject_host_fault(rt.claims["c"].chain[1])
     rt.submit_request("r", P + tokens(1, 2))
-    assert rt.requests["r"].hit_blocks == 0 and rt.verify_request("r")   # recomputed, not served
+    assert rt.requests["r"].hit_blocks == 0 and rt.verify_request("r")  # recomputed, not served
     return rt
 
 
@@ -79,12 +81,13 @@ def device_fault_under_a_running_request(monkeypatch) -> Runtime:
 
 
 FAULTS = {  # fault -> the claim event it must end in: (event, reason, final state)
-    "restore of a corrupt host copy by a request": (restore_corrupt_copy_by_request,
-                                                    ("fail", "checksum_mismatch", "failed")),
+    "restore of a corrupt host copy by a request": (
+        restore_corrupt_copy_by_request,
+        ("fail", "checksum_mismatch", "failed"),
+    ),
     "host copy fails under pressure": (host_copy_fails_under_pressure, ("demote", "offload_error", "demoted")),
     "host tier full under pressure": (host_full_under_pressure, ("demote", "pressure", "demoted")),
-    "device fault under a running request": (device_fault_under_a_running_request,
-                                             ("fail", "device_fault", "failed")),
+    "device fault under a running request": (device_fault_under_a_running_request, ("fail", "device_fault", "failed")),
 }
 
 
@@ -98,8 +101,11 @@ def test_fault_ends_in_a_reported_event(fault, expected, monkeypatch):
     # No block left the tier that held the claim before its event (the event comes first).
     before, after = claim[-2], claim[-1]
     tier = "host" if before["state"] == "offloaded" else "device"
-    assert not [r for r in rt.trace.records[before["seq"]:after["seq"]] if r["kind"] == "block_evict"
-                and r["tier"] == tier and set(rt.claims["c"].chain) & set(r["blocks"])]
+    assert not [
+        r
+        for r in rt.trace.records[before["seq"] : after["seq"]]
+        if r["kind"] == "block_evict" and r["tier"] == tier and set(rt.claims["c"].chain) & set(r["blocks"])
+    ]
     assert check_lines(rt.trace.lines()).ok
 
 
@@ -138,8 +144,10 @@ def test_abort_mid_request_keeps_claimed_blocks(how):
     assert rt.claim_state("c") == "materialized" and rt.requests["r"].status == "running"
     rt.abort("r")
     assert rt.claim_state("c") == "materialized"
-    assert all(rt.pool.verify(rt.pool.lookup(h), P[i * 4:(i + 1) * 4], i * 4)
-               for i, h in enumerate(rt.claims["c"].chain))
-    assert [r["event"] for r in rt.trace.records if r["kind"] == "claim"] \
-        == ["accept", "materialize"] + (["hit"] if how == "request hits the claim" else [])
+    assert all(
+        rt.pool.verify(rt.pool.lookup(h), P[i * 4 : (i + 1) * 4], i * 4) for i, h in enumerate(rt.claims["c"].chain)
+    )
+    assert [r["event"] for r in rt.trace.records if r["kind"] == "claim"] == ["accept", "materialize"] + (
+        ["hit"] if how == "request hits the claim" else []
+    )
     assert check_lines(rt.trace.lines()).ok

@@ -1,4 +1,5 @@
 """The feasibility predicate: table-driven cases, then properties against brute force."""
+
 from itertools import combinations, product
 
 import pytest
@@ -9,19 +10,28 @@ from kvclaims.model.feasibility import PoolCounts, accepts, attribute, decide, f
 
 
 def counts(free=0, cached=0, yielding=0, active=0, protected=0):
-    return PoolCounts(U=free + cached + yielding + active + protected, free=free, cached=cached,
-                      yielding=yielding, active=active, protected=protected)
+    return PoolCounts(
+        U=free + cached + yielding + active + protected,
+        free=free,
+        cached=cached,
+        yielding=yielding,
+        active=active,
+        protected=protected,
+    )
 
 
-@pytest.mark.parametrize("A,pool,expected", [
-    (70, counts(free=20, protected=60), "refuse_blocked"),          # the paper's probe
-    (20, counts(free=20, protected=60), "admit"),
-    (81, counts(free=20, protected=60), "refuse_too_large"),
-    (30, counts(free=10, cached=10, yielding=10, protected=50), "admit"),
-    (35, counts(free=10, cached=10, active=20, protected=40), "wait"),
-    (45, counts(free=10, cached=10, active=20, protected=40), "refuse_blocked"),
-    (0, counts(protected=5), "admit"),
-])
+@pytest.mark.parametrize(
+    "A,pool,expected",
+    [
+        (70, counts(free=20, protected=60), "refuse_blocked"),  # the paper's probe
+        (20, counts(free=20, protected=60), "admit"),
+        (81, counts(free=20, protected=60), "refuse_too_large"),
+        (30, counts(free=10, cached=10, yielding=10, protected=50), "admit"),
+        (35, counts(free=10, cached=10, active=20, protected=40), "wait"),
+        (45, counts(free=10, cached=10, active=20, protected=40), "refuse_blocked"),
+        (0, counts(protected=5), "admit"),
+    ],
+)
 def test_table(A, pool, expected):
     """RKC-FEAS-1..4 on hand-picked cases, RKC-PROBE-1 first."""
     assert outcome(A, pool) == expected
@@ -44,9 +54,11 @@ def brute_force(A, pool: PoolCounts) -> str:
     """Search allocations block class by block class: the definition, not the formula."""
     if A > pool.U:
         return "refuse_too_large"
+
     def exists(classes):
         ranges = [range(getattr(pool, c) + 1) for c in classes]
         return any(sum(x) == A for x in product(*ranges))
+
     if exists(("free", "cached", "yielding")):
         return "admit"
     if exists(("free", "cached", "yielding", "active")):
@@ -68,15 +80,15 @@ def brute_attribution(need, blocking):
     """Smallest sufficient subset; then most freed; then smallest sorted ids."""
     ids = sorted(blocking)
     for k in range(1, len(ids) + 1):
-        found = [(-freed_by(s, blocking), s) for s in combinations(ids, k)
-                 if freed_by(s, blocking) >= need]
+        found = [(-freed_by(s, blocking), s) for s in combinations(ids, k) if freed_by(s, blocking) >= need]
         if found:
             return min(found)[1]
     return None
 
 
-claims = st.dictionaries(st.sampled_from("abcdef"), st.frozensets(st.integers(0, 12), min_size=1),
-                         min_size=1, max_size=5)
+claims = st.dictionaries(
+    st.sampled_from("abcdef"), st.frozensets(st.integers(0, 12), min_size=1), min_size=1, max_size=5
+)
 
 
 @given(claims, st.integers(1, 13))

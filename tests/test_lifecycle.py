@@ -1,4 +1,5 @@
 """The lifecycle machine against the spec's table: every legal move, every illegal one."""
+
 import pytest
 
 from kvclaims.errors import GuardRejected, IllegalTransition

@@ -1,5 +1,6 @@
 """The pytest plugin and the user-facing commands, run against a runtime written outside
 the package (tests/fixture_runtime.py)."""
+
 import json
 import os
 import subprocess
@@ -13,8 +14,9 @@ def test_plugin_runs_the_contract_suites(pytester):
     """One option adds the litmus scenarios and the stateful machine to a runtime's own suite."""
     pytester.syspathinsert(HERE)
     pytester.makepyfile(test_own="def test_own(): pass")
-    result = pytester.runpytest("--kvclaims-runtime=fixture_runtime:ExternalRuntime",
-                                "--kvclaims-examples=5", "--kvclaims-steps=10")
+    result = pytester.runpytest(
+        "--kvclaims-runtime=fixture_runtime:ExternalRuntime", "--kvclaims-examples=5", "--kvclaims-steps=10"
+    )
     # own test, litmus, stateful, rejection scenarios; the not-applicable ones skip
     result.assert_outcomes(passed=1 + 10 + 1 + 52, skipped=6 + 12)
 
@@ -26,22 +28,19 @@ def test_plugin_is_silent_without_the_option(pytester):
 
 def kvclaims(*args):
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "kvclaims.cli", *args], capture_output=True,
-                          text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "kvclaims.cli", *args], capture_output=True, text=True, env=env)
 
 
 def test_fuzz_an_external_runtime():
     """`kvclaims fuzz --runtime MODULE:CLASS` drives any adapter and summarizes what it saw."""
-    out = kvclaims("fuzz", "--runtime", "fixture_runtime:ExternalRuntime", "--steps", "300",
-                   "--seed", "3", "--json")
+    out = kvclaims("fuzz", "--runtime", "fixture_runtime:ExternalRuntime", "--steps", "300", "--seed", "3", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     summary = json.loads(out.stdout)
     assert summary["steps"] >= 300 and summary["violations"] == 0 and summary["requests"] > 0
 
 
 def test_fuzz_prints_a_replayable_program_on_violation():
-    out = kvclaims("fuzz", "--runtime", "kvclaims.refimpl.mutants:SkipDemotionEvent",
-                   "--steps", "20000", "--seed", "1")
+    out = kvclaims("fuzz", "--runtime", "kvclaims.refimpl.mutants:SkipDemotionEvent", "--steps", "20000", "--seed", "1")
     assert out.returncode == 1
     assert "state.start(" in out.stdout and "VIOLATION" in out.stderr
 
@@ -51,14 +50,16 @@ def test_conform_reports_every_obligation():
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr
     report = json.loads(out.stdout)
     from kvclaims.spec import load
+
     assert [o["id"] for o in report["obligations"]] == list(load().obligations)
     server_only = {o["id"] for o in report["obligations"] if {e["kind"] for e in o["evidence"]} == {"server"}}
-    assert server_only == {"RKC-SEC-1", "RKC-SEC-2"}    # tenancy: checked through the vLLM server
-    assert all(o["evidence"] and o["verdict"] == ("not applicable" if o["id"] in server_only
-                                                  else "conforms") for o in report["obligations"])
+    assert server_only == {"RKC-SEC-1", "RKC-SEC-2"}  # tenancy: checked through the vLLM server
+    assert all(
+        o["evidence"] and o["verdict"] == ("not applicable" if o["id"] in server_only else "conforms")
+        for o in report["obligations"]
+    )
 
 
 def test_conform_fails_a_mutant():
-    out = kvclaims("conform", "--runtime", "kvclaims.refimpl.mutants:WrongAttribution",
-                   "--steps", "3000")
+    out = kvclaims("conform", "--runtime", "kvclaims.refimpl.mutants:WrongAttribution", "--steps", "3000")
     assert out.returncode == 1 and "DOES NOT CONFORM" in out.stdout

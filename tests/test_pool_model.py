@@ -1,4 +1,5 @@
 """The abstract pool (the oracle) on the paper's scenarios."""
+
 import pytest
 
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId

@@ -1,5 +1,6 @@
 """Every proof passes on the contract, and breaking any invariant-relevant line of it
 makes the prover fail with a counterexample that replays in Python."""
+
 import copy
 import tomllib
 
@@ -40,8 +41,12 @@ NOT_INVARIANT_RELEVANT = {
     ("claim_offload", "guard", "c_host"): "tier permission; tested on the runtime",
     ("claim_restore", "guard", "h_host"): "fail-closed restore; tested on the runtime",
 }
-GUARD_LINES = [(a["name"], key, i) for a in RAW["pool"]["actions"]
-               for key in ("guard", "guard_h") for i, _ in enumerate(a.get(key, []))]
+GUARD_LINES = [
+    (a["name"], key, i)
+    for a in RAW["pool"]["actions"]
+    for key in ("guard", "guard_h")
+    for i, _ in enumerate(a.get(key, []))
+]
 
 
 @pytest.mark.parametrize("name,key,index", GUARD_LINES, ids=lambda x: str(x))
@@ -66,10 +71,16 @@ def test_weakening_a_lifecycle_guard(guard):
     assert broken == (guard not in policy)
 
 
-@pytest.mark.parametrize("name,var", [
-    ("claim_offload", "h_host"), ("claim_materialize", "h"),
-    ("claim_accept", "reserved"), ("claim_restore", "h"), ("claim_end", "h"),
-])
+@pytest.mark.parametrize(
+    "name,var",
+    [
+        ("claim_offload", "h_host"),
+        ("claim_materialize", "h"),
+        ("claim_accept", "reserved"),
+        ("claim_restore", "h"),
+        ("claim_end", "h"),
+    ],
+)
 def test_dropping_an_update_breaks_an_invariant(name, var):
     """An action that forgets one of its effects is caught."""
     spec = mutant(lambda raw: action(raw, name)["update"].pop(var))
@@ -89,6 +100,7 @@ def test_evicting_a_held_block_is_caught(frm):
 def test_counterexample_is_a_real_trace_from_init():
     """A found trace starts in Init and each step's guard holds when replayed in Python."""
     from kvclaims.model.pool_system import replay
+
     spec = mutant(lambda raw: action(raw, "finish")["guard_h"].clear())
     failed = next(r for r in prove_invariants(spec) if not r.proved and r.trace)
     inv = next(i for i in spec.invariants if failed.name.startswith(i.name))
@@ -98,10 +110,13 @@ def test_counterexample_is_a_real_trace_from_init():
 
 def test_lifecycle_mutants_fail():
     """RKC-LC-3 and RKC-LC-4 fail when the table lets a terminal state or protection leak."""
+
     def leak_terminal(raw):
         raw["lifecycle"]["transitions"]["rows"].append(["released", "accept", "accepted", ""])
+
     def leak_protection(raw):
         raw["lifecycle"]["loss_events"].remove("demote")
+
     for edit, oid in ((leak_terminal, "RKC-LC-3"), (leak_protection, "RKC-LC-4")):
         failed = {r.obligation for r in prove_lifecycle(mutant(edit)) if not r.proved}
         assert oid in failed
@@ -109,22 +124,29 @@ def test_lifecycle_mutants_fail():
 
 def test_unreachable_state_is_reported():
     """RKC-LC-2 fails when a state has no way in."""
+
     def orphan(raw):
         rows = raw["lifecycle"]["transitions"]["rows"]
         rows[:] = [r for r in rows if r[2] != "harmed"]
+
     failed = [r for r in prove_lifecycle(mutant(orphan)) if not r.proved]
     assert [r.obligation for r in failed] == ["RKC-LC-2"] and "harmed" in failed[0].detail
 
 
-@pytest.mark.parametrize("name,when,oid", [
-    ("admit", "A <= free + cached + yielding + active", "RKC-FEAS-2"),
-    ("wait", "A <= U", "RKC-FEAS-3"),
-    ("refuse_too_large", "A >= U", "RKC-FEAS-1"),
-    ("refuse_blocked", "A > U + 1", "RKC-FEAS-7"),
-])
+@pytest.mark.parametrize(
+    "name,when,oid",
+    [
+        ("admit", "A <= free + cached + yielding + active", "RKC-FEAS-2"),
+        ("wait", "A <= U", "RKC-FEAS-3"),
+        ("refuse_too_large", "A >= U", "RKC-FEAS-1"),
+        ("refuse_blocked", "A > U + 1", "RKC-FEAS-7"),
+    ],
+)
 def test_feasibility_mutants_fail(name, when, oid):
     """Weakening one outcome condition is caught by the obligation it breaks."""
+
     def edit(raw):
         next(o for o in raw["feasibility"]["outcomes"] if o["name"] == name)["when"] = when
+
     failed = {r.obligation for r in prove_feasibility(mutant(edit)) if not r.proved}
     assert oid in failed

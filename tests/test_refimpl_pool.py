@@ -1,4 +1,5 @@
 """The device pool, host tier and KV content of the reference runtime (RKC-RT-6)."""
+
 import pytest
 import torch
 
@@ -6,15 +7,19 @@ from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.kv import chain_hashes, checksum, content
 from kvclaims.refimpl.pool import DevicePool
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device on this machine"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+    ),
+]
 
 
 def test_chain_hashes_cover_the_parent():
     a, b = chain_hashes(list(range(8)), 4), chain_hashes([9, 9, 9, 9] + list(range(4, 8)), 4)
-    assert len(a) == 2 and a[1] != b[1]            # same tokens, different parent
-    assert chain_hashes(list(range(10)), 4) == a   # a partial tail block has no hash
-    assert chain_hashes(list(range(8)), 4) == a    # deterministic
+    assert len(a) == 2 and a[1] != b[1]  # same tokens, different parent
+    assert chain_hashes(list(range(10)), 4) == a  # a partial tail block has no hash
+    assert chain_hashes(list(range(8)), 4) == a  # deterministic
 
 
 @pytest.mark.parametrize("device", DEVICES)

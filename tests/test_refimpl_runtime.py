@@ -1,5 +1,6 @@
 """The reference runtime: the probe, events before reuse, fail-closed restore, refusals,
 operator actions, and errors that change nothing. Runs on cpu, and on cuda when present."""
+
 import pytest
 import torch
 
@@ -8,8 +9,12 @@ from kvclaims.conformance.checker import check_lines
 from kvclaims.conformance.litmus import tokens
 from kvclaims.refimpl.runtime import Runtime
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device on this machine"))]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+    ),
+]
 
 
 def evicted_after(rt, seq):
@@ -53,8 +58,9 @@ def test_pressure_emits_the_claim_event_before_reuse(policy):
 def test_soft_claims_yield_before_hard_and_by_priority():
     rt = Runtime(12, 4)
     for cid, strength, prio, seed in (("h", "hard", 0, 1), ("s9", "soft", 9, 2), ("s1", "soft", 1, 3)):
-        rt.submit_claim(cid, tokens(2, seed), strength=strength, priority=prio,
-                        policy=None if strength == "soft" else "demote")
+        rt.submit_claim(
+            cid, tokens(2, seed), strength=strength, priority=prio, policy=None if strength == "soft" else "demote"
+        )
         rt.submit_request("w" + cid, tokens(2, seed))
         rt.finish("w" + cid)
     rt.submit_request("z", tokens(10, 4))
@@ -89,8 +95,9 @@ def test_restore_claim_success_pins_resident_part():
     rt.submit_request("x", tokens(3, 2))
     rt.finish("x")
     assert rt.restore_claim("c") == "materialized"
-    assert all(rt.pool.verify(rt.pool.lookup(h), P[i * 4:(i + 1) * 4], i * 4)
-               for i, h in enumerate(rt.claims["c"].chain))
+    assert all(
+        rt.pool.verify(rt.pool.lookup(h), P[i * 4 : (i + 1) * 4], i * 4) for i, h in enumerate(rt.claims["c"].chain)
+    )
     assert check_lines(rt.trace.lines()).ok
 
 
@@ -181,8 +188,11 @@ def test_operator_actions_emit_loss_events_first(action):
     rt.submit_request("w", P)
     rt.finish("w")
     h = rt.claims["c"].chain[0]
-    {"reset": rt.reset_prefix_cache, "evict": lambda: rt.evict_blocks([h, h]),
-     "fault": lambda: rt.inject_device_fault(h)}[action]()
+    {
+        "reset": rt.reset_prefix_cache,
+        "evict": lambda: rt.evict_blocks([h, h]),
+        "fault": lambda: rt.inject_device_fault(h),
+    }[action]()
     want = "fail" if action == "fault" else "harm"
     assert rt.claim_state("c") == rt.claim_state("d") == {"fail": "failed", "harm": "harmed"}[want]
     last_event = max(r["seq"] for r in rt.trace.records if r.get("event") == want)
@@ -193,10 +203,20 @@ def test_operator_actions_emit_loss_events_first(action):
 
 def snapshot(rt):
     p = rt.pool
-    return (len(rt.trace.records), {c: x.state for c, x in rt.claims.items()},
-            {r: (x.status, list(x.slots)) for r, x in rt.requests.items()}, list(rt.waiting),
-            list(p.refs), [set(h) for h in p.holders], dict(p.index), list(p.lru), list(p.free),
-            p.kv.clone(), dict(rt.host.index), rt.time)
+    return (
+        len(rt.trace.records),
+        {c: x.state for c, x in rt.claims.items()},
+        {r: (x.status, list(x.slots)) for r, x in rt.requests.items()},
+        list(rt.waiting),
+        list(p.refs),
+        [set(h) for h in p.holders],
+        dict(p.index),
+        list(p.lru),
+        list(p.free),
+        p.kv.clone(),
+        dict(rt.host.index),
+        rt.time,
+    )
 
 
 def same(a, b):
@@ -224,7 +244,7 @@ def test_rejected_operations_change_nothing():
         (UnknownId, lambda: rt.release_claim("nope")),
         (IllegalTransition, lambda: rt.restore_claim("c")),
         (GuardRejected, lambda: rt.offload_claim("c")),
-        (InvalidInput, lambda: rt.offload_claim("big")),      # host tier too small
+        (InvalidInput, lambda: rt.offload_claim("big")),  # host tier too small
         (DuplicateId, lambda: rt.submit_request("w", P)),
         (InvalidInput, lambda: rt.submit_request("x", [])),
         (InvalidInput, lambda: rt.submit_request("x", [1, -2])),

@@ -3,6 +3,7 @@ pass on the reference runtime, are not applicable without their capability, and 
 a runtime that accepts a half-block claim, answers with another error type, or traces
 before it rejects is caught, by the suite, by `kvclaims rejections`, by `conform` and by
 the pytest plugin."""
+
 import json
 from argparse import Namespace
 from collections import Counter
@@ -24,7 +25,7 @@ class HalfBlockClaims(RefimplAdapter):
     """The bug report's runtime: a claim prefix is cut to whole blocks, not rejected."""
 
     def submit_claim(self, claim_id, prefix, **terms):
-        return super().submit_claim(claim_id, prefix[:len(prefix) // self.B * self.B] or prefix, **terms)
+        return super().submit_claim(claim_id, prefix[: len(prefix) // self.B * self.B] or prefix, **terms)
 
 
 class LooseTokenErrors(RefimplAdapter):
@@ -59,8 +60,7 @@ def test_scenarios_without_their_capability_are_not_applicable():
             assert results[name].status == "passed", results[name].failures
         else:
             missing = ", ".join(sorted(s.needs - ExternalRuntime.capabilities))
-            assert (results[name].status, results[name].reason) == ("not_applicable",
-                                                                    f"the runtime lacks {missing}")
+            assert (results[name].status, results[name].reason) == ("not_applicable", f"the runtime lacks {missing}")
 
 
 def failed(factory) -> dict[str, list[str]]:
@@ -76,11 +76,16 @@ def test_a_half_block_claim_is_caught():
 
 def test_the_error_type_must_be_exact():
     got = failed(LooseTokenErrors)
-    assert set(got) == {"request_empty", "request_tokens_not_a_list", "request_token_negative",
-                        "request_token_float", "request_token_null", "request_id_empty",
-                        "request_id_not_a_string"}
-    assert got["request_empty"] == ["raised InvalidInput: request 'x': tokens must not be empty; "
-                                    "expected InvalidField"]
+    assert set(got) == {
+        "request_empty",
+        "request_tokens_not_a_list",
+        "request_token_negative",
+        "request_token_float",
+        "request_token_null",
+        "request_id_empty",
+        "request_id_not_a_string",
+    }
+    assert got["request_empty"] == ["raised InvalidInput: request 'x': tokens must not be empty; expected InvalidField"]
 
 
 def test_a_rejected_call_must_change_nothing():
@@ -94,8 +99,20 @@ def test_command(capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["passed"] and [s["name"] for s in doc["scenarios"]] == list(REJECTIONS)
     assert Counter(s["status"] for s in doc["scenarios"]) == {"passed": len(REJECTIONS)}
-    assert main(["rejections", "--runtime", f"{__name__}:HalfBlockClaims",
-                 "--only", "claim_prefix_not_whole_blocks", "--only", "claim_ttl_zero"]) == 1
+    assert (
+        main(
+            [
+                "rejections",
+                "--runtime",
+                f"{__name__}:HalfBlockClaims",
+                "--only",
+                "claim_prefix_not_whole_blocks",
+                "--only",
+                "claim_ttl_zero",
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "FAIL  claim_prefix_not_whole_blocks: a claim on 1.5 blocks: InvalidField, nothing changed"
     assert out[1] == "      accepted; expected InvalidField"
@@ -141,5 +158,6 @@ def test_plugin_adds_the_scenarios(pytester):
     result.stdout.fnmatch_lines(["SKIPPED * not applicable: the runtime lacks owner_ops"])
     failing = pytester.runpytest(f"--kvclaims-runtime={__name__}:HalfBlockClaims", "-k", "whole_blocks")
     failing.assert_outcomes(failed=1)
-    failing.stdout.fnmatch_lines(["*a claim on 1.5 blocks: InvalidField, nothing changed",
-                                  "accepted; expected InvalidField"])
+    failing.stdout.fnmatch_lines(
+        ["*a claim on 1.5 blocks: InvalidField, nothing changed", "accepted; expected InvalidField"]
+    )

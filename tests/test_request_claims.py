@@ -1,6 +1,7 @@
 """A claim carried by a request applies at its admission, or never (RKC-RT-8), on the
 reference runtime and in the oracle alike. The issue's input on vLLM: a refused request's
 claim stayed `accepted`, kept its reserve and materialized from someone else's request."""
+
 import pytest
 
 from kvclaims.errors import InvalidField, UnknownId
@@ -8,8 +9,8 @@ from kvclaims.model.pool import ClaimTerms, PoolModel
 from kvclaims.refimpl.adapter import RefimplAdapter
 
 B = 4
-RESIDENT = list(range(1, 1 + 6 * B))          # 6 of 8 blocks, claimed hard
-BIG = list(range(100, 100 + 4 * B))           # 4 blocks: 6 + 4 > 8
+RESIDENT = list(range(1, 1 + 6 * B))  # 6 of 8 blocks, claimed hard
+BIG = list(range(100, 100 + 4 * B))  # 4 blocks: 6 + 4 > 8
 
 
 def setup():

@@ -1,5 +1,6 @@
 """Small contracts of the package itself: `load_adapter` names a bad constructor argument,
 `kvclaims --help` shows whole sentences, the `dev` extra declares what the tests import."""
+
 from __future__ import annotations
 
 import ast
@@ -31,13 +32,16 @@ class Crashes:
         len(U)
 
 
-@pytest.mark.parametrize("runtime, kwargs, arg", [
-    ("refimpl", dict(U=8), "B"),                                  # missing
-    ("refimpl", dict(B=4), "U"),
-    ("refimpl", dict(U=8, B=4, colour="red"), "colour"),          # unexpected, past a **kwargs
-    ("test_small_fixes:NeedsToken", dict(U=8, B=4), "token"),     # keyword-only
-    ("json:JSONDecoder", dict(U=8, B=4), "U"),                    # not an adapter at all
-])
+@pytest.mark.parametrize(
+    "runtime, kwargs, arg",
+    [
+        ("refimpl", dict(U=8), "B"),  # missing
+        ("refimpl", dict(B=4), "U"),
+        ("refimpl", dict(U=8, B=4, colour="red"), "colour"),  # unexpected, past a **kwargs
+        ("test_small_fixes:NeedsToken", dict(U=8, B=4), "token"),  # keyword-only
+        ("json:JSONDecoder", dict(U=8, B=4), "U"),  # not an adapter at all
+    ],
+)
 def test_a_bad_constructor_argument_is_named(runtime, kwargs, arg):
     with pytest.raises(BadArgument) as err:
         load_adapter(runtime, **kwargs)
@@ -57,8 +61,9 @@ def test_help_shows_whole_sentences():
     description = out.stdout.split("\n\n")[1]
     assert not description.startswith(("usage:", "positional arguments:")), out.stdout
     text = " ".join(description.split())
-    assert re.fullmatch(r"[^.]+(\.\s[^.]+)*\.", text), text        # sentences, the last one ended
+    assert re.fullmatch(r"[^.]+(\.\s[^.]+)*\.", text), text  # sentences, the last one ended
     from kvclaims import cli
+
     assert text == cli.summary() and cli.summary() in " ".join(cli.__doc__.split()).replace("`", "")
 
 
@@ -76,10 +81,16 @@ def test_the_dev_extra_declares_what_the_tests_import():
     for path in sorted((ROOT / "tests").glob("*.py")):
         tree = ast.parse(path.read_text())
         if any(isinstance(n, (ast.Expr, ast.Assign)) and "importorskip" in ast.unparse(n) for n in tree.body):
-            continue                                       # optional: the module skips without it
+            continue  # optional: the module skips without it
         for node in tree.body:
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+                else []
+            )
             for top in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - local:
-                assert {_distribution(d) for d in dists.get(top, [top])} & declared, \
+                assert {_distribution(d) for d in dists.get(top, [top])} & declared, (
                     f"{path.name} imports {top}, which pyproject.toml does not declare"
+                )

@@ -5,6 +5,7 @@ ends; its post-reset block rests on pre-reset KV. Right: nothing it computes is
 indexed, so a later prompt reuses only blocks computed after the reset. The same
 holds however the request ends and whichever invalidation it ran across.
 """
+
 import pytest
 
 from kvclaims.model.pool import PoolModel
@@ -26,8 +27,11 @@ def run_issue_input(rt, end):
     return rt
 
 
-ENDS = {"finish": lambda rt: rt.finish("live"), "no_admit": lambda rt: rt.finish("live", admit=False),
-        "abort": lambda rt: rt.abort("live")}
+ENDS = {
+    "finish": lambda rt: rt.finish("live"),
+    "no_admit": lambda rt: rt.finish("live", admit=False),
+    "abort": lambda rt: rt.abort("live"),
+}
 
 
 @pytest.mark.parametrize("end", sorted(ENDS))
@@ -38,7 +42,7 @@ def test_issue_input_reuses_only_post_reset_blocks(end):
     assert rt.hit_blocks("again") == 2
     assert rt.verify_request("again")
     stores = [r["request"] for r in rt.trace.records if r["kind"] == "block_store"]
-    assert stores == ["live", "fresh"]      # live's only store came before the reset
+    assert stores == ["live", "fresh"]  # live's only store came before the reset
     assert check_lines(rt.trace_lines()).ok
 
 
@@ -50,9 +54,9 @@ def test_nothing_a_stale_request_computes_is_indexed():
     rt.reset_prefix_cache()
     rt.decode("live", [7, 8, 9, 10, 11])
     assert rt.resident() == set()
-    assert rt.verify_request("live")          # intact under the weights it ran with ...
+    assert rt.verify_request("live")  # intact under the weights it ran with ...
     slot = rt.requests["live"].slots[0]
-    assert not rt.pool.verify(slot, LIVE[:4], 0, rt.weights)   # ... and stale under the new ones
+    assert not rt.pool.verify(slot, LIVE[:4], 0, rt.weights)  # ... and stale under the new ones
     rt.finish("live")
     assert rt.resident() == set() and rt.counts().free == 4
 
@@ -68,7 +72,7 @@ def test_other_invalidations_start_an_epoch(action):
     before = rt.resident()
     rt.decode("live", [11, 12])
     assert rt.resident() == before
-    rt.submit_request("late", list(range(1, 13)))   # admitted after: stores again
+    rt.submit_request("late", list(range(1, 13)))  # admitted after: stores again
     assert rt.resident() > before
 
 

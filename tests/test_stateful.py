@@ -3,6 +3,7 @@
 In CI (Hypothesis `ci` profile: derandomized) the machine runs 200 examples of
 up to 50 steps. Longer searches: `kvclaims fuzz --steps N` or HYPOTHESIS_PROFILE=long.
 """
+
 from hypothesis import HealthCheck, settings
 
 from kvclaims.conformance.adapter import load_adapter
@@ -16,8 +17,12 @@ class TestRefimplContract(RefimplMachine.TestCase):
     """RKC-INV-1 RKC-INV-2 RKC-INV-3 RKC-INV-4 RKC-RT-1 RKC-RT-3 RKC-RT-4 on the real block table,
     every outcome and attribution against the oracle (RKC-FEAS-6)."""
 
-    settings = settings(max_examples=200, stateful_step_count=50, deadline=None,
-                        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    settings = settings(
+        max_examples=200,
+        stateful_step_count=50,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
 
 
 def replay(program):
@@ -28,6 +33,7 @@ def replay(program):
 
 def test_regression_shared_block_orphaned_once():
     """Two requests holding one block that a reset unindexes: one allocated block, not two."""
+
     def program(state):
         state.start(U=8, B=2, reserve=0, host=0)
         r0 = state.submit_request(shape=(0, 1, 0, False))
@@ -38,11 +44,13 @@ def test_regression_shared_block_orphaned_once():
         state.contract_holds()
         state.abort(request=r0)
         state.contract_holds()
+
     replay(program)
 
 
 def test_regression_recomputed_block_past_a_miss():
     """A block recomputed after a prefix miss while its hash is still indexed is a second copy."""
+
     def program(state):
         state.start(U=8, B=2, reserve=0, host=0)
         state.submit_request(shape=(0, 2, 0, False))
@@ -53,20 +61,25 @@ def test_regression_recomputed_block_past_a_miss():
         state.contract_holds()
         state.submit_request(shape=(0, 2, 0, False))
         state.contract_holds()
+
     replay(program)
 
 
 def test_regression_corrupt_offload_fails_closed():
     """Offload, corrupt a host copy, restore: the claim fails, the KV is never served."""
+
     def program(state):
         state.start(U=8, B=2, reserve=0, host=2)
-        c0 = state.submit_claim(blocks=1, family=0, kwargs={
-            "strength": "hard", "policy": "refuse", "tiers": ("device", "host"),
-            "priority": 0, "ttl": None})
+        c0 = state.submit_claim(
+            blocks=1,
+            family=0,
+            kwargs={"strength": "hard", "policy": "refuse", "tiers": ("device", "host"), "priority": 0, "ttl": None},
+        )
         state.contract_holds()
         state.offload_roundtrip(claim=c0, corrupt=True)
         state.contract_holds()
         assert state.rt.claim_state(c0) == "failed"
+
     replay(program)
 
 
@@ -91,6 +104,7 @@ def test_regression_offload_onto_a_corrupt_shared_host_copy():
         state.offload_roundtrip(claim=c1, corrupt=False)
         state.contract_holds()
         assert state.rt.claim_state(c0) == "offloaded" and state.rt.claim_state(c1) == "failed"
+
     replay(program)
 
 
@@ -98,6 +112,7 @@ def test_regression_two_admissions_in_one_step():
     """Found by `kvclaims fuzz --steps 1000000 --seed 2026`: one step admits two waiting
     requests; the second needs a block of a yielding claim, which must be demoted first.
     The oracle had credited the first admission with the second one's LRU evictions."""
+
     def program(state):
         state.start(U=42, B=2, reserve=0, host=0)
         hard = {"strength": "hard", "tiers": ("device",), "priority": 0, "ttl": None}
@@ -116,6 +131,7 @@ def test_regression_two_admissions_in_one_step():
         state.step(ticks=1)
         state.contract_holds()
         assert state.rt.claim_state("c0") == "demoted"
+
     replay(program)
 
 

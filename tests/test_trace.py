@@ -1,4 +1,5 @@
 """The JSONL trace format (spec/TRACE.md)."""
+
 import io
 import json
 from pathlib import Path
@@ -65,6 +66,7 @@ def test_writer_flushes_each_record_and_can_keep_none(tmp_path):
 def test_only_a_newline_ended_stream_has_a_truncated_tail():
     """A cut last line is told from a malformed one only where lines carry their newlines
     (files, pipes); bare lines, as `TraceWriter.lines()` gives them, are never 'cut'."""
+
     def bad(lines):
         return [(n, r.kind) for n, r in read_lines(lines) if not isinstance(r, dict)]
 

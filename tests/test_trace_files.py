@@ -2,6 +2,7 @@
 finding with its line (and seq when readable), exit 1; an unreadable path is exit 2
 with one line; nothing ends in a traceback. A runtime killed mid-trace leaves a
 prefix that checks clean but for its reported truncated tail."""
+
 import io
 import json
 import random
@@ -78,7 +79,9 @@ def test_duplicate_and_missing_sequence_numbers(tmp_path, capsys):
     code, found, report = check(write(tmp_path, rec(0), rec(1), rec(1), rec(4)), capsys)
     assert code == 1 and found == [("sequence_order", 3, 1), ("sequence_gap", 4, 4)]
     assert [v["message"] for v in report["violations"]] == [
-        "duplicate seq 1: the record before has it too", "seq 4 follows 1: 2 record(s) missing"]
+        "duplicate seq 1: the record before has it too",
+        "seq 4 follows 1: 2 record(s) missing",
+    ]
 
 
 def test_gigantic_line_is_skipped_in_bounded_memory(tmp_path, capsys):
@@ -107,8 +110,9 @@ def test_cli_never_prints_a_traceback(tmp_path):
     """The command in its own process, on garbage: findings on stdout, nothing on stderr."""
     claim = rec(0, "claim_submit", claim="\ud800", blocks=[])  # a lone surrogate stdout cannot encode
     path = write(tmp_path, b"\xff", b"[" * 100_000, claim, b"{", end=b"")
-    done = subprocess.run([sys.executable, "-m", "kvclaims.cli", "check", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "kvclaims.cli", "check", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1 and done.stderr == "", done.stderr
     assert "line 4: truncated_tail" in done.stdout and "claim \\ud800: requested" in done.stdout
 
@@ -160,7 +164,7 @@ def test_a_trace_cut_anywhere_checks_clean_but_for_its_tail(cut):
     kinds = [v.kind for v in report.violations]
     if cut == 0:
         assert kinds == ["empty_trace"]
-    elif prefix.endswith(b"\n") or TRACE[cut:cut + 1] == b"\n":  # cut between records
+    elif prefix.endswith(b"\n") or TRACE[cut : cut + 1] == b"\n":  # cut between records
         assert kinds == [] and report.records == whole + (not prefix.endswith(b"\n"))
     else:
         assert kinds == ["truncated_tail"] and report.violations[0].line == whole + 1

@@ -1,6 +1,7 @@
 """A trace file is never clobbered: `open_trace_file` creates it, refuses one that holds a
 trace, and of writers racing for one path lets exactly one win; the vLLM integration
 gives each data-parallel engine its own file (`{dp_rank}`) and opens it that way."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ def test_a_new_file_is_created_and_written_line_by_line(tmp_path):
     path = tmp_path / "t.jsonl"
     with open_trace_file(path) as sink:
         TraceWriter(sink).emit("runtime", runtime="x")
-        assert json.loads(path.read_text())["kind"] == "runtime"   # flushed as written
+        assert json.loads(path.read_text())["kind"] == "runtime"  # flushed as written
 
 
 def test_a_file_that_holds_a_trace_is_refused_and_left_as_it_was(tmp_path):
@@ -42,7 +43,7 @@ def test_an_empty_file_is_reused(tmp_path):
 
 def test_a_file_held_by_a_writer_is_refused(tmp_path):
     path = tmp_path / "t.jsonl"
-    with open_trace_file(path):              # open, nothing written yet
+    with open_trace_file(path):  # open, nothing written yet
         with pytest.raises(BadArgument, match="held by another trace writer"):
             open_trace_file(path)
     assert path.read_text() == ""
@@ -63,15 +64,15 @@ def _race(path: str, ready, results) -> None:
         ready.wait()
         return
     results.put(("won", os.getpid()))
-    ready.wait()              # every racer has tried while the winner held the file, still empty
+    ready.wait()  # every racer has tried while the winner held the file, still empty
     sink.write(f"{os.getpid()}\n")
     sink.close()
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new", "empty"])
 def test_of_processes_racing_for_one_path_exactly_one_wins(tmp_path, existing):
-    ctx = multiprocessing.get_context("forkserver")   # a fork of this process (vLLM's threads) may hang
-    ctx.set_forkserver_preload([__name__])             # racers start without importing this module anew
+    ctx = multiprocessing.get_context("forkserver")  # a fork of this process (vLLM's threads) may hang
+    ctx.set_forkserver_preload([__name__])  # racers start without importing this module anew
     n = 6
     for round_ in range(4):
         path = tmp_path / f"race{round_}.jsonl"
@@ -103,10 +104,11 @@ def vllm_config():
 
     def make(trace: str, dp: int = 1, rank: int | None = None):
         config = EngineArgs(**engine_kwargs(trace=trace), data_parallel_size=dp).create_engine_config()
-        if rank is not None:     # what vLLM does in data-parallel engine `rank` of a dense model
+        if rank is not None:  # what vLLM does in data-parallel engine `rank` of a dense model
             config.parallel_config.data_parallel_index = rank
             config.parallel_config.reconfigure_for_independent_dp_rank()
         return config
+
     return make
 
 
@@ -117,7 +119,7 @@ def test_each_data_parallel_engine_writes_its_own_file(vllm_config):
     assert settings(vllm_config("/x/claims-{dp_rank}.jsonl"))["trace"] == "/x/claims-0.jsonl"
     for rank in (0, 1):
         config = vllm_config("/x/claims-{dp_rank}.jsonl", dp=2, rank=rank)
-        assert config.parallel_config.data_parallel_size == 1      # vLLM forgets the DP size here
+        assert config.parallel_config.data_parallel_size == 1  # vLLM forgets the DP size here
         assert settings(config)["trace"] == f"/x/claims-{rank}.jsonl"
 
 
@@ -128,7 +130,7 @@ def test_a_data_parallel_trace_needs_the_rank_in_its_path(vllm_config):
         settings(vllm_config("/x/claims.jsonl", dp=2, rank=1))
     assert err.value.field == "kvclaims.trace"
     with pytest.raises(BadArgument, match=r"\{dp_rank\}"):
-        settings(vllm_config("/x/claims.jsonl", dp=2))     # not yet split (the API server's view)
+        settings(vllm_config("/x/claims.jsonl", dp=2))  # not yet split (the API server's view)
 
 
 def test_an_engine_refuses_a_trace_file_another_engine_writes(tmp_path):

@@ -1,5 +1,6 @@
 """Every obligation id of the spec is named by a proof or a test, and no test names a
 stale id; the generated docs match the spec."""
+
 import re
 import subprocess
 import sys
@@ -41,6 +42,5 @@ def test_contract_prose_cites_every_obligation():
 
 
 def test_generated_docs_are_current():
-    out = subprocess.run([sys.executable, "-m", "kvclaims.cli", "docs"], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "kvclaims.cli", "docs"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -2,6 +2,7 @@
 vLLM driven the same way (which must fail). One harness engine serves the whole module
 (`kvclaims.vllm.adapter.shared_engine`); each adapter instance starts from an empty pool.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,10 +51,18 @@ def test_stateful_contract_on_vllm():
         def teardown(self) -> None:
             steps.append(self.steps)
 
-    run_state_machine_as_test(Counted, settings=settings(
-        max_examples=50, stateful_step_count=30, derandomize=True, database=None, deadline=None,
-        phases=[Phase.generate, Phase.shrink],
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    run_state_machine_as_test(
+        Counted,
+        settings=settings(
+            max_examples=50,
+            stateful_step_count=30,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            phases=[Phase.generate, Phase.shrink],
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
     assert sum(steps) >= 1000, steps
 
 
@@ -69,6 +78,7 @@ HARD = {"strength": "hard", "policy": "refuse", "tiers": ("device",), "priority"
 def test_regression_no_admit_drops_an_original_a_duplicate_outlives():
     """vLLM keeps a recomputed last block as a second indexed copy; when write no-admit drops
     the original, the hash stays cached in that copy, with no eviction (fuzz, seed 2)."""
+
     def program(state):
         state.start(U=9, B=2, reserve=0, host=0)
         c0 = state.submit_claim(blocks=2, family=0, kwargs={**HARD, "ttl": 1})
@@ -89,12 +99,14 @@ def test_regression_no_admit_drops_an_original_a_duplicate_outlives():
         state.contract_holds()
         state.finish(admit=False, request=r1)
         state.contract_holds()
+
     _replay(program)
 
 
 def test_regression_a_reset_copy_is_no_duplicate():
     """A block a reset unindexed under a running request is no second copy: write no-admit
     of the request that computed the hash anew leaves it uncached (fuzz, seed 1)."""
+
     def program(state):
         state.start(U=8, B=2, reserve=0, host=0)
         c0 = state.submit_claim(blocks=1, family=0, kwargs=HARD)
@@ -107,6 +119,7 @@ def test_regression_a_reset_copy_is_no_duplicate():
         state.contract_holds()
         state.finish(admit=False, request=r1)
         state.contract_holds()
+
     _replay(program)
 
 
@@ -129,6 +142,7 @@ def test_regression_eager_lru_eviction_with_free_blocks():
     """vLLM's single free queue may evict a cached block while free ones remain: the
     oracle takes every LRU eviction reported before an admission as that admission's
     (fuzz, seed 11, 100k steps)."""
+
     def program(state):
         c0 = _claimed_block_left_cached(state)
         state.submit_request(shape=(0, 0, 0, False))
@@ -137,6 +151,7 @@ def test_regression_eager_lru_eviction_with_free_blocks():
         state.contract_holds()
         state.request_claimed_prefix(claim=c0, tail=0)
         state.contract_holds()
+
     _replay(program)
 
 
@@ -163,10 +178,13 @@ def test_engine_abort_mid_request_keeps_the_claimed_blocks():
     assert check_lines(lines).ok
 
 
-@pytest.mark.xfail(strict=True, reason="open oracle gap: vLLM reuses a cached original while free "
-                   "blocks remain, and since a running request's duplicate keeps its hash indexed the "
-                   "trace reports nothing; the oracle keeps the original as cached (fuzz --seed 11, "
-                   "100k steps)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="open oracle gap: vLLM reuses a cached original while free "
+    "blocks remain, and since a running request's duplicate keeps its hash indexed the "
+    "trace reports nothing; the oracle keeps the original as cached (fuzz --seed 11, "
+    "100k steps)",
+)
 def test_regression_silent_reuse_of_a_duplicated_original():
     def program(state):
         c0 = _claimed_block_left_cached(state)
@@ -177,6 +195,7 @@ def test_regression_silent_reuse_of_a_duplicated_original():
         state.contract_holds()
         state.submit_request(shape=(0, 0, 3, False))
         state.contract_holds()
+
     _replay(program)
 
 
@@ -201,7 +220,7 @@ def test_carried_claims_apply_at_admission_or_never():
     assert rt.claim_outcome("owner") == "applied" and rt.claim_state("mine2") == "materialized"
     rt.finish("owner")
     rt.submit_request("hog", list(range(200, 200 + 6 * B)))
-    assert rt.submit_request("queued", big[:3 * B], claim={"id": "mine3"}).outcome == "wait"
+    assert rt.submit_request("queued", big[: 3 * B], claim={"id": "mine3"}).outcome == "wait"
     rt.abort("queued")
     assert rt.claim_outcome("queued") == "not_applied"
     with pytest.raises(UnknownId):

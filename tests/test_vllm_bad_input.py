@@ -6,6 +6,7 @@ Malformed arguments are answered by the front end before the engine sees them; w
 the claim book can judge (duplicate, unknown or ended claims, a prefix the prompt does not
 have) by the engine, whose rejection the front end turns into the 400.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -38,23 +39,26 @@ def rejected(server, status: int = 400, **request) -> dict:
     return body["error"]
 
 
-@pytest.mark.parametrize("xargs, field", [
-    ({"kvclaims_strength": "soft"}, "kvclaims_strength"),                      # missing id
-    ({"kvclaims_claim": ""}, "kvclaims_claim"),                                # empty id
-    ({"kvclaims_claim": 7}, "kvclaims_claim"),                                 # id of the wrong JSON type
-    ({"kvclaims_claim": "a b"}, "kvclaims_claim"),                             # id with a separator
-    ({"kvclaims_claim": "c", "kvclaims_strength": "firm"}, "kvclaims_strength"),
-    ({"kvclaims_claim": "c", "kvclaims_policy": "evict"}, "kvclaims_policy"),
-    ({"kvclaims_claim": "c", "kvclaims_policy": "offload"}, "kvclaims_policy"),  # no host tier here
-    ({"kvclaims_claim": "c", "kvclaims_ttl": -1}, "kvclaims_ttl"),
-    ({"kvclaims_claim": "c", "kvclaims_priority": 2**31}, "kvclaims_priority"),
-    ({"kvclaims_claim": "c", "kvclaims_blocks": "2.5"}, "kvclaims_blocks"),
-    ({"kvclaims_claim": "c", "kvclaims_blocks": 0}, "kvclaims_blocks"),
-    ({"kvclaims_release": [1, 2]}, "kvclaims_release"),
-    ({"kvclaims_release": ["a", "a"]}, "kvclaims_release"),                    # double release at once
-    ({"kvclaims_clam": "c"}, "kvclaims_clam"),
-    ({"kvclaims_claim": "c", "kvclaims_tenant": "x"}, "kvclaims_tenant"),      # this server has no tenants
-])
+@pytest.mark.parametrize(
+    "xargs, field",
+    [
+        ({"kvclaims_strength": "soft"}, "kvclaims_strength"),  # missing id
+        ({"kvclaims_claim": ""}, "kvclaims_claim"),  # empty id
+        ({"kvclaims_claim": 7}, "kvclaims_claim"),  # id of the wrong JSON type
+        ({"kvclaims_claim": "a b"}, "kvclaims_claim"),  # id with a separator
+        ({"kvclaims_claim": "c", "kvclaims_strength": "firm"}, "kvclaims_strength"),
+        ({"kvclaims_claim": "c", "kvclaims_policy": "evict"}, "kvclaims_policy"),
+        ({"kvclaims_claim": "c", "kvclaims_policy": "offload"}, "kvclaims_policy"),  # no host tier here
+        ({"kvclaims_claim": "c", "kvclaims_ttl": -1}, "kvclaims_ttl"),
+        ({"kvclaims_claim": "c", "kvclaims_priority": 2**31}, "kvclaims_priority"),
+        ({"kvclaims_claim": "c", "kvclaims_blocks": "2.5"}, "kvclaims_blocks"),
+        ({"kvclaims_claim": "c", "kvclaims_blocks": 0}, "kvclaims_blocks"),
+        ({"kvclaims_release": [1, 2]}, "kvclaims_release"),
+        ({"kvclaims_release": ["a", "a"]}, "kvclaims_release"),  # double release at once
+        ({"kvclaims_clam": "c"}, "kvclaims_clam"),
+        ({"kvclaims_claim": "c", "kvclaims_tenant": "x"}, "kvclaims_tenant"),  # this server has no tenants
+    ],
+)
 def test_malformed_arguments_are_400_naming_the_field(server, xargs, field):
     error = rejected(server, prompt=prompt(2, 1), **xargs)
     assert (error["type"], error["param"], error["code"]) == ("BadArgument", field, 400)
@@ -64,9 +68,11 @@ def test_malformed_arguments_are_400_naming_the_field(server, xargs, field):
 def test_one_claim_one_sequence(server):
     """A claim applies to one prompt's prefix and reports in the response body: a batch or
     n > 1 would run it once per sequence, and a stream has no body to report in."""
-    for body, field in (({"prompt": [prompt(2, 1), prompt(2, 2)]}, "prompt"),
-                        ({"prompt": prompt(2, 1), "n": 2}, "n"),
-                        ({"prompt": prompt(2, 1), "stream": True}, "stream")):
+    for body, field in (
+        ({"prompt": [prompt(2, 1), prompt(2, 2)]}, "prompt"),
+        ({"prompt": prompt(2, 1), "n": 2}, "n"),
+        ({"prompt": prompt(2, 1), "stream": True}, "stream"),
+    ):
         before = server.records()
         status, answer = server.post({**body, "max_tokens": 1, "vllm_xargs": {"kvclaims_claim": "c"}})
         assert (status, answer["error"]["param"]) == (400, field)
@@ -92,16 +98,20 @@ def test_prefix_the_prompt_does_not_have(server):
 def test_duplicate_unknown_and_ended_claims(server):
     """The book's own judgements: a duplicate id, an unknown claim, a claim already released."""
     assert server.complete(prompt(2, 4), kvclaims_claim="dup")[1]["kv_transfer_params"] == {
-        "kvclaims": {"claims": {"dup": "materialized"}}}
+        "kvclaims": {"claims": {"dup": "materialized"}}
+    }
     error = rejected(server, prompt=prompt(2, 5), kvclaims_claim="dup")
     assert (error["type"], error["param"], error["message"]) == (
-        "DuplicateId", "kvclaims_claim", "claim 'dup' already exists")
+        "DuplicateId",
+        "kvclaims_claim",
+        "claim 'dup' already exists",
+    )
     error = rejected(server, prompt=prompt(1, 6), kvclaims_release="nobody")
-    assert (error["type"], error["param"], error["message"]) == (
-        "UnknownId", "kvclaims_release", "no claim 'nobody'")
+    assert (error["type"], error["param"], error["message"]) == ("UnknownId", "kvclaims_release", "no claim 'nobody'")
     assert server.complete(prompt(1, 6), kvclaims_release="dup")[1]["kv_transfer_params"] == {
-        "kvclaims": {"claims": {"dup": "released"}}}
-    error = rejected(server, prompt=prompt(1, 6), kvclaims_release="dup")   # double release
+        "kvclaims": {"claims": {"dup": "released"}}
+    }
+    error = rejected(server, prompt=prompt(1, 6), kvclaims_release="dup")  # double release
     assert error["type"] == "IllegalTransition"
     assert "'release' is illegal in state 'released'" in error["message"]
 

@@ -3,6 +3,7 @@
 Engines are shared per module (stock, enforcing, observing) and every test
 starts from an empty prefix cache and leaves no live claim behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,7 @@ def test_probe_three_ways(stock, claims):  # RKC-PROBE-1 on the real scheduler
         assert legs[name]["resident_blocks_lost"] == 50
     hard = legs["hard_claim"]
     assert hard["replay_cached_tokens_before"] == hard["replay_cached_tokens_after"] == 1920
-    assert hard["prefill"] == {"finish_reason": "abort", "refused": "refuse_blocked",
-                               "blocking_claims": [CLAIM]}
+    assert hard["prefill"] == {"finish_reason": "abort", "refused": "refuse_blocked", "blocking_claims": [CLAIM]}
     assert hard["claim_state"] == "materialized" and hard["resident_blocks_lost"] == 0
     report = check(claims)
     assert report.ok, report.violations
@@ -77,16 +77,15 @@ def test_reset_and_invalid_blocks_harm_claims_first(claims):  # RKC-RT-5
     assert claims.reset_cache()
     claims.run("op-fill", PREFIX + [1])
     assert claims.submit_claim("a", PREFIX[:640]) == "materialized"
-    assert claims.reset_cache() is True          # the claim's holds do not block the reset
+    assert claims.reset_cache() is True  # the claim's holds do not block the reset
     assert claims.claim_state("a") == "harmed"
     claims.run("op-refill", PREFIX + [1])
     assert claims.submit_claim("b", PREFIX[:640]) == "materialized"
     start = len(claims.trace)
     claims.evict_blocks(PREFIX[:64])
     assert claims.claim_state("b") == "harmed"
-    assert kinds(claims, start) == [("operator", "evict_blocks"), ("claim", "harm"),
-                                    ("block_evict", "invalid_load")]
-    assert claims.run("op-replay", PREFIX + [2]).num_cached_tokens == 0   # stale KV is not served
+    assert kinds(claims, start) == [("operator", "evict_blocks"), ("claim", "harm"), ("block_evict", "invalid_load")]
+    assert claims.run("op-replay", PREFIX + [2]).num_cached_tokens == 0  # stale KV is not served
     assert check(claims).ok
 
 
@@ -117,14 +116,22 @@ def test_bad_claim_arguments_refuse_the_request_and_change_nothing(claims):  # R
     assert "cannot claim 99" in bad.kvclaims["error"] and bad.kvclaims["field"] == "kvclaims_claim"
     assert "c" not in claims.scheduler.book.claims
     assert claims.run("bad2", [9] * 40, extra_args={"kvclaims_release": "nobody"}).kvclaims == {
-        "error": "no claim 'nobody'", "type": "UnknownId", "field": "kvclaims_release", "status": 400}
+        "error": "no claim 'nobody'",
+        "type": "UnknownId",
+        "field": "kvclaims_release",
+        "status": 400,
+    }
     assert check(claims).ok
 
 
 def test_probe_cli_json():
-    out = subprocess.run([sys.executable, "-m", "kvclaims.cli", "probe", "--runtime", "vllm", "--json"],
-                         capture_output=True, text=True, timeout=600, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "kvclaims.cli", "probe", "--runtime", "vllm", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
     legs = {lg["leg"]: lg for lg in json.loads(out)["legs"]}
-    assert [legs[n]["replay_cached_tokens_after"] for n in ("stock", "no_admit", "hard_claim")] == \
-        [320, 320, 1920]
+    assert [legs[n]["replay_cached_tokens_after"] for n in ("stock", "no_admit", "hard_claim")] == [320, 320, 1920]
     assert legs["hard_claim"]["prefill"]["blocking_claims"] == [CLAIM]

@@ -13,6 +13,7 @@ kind, releases, invalid-KV evictions and prefix-cache resets run on a real
 - the stores and losses traced equal those read from vLLM's own KV events by
   walking them back from the index (the integration's earlier method).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -32,14 +33,17 @@ from kvclaims.vllm.scheduler import ClaimsScheduler  # noqa: E402
 from kvclaims.vllm.xargs import ClaimOp  # noqa: E402
 
 U = 24
-FAMILIES = [[f * 7 + 3] * (12 * B) for f in range(4)]    # distinct chains, 12 blocks each
+FAMILIES = [[f * 7 + 3] * (12 * B) for f in range(4)]  # distinct chains, 12 blocks each
 CLAIMS = [("hard", "refuse"), ("hard", "demote"), ("soft", "demote")]
 KINDS = ["admit"] * 4 + ["free"] * 3 + ["claim"] * 3 + ["release", "evict", "reset"]
 # (kind, a, b, c): admit family a, b blocks, c extra tokens (none when c > B: a whole-block
 # prompt, whose last block vLLM recomputes into a duplicate); claim family a, b % 6 + 1
 # blocks, kind c; free/release the a-th live request/claim; evict a indexed blocks from c on.
-ops = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 3), st.integers(1, 12),
-                         st.integers(0, 2 * B)), min_size=10, max_size=60)
+ops = st.lists(
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 3), st.integers(1, 12), st.integers(0, 2 * B)),
+    min_size=10,
+    max_size=60,
+)
 
 
 def from_events(events, bp) -> tuple[list[str], list[str]]:
@@ -81,25 +85,26 @@ def check_fast_path(s: ClaimsScheduler, req) -> None:
     counts, blocking = s.pool.classes(s.book.holders, s.book.blocking_ids(), {b.block_id for b in hits})
     room = s.pool.evictable(hits)
     assert room == counts.free + counts.cached
-    if blocks <= s.pool.evictable():    # decided with no lookup at all
+    if blocks <= s.pool.evictable():  # decided with no lookup at all
         assert A <= room
     if A <= room:
         assert decide(A, counts, blocking, s.book.spec).outcome == "admit"
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(withhold=st.integers(0, 14), program=ops)
 def test_fast_answers_equal_full_ones(withhold, program):
     s = scheduler(ClaimsScheduler, U)
     s.pool.withhold(withhold)
     bp = s.pool.bp
-    bp.enable_kv_cache_events = True          # the reference reads vLLM's own events
+    bp.enable_kv_cache_events = True  # the reference reads vLLM's own events
     live, claims = [], []
     for n, (kind, a, b, c) in enumerate(program):
         start, cursor = len(s.trace.records), len(bp.kv_event_queue)
         if kind == "admit":
-            req = request(f"r{n}", FAMILIES[a][:b * B] + [9] * (c if c <= B else 0), U)
+            req = request(f"r{n}", FAMILIES[a][: b * B] + [9] * (c if c <= B else 0), U)
             check_fast_path(s, req)
             if admit(s.kv_cache_manager, req) is not None:
                 live.append(req)
@@ -108,14 +113,14 @@ def test_fast_answers_equal_full_ones(withhold, program):
         elif kind == "claim":
             strength, policy = CLAIMS[c % 3]
             claims.append(f"c{n}")
-            s.submit_claim(ClaimOp(f"c{n}", strength=strength, policy=policy), FAMILIES[a][:(b % 6 + 1) * B])
+            s.submit_claim(ClaimOp(f"c{n}", strength=strength, policy=policy), FAMILIES[a][: (b % 6 + 1) * B])
         elif kind == "release" and claims:
             cid = claims[a % len(claims)]
             if "release" in s.book.claims[cid].fsm.allowed():
                 s.release_claim(cid)
         elif kind == "evict":
             indexed = [blk.block_id for blk in bp.blocks if blk.block_hash is not None]
-            s.evict_blocks(set(indexed[c % max(len(indexed), 1):][:a]))
+            s.evict_blocks(set(indexed[c % max(len(indexed), 1) :][:a]))
         elif kind == "reset":
             s.reset_prefix_cache()
         s.book.materialize_ready()

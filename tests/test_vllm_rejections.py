@@ -6,6 +6,7 @@ The whole-block rule is the integration's (`ClaimBook.check_new`): a claim made 
 names its prefix, which must be whole blocks; a request's claim is on its prompt's full
 blocks, so a prompt's trailing partial block is simply not claimed.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,14 +47,23 @@ def book():
     return VllmAdapter(U=8).sched.book
 
 
-@pytest.mark.parametrize("op, full_blocks, prefix, error, says", [
-    (ClaimOp("x"), 1, 48, InvalidField, "must be whole blocks of 32 tokens, got 48 tokens"),
-    (ClaimOp("x"), 0, 0, InvalidField, "got 0 tokens"),
-    (ClaimOp("x"), 9, 288, InvalidField, "has 9 blocks, more than the pool's 8"),
-    (ClaimOp("x"), 9, None, InvalidField, "has 9 blocks, more than the pool's 8"),
-    (ClaimOp("x", blocks=2), 1, None, InvalidInput, "the prompt has 1 full blocks of 32 tokens; cannot claim 2"),
-], ids=["in process: 1.5 blocks", "in process: empty", "in process: past the pool", "request: past the pool",
-        "request: more blocks than its prompt"])
+@pytest.mark.parametrize(
+    "op, full_blocks, prefix, error, says",
+    [
+        (ClaimOp("x"), 1, 48, InvalidField, "must be whole blocks of 32 tokens, got 48 tokens"),
+        (ClaimOp("x"), 0, 0, InvalidField, "got 0 tokens"),
+        (ClaimOp("x"), 9, 288, InvalidField, "has 9 blocks, more than the pool's 8"),
+        (ClaimOp("x"), 9, None, InvalidField, "has 9 blocks, more than the pool's 8"),
+        (ClaimOp("x", blocks=2), 1, None, InvalidInput, "the prompt has 1 full blocks of 32 tokens; cannot claim 2"),
+    ],
+    ids=[
+        "in process: 1.5 blocks",
+        "in process: empty",
+        "in process: past the pool",
+        "request: past the pool",
+        "request: more blocks than its prompt",
+    ],
+)
 def test_check_new(book, op, full_blocks, prefix, error, says):
     with pytest.raises(error) as info:
         book.check_new(op, full_blocks, prefix)

@@ -1,6 +1,7 @@
 """A request's claim operations apply when it is admitted, or not at all (RKC-RT-8), on the
 real engine. The issue's input: a claim carried by a request that is refused stayed
 `accepted`, kept its reserve, and materialized later from someone else's request."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from kvclaims.conformance.checker import check_lines  # noqa: E402
 from kvclaims.vllm.engine import VllmEngine  # noqa: E402
 
 B = 32
-PREFIX = [(3 * i + 1) % 500 for i in range(60 * B)]       # the resident, 60 blocks
-PREFILL = [(5 * i + 2) % 500 for i in range(70 * B)]      # 70 blocks: 60 + 70 > 80
+PREFIX = [(3 * i + 1) % 500 for i in range(60 * B)]  # the resident, 60 blocks
+PREFILL = [(5 * i + 2) % 500 for i in range(70 * B)]  # 70 blocks: 60 + 70 > 80
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_refused_request_applies_no_claim(engine):
         engine.claim_state("mine")
     assert claim_submits(engine, "mine") == []
     engine.release_claim("resident")
-    engine.run("later", PREFILL)                  # someone else computes the prefix
+    engine.run("later", PREFILL)  # someone else computes the prefix
     with pytest.raises(UnknownId):
         engine.claim_state("mine")
     report = check_lines(json.dumps(r) for r in engine.scheduler.trace.records)
@@ -51,7 +52,7 @@ def test_admitted_request_applies_its_claim_after_admission(engine):
     """RKC-RT-8: an admitted request's claim is submitted after its request_admit, and
     materializes once the prefix is computed."""
     engine.scheduler.drop_prefix_cache()
-    out = engine.run("owner", PREFIX[:4 * B], claim="small")
+    out = engine.run("owner", PREFIX[: 4 * B], claim="small")
     assert out.kvclaims["claims"] == {"small": "materialized"}
     trace = engine.scheduler.trace.records
     admit = next(i for i, r in enumerate(trace) if r["kind"] == "request_admit" and r["request"] == "owner")

@@ -2,6 +2,7 @@
 prefix-cache reset (`ClaimsScheduler.drop_prefix_cache`, the vLLM adapter's reset)
 indexes nothing it computes after it, so a later prompt reuses only blocks computed
 after the reset. The issue's input, on vLLM's block size (32)."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from kvclaims.conformance.checker import check_lines  # noqa: E402
 from kvclaims.vllm.engine import VllmEngine  # noqa: E402
 
 B = 32
-PROMPT = [(7 * i + 3) % 500 for i in range(B + 8)]   # one full block and a partial one
+PROMPT = [(7 * i + 3) % 500 for i in range(B + 8)]  # one full block and a partial one
 
 
 @pytest.fixture(scope="module")
@@ -36,25 +37,25 @@ def test_decode_across_reset_indexes_nothing(engine, end):
     s = engine.scheduler
     live = f"live-{end}"
     engine.submit_request(live, PROMPT, max_tokens=40, ignore_eos=True)
-    engine.step()                                # prefill: block 0 indexed, block 1 partial
+    engine.step()  # prefill: block 0 indexed, block 1 partial
     assert s.pool.cached_hashes()
     s.drop_prefix_cache()
     assert s.pool.cached_hashes() == []
     if end == "finish":
         generated = engine.finish(live).token_ids
     else:
-        for _ in range(30):                      # past the block boundary, then abort
+        for _ in range(30):  # past the block boundary, then abort
             engine.step()
         generated = s.requests[engine.internal[live]].output_token_ids[:]
         engine.abort(live)
         engine.step()
     assert len(PROMPT) + len(generated) >= 2 * B
-    assert s.pool.cached_hashes() == []          # nothing live computed after the reset
-    full = (PROMPT + list(generated))[:2 * B]
+    assert s.pool.cached_hashes() == []  # nothing live computed after the reset
+    full = (PROMPT + list(generated))[: 2 * B]
     engine.run(f"fresh-{end}", full + [1])
     again = engine.run(f"again-{end}", full + [2])
-    assert again.num_cached_tokens == 2 * B      # fresh's two blocks
-    assert set(stores_after_reset(engine)) == {f"fresh-{end}"}   # again: 2 hits + 1 partial
+    assert again.num_cached_tokens == 2 * B  # fresh's two blocks
+    assert set(stores_after_reset(engine)) == {f"fresh-{end}"}  # again: 2 hits + 1 partial
     report = check_lines(json.dumps(r) for r in s.trace.records)
     assert report.ok, report.violations
     s.drop_prefix_cache()

@@ -7,6 +7,7 @@ refuses it from the config, before the model loads; an engine built another way
 (`LLM(scheduler_cls=...)`, the server) gets to the scheduler, which refuses it from the
 KV cache groups vLLM actually made. Without the integration it runs.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -31,7 +32,7 @@ def test_sliding_window_model_is_refused_before_it_loads(tmp_path):
         VllmEngine(model=str(tiny_sliding_model_dir()), trace=str(trace), **SHAPE)
     assert err.value.field == "model"
     assert "SlidingWindowSpec" in str(err.value) and "sliding_window=64" in str(err.value)
-    assert not any("vllm/v1/engine" in f for f in frames(err))      # no engine was built
+    assert not any("vllm/v1/engine" in f for f in frames(err))  # no engine was built
     assert not trace.exists()
 
 

@@ -2,6 +2,7 @@
 the caller's API key (sealed by the front end, so it cannot be forged, whatever the route),
 only a claim's owner may release it (RKC-SEC-1), and each tenant's hard claims stay within
 its quota, a claim past it refused with reason ``quota`` (RKC-SEC-2)."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,9 +29,16 @@ def blocks(*seeds: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serve(tmp_path_factory, "--api-key", ALICE, BOB, BIG,
-                     env={KEY_ENV: "a-secret-for-these-tests"},
-                     tenants=True, quota={"default": 4, "tenants": {key_tenant(BIG): 12}})
+    yield from serve(
+        tmp_path_factory,
+        "--api-key",
+        ALICE,
+        BOB,
+        BIG,
+        env={KEY_ENV: "a-secret-for-these-tests"},
+        tenants=True,
+        quota={"default": 4, "tenants": {key_tenant(BIG): 12}},
+    )
 
 
 def note(answer: tuple[int, dict]) -> dict:
@@ -41,40 +49,49 @@ def note(answer: tuple[int, dict]) -> dict:
 
 def test_only_the_owner_releases(server):  # RKC-SEC-1
     assert note(server.complete(blocks(1, 2) + [1], key=ALICE, kvclaims_claim="a1")) == {
-        "claims": {"a1": "materialized"}}
+        "claims": {"a1": "materialized"}
+    }
     before = server.records()
     status, body = server.complete(blocks(9) + [1], key=BOB, kvclaims_release="a1")
     assert (status, body["error"]["type"], body["error"]["param"]) == (403, "NotOwner", "kvclaims_release")
     assert "'a1' belongs to another tenant" in body["error"]["message"]
     forged = {"kvclaims_release": "a1", "kvclaims_tenant": key_tenant(ALICE), "kvclaims_seal": "0" * 64}
-    assert server.complete(blocks(9) + [1], key=BOB, **forged)[0] == 403     # overwritten from the key
-    status, body = server.post({"prompt": blocks(9) + [1], "max_tokens": 1, "vllm_xargs": forged},
-                               path="/invocations")                         # no front end, no key needed
+    assert server.complete(blocks(9) + [1], key=BOB, **forged)[0] == 403  # overwritten from the key
+    status, body = server.post(
+        {"prompt": blocks(9) + [1], "max_tokens": 1, "vllm_xargs": forged}, path="/invocations"
+    )  # no front end, no key needed
     assert body["kv_transfer_params"]["kvclaims"]["field"] == "kvclaims_seal"
     assert server.records() == before
-    assert note(server.complete(blocks(1, 2) + [3], key=ALICE, kvclaims_release="a1")) == {
-        "claims": {"a1": "released"}}
+    assert note(server.complete(blocks(1, 2) + [3], key=ALICE, kvclaims_release="a1")) == {"claims": {"a1": "released"}}
     submit = next(r for r in server.records() if r["kind"] == "claim_submit" and r["claim"] == "a1")
     assert submit["tenant"] == key_tenant(ALICE)
 
 
 def test_quota_caps_each_tenants_hard_claims(server):  # RKC-SEC-2
     assert note(server.complete(blocks(11, 12, 13) + [1], key=ALICE, kvclaims_claim="q1"))["claims"] == {
-        "q1": "materialized"}
+        "q1": "materialized"
+    }
     assert note(server.complete(blocks(14, 15) + [1], key=ALICE, kvclaims_claim="q2")) == {
-        "claims": {"q2": "refused"}, "claim_refusals": {"q2": "quota"}}           # 3 + 2 > 4
+        "claims": {"q2": "refused"},
+        "claim_refusals": {"q2": "quota"},
+    }  # 3 + 2 > 4
     assert note(server.complete(blocks(11, 12, 16) + [1], key=ALICE, kvclaims_claim="q3"))["claims"] == {
-        "q3": "materialized"}                                                     # 2 shared + 1 new = 4
-    assert note(server.complete(blocks(17, 18, 19) + [1], key=ALICE, kvclaims_claim="s1",
-                                kvclaims_strength="soft"))["claims"] == {"s1": "materialized"}  # soft: no quota
+        "q3": "materialized"
+    }  # 2 shared + 1 new = 4
+    assert note(server.complete(blocks(17, 18, 19) + [1], key=ALICE, kvclaims_claim="s1", kvclaims_strength="soft"))[
+        "claims"
+    ] == {"s1": "materialized"}  # soft: no quota
     assert note(server.complete(blocks(21, 22, 23, 24) + [1], key=BOB, kvclaims_claim="b1"))["claims"] == {
-        "b1": "materialized"}                                                     # alice starves no one
+        "b1": "materialized"
+    }  # alice starves no one
     assert note(server.complete(blocks(*range(31, 41)) + [1], key=BIG, kvclaims_claim="big1"))["claims"] == {
-        "big1": "materialized"}                                                   # its own quota: 12
+        "big1": "materialized"
+    }  # its own quota: 12
     for cid in ("q1", "q3"):
         note(server.complete(blocks(9) + [1], key=ALICE, kvclaims_release=cid))
     assert note(server.complete(blocks(14, 15) + [2], key=ALICE, kvclaims_claim="q4"))["claims"] == {
-        "q4": "materialized"}                                                     # released: counted no more
+        "q4": "materialized"
+    }  # released: counted no more
     refusals = [r for r in server.records() if r["kind"] == "claim" and r["event"] == "refuse"]
     assert [(r["claim"], r["reason"]) for r in refusals] == [("q2", "quota")]
     assert server.metrics("kvclaims_claim_refusals_total") == {"quota": 1}
@@ -96,11 +113,17 @@ def test_tenants_need_the_shared_secret(monkeypatch):
         server_key(True)
 
 
-@pytest.mark.parametrize("value, field", [
-    ([4], "kvclaims.quota"), ({"dflt": 4}, "kvclaims.quota"), ({"tenants": [1]}, "kvclaims.quota"),
-    ({"default": -1}, "kvclaims.quota.default"), ({"default": True}, "kvclaims.quota.default"),
-    ({"tenants": {"t": None}}, "kvclaims.quota.tenants.t"),
-])
+@pytest.mark.parametrize(
+    "value, field",
+    [
+        ([4], "kvclaims.quota"),
+        ({"dflt": 4}, "kvclaims.quota"),
+        ({"tenants": [1]}, "kvclaims.quota"),
+        ({"default": -1}, "kvclaims.quota.default"),
+        ({"default": True}, "kvclaims.quota.default"),
+        ({"tenants": {"t": None}}, "kvclaims.quota.tenants.t"),
+    ],
+)
 def test_quota_settings_are_checked(value, field):
     with pytest.raises(BadArgument) as err:
         Quota.parse(value)

@@ -5,6 +5,7 @@ A start costs 30-60 s here, so each module starts one (a module-scoped fixture t
 `yield from serve(...)`) and its tests share it in order. Requests go over plain HTTP
 (`Server.post`), so tests see status codes and error bodies exactly as clients do.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,21 +37,35 @@ class Server:
     model: str
     trace: Path
 
-    def post(self, body: dict[str, Any], *, key: str | None = None, headers: dict[str, str] | None = None,
-             path: str = "/v1/completions", timeout: float = 120) -> tuple[int, dict[str, Any]]:
+    def post(
+        self,
+        body: dict[str, Any],
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        path: str = "/v1/completions",
+        timeout: float = 120,
+    ) -> tuple[int, dict[str, Any]]:
         """POST `body` (the model filled in); the status and the JSON answer, errors included."""
         req = urllib.request.Request(
-            self.base + path, data=json.dumps({"model": self.model, **body}).encode(), method="POST",
-            headers={"content-type": "application/json", **({"authorization": f"Bearer {key}"} if key else {}),
-                     **(headers or {})})
+            self.base + path,
+            data=json.dumps({"model": self.model, **body}).encode(),
+            method="POST",
+            headers={
+                "content-type": "application/json",
+                **({"authorization": f"Bearer {key}"} if key else {}),
+                **(headers or {}),
+            },
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
 
-    def complete(self, prompt: list[int], *, key: str | None = None, headers: dict[str, str] | None = None,
-                 **xargs: Any) -> tuple[int, dict[str, Any]]:
+    def complete(
+        self, prompt: list[int], *, key: str | None = None, headers: dict[str, str] | None = None, **xargs: Any
+    ) -> tuple[int, dict[str, Any]]:
         """One greedy token for `prompt`, with these ``vllm_xargs``."""
         body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, **({"vllm_xargs": xargs} if xargs else {})}
         return self.post(body, key=key, headers=headers)
@@ -72,16 +87,46 @@ def serve(tmp_path_factory, *args: str, env: dict[str, str] | None = None, **kvc
     tmp = tmp_path_factory.mktemp("vllm-server")
     (tmp / "prom").mkdir()
     model, port = str(tiny_model_dir()), _port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"), **(env or {})}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
-           "--port", str(port), "--model", model, "--skip-tokenizer-init", "--enable-prefix-caching",
-           "--block-size", "32", "--num-gpu-blocks-override", "81", "--max-model-len", "2560",
-           "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.3",
-           "--enable-prompt-tokens-details", "--no-async-scheduling", "--scheduler-cls", SCHEDULER,
-           "--middleware", MIDDLEWARE,
-           "--additional-config", json.dumps({"kvclaims": {"trace": str(tmp / "trace.jsonl"), **kvclaims}}),
-           *args]
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"),
+        **(env or {}),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        model,
+        "--skip-tokenizer-init",
+        "--enable-prefix-caching",
+        "--block-size",
+        "32",
+        "--num-gpu-blocks-override",
+        "81",
+        "--max-model-len",
+        "2560",
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--gpu-memory-utilization",
+        "0.3",
+        "--enable-prompt-tokens-details",
+        "--no-async-scheduling",
+        "--scheduler-cls",
+        SCHEDULER,
+        "--middleware",
+        MIDDLEWARE,
+        "--additional-config",
+        json.dumps({"kvclaims": {"trace": str(tmp / "trace.jsonl"), **kvclaims}}),
+        *args,
+    ]
     log_path = tmp / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

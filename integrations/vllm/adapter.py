@@ -35,6 +35,7 @@ What vLLM fixes, the adapter reports rather than hides:
 `StockVllmAdapter` is the same engine with claims recorded but not enforced:
 stock vLLM with a witness, which the suites must tell apart.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,19 +46,27 @@ from vllm.v1.request import RequestStatus
 
 from kvclaims.errors import DuplicateId, InvalidField, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts
+
 # The protocol's input rules are the reference runtime's: one rule set, so a bad call
 # gets the same typed error here as there (RKC-RT-4).
-from kvclaims.model.checks import (MAX_TICKS, check_hash, check_id, check_int, check_list,
-                                   check_tokens, claim_terms, request_claim)
+from kvclaims.model.checks import (
+    MAX_TICKS,
+    check_hash,
+    check_id,
+    check_int,
+    check_list,
+    check_tokens,
+    claim_terms,
+    request_claim,
+)
 from kvclaims.vllm.engine import VllmEngine
 from kvclaims.vllm.model_dir import VOCAB
 from kvclaims.vllm.pool import hexid
 from kvclaims.vllm.xargs import RequestOps, parse, to_xargs
 
-ENGINE_U, MODEL_LEN = 80, 2560      # the largest pool and prompt any instance may ask for
+ENGINE_U, MODEL_LEN = 80, 2560  # the largest pool and prompt any instance may ask for
 HARNESS = "kvclaims.vllm.harness.HarnessScheduler"
-LIVE = {RequestStatus.RUNNING: "running", RequestStatus.WAITING: "waiting",
-        RequestStatus.PREEMPTED: "waiting"}
+LIVE = {RequestStatus.RUNNING: "running", RequestStatus.WAITING: "waiting", RequestStatus.PREEMPTED: "waiting"}
 
 _engine: VllmEngine | None = None
 
@@ -81,8 +90,8 @@ class VllmAdapter:
         self.engine.clear()
         self.sched.restart(U=U, reserve=R, enforce=self.enforce)
         self.U, self.B, self.R = self.sched.pool.U, self.sched.block_size, R
-        self.host_blocks = 0              # no host tier: scenarios that need one are not applicable
-        self.ended: dict[str, str] = {}   # finished or aborted through the protocol
+        self.host_blocks = 0  # no host tier: scenarios that need one are not applicable
+        self.ended: dict[str, str] = {}  # finished or aborted through the protocol
         self.outcomes: dict[str, str] = {}  # request -> what became of the claim it carries
 
     # --- tokens and hashes --------------------------------------------------------------
@@ -94,13 +103,22 @@ class VllmAdapter:
         return [hexid(h) for h in self.sched.pool.chain(self._ids(tokens))]
 
     # --- claims -------------------------------------------------------------------------
-    def submit_claim(self, claim_id: str, prefix: Sequence[int], *, strength: str = "hard",
-                     priority: int = 0, ttl: int | None = None,
-                     tiers: Sequence[str] = ("device",), policy: str | None = None) -> str:
+    def submit_claim(
+        self,
+        claim_id: str,
+        prefix: Sequence[int],
+        *,
+        strength: str = "hard",
+        priority: int = 0,
+        ttl: int | None = None,
+        tiers: Sequence[str] = ("device",),
+        policy: str | None = None,
+    ) -> str:
         """The protocol's claim terms (`kvclaims.model.checks.claim_terms`, against this engine's
         book: token ids are any int >= 0, taken modulo the vocabulary), then vLLM's own limits."""
-        tiers, policy = claim_terms(self.sched.book.claims, self.U, self.B, None, claim_id, prefix,
-                                    strength, priority, ttl, tiers, policy)
+        tiers, policy = claim_terms(
+            self.sched.book.claims, self.U, self.B, None, claim_id, prefix, strength, priority, ttl, tiers, policy
+        )
         if tiers != ("device",):
             raise InvalidInput(f"claim {claim_id!r}: vLLM here has no host tier (tiers {tiers})")
         op = parse(to_xargs(claim_id, strength=strength, priority=priority, ttl=ttl, policy=policy)).claim
@@ -115,8 +133,9 @@ class VllmAdapter:
         return self.sched.book.get(claim_id).state
 
     # --- requests -----------------------------------------------------------------------
-    def submit_request(self, request_id: str, tokens: Sequence[int], *,
-                       claim: Mapping[str, Any] | None = None) -> Decision:
+    def submit_request(
+        self, request_id: str, tokens: Sequence[int], *, claim: Mapping[str, Any] | None = None
+    ) -> Decision:
         """Queue the prompt and run one engine step for it alone: admitted (its prefill
         ran), waiting, or refused by the integration. `claim` travels as the request's
         `kvclaims_*` arguments, exactly as a client sends it (RKC-RT-8)."""
@@ -127,7 +146,7 @@ class VllmAdapter:
         ops = {} if claim is None else self._carried(request_id, tokens, claim)
         try:
             self.engine.submit_request(request_id, self._ids(tokens), max_tokens=2, ignore_eos=True, **ops)
-        except ValueError as exc:       # vLLM's own input checks (prompt past the model length)
+        except ValueError as exc:  # vLLM's own input checks (prompt past the model length)
             raise InvalidInput(f"request {request_id!r}: {exc}") from None
         if claim is not None:
             self.outcomes[request_id] = "pending"
@@ -149,7 +168,7 @@ class VllmAdapter:
     def claim_outcome(self, request_id: str) -> str | None:
         """What became of the request's claim (see the refimpl's `claim_outcome`), read off
         what the integration reports to the client."""
-        self.request_status(request_id)   # a known request
+        self.request_status(request_id)  # a known request
         return self.outcomes.get(request_id)
 
     def _note_outcomes(self) -> None:
@@ -183,7 +202,7 @@ class VllmAdapter:
         return "refused" if result is not None and result.refused else "finished"
 
     def hit_blocks(self, request_id: str) -> int:
-        self.request_status(request_id)   # a known request
+        self.request_status(request_id)  # a known request
         for rec in self.sched.trace.records:
             if rec["kind"] == "request_admit" and rec["request"] == request_id:
                 return len(rec["hit_blocks"])
@@ -195,17 +214,16 @@ class VllmAdapter:
         if not isinstance(admit, bool):
             raise InvalidField(f"request {request_id!r}", "admit", f"must be a bool, got {admit!r}")
         if not admit:
-            self.sched.ops[request_id] = replace(self.sched.ops.get(request_id, RequestOps()),
-                                                 no_admit=True)
+            self.sched.ops[request_id] = replace(self.sched.ops.get(request_id, RequestOps()), no_admit=True)
         self._note_outcomes()
         self.sched.finish_requests(request_id, RequestStatus.FINISHED_STOPPED)
-        self.engine.abort(request_id)   # the engine's own record of it; the scheduler's is gone
+        self.engine.abort(request_id)  # the engine's own record of it; the scheduler's is gone
         self.ended[request_id] = "finished"
 
     def abort(self, request_id: str) -> None:
         self._require(request_id, "waiting", "running")
         self._note_outcomes()
-        self.engine.abort(request_id)   # the scheduler frees it now, saying what did not apply
+        self.engine.abort(request_id)  # the scheduler frees it now, saying what did not apply
         self._note_outcomes()
         self.ended[request_id] = "aborted"
 

@@ -9,13 +9,13 @@ with a witness, so the trace shows what stock eviction does to a claim.
 Each claim belongs to the tenant that made it: only that tenant may release it
 (RKC-SEC-1), and a tenant's live hard claims stay within its quota (RKC-SEC-2).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from kvclaims.errors import (BadArgument, DuplicateId, IllegalTransition, InvalidField, InvalidInput,
-                             NotOwner, UnknownId)
+from kvclaims.errors import BadArgument, DuplicateId, IllegalTransition, InvalidField, InvalidInput, NotOwner, UnknownId
 from kvclaims.model.feasibility import accepts
 from kvclaims.model.lifecycle import Lifecycle
 from kvclaims.model.terms import RESERVING, reserve_context
@@ -50,8 +50,11 @@ class Quota:
     def parse(cls, value: Any) -> "Quota":
         """``additional_config["kvclaims"]["quota"]``: ``{"default": N, "tenants": {tenant: N}}``."""
         shape = '{"default": N, "tenants": {"<tenant>": N}}'
-        if not isinstance(value, dict) or set(value) - {"default", "tenants"} \
-                or not isinstance(value.get("tenants", {}), dict):
+        if (
+            not isinstance(value, dict)
+            or set(value) - {"default", "tenants"}
+            or not isinstance(value.get("tenants", {}), dict)
+        ):
             raise BadArgument("kvclaims.quota", f"expected {shape}, got {value!r}")
         default, tenants = value.get("default"), value.get("tenants", {})
         caps = {f"tenants.{t}": n for t, n in tenants.items()}
@@ -67,8 +70,9 @@ class Quota:
 
 
 class ClaimBook:
-    def __init__(self, pool: PoolView, trace: TraceWriter, *, reserve: int = 0,
-                 enforce: bool = True, quota: Quota = Quota()) -> None:
+    def __init__(
+        self, pool: PoolView, trace: TraceWriter, *, reserve: int = 0, enforce: bool = True, quota: Quota = Quota()
+    ) -> None:
         if not 0 <= reserve < pool.U:
             raise InvalidInput(f"kvclaims reserve must satisfy 0 <= R < U={pool.U}, got {reserve}")
         self.spec = load()
@@ -76,7 +80,7 @@ class ClaimBook:
         self.pool, self.trace, self.R, self.enforce, self.quota = pool, trace, reserve, enforce, quota
         self.claims: dict[str, Claim] = {}
         self.held: dict[str, Held] = {}
-        self.holders: dict[int, set[str]] = {}         # block id -> claims holding it
+        self.holders: dict[int, set[str]] = {}  # block id -> claims holding it
         self.metrics = ClaimMetrics(self.spec)
 
     # --- queries ------------------------------------------------------------
@@ -86,8 +90,11 @@ class ClaimBook:
         return self.claims[claim_id]
 
     def materialized(self, blocking: bool | None = None) -> list[Claim]:
-        return [c for c in sorted(self.claims.values(), key=lambda c: c.id)
-                if c.state in self.spec.lifecycle.protected and blocking in (None, c.blocking)]
+        return [
+            c
+            for c in sorted(self.claims.values(), key=lambda c: c.id)
+            if c.state in self.spec.lifecycle.protected and blocking in (None, c.blocking)
+        ]
 
     def blocking_ids(self) -> set[str]:
         return {c.id for c in self.materialized(blocking=True)}
@@ -109,11 +116,16 @@ class ClaimBook:
         if prefix is not None and (prefix < 1 or prefix % B):
             raise InvalidField(where, "prefix", f"must be whole blocks of {B} tokens, got {prefix} tokens")
         if full_blocks < 1 or (op.blocks or 0) > full_blocks:
-            raise InvalidInput(f"{where}: the prompt has {full_blocks} full blocks of "
-                               f"{B} tokens; cannot claim {op.blocks or 'them'}")
+            raise InvalidInput(
+                f"{where}: the prompt has {full_blocks} full blocks of {B} tokens; cannot claim {op.blocks or 'them'}"
+            )
         if (op.blocks or full_blocks) > self.pool.U:
-            raise InvalidField(where, "prefix", f"has {op.blocks or full_blocks} blocks, more than the "
-                                                f"pool's {self.pool.U}: it could never be resident")
+            raise InvalidField(
+                where,
+                "prefix",
+                f"has {op.blocks or full_blocks} blocks, more than the "
+                f"pool's {self.pool.U}: it could never be resident",
+            )
 
     def check_event(self, claim_id: str, event: str, tenant: str = ANONYMOUS) -> Claim:
         """The claim, if `tenant` owns it and `event` is legal in its state (RKC-SEC-1)."""
@@ -125,19 +137,37 @@ class ClaimBook:
         return c
 
     # --- moves --------------------------------------------------------------
-    def submit(self, op: ClaimOp, chain: list[bytes], *, time: int, request: str | None = None,
-               tenant: str = ANONYMOUS) -> str:
+    def submit(
+        self, op: ClaimOp, chain: list[bytes], *, time: int, request: str | None = None, tenant: str = ANONYMOUS
+    ) -> str:
         """Accept or refuse (reserve, then quota); materialize at once if already resident."""
-        chain = chain[:op.blocks] if op.blocks else chain
+        chain = chain[: op.blocks] if op.blocks else chain
         hexes = [hexid(h) for h in chain]
-        c = Claim(op.claim_id, hexes, op.strength, op.priority,
-                  None if op.ttl is None else time + op.ttl, ("device",), op.policy, fsm=None)
+        c = Claim(
+            op.claim_id,
+            hexes,
+            op.strength,
+            op.priority,
+            None if op.ttl is None else time + op.ttl,
+            ("device",),
+            op.policy,
+            fsm=None,
+        )
         c.fsm = self.lifecycle.claim(c.id, self._guards(c))
         self.claims[c.id], self.held[c.id] = c, Held(tenant, chain)
         self.metrics.added(c.state)
-        self.trace.emit("claim_submit", claim=c.id, blocks=hexes, strength=c.strength,
-                        priority=c.priority, ttl=op.ttl, tiers=["device"], policy=c.policy,
-                        request=request, tenant=tenant)
+        self.trace.emit(
+            "claim_submit",
+            claim=c.id,
+            blocks=hexes,
+            strength=c.strength,
+            priority=c.priority,
+            ttl=op.ttl,
+            tiers=["device"],
+            policy=c.policy,
+            request=request,
+            tenant=tenant,
+        )
         ctx = reserve_context(hexes, self.claims.values())
         reason = self.refusal(c, **ctx)
         if reason is None:
@@ -161,14 +191,20 @@ class ClaimBook:
         return None
 
     def _hard_blocks(self, tenant: str) -> set[str]:
-        return {h for c in self.claims.values()
-                if c.hard and c.state in RESERVING and self.held[c.id].tenant == tenant for h in c.chain}
+        return {
+            h
+            for c in self.claims.values()
+            if c.hard and c.state in RESERVING and self.held[c.id].tenant == tenant
+            for h in c.chain
+        }
 
     def _guards(self, c: Claim) -> dict:
         ok = lambda new_blocks, reserved, **_: self.refusal(c, new_blocks, reserved) is None  # noqa: E731
-        return {"within_reserve": ok,
-                "exceeds_reserve": lambda **ctx: not ok(**ctx),
-                "chain_resident": lambda **_: self.pool.resident(self.held[c.id].chain) is not None}
+        return {
+            "within_reserve": ok,
+            "exceeds_reserve": lambda **ctx: not ok(**ctx),
+            "chain_resident": lambda **_: self.pool.resident(self.held[c.id].chain) is not None,
+        }
 
     def fire(self, c: Claim, event: str, ctx: dict | None = None, **fields) -> None:
         before = c.state
@@ -216,8 +252,12 @@ class ClaimBook:
         for c in sorted(self.materialized(blocking=False), key=Claim.yield_order):
             if need <= 0:
                 return
-            if not any(b.block_id not in own and b.ref_cnt == len(self.holders[b.block_id])
-                       and not self.holders[b.block_id] & blocking for b in self.held[c.id].blocks):
+            if not any(
+                b.block_id not in own
+                and b.ref_cnt == len(self.holders[b.block_id])
+                and not self.holders[b.block_id] & blocking
+                for b in self.held[c.id].blocks
+            ):
                 continue
             freed = [b for b in self.held[c.id].blocks if b.ref_cnt == 1 and b.block_id not in own]
             self.end(c, "demote", reason="pressure")

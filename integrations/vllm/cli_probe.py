@@ -3,6 +3,7 @@
 Builds the tiny local model on first use (cached outside the repository) and two
 in-process engines: stock vLLM, and vLLM with the integration switched on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,9 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runtime", choices=["vllm"], default="vllm",
-                        help="the runtime to probe (vllm: a real engine on this machine)")
+    parser.add_argument(
+        "--runtime", choices=["vllm"], default="vllm", help="the runtime to probe (vllm: a real engine on this machine)"
+    )
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
 

@@ -7,6 +7,7 @@ users send them, and in-process access to the scheduler gives the direct claim
 calls, the operator actions and the trace. Engine settings are the paper's
 probe pool by default: 80 usable blocks of 32 tokens (81 with vLLM's null block).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,13 @@ from kvclaims.vllm.xargs import ANONYMOUS, ClaimOp, to_xargs
 # Single process (so the scheduler is reachable), a small CPU KV space, no model hub,
 # vLLM's logs on stderr (stdout is the caller's), and the caller's request ids in the
 # trace (vLLM would add a random suffix; `submit_request` keeps ids unique itself).
-ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
-       "VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_DISABLE_REQUEST_ID_RANDOMIZATION": "1"}
+ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_LOGGING_STREAM": "ext://sys.stderr",
+    "VLLM_DISABLE_REQUEST_ID_RANDOMIZATION": "1",
+}
 SCHEDULER = "kvclaims.vllm.scheduler.ClaimsScheduler"
 # Every in-process engine, kept until the process exits. vLLM's in-process engines share
 # process-wide parallel state, and an engine's teardown (when it is garbage collected)
@@ -39,22 +45,37 @@ class Result:
     stop_reason: str | int | None
     num_cached_tokens: int
     kvclaims: dict[str, Any] = field(default_factory=dict)
-    token_ids: list[int] = field(default_factory=list)    # the tokens it generated
+    token_ids: list[int] = field(default_factory=list)  # the tokens it generated
 
     @property
     def refused(self) -> bool:
         return "refused" in self.kvclaims
 
 
-def engine_kwargs(*, integration: bool = True, U: int = 80, B: int = 32, max_model_len: int = 2560,
-                  scheduler: str = SCHEDULER, model: str | None = None, **kvclaims: Any) -> dict[str, Any]:
+def engine_kwargs(
+    *,
+    integration: bool = True,
+    U: int = 80,
+    B: int = 32,
+    max_model_len: int = 2560,
+    scheduler: str = SCHEDULER,
+    model: str | None = None,
+    **kvclaims: Any,
+) -> dict[str, Any]:
     """``LLM``/``EngineArgs`` keyword arguments for the tiny model (or another local `model`
     directory). Any prompt's prefill is one engine step (the batch budget is the model length)."""
-    kw: dict[str, Any] = dict(model=model or str(tiny_model_dir()), skip_tokenizer_init=True,
-                              enable_prefix_caching=True, block_size=B,
-                              num_gpu_blocks_override=U + 1, max_model_len=max_model_len,
-                              max_num_batched_tokens=max_model_len,
-                              dtype="float32", enforce_eager=True, async_scheduling=False)
+    kw: dict[str, Any] = dict(
+        model=model or str(tiny_model_dir()),
+        skip_tokenizer_init=True,
+        enable_prefix_caching=True,
+        block_size=B,
+        num_gpu_blocks_override=U + 1,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max_model_len,
+        dtype="float32",
+        enforce_eager=True,
+        async_scheduling=False,
+    )
     if integration:
         kw.update(scheduler_cls=scheduler, additional_config={"kvclaims": kvclaims})
     elif kvclaims:
@@ -73,20 +94,28 @@ class VllmEngine:
         self.integration = integration
         args = EngineArgs(**engine_kwargs(integration=integration, **settings))
         config = args.create_engine_config()
-        if integration:     # the scheduler's own checks, before the model loads rather than after
+        if integration:  # the scheduler's own checks, before the model loads rather than after
             from kvclaims.vllm.scheduler import settings as checked
+
             checked(config)
         self.engine = LLMEngine.from_vllm_config(config, disable_log_stats=args.disable_log_stats)
         _ENGINES.append(self.engine)
         self.scheduler = self.engine.engine_core.engine_core.scheduler
         self.B = self.engine.vllm_config.cache_config.block_size
-        self.internal: dict[str, str] = {}     # our request id -> vLLM's internal one
+        self.internal: dict[str, str] = {}  # our request id -> vLLM's internal one
         self.results: dict[str, Result] = {}
 
     # ------------------------------------------------------------------ requests
-    def submit_request(self, request_id: str, tokens: Sequence[int], *, max_tokens: int = 1,
-                       ignore_eos: bool = False, extra_args: dict[str, Any] | None = None,
-                       **ops: Any) -> None:
+    def submit_request(
+        self,
+        request_id: str,
+        tokens: Sequence[int],
+        *,
+        max_tokens: int = 1,
+        ignore_eos: bool = False,
+        extra_args: dict[str, Any] | None = None,
+        **ops: Any,
+    ) -> None:
         """Queue a prompt; `ops` are `to_xargs` keywords (claim=..., release=..., no_admit=...),
         or `extra_args` is passed to vLLM as is (the engine validates it)."""
         from vllm import SamplingParams
@@ -96,10 +125,15 @@ class VllmEngine:
             raise DuplicateId(f"request {request_id!r} already exists")
         if extra_args is not None and ops:
             raise InvalidInput("give claim operations as keywords or as extra_args, not both")
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos,
-                                extra_args=extra_args if extra_args is not None else to_xargs(**ops) or None)
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=0.0,
+            ignore_eos=ignore_eos,
+            extra_args=extra_args if extra_args is not None else to_xargs(**ops) or None,
+        )
         self.internal[request_id] = self.engine.add_request(
-            request_id, TokensPrompt(prompt_token_ids=list(tokens)), params)
+            request_id, TokensPrompt(prompt_token_ids=list(tokens)), params
+        )
 
     def step(self) -> list[Result]:
         """One engine step; returns the requests that finished in it."""
@@ -107,8 +141,14 @@ class VllmEngine:
         for out in self.engine.step():
             if out.finished:
                 c = out.outputs[0]
-                r = Result(out.request_id, c.finish_reason, c.stop_reason, out.num_cached_tokens or 0,
-                           (out.kv_transfer_params or {}).get("kvclaims", {}), list(c.token_ids))
+                r = Result(
+                    out.request_id,
+                    c.finish_reason,
+                    c.stop_reason,
+                    out.num_cached_tokens or 0,
+                    (out.kv_transfer_params or {}).get("kvclaims", {}),
+                    list(c.token_ids),
+                )
                 self.results[out.request_id] = r
                 done.append(r)
         return done
@@ -144,8 +184,7 @@ class VllmEngine:
             raise InvalidInput("stock vLLM has no claims: build the engine with integration=True")
         return self.scheduler
 
-    def submit_claim(self, claim_id: str, tokens: Sequence[int], *, tenant: str = ANONYMOUS,
-                     **terms: Any) -> str:
+    def submit_claim(self, claim_id: str, tokens: Sequence[int], *, tenant: str = ANONYMOUS, **terms: Any) -> str:
         """Claim `tokens`, a whole-block prefix, for `tenant` directly; `terms` as ClaimOp
         (strength, ttl, ...)."""
         return self._claims().submit_claim(ClaimOp(claim_id, **terms), list(tokens), tenant)

@@ -28,6 +28,7 @@ Claim operations need a response body to report on (their claims' states, refusa
 rejections), so they are refused on a streamed request: vLLM drops a streamed
 request's last chunk when it carries no token, which a refusal never does.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,18 +63,20 @@ class ClaimsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" \
-                or scope["path"].removeprefix(scope.get("root_path", "")) not in PATHS:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"].removeprefix(scope.get("root_path", "")) not in PATHS
+        ):
             return await self.app(scope, receive, send)
         body = await _body(receive)
         payload = _json(body)
-        if not isinstance(payload, dict):           # not ours to judge: vLLM answers it
+        if not isinstance(payload, dict):  # not ours to judge: vLLM answers it
             return await self.app(scope, _replay(body, receive), send)
         config = scope["app"].state.vllm_config
         try:
             _in_vocabulary(payload.get("prompt"), config.model_config.get_vocab_size())
-            claims = _claim_args(payload, (config.additional_config or {}).get("kvclaims") or {},
-                                 Headers(scope=scope))
+            claims = _claim_args(payload, (config.additional_config or {}).get("kvclaims") or {}, Headers(scope=scope))
         except KVClaimsError as exc:
             return await _error(send, rejection(exc))
         if not claims:
@@ -101,8 +104,9 @@ def _in_vocabulary(prompt: Any, vocab: int) -> None:
     and every tenant's claims with it. (Non-numbers are left to vLLM's own 400.)"""
     batch = isinstance(prompt, list) and prompt and isinstance(prompt[0], list)
     for seq in prompt if batch else [prompt]:
-        ids = [t for t in seq if isinstance(t, (int, float)) and not isinstance(t, bool)] \
-            if isinstance(seq, list) else []
+        ids = (
+            [t for t in seq if isinstance(t, (int, float)) and not isinstance(t, bool)] if isinstance(seq, list) else []
+        )
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             raise BadArgument("prompt", f"token id {bad[0]} is out of the vocabulary [0, {vocab})")
@@ -156,18 +160,23 @@ def _rejected(status: int, body: bytes) -> dict | None:
 
 async def _error(send: Send, note: dict) -> None:
     """vLLM's own error body (``ErrorResponse``), with the kvclaims error type and field."""
-    body = json.dumps({"error": {"message": note["error"], "type": note["type"],
-                                 "param": note["field"], "code": note["status"]}}).encode()
-    await send({"type": "http.response.start", "status": note["status"],
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    body = json.dumps(
+        {"error": {"message": note["error"], "type": note["type"], "param": note["field"], "code": note["status"]}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": note["status"],
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, RecursionError):    # not ours to judge: vLLM answers it
+    except (ValueError, RecursionError):  # not ours to judge: vLLM answers it
         return None
 
 
@@ -190,6 +199,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
             return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
+
     return replay
 
 

@@ -9,6 +9,7 @@ request (`only`) and keeps running requests out of the schedule (they neither
 decode nor grow), and the clock ticks only when the adapter says so. Claims,
 arbitration, holds and the trace are the integration's own, unchanged.
 """
+
 from __future__ import annotations
 
 from kvclaims.errors import InvalidInput
@@ -21,7 +22,7 @@ class HarnessScheduler(ClaimsScheduler):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.only: str | None = None      # the one waiting request the next step may schedule
+        self.only: str | None = None  # the one waiting request the next step may schedule
 
     def schedule(self, *args, **kwargs):
         running, self.running = self.running, []

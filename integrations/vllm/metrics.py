@@ -7,6 +7,7 @@ Prometheus' multiprocess mode joins them: start the server with
 ``LLM``) they land in the default registry. Metric objects are created once
 per process, since a registry rejects duplicate names.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -19,13 +20,14 @@ from kvclaims.spec import Spec
 @lru_cache(maxsize=1)
 def _series() -> tuple[Gauge, Counter, Counter, Counter, Counter]:
     return (
-        Gauge("kvclaims_claims", "Resident KV claims by lifecycle state", ["state"],
-              multiprocess_mode="livesum"),
+        Gauge("kvclaims_claims", "Resident KV claims by lifecycle state", ["state"], multiprocess_mode="livesum"),
         Counter("kvclaims_claim_events", "Claim lifecycle events", ["event"]),
-        Counter("kvclaims_request_refusals", "Requests refused by the feasibility predicate",
-                ["reason"]),
-        Counter("kvclaims_claim_harms", "Claims whose resident state an operator action or an "
-                "invalid KV load removed (harm/fail events)", ["event", "reason"]),
+        Counter("kvclaims_request_refusals", "Requests refused by the feasibility predicate", ["reason"]),
+        Counter(
+            "kvclaims_claim_harms",
+            "Claims whose resident state an operator action or an invalid KV load removed (harm/fail events)",
+            ["event", "reason"],
+        ),
         Counter("kvclaims_claim_refusals", "Claims refused at submission (refuse events)", ["reason"]),
     )
 
@@ -33,7 +35,7 @@ def _series() -> tuple[Gauge, Counter, Counter, Counter, Counter]:
 class ClaimMetrics:
     def __init__(self, spec: Spec) -> None:
         self.claims, self.events, self.refusals, self.harms, self.claim_refusals = _series()
-        self.count = dict.fromkeys(spec.lifecycle.states, 0)   # claims by state, kept as they move
+        self.count = dict.fromkeys(spec.lifecycle.states, 0)  # claims by state, kept as they move
         for s in self.count:
             self.claims.labels(state=s).set(0)
 

@@ -11,6 +11,7 @@ fits in free and cached blocks is read off vLLM's free-queue count
 changes (`IndexLog`). Only a decision that needs the yielding, active or
 protected classes scans the pool (`classes`).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -28,7 +29,7 @@ GROUP = 0  # the integration supports models with one KV cache group
 # Group specs whose manager (vLLM's FullAttentionManager) keeps a block for every token;
 # subclasses that drop blocks (RSWASpec, SinkFullAttentionSpec, ...) are not among them.
 FULL_ATTENTION = (FullAttentionSpec, MLAAttentionSpec)
-FULL_LAYER_TYPES = {"attention", "full_attention"}   # hf `layer_types` of such layers
+FULL_LAYER_TYPES = {"attention", "full_attention"}  # hf `layer_types` of such layers
 
 
 @lru_cache(maxsize=1 << 16)
@@ -66,6 +67,7 @@ class IndexLog:
             ok = reset(*args, **kwargs)
             self._watch(bp.cached_block_hash_to_block)
             return ok
+
         bp.reset_prefix_cache = reset_prefix_cache
 
     @classmethod
@@ -89,6 +91,7 @@ class IndexLog:
             if block is not None and index.get_one_block(key) is None:
                 removed(key)
             return block
+
         index.insert, index.pop = logged_insert, logged_pop
 
     def drain(self) -> tuple[list[str], list[str]]:
@@ -106,7 +109,7 @@ class PoolView:
         self.withheld: list[KVCacheBlock] = []
         self._hash_fn = get_hash_fn_by_name(hash_algo)
         self._log = IndexLog.of(self.bp)
-        self._log.drain()                       # earlier changes are not this view's
+        self._log.drain()  # earlier changes are not this view's
 
     @staticmethod
     def check_groups(kv_cache_manager) -> None:
@@ -117,9 +120,12 @@ class PoolView:
         groups = kv_cache_manager.kv_cache_config.kv_cache_groups
         kinds = [_kind(g.kv_cache_spec) for g in groups]
         if len(groups) != 1 or not _full_attention(groups[0].kv_cache_spec):
-            raise BadArgument("model", f"kvclaims cannot protect this model's KV cache: its KV cache groups "
-                                       f"are {kinds or 'none'}; it needs one full-attention group "
-                                       f"({FULL_ATTENTION[0].__name__})")
+            raise BadArgument(
+                "model",
+                f"kvclaims cannot protect this model's KV cache: its KV cache groups "
+                f"are {kinds or 'none'}; it needs one full-attention group "
+                f"({FULL_ATTENTION[0].__name__})",
+            )
 
     @staticmethod
     def check_model(vllm_config) -> None:
@@ -131,8 +137,10 @@ class PoolView:
         mc, cc = vllm_config.model_config, vllm_config.cache_config
         layer_types = sorted(set(getattr(mc.hf_text_config, "layer_types", None) or ()))
         if cc.sliding_window is not None:
-            kind = (f"SlidingWindowSpec (sliding_window={cc.sliding_window} on every layer; "
-                    f"--disable-sliding-window runs it as full attention, up to the window's length)")
+            kind = (
+                f"SlidingWindowSpec (sliding_window={cc.sliding_window} on every layer; "
+                f"--disable-sliding-window runs it as full attention, up to the window's length)"
+            )
         elif mc.is_attention_free:
             kind = "none (an attention-free model)"
         elif mc.is_hybrid:
@@ -141,9 +149,12 @@ class PoolView:
             kind = f"one per layer type {layer_types} (e.g. SlidingWindowSpec)"
         else:
             return
-        raise BadArgument("model", f"kvclaims cannot protect this model's KV cache: its KV cache groups "
-                                   f"would be {kind}; it needs one full-attention group "
-                                   f"({FULL_ATTENTION[0].__name__})")
+        raise BadArgument(
+            "model",
+            f"kvclaims cannot protect this model's KV cache: its KV cache groups "
+            f"would be {kind}; it needs one full-attention group "
+            f"({FULL_ATTENTION[0].__name__})",
+        )
 
     @property
     def U(self) -> int:
@@ -174,8 +185,9 @@ class PoolView:
         """vLLM's own chain hashes for the full blocks of `tokens` (plain text requests)."""
         out: list[bytes] = []
         for i in range(len(tokens) // self.B):
-            out.append(kvu.hash_block_tokens(self._hash_fn, out[-1] if out else None,
-                                             tokens[i * self.B:(i + 1) * self.B]))
+            out.append(
+                kvu.hash_block_tokens(self._hash_fn, out[-1] if out else None, tokens[i * self.B : (i + 1) * self.B])
+            )
         return out
 
     # --- holding ------------------------------------------------------------
@@ -195,8 +207,9 @@ class PoolView:
         among them are outside the pool it competes for."""
         return self.bp.get_num_free_blocks() - sum(b.ref_cnt == 0 for b in hits)
 
-    def classes(self, holders: Mapping[int, Iterable[str]], blocking: set[str],
-                exclude: set[int] = frozenset()) -> tuple[PoolCounts, dict[str, frozenset[str]]]:
+    def classes(
+        self, holders: Mapping[int, Iterable[str]], blocking: set[str], exclude: set[int] = frozenset()
+    ) -> tuple[PoolCounts, dict[str, frozenset[str]]]:
         """Block classes over the pool without `exclude` (a request's own prefix hits),
         and the hashes each blocking claim protects there."""
         n = {"free": 0, "cached": 0, "yielding": 0, "active": 0, "protected": 0}
@@ -229,8 +242,7 @@ class PoolView:
     def copies(self, hashes: Iterable[str]) -> set[int]:
         """Ids of every indexed block (first copies and duplicates) with one of `hashes`."""
         wanted = set(hashes)
-        return {b.block_id for b in self.bp.blocks
-                if b.block_hash is not None and key_hex(b.block_hash) in wanted}
+        return {b.block_id for b in self.bp.blocks if b.block_hash is not None and key_hex(b.block_hash) in wanted}
 
     def cached_hashes(self, ids: Iterable[int] | None = None) -> list[str]:
         """Hashes of the indexed blocks among `ids` (default: all blocks)."""

@@ -22,6 +22,7 @@ or cannot apply to the book as it stands is rejected the same way
 with nothing applied and nothing traced; the HTTP front end
 (`kvclaims.vllm.frontend`) turns that into a 400 or 403.
 """
+
 from __future__ import annotations
 
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -36,8 +37,7 @@ from kvclaims.vllm.claims import ClaimBook, Quota
 from kvclaims.vllm.pool import PoolView, hexid
 from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, rejection, server_key
 
-CONFIG_KEYS = {"reserve": int, "trace": str, "enforce": bool, "tenants": bool, "tenant_header": str,
-               "quota": dict}
+CONFIG_KEYS = {"reserve": int, "trace": str, "enforce": bool, "tenants": bool, "tenant_header": str, "quota": dict}
 WAITING = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
 
 
@@ -48,10 +48,15 @@ def settings(vllm_config) -> dict:
     (`VllmEngine`); the scheduler runs it again, for the entry points that cannot."""
     cfg = dict((vllm_config.additional_config or {}).get("kvclaims") or {})
     for key, value in cfg.items():
-        if key not in CONFIG_KEYS or not isinstance(value, CONFIG_KEYS[key]) \
-                or (CONFIG_KEYS[key] is int and isinstance(value, bool)):
-            raise InvalidInput(f"additional_config kvclaims.{key}={value!r}: expected one of "
-                               f"{ {k: t.__name__ for k, t in CONFIG_KEYS.items()} }")
+        if (
+            key not in CONFIG_KEYS
+            or not isinstance(value, CONFIG_KEYS[key])
+            or (CONFIG_KEYS[key] is int and isinstance(value, bool))
+        ):
+            raise InvalidInput(
+                f"additional_config kvclaims.{key}={value!r}: expected one of "
+                f"{ {k: t.__name__ for k, t in CONFIG_KEYS.items()} }"
+            )
     for key in ("tenant_header", "quota"):
         if key in cfg and not cfg.get("tenants"):
             raise BadArgument(f"kvclaims.{key}", "needs kvclaims.tenants=true (claims that belong to tenants)")
@@ -65,14 +70,17 @@ def settings(vllm_config) -> dict:
         # `data_parallel_index` keeps the engine's own rank.
         pc = vllm_config.parallel_config
         if "{dp_rank}" not in cfg["trace"] and (pc.data_parallel_size > 1 or pc.data_parallel_index > 0):
-            raise BadArgument("kvclaims.trace", f"{cfg['trace']!r} would be written by every data-parallel "
-                                                "engine: put {dp_rank} in the path (one file per engine)")
+            raise BadArgument(
+                "kvclaims.trace",
+                f"{cfg['trace']!r} would be written by every data-parallel "
+                "engine: put {dp_rank} in the path (one file per engine)",
+            )
         cfg["trace"] = cfg["trace"].replace("{dp_rank}", str(pc.data_parallel_index))
     return cfg
 
 
 class ClaimsScheduler(Scheduler):
-    tick_per_step = True    # TTLs count engine steps (a test harness may drive the clock itself)
+    tick_per_step = True  # TTLs count engine steps (a test harness may drive the clock itself)
 
     def __init__(self, vllm_config, *args, **kwargs) -> None:
         cfg = settings(vllm_config)
@@ -81,24 +89,31 @@ class ClaimsScheduler(Scheduler):
         self.vocab = vllm_config.model_config.get_vocab_size()
         self.tenant_key = server_key(cfg.get("tenants", False))
         self.quota = Quota.parse(cfg["quota"]) if "quota" in cfg else Quota()
-        PoolView.check_groups(self.kv_cache_manager)   # before a trace file exists: a refusal leaves none
+        PoolView.check_groups(self.kv_cache_manager)  # before a trace file exists: a refusal leaves none
         sink = open_trace_file(cfg["trace"], field="kvclaims.trace") if cfg.get("trace") else None
-        self.start_claims(TraceWriter(sink), reserve=cfg.get("reserve", 0),
-                          enforce=cfg.get("enforce", True))
+        self.start_claims(TraceWriter(sink), reserve=cfg.get("reserve", 0), enforce=cfg.get("enforce", True))
 
     def start_claims(self, trace: TraceWriter, *, reserve: int, enforce: bool, withhold: int = 0) -> None:
         """A fresh claim registry and trace over the pool (less `withhold` blocks)."""
         self.pool = PoolView(self.kv_cache_manager, self.block_size, self.hash_algo)
         self.pool.withhold(withhold)
         self.trace = trace
-        self.trace.emit("runtime", runtime="vllm", version=vllm_version, U=self.pool.U,
-                        B=self.block_size, R=reserve, host_blocks=0, enforce=enforce)
+        self.trace.emit(
+            "runtime",
+            runtime="vllm",
+            version=vllm_version,
+            U=self.pool.U,
+            B=self.block_size,
+            R=reserve,
+            host_blocks=0,
+            enforce=enforce,
+        )
         self.book = ClaimBook(self.pool, self.trace, reserve=reserve, enforce=enforce, quota=self.quota)
         self.ops: dict[str, RequestOps] = {}
-        self.notes: dict[str, dict] = {}          # request -> what its final output reports
+        self.notes: dict[str, dict] = {}  # request -> what its final output reports
         self.hit_blocks: dict[str, int] = {}
         self.waited: set[str] = set()
-        self.closing: dict[str, tuple[Request, str]] = {}   # finished by us: output still due
+        self.closing: dict[str, tuple[Request, str]] = {}  # finished by us: output still due
         # Invalidation epochs (the spec's [invalidation]): a request admitted before the
         # latest one indexes nothing more (RKC-INV-6).
         self.epoch = 0
@@ -129,16 +144,20 @@ class ClaimsScheduler(Scheduler):
     # ------------------------------------------------------------------ requests
     def add_request(self, request: Request) -> None:
         rid = request.request_id
-        if rid in self.requests:              # a streaming session's next chunk
+        if rid in self.requests:  # a streaming session's next chunk
             return super().add_request(request)
         super().add_request(request)
         try:
             ops = self._vet(request)
-        except KVClaimsError as exc:          # rejected: nothing applied, nothing traced (RKC-RT-4)
+        except KVClaimsError as exc:  # rejected: nothing applied, nothing traced (RKC-RT-4)
             self.notes[rid] = rejection(exc)
             return self._close(request, f"kvclaims:rejected:{type(exc).__name__}")
-        self.trace.emit("request_submit", request=rid, tokens=request.num_prompt_tokens,
-                        blocks=[hexid(h) for h in request.block_hashes])
+        self.trace.emit(
+            "request_submit",
+            request=rid,
+            tokens=request.num_prompt_tokens,
+            blocks=[hexid(h) for h in request.block_hashes],
+        )
         self.ops[rid] = ops
 
     def _vet(self, request: Request) -> RequestOps:
@@ -172,13 +191,14 @@ class ClaimsScheduler(Scheduler):
         for cid in ops.release:
             self.book.end(self.book.claims[cid], "release", reason="owner", request=rid)
         if ops.claim:
-            self.book.submit(ops.claim, list(request.block_hashes), time=self.trace.time, request=rid,
-                             tenant=ops.tenant)
+            self.book.submit(
+                ops.claim, list(request.block_hashes), time=self.trace.time, request=rid, tenant=ops.tenant
+            )
         self.notes[rid] = {"claims": ids}
 
     def schedule(self, *args, **kwargs):
         if self.tick_per_step and (self.requests or not self.closing):
-            self.tick()     # (a step that only delivers rejections is no tick: they change nothing)
+            self.tick()  # (a step that only delivers rejections is no tick: they change nothing)
         if self.book.enforce:
             self._arbitrate()
         out = super().schedule(*args, **kwargs)
@@ -223,14 +243,17 @@ class ClaimsScheduler(Scheduler):
 
     def _refuse(self, request: Request, d: Decision) -> None:
         rid = request.request_id
-        self.trace.emit("request_refuse", request=rid, reason=d.outcome,
-                        blocking_claims=list(d.blocking_claims))
+        self.trace.emit("request_refuse", request=rid, reason=d.outcome, blocking_claims=list(d.blocking_claims))
         self.book.metrics.refusal(d.outcome)
-        self.notes[rid] = {**self.notes.get(rid, {}), "refused": d.outcome,
-                           "blocking_claims": list(d.blocking_claims),
-                           **_not_applied(_claim_ids(self.ops.get(rid)), "the request was refused")}
-        self._close(request, ":".join(["kvclaims", d.outcome, *([",".join(d.blocking_claims)]
-                                                               if d.blocking_claims else [])]))
+        self.notes[rid] = {
+            **self.notes.get(rid, {}),
+            "refused": d.outcome,
+            "blocking_claims": list(d.blocking_claims),
+            **_not_applied(_claim_ids(self.ops.get(rid)), "the request was refused"),
+        }
+        self._close(
+            request, ":".join(["kvclaims", d.outcome, *([",".join(d.blocking_claims)] if d.blocking_claims else [])])
+        )
 
     def _close(self, request: Request, stop_reason: str) -> None:
         """Finish a request ourselves; its final output goes out with the next step's."""
@@ -251,12 +274,16 @@ class ClaimsScheduler(Scheduler):
     def _free_request(self, request: Request, delay_free_blocks: bool = False):
         rid = request.request_id
         if rid not in self.closing:
-            if request.status in (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR,
-                                  RequestStatus.FINISHED_IGNORED):
+            if request.status in (
+                RequestStatus.FINISHED_ABORTED,
+                RequestStatus.FINISHED_ERROR,
+                RequestStatus.FINISHED_IGNORED,
+            ):
                 self.trace.emit("request_abort", request=rid, status=request.status.name)
                 if rid not in self.hit_blocks and _claim_ids(self.ops.get(rid)):
-                    self.notes[rid] = _not_applied(_claim_ids(self.ops[rid]),
-                                                   "the request ended before it was admitted")
+                    self.notes[rid] = _not_applied(
+                        _claim_ids(self.ops[rid]), "the request ended before it was admitted"
+                    )
             else:
                 no_admit = self.ops.get(rid, RequestOps()).no_admit
                 self.trace.emit("request_finish", request=rid, admit=not no_admit)
@@ -271,27 +298,34 @@ class ClaimsScheduler(Scheduler):
         """Write no-admit: the blocks this request computed leave the prefix cache,
         unless a claim or another request also holds them."""
         blocks = self.kv_cache_manager.get_blocks(request.request_id).blocks[0]
-        ids = {b.block_id for b in blocks[self.hit_blocks.get(request.request_id, 0):]
-               if b.ref_cnt == 1 and b.block_hash is not None and not b.is_null}
+        ids = {
+            b.block_id
+            for b in blocks[self.hit_blocks.get(request.request_id, 0) :]
+            if b.ref_cnt == 1 and b.block_hash is not None and not b.is_null
+        }
         if ids:
             self.kv_cache_manager.evict_blocks(ids)
             self._sync("no_admit")
 
     def update_from_output(self, scheduler_output, model_runner_output):
-        self._sync("lru")   # before vLLM hands the pool's KV events to its publisher
+        self._sync("lru")  # before vLLM hands the pool's KV events to its publisher
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         self.book.materialize_ready()
         for request, stop_reason in self.closing.values():
             eco = outputs.setdefault(request.client_index, EngineCoreOutputs(outputs=[]))
-            eco.outputs.append(EngineCoreOutput(request_id=request.request_id, new_token_ids=[],
-                                                finish_reason=FinishReason.ABORT,
-                                                stop_reason=stop_reason))
+            eco.outputs.append(
+                EngineCoreOutput(
+                    request_id=request.request_id,
+                    new_token_ids=[],
+                    finish_reason=FinishReason.ABORT,
+                    stop_reason=stop_reason,
+                )
+            )
         self.closing.clear()
         for eco in outputs.values():
             for out in eco.outputs:
                 if out.finish_reason is not None and out.request_id in self.notes:
-                    out.kv_transfer_params = {**(out.kv_transfer_params or {}),
-                                              "kvclaims": self._note(out.request_id)}
+                    out.kv_transfer_params = {**(out.kv_transfer_params or {}), "kvclaims": self._note(out.request_id)}
         return outputs
 
     def _note(self, rid: str) -> dict:
@@ -317,8 +351,9 @@ class ClaimsScheduler(Scheduler):
         """Claim `tokens`, a whole-block prefix, directly (no request); returns the claim's state."""
         bad = [i for i, t in enumerate(tokens) if type(t) is not int or not 0 <= t < self.vocab]
         if bad:
-            raise BadArgument("tokens", f"tokens[{bad[0]}] is {tokens[bad[0]]!r}; expected a token id "
-                              f"in [0, {self.vocab})")
+            raise BadArgument(
+                "tokens", f"tokens[{bad[0]}] is {tokens[bad[0]]!r}; expected a token id in [0, {self.vocab})"
+            )
         chain = self.pool.chain(tokens)
         self.book.check_new(op, len(chain), prefix=len(tokens))
         return self.book.submit(op, chain, time=self.trace.time, tenant=tenant)
@@ -327,8 +362,7 @@ class ClaimsScheduler(Scheduler):
         self.book.end(self.book.check_event(claim_id, "release", tenant), "release", reason="owner")
 
     # ------------------------------------------------------------------ operator actions
-    def reset_prefix_cache(self, reset_running_requests: bool = False,
-                           reset_connector: bool = False) -> bool:
+    def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
         """Claims holding blocks are harmed first, and only when the reset will happen."""
         if reset_running_requests or not self._requests_hold_blocks():
             self._invalidate("reset_prefix_cache")
@@ -340,8 +374,7 @@ class ClaimsScheduler(Scheduler):
         return ok
 
     def _requests_hold_blocks(self) -> bool:
-        return any(b.ref_cnt > len(self.book.holders.get(b.block_id, ()))
-                   for b in self.pool.bp.blocks if not b.is_null)
+        return any(b.ref_cnt > len(self.book.holders.get(b.block_id, ())) for b in self.pool.bp.blocks if not b.is_null)
 
     def evict_blocks(self, block_ids: set[int]) -> None:
         """Invalid KV (a connector's failed load): claims holding a block are harmed, then
@@ -355,8 +388,7 @@ class ClaimsScheduler(Scheduler):
         as invalid KV; a running request keeps its blocks, unindexed. (vLLM's own
         `reset_prefix_cache` instead refuses while requests hold blocks, or preempts them.)"""
         self._invalidate("reset_prefix_cache")
-        self._drop({b.block_id for b in self.pool.bp.blocks if b.block_hash is not None},
-                   "reset_prefix_cache")
+        self._drop({b.block_id for b in self.pool.bp.blocks if b.block_hash is not None}, "reset_prefix_cache")
 
     def _invalidate(self, action: str, **fields) -> None:
         """Announce an operator action of the spec's [invalidation]: a new epoch begins, and
@@ -372,7 +404,7 @@ class ClaimsScheduler(Scheduler):
 
     def _handle_invalid_blocks(self, invalid_block_ids: set[int], num_scheduled_tokens):
         claimed = invalid_block_ids & set(self.book.holders)
-        if claimed:   # fail closed even under the recompute policy
+        if claimed:  # fail closed even under the recompute policy
             self.evict_blocks(claimed)
         affected = super()._handle_invalid_blocks(invalid_block_ids, num_scheduled_tokens)
         self._sync("invalid_load")

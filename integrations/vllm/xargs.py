@@ -14,6 +14,7 @@ with a seal (``kvclaims_seal``, an HMAC of the tenant under the server's secret
 credentials, and the engine accepts a tenant only with its seal: a client cannot
 name another tenant, whichever route its request comes in by.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,11 +33,11 @@ CLAIM_TERMS = ("blocks", "strength", "priority", "ttl", "policy")
 # The integration keeps claims on the device tier only: vLLM's CPU backend has no host
 # tier it can verify, so the `offload` policy is not applicable here.
 VLLM_POLICIES = tuple(p for p in POLICIES if p != "offload")
-ANONYMOUS = "anonymous"     # the tenant of a single-tenant engine, and of a request with no credentials
+ANONYMOUS = "anonymous"  # the tenant of a single-tenant engine, and of a request with no credentials
 # Claim ids and tenants: short, and free of the separators of a refusal's stop_reason.
 NAME = re.compile(r"[\w.@/+=~-]{1,256}", re.ASCII)
 INTEGER = re.compile(r"-?[0-9]+")
-INT32 = 2**31               # priorities, TTLs and block counts are 32-bit: the trace and metrics stay sane
+INT32 = 2**31  # priorities, TTLs and block counts are 32-bit: the trace and metrics stay sane
 KEY_ENV = "KVCLAIMS_TENANT_KEY"
 
 
@@ -48,7 +49,7 @@ class ClaimOp:
     blocks: int | None = None
     strength: str = "hard"
     priority: int = 0
-    ttl: int | None = None          # engine steps
+    ttl: int | None = None  # engine steps
     policy: str = "refuse"
 
 
@@ -56,8 +57,8 @@ class ClaimOp:
 class RequestOps:
     claim: ClaimOp | None = None
     release: tuple[str, ...] = ()
-    no_admit: bool = False          # write no-admit: the blocks it computes are not cached
-    tenant: str = ANONYMOUS         # who owns the claims it makes and may release
+    no_admit: bool = False  # write no-admit: the blocks it computes are not cached
+    tenant: str = ANONYMOUS  # who owns the claims it makes and may release
 
 
 def parse(extra_args: Mapping[str, Any] | None, *, tenant_key: bytes | None = None) -> RequestOps:
@@ -66,8 +67,7 @@ def parse(extra_args: Mapping[str, Any] | None, *, tenant_key: bytes | None = No
     claims must name its tenant, sealed under that key; without, none may."""
     if not isinstance(extra_args or {}, Mapping):
         raise BadArgument("extra_args", f"expected a mapping, got {type(extra_args).__name__}")
-    raw = {k[len(PREFIX):]: v for k, v in (extra_args or {}).items()
-           if isinstance(k, str) and k.startswith(PREFIX)}
+    raw = {k[len(PREFIX) :]: v for k, v in (extra_args or {}).items() if isinstance(k, str) and k.startswith(PREFIX)}
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
         raise BadArgument(PREFIX + unknown[0], f"unknown claim argument; known: {[PREFIX + k for k in KEYS]}")
@@ -83,17 +83,34 @@ def parse(extra_args: Mapping[str, Any] | None, *, tenant_key: bytes | None = No
         raise BadArgument(PREFIX + "release", f"claim {claim.claim_id!r} is made and released by one request")
     return RequestOps(claim, release, no_admit, _tenant(raw, tenant_key, claim is not None or bool(release)))
 
-def to_xargs(claim: str | None = None, *, blocks: int | None = None, strength: str | None = None,
-             priority: int | None = None, ttl: int | None = None, policy: str | None = None,
-             release: str | list[str] | tuple[str, ...] = (), no_admit: bool = False,
-             tenant: str | None = None, tenant_key: bytes | None = None) -> dict[str, Any]:
+
+def to_xargs(
+    claim: str | None = None,
+    *,
+    blocks: int | None = None,
+    strength: str | None = None,
+    priority: int | None = None,
+    ttl: int | None = None,
+    policy: str | None = None,
+    release: str | list[str] | tuple[str, ...] = (),
+    no_admit: bool = False,
+    tenant: str | None = None,
+    tenant_key: bytes | None = None,
+) -> dict[str, Any]:
     """The ``extra_args`` / ``vllm_xargs`` dict for these operations, validated here first
     (with `tenant_key`, for `tenant` and sealed: what a trusted caller in process sends)."""
-    fields = {"claim": claim, "blocks": blocks, "strength": strength, "priority": priority,
-              "ttl": ttl, "policy": policy,
-              "release": [release] if isinstance(release, str) else list(release) or None,
-              "no_admit": no_admit or None, "tenant": tenant,
-              "seal": seal(tenant_key, tenant) if tenant is not None and tenant_key else None}
+    fields = {
+        "claim": claim,
+        "blocks": blocks,
+        "strength": strength,
+        "priority": priority,
+        "ttl": ttl,
+        "policy": policy,
+        "release": [release] if isinstance(release, str) else list(release) or None,
+        "no_admit": no_admit or None,
+        "tenant": tenant,
+        "seal": seal(tenant_key, tenant) if tenant is not None and tenant_key else None,
+    }
     xargs = {PREFIX + k: v for k, v in fields.items() if v is not None}
     parse(xargs, tenant_key=tenant_key)
     return xargs
@@ -106,8 +123,11 @@ def server_key(tenants: bool) -> bytes | None:
         return None
     key = os.environ.get(KEY_ENV, "")
     if len(key) < 16:
-        raise BadArgument(KEY_ENV, "claims that belong to tenants need a secret of at least 16 "
-                          "characters in the API server's and the engine's environment")
+        raise BadArgument(
+            KEY_ENV,
+            "claims that belong to tenants need a secret of at least 16 "
+            "characters in the API server's and the engine's environment",
+        )
     return key.encode()
 
 
@@ -119,8 +139,12 @@ def rejection(exc: KVClaimsError) -> dict[str, Any]:
     """What the client of a rejected request is told: the error, its type, the field it
     names (when one does) and the HTTP status the front end answers with (403 for another
     tenant's claim, else 400: the payload was wrong)."""
-    return {"error": str(exc), "type": type(exc).__name__, "field": getattr(exc, "field", None),
-            "status": 403 if isinstance(exc, NotOwner) else 400}
+    return {
+        "error": str(exc),
+        "type": type(exc).__name__,
+        "field": getattr(exc, "field", None),
+        "status": 403 if isinstance(exc, NotOwner) else 400,
+    }
 
 
 def _claim(raw: Mapping[str, Any]) -> ClaimOp:
@@ -129,8 +153,14 @@ def _claim(raw: Mapping[str, Any]) -> ClaimOp:
     if strength == "soft" and policy == "refuse":
         raise BadArgument(PREFIX + "policy", "a soft claim cannot refuse requests (use 'demote')")
     priority = _int(raw, "priority", PRIORITIES.start)
-    return ClaimOp(_name(raw["claim"], "claim"), _int(raw, "blocks", 1), strength,
-                   0 if priority is None else priority, _int(raw, "ttl", 1), policy)
+    return ClaimOp(
+        _name(raw["claim"], "claim"),
+        _int(raw, "blocks", 1),
+        strength,
+        0 if priority is None else priority,
+        _int(raw, "ttl", 1),
+        policy,
+    )
 
 
 def _release(raw: Mapping[str, Any]) -> tuple[str, ...]:
@@ -148,20 +178,27 @@ def _tenant(raw: Mapping[str, Any], key: bytes | None, needed: bool) -> str:
     if key is None:
         given = [k for k in ("tenant", "seal") if k in raw]
         if given:
-            raise BadArgument(PREFIX + given[0], "this engine has no tenants (additional_config "
-                              "kvclaims.tenants is off)")
+            raise BadArgument(
+                PREFIX + given[0], "this engine has no tenants (additional_config kvclaims.tenants is off)"
+            )
         return ANONYMOUS
     if "tenant" not in raw and not needed:
         return ANONYMOUS
     if "tenant" not in raw:
-        raise BadArgument(PREFIX + "tenant", "missing: claims belong to tenants here; over HTTP the "
-                          "front end sets it from the credentials (--middleware "
-                          "kvclaims.vllm.frontend.ClaimsMiddleware, on /v1/completions and "
-                          "/v1/chat/completions)")
+        raise BadArgument(
+            PREFIX + "tenant",
+            "missing: claims belong to tenants here; over HTTP the "
+            "front end sets it from the credentials (--middleware "
+            "kvclaims.vllm.frontend.ClaimsMiddleware, on /v1/completions and "
+            "/v1/chat/completions)",
+        )
     tenant = _name(raw["tenant"], "tenant")
     if not hmac.compare_digest(str(raw.get("seal", "")).encode(), seal(key, tenant).encode()):
-        raise BadArgument(PREFIX + "seal", f"tenant {tenant!r} is not sealed by this server's front end, "
-                          "which sets the tenant from the request's credentials")
+        raise BadArgument(
+            PREFIX + "seal",
+            f"tenant {tenant!r} is not sealed by this server's front end, "
+            "which sets the tenant from the request's credentials",
+        )
     return tenant
 
 
