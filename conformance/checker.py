@@ -56,20 +56,6 @@ FIELDS: dict[str, dict[str, type]] = {
 }
 # kind -> optional fields the checker reads (spec/TRACE.md, RKC-TR-3), checked unless absent or null.
 OPTIONAL: dict[str, dict[str, type]] = {"block_store": {"request": str}}
-# Request status each request event requires, and the status it leads to.
-REQUEST_MOVES: dict[str, tuple[tuple[str, ...], str]] = {
-    "request_wait": (("submitted",), "waiting"),
-    "request_admit": (("submitted", "waiting"), "running"),
-    "request_grow": (("running",), "running"),
-    "request_refuse": (("submitted", "waiting", "running"), "refused"),
-    "request_finish": (("running",), "finished"),
-    "request_abort": (("submitted", "waiting", "running"), "aborted"),
-}
-# Statuses no request event leaves: the request's outcome is final.
-REQUEST_ENDS = frozenset(dest for _, dest in REQUEST_MOVES.values()) - {
-    s for sources, _ in REQUEST_MOVES.values() for s in sources
-}
-
 _STRING_LISTS = ("blocks", "blocking_claims", "hit_blocks")  # lists of non-empty strings wherever present
 _is_str = str.__instancecheck__
 _SOURCE = {"host": "device", "device": "host"}  # a copy into a tier reads the other: offload, restore
@@ -137,7 +123,7 @@ class Checker:
             "claim_submit": self._on_claim_submit,
             "claim": self._on_claim,
             "request_submit": self._on_request_submit,
-            **dict.fromkeys(REQUEST_MOVES, self._on_request),
+            **dict.fromkeys(self.spec.request_moves, self._on_request),
             "request_admit": self._on_admit,
             "block_store": self._on_store,
             "block_evict": self._on_evict,
@@ -180,7 +166,7 @@ class Checker:
         for cid, state in self.live.items():
             self._end_claim(cid, state)
         for rid, outcome in list(self.requests.items()):
-            if outcome["status"] not in REQUEST_ENDS:
+            if outcome["status"] not in self.spec.request_ends:
                 self._end_request(rid, outcome)
         self.report.claims = dict(sorted(self.report.claims.items()))
         return self.report
@@ -309,7 +295,7 @@ class Checker:
         rid = rec["request"]
         if rid in self.requests:
             return self._flag("duplicate_request", f"request {rid!r} submitted twice")
-        self.requests[rid] = {"status": "submitted"}
+        self.requests[rid] = {"status": self.spec.request_initial}
 
     def _on_request(self, rec: dict) -> None:
         rid, kind = rec["request"], rec["kind"]
@@ -317,7 +303,7 @@ class Checker:
         if outcome is None:
             ended = " (or that ended: ended requests are streamed out and forgotten)" if self.on_end else ""
             return self._flag("unknown_request", f"{kind} for request {rid!r} that was never submitted{ended}")
-        sources, dest = REQUEST_MOVES[kind]
+        sources, dest = self.spec.request_moves[kind]
         if outcome["status"] not in sources:
             return self._flag("illegal_request_event", f"{kind} for request {rid!r} in status {outcome['status']!r}")
         outcome["status"] = dest
@@ -328,7 +314,7 @@ class Checker:
         elif kind == "request_refuse":
             outcome.update(reason=rec["reason"], blocking_claims=rec["blocking_claims"])
             self._attribution(rid, rec["reason"], rec["blocking_claims"])
-        if dest in REQUEST_ENDS:
+        if dest in self.spec.request_ends:
             self._end_request(rid, outcome)
 
     def _end_request(self, rid: str, outcome: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -99,12 +99,22 @@ class Spec:
     strengths: tuple[str, ...] = ()
     policies: tuple[str, ...] = ()
     tiers: tuple[str, ...] = ()
+    request_initial: str = ""
+    request_statuses: dict[str, str] = field(default_factory=dict)
+    # record kind -> (statuses it may come from, status it leads to)
+    request_moves: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
     invalidations: tuple[str, ...] = ()  # operator actions that start a new epoch
     weight_changes: tuple[str, ...] = ()  # those after which every block's KV differs
 
     @property
     def outcome_names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.outcomes)
+
+    @cached_property
+    def request_ends(self) -> frozenset[str]:
+        """Statuses no request move leaves: the request's outcome is final."""
+        dests = {dest for _, dest in self.request_moves.values()}
+        return frozenset(dests - {s for sources, _ in self.request_moves.values() for s in sources})
 
 
 def _lifecycle(raw: dict) -> Lifecycle:
@@ -194,9 +204,15 @@ def from_dict(raw: dict) -> Spec:
             strengths=tuple(raw["claims"]["strengths"]),
             policies=tuple(raw["claims"]["policies"]),
             tiers=tuple(raw["claims"]["tiers"]),
+            request_initial=raw["requests"]["initial"],
+            request_statuses=dict(raw["requests"]["statuses"]),
+            request_moves={kind: (tuple(sources), dest) for kind, sources, dest in raw["requests"]["moves"]["rows"]},
             invalidations=tuple(raw["invalidation"]["actions"]),
             weight_changes=tuple(raw["invalidation"]["weights"]),
         )
+        named = {spec.request_initial, *(s for src, dest in spec.request_moves.values() for s in (*src, dest))}
+        if not named <= set(spec.request_statuses):
+            raise SpecError(f"requests name unknown statuses {sorted(named - set(spec.request_statuses))}")
         if not set(spec.weight_changes) <= set(spec.invalidations):
             raise SpecError("invalidation.weights must be among invalidation.actions")
         missing = set(lc.guards) - set(spec.pool_guards)

@@ -272,3 +272,29 @@ def test_cli_stream_prints_outcomes_as_they_end(tmp_path, capsys):
     assert main(["check", str(path), "--stream", "--json"]) == 0
     first, last = map(json.loads, capsys.readouterr().out.splitlines())
     assert first == {"claim": "c", "outcome": "released"} and last["ok"] and last["tally"] == {"claim released": 1}
+
+
+def test_request_moves_come_from_the_spec():
+    """RKC-TR-8: the checker replays requests from the spec's [requests] table, written once:
+    a contract in which finishing needs a waiting request makes a normal trace illegal."""
+    import copy
+    import tomllib
+
+    from kvclaims.spec import CONTRACT_PATH, from_dict
+
+    raw = tomllib.loads(CONTRACT_PATH.read_text())
+    lines = [
+        json.dumps(r)
+        for r in (
+            {"schema_version": 1, "seq": 0, "time": 0, "kind": "runtime"},
+            {"schema_version": 1, "seq": 1, "time": 0, "kind": "request_submit", "request": "r"},
+            {"schema_version": 1, "seq": 2, "time": 0, "kind": "request_admit", "request": "r", "hit_blocks": []},
+            {"schema_version": 1, "seq": 3, "time": 0, "kind": "request_finish", "request": "r", "admit": True},
+        )
+    ]
+    assert check_lines(lines).requests["r"]["status"] == "finished"
+    mutated = copy.deepcopy(raw)
+    rows = mutated["requests"]["moves"]["rows"]
+    rows[[r[0] for r in rows].index("request_finish")][1] = ["waiting"]
+    kinds = [v.kind for v in check_lines(lines, spec=from_dict(mutated)).violations]
+    assert kinds == ["illegal_request_event"]
