@@ -1,4 +1,5 @@
-"""Generated documentation: the lifecycle diagram and the obligation table, from the spec.
+"""Generated documentation: the lifecycle diagram and the obligation table (each id's
+proof methods and the test node ids marked as its evidence), from the spec and tests/.
 
 README.md and spec/CONTRACT.md hold these between ``<!-- BEGIN generated:NAME -->``
 and ``<!-- END generated:NAME -->`` markers; `kvclaims docs --write` refreshes
@@ -11,6 +12,7 @@ import argparse
 import re
 from pathlib import Path
 
+from kvclaims.evidence import marked_tests
 from kvclaims.model.lifecycle import mermaid
 from kvclaims.spec import Spec, load
 
@@ -25,15 +27,22 @@ def sections(spec: Spec) -> dict[str, str]:
         method = r.method.split(" (")[0]
         if method not in methods.setdefault(r.obligation, []):
             methods[r.obligation].append(method)
-    rows = ["| id | obligation | verified by |", "|---|---|---|"]
+    tests = marked_tests(Path(__file__).resolve().parents[1] / "tests")
+    rows = ["| id | obligation | proof | tests (node ids) |", "|---|---|---|---|"]
     for oid, text in spec.obligations.items():
-        how = ", ".join(methods.get(oid, [])) or "tests"
-        rows.append(f"| `{oid}` | {text} | {how} |")
+        how = ", ".join(methods.get(oid, [])) or "—"
+        rows.append(f"| `{oid}` | {text} | {how} | {_nodes(tests.get(oid, []))} |")
     lc = spec.lifecycle
     states = ["| state | meaning | terminal | protected |", "|---|---|---|---|"]
     for s, doc in lc.states.items():
         states.append(f"| `{s}` | {doc} | {'yes' if s in lc.terminal else ''} | {'yes' if s in lc.protected else ''} |")
     return {"diagram": f"```mermaid\n{mermaid(spec)}\n```", "obligations": "\n".join(rows), "states": "\n".join(states)}
+
+
+def _nodes(ids: list[str], shown: int = 3) -> str:
+    """The first `shown` test node ids, and how many more there are."""
+    more = f" (+{len(ids) - shown} more)" if len(ids) > shown else ""
+    return "<br>".join(f"`{i}`" for i in ids[:shown]) + more or "—"
 
 
 def refresh(text: str, generated: dict[str, str]) -> str:

@@ -376,6 +376,7 @@ def test_cli_unexpected_exceptions_are_one_line(raised, code, says, capsys, monk
     assert err.splitlines() == [f"kvclaims diagram: {says}"]
 
 
+@pytest.mark.obligation("RKC-RT-4")
 def test_fuzz_reports_a_crashing_runtime_as_a_violation(capsys):
     """An untyped error from the runtime under test breaks RKC-RT-4: exit 1 with the program."""
     assert main(["fuzz", "--runtime", f"{__name__}:CrashingRuntime", "--steps", "50", "--json"]) == 1

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from hypothesis import given, strategies as st
 
 from kvclaims.cli import main
@@ -44,6 +46,7 @@ def test_clean_trace_reconstructs_states():
     assert r.ok and r.claims == {"c": "demoted"} and r.ordinary_evictions == 1
 
 
+@pytest.mark.obligation("RKC-INV-1")
 def test_claimed_block_lost_without_event():
     """RKC-INV-1 on a trace: an eviction of a materialized claim's block with no loss event first."""
     r = check_lines(trace(*MATERIALIZED, ("block_evict", {"blocks": [H2], "tier": "device", "reason": "lru"})))
@@ -79,6 +82,7 @@ def test_chain_that_repeats_a_block():
     assert kinds(r) == ["claimed_block_lost"] and r.claims == {"c": "demoted"}
 
 
+@pytest.mark.obligation("RKC-TR-5")
 def test_illegal_transition_and_event_after_terminal():
     """RKC-TR-5: replay through the lifecycle machine."""
     r = check_lines(
@@ -117,6 +121,7 @@ def test_state_mismatch_and_duplicates():
     ]
 
 
+@pytest.mark.obligation("RKC-TR-4")
 def test_refusal_attribution():
     """RKC-TR-4: claim-blocked refusals name protected claims; capacity refusals name none."""
     reqs = [("request_submit", {"request": r}) for r in "abcdef"]
@@ -138,6 +143,7 @@ def test_refusal_attribution():
     assert kinds(r) == ["refusal_without_attribution"]
 
 
+@pytest.mark.obligation("RKC-TR-2")
 def test_sequence_gap_order_and_time():
     """RKC-TR-2."""
     lines = [rec(0, "runtime"), rec(2, "runtime", time=5), rec(2, "runtime", time=4)]
@@ -147,6 +153,7 @@ def test_sequence_gap_order_and_time():
     assert check_lines([rec(1, "runtime"), rec(2, "runtime")]).ok
 
 
+@pytest.mark.obligation("RKC-TR-7")
 def test_malformed_lines_are_reported_with_line_numbers():
     """RKC-TR-7."""
     lines = [
@@ -196,6 +203,7 @@ records = st.dictionaries(
 )
 
 
+@pytest.mark.obligation("RKC-TR-7")
 @given(st.lists(st.one_of(st.text(max_size=40), records.map(json.dumps)), max_size=20))
 def test_garbage_never_crashes(lines):
     """RKC-TR-7: Hypothesis-generated garbage lines are findings, never exceptions."""
@@ -233,6 +241,7 @@ def test_compiled_table_is_the_lifecycle_machine():
             assert checker.after.get((state, event)) == want, (state, event)
 
 
+@pytest.mark.obligation("RKC-TR-8")
 def test_streaming_hands_out_every_outcome_and_keeps_counts():
     """RKC-TR-8 in constant memory: with `on_end` each claim's final state and each request's
     outcome is handed out once, the report keeps counts, and ended ids are forgotten."""
@@ -274,6 +283,7 @@ def test_cli_stream_prints_outcomes_as_they_end(tmp_path, capsys):
     assert first == {"claim": "c", "outcome": "released"} and last["ok"] and last["tally"] == {"claim released": 1}
 
 
+@pytest.mark.obligation("RKC-TR-8")
 def test_request_moves_come_from_the_spec():
     """RKC-TR-8: the checker replays requests from the spec's [requests] table, written once:
     a contract in which finishing needs a waiting request makes a normal trace illegal."""

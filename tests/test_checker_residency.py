@@ -59,6 +59,7 @@ def only_phantom(report, line: int, *words: str) -> None:
 
 
 # ---------------------------------------------------------------------- RKC-TR-9: reuse
+@pytest.mark.obligation("RKC-TR-9")
 def test_hit_on_block_evicted_by_lru_and_never_restored():
     """RKC-TR-9: a request_admit reusing a block the trace evicted (lru) is a phantom hit."""
     t = stored(H1, H2)
@@ -67,6 +68,7 @@ def test_hit_on_block_evicted_by_lru_and_never_restored():
     only_phantom(check(t), 8, H1, "request 'r' reuses", "not resident on device", "evicted at line 6 (lru)")
 
 
+@pytest.mark.obligation("RKC-TR-9")
 def test_hit_on_block_evicted_at_reset():
     """RKC-TR-9: blocks a prefix-cache reset evicted are not there to hit after it."""
     t = stored(H1)
@@ -76,6 +78,7 @@ def test_hit_on_block_evicted_at_reset():
     only_phantom(check(t), 9, H1, "evicted at line 7 (reset_prefix_cache)")
 
 
+@pytest.mark.obligation("RKC-TR-9")
 def test_hit_on_never_stored_block():
     """RKC-TR-9: a hit on a block no record ever stored."""
     t = stored(H1)
@@ -83,6 +86,7 @@ def test_hit_on_never_stored_block():
     only_phantom(check(t), 7, H2, "never stored")
 
 
+@pytest.mark.obligation("RKC-TR-9")
 def test_each_missing_block_is_one_finding():
     """RKC-TR-9: one finding per absent block, in the record's order; resident ones are fine."""
     t = stored(H2)
@@ -92,6 +96,7 @@ def test_each_missing_block_is_one_finding():
     assert [H1 in r.violations[0].message, H3 in r.violations[1].message] == [True, True]
 
 
+@pytest.mark.obligation("RKC-TR-9")
 def test_block_stored_again_after_eviction_then_hit_is_accepted():
     """RKC-TR-9: residency is the trace's latest word: evicted, stored again, then reused."""
     t = stored(H1)
@@ -103,6 +108,7 @@ def test_block_stored_again_after_eviction_then_hit_is_accepted():
     assert check(t).ok
 
 
+@pytest.mark.obligation("RKC-TR-9")
 def test_a_block_stored_twice_is_fine():
     """RKC-TR-9: a runtime may index a hash twice (vLLM keeps duplicate copies); one eviction
     (written when no copy is left) removes it."""
@@ -114,6 +120,7 @@ def test_a_block_stored_twice_is_fine():
     only_phantom(check(t), 11, H1, "evicted at line 9 (lru)")
 
 
+@pytest.mark.obligation("RKC-TR-9")
 def test_empty_or_absent_hit_blocks_need_nothing():
     """RKC-TR-9: hit_blocks is optional; a request that reuses nothing needs nothing resident."""
     t = writer()
@@ -125,6 +132,7 @@ def test_empty_or_absent_hit_blocks_need_nothing():
 
 
 # ---------------------------------------------------------------------- RKC-TR-9: claims
+@pytest.mark.obligation("RKC-TR-9")
 def test_claim_materializing_over_an_evicted_block():
     """RKC-TR-9: a claim materializes only over its whole chain resident on the device."""
     t = stored(H1, H2)
@@ -133,6 +141,7 @@ def test_claim_materializing_over_an_evicted_block():
     only_phantom(check(t), 9, H2, "claim 'c'", "materialize", "evicted at line 6 (lru)")
 
 
+@pytest.mark.obligation("RKC-TR-9")
 def test_claim_materializing_over_a_never_stored_block():
     """RKC-TR-9: the chain is the claim_submit's `blocks`, never what the claim record says."""
     t = stored(H1)
@@ -152,6 +161,7 @@ def offloaded(evict_host: bool = False) -> TraceWriter:
     return t
 
 
+@pytest.mark.obligation("RKC-TR-9")
 def test_offload_and_restore_roundtrip_is_accepted():
     """RKC-TR-9: the refimpl's restore: block_restore from the host copy, the claim event, the
     host copy dropped (block_evict tier=host); then a hit on the restored blocks."""
@@ -165,6 +175,7 @@ def test_offload_and_restore_roundtrip_is_accepted():
     assert check(t).ok
 
 
+@pytest.mark.obligation("RKC-TR-9")
 def test_restore_from_a_host_block_never_offloaded():
     """RKC-TR-9: block_restore copies from the host tier: the block must have been offloaded there."""
     t = stored(H1, H2)
@@ -179,6 +190,7 @@ def test_restore_from_a_host_block_never_offloaded():
     assert "not resident on host" in r.violations[2].message
 
 
+@pytest.mark.obligation("RKC-TR-9")
 def test_restore_from_a_host_block_evicted_from_host():
     """RKC-TR-9: a host copy evicted from the host tier cannot be restored."""
     t = offloaded()
@@ -189,6 +201,7 @@ def test_restore_from_a_host_block_evicted_from_host():
     assert r.violations[1].line == 13 and "evicted at line 12 (lru)" in r.violations[1].message
 
 
+@pytest.mark.obligation("RKC-TR-9")
 def test_offload_from_a_block_not_on_the_device():
     """RKC-TR-9: block_offload copies from the device: the block must be resident there."""
     t = stored(H1)
@@ -198,6 +211,7 @@ def test_offload_from_a_block_not_on_the_device():
     only_phantom(check(t), 8, "block_offload for claim 'c'", "not resident on device", "evicted at line 6")
 
 
+@pytest.mark.obligation("RKC-TR-7", "RKC-TR-9")
 def test_memory_grows_with_resident_blocks_not_trace_length():
     """RKC-TR-7 with RKC-TR-9: stored-then-evicted blocks leave the residency sets, and the
     evictions remembered for messages are bounded."""
@@ -234,6 +248,7 @@ def admitted_then(action: str) -> TraceWriter:
     return t
 
 
+@pytest.mark.obligation("RKC-INV-6")
 @pytest.mark.parametrize("action", SPEC.invalidations)
 def test_store_by_request_admitted_before_an_invalidation(action):
     """RKC-INV-6: a request admitted before an invalidation (each action of the spec's
@@ -245,6 +260,7 @@ def test_store_by_request_admitted_before_an_invalidation(action):
     assert "'old'" in r.violations[0].message and f"line 4 ({action})" in r.violations[0].message
 
 
+@pytest.mark.obligation("RKC-INV-6")
 def test_store_by_request_admitted_after_a_reset_is_accepted():
     """RKC-INV-6: a request admitted after the latest invalidation stores freely."""
     t = admitted_then("reset_prefix_cache")
@@ -255,6 +271,7 @@ def test_store_by_request_admitted_after_a_reset_is_accepted():
     assert check(t).ok
 
 
+@pytest.mark.obligation("RKC-INV-6")
 def test_a_store_naming_no_request_is_not_judged():
     """RKC-INV-6: `request` is optional in block_store (null reads as absent): with none,
     the epoch of what was stored is unknown, so it is not judged."""
@@ -264,6 +281,7 @@ def test_a_store_naming_no_request_is_not_judged():
     assert check(t).ok
 
 
+@pytest.mark.obligation("RKC-INV-6")
 def test_other_operator_actions_start_no_epoch():
     """RKC-INV-6: only the spec's [invalidation] actions start an epoch."""
     action = "inject_host_fault"
@@ -273,6 +291,7 @@ def test_other_operator_actions_start_no_epoch():
     assert check(t).ok
 
 
+@pytest.mark.obligation("RKC-INV-6")
 def test_invalidation_actions_come_from_the_spec():
     """RKC-INV-6: the checker reads the invalidation actions from the spec, none hard-coded."""
     spec = dataclasses.replace(SPEC, invalidations=("rotate_weights",))
@@ -282,6 +301,7 @@ def test_invalidation_actions_come_from_the_spec():
         assert kinds(check(t, spec=spec)) == (["stale_store"] if stale else [])
 
 
+@pytest.mark.obligation("RKC-INV-6", "RKC-TR-7")
 def test_stale_store_when_streamed():
     """RKC-INV-6 in streaming mode (RKC-TR-7): a live request's epoch is kept until it ends."""
     t = admitted_then("evict_blocks")
@@ -290,6 +310,7 @@ def test_stale_store_when_streamed():
     assert kinds(check(t, on_end=lambda *_: None)) == ["stale_store"]
 
 
+@pytest.mark.obligation("RKC-INV-6")
 def test_refimpl_decoding_across_a_reset_writes_a_clean_trace():
     """RKC-INV-6 on the reference runtime: a request admitted before a reset decodes across it;
     its trace, replayed by the checker, has no stale store and no phantom block."""
@@ -321,12 +342,14 @@ def with_record(kind: str, **fields) -> list[str]:
     return t.lines()
 
 
+@pytest.mark.obligation("RKC-TR-3")
 @pytest.mark.parametrize("kind", FIELDS)
 def test_each_kind_with_its_required_fields_is_well_formed(kind):
     """RKC-TR-3: the baseline the cases below spoil one field of."""
     assert "malformed_line" not in kinds(check_lines(with_record(kind, **valid(kind))))
 
 
+@pytest.mark.obligation("RKC-TR-3")
 @pytest.mark.parametrize("kind,name", REQUIRED_STRINGS, ids=[f"{k}.{n}" for k, n in REQUIRED_STRINGS])
 def test_required_string_field_is_never_empty(kind, name):
     """RKC-TR-3: every required string field is non-empty (block_evict reason "", claim event "",
@@ -337,6 +360,7 @@ def test_required_string_field_is_never_empty(kind, name):
     assert r.records == 1
 
 
+@pytest.mark.obligation("RKC-TR-3")
 @pytest.mark.parametrize("kind,name", REQUIRED, ids=[f"{k}.{n}" for k, n in REQUIRED])
 @pytest.mark.parametrize("bad", ["missing", None, 7, {"a": 1}])
 def test_required_field_missing_or_mistyped(kind, name, bad):
@@ -352,6 +376,7 @@ def test_required_field_missing_or_mistyped(kind, name, bad):
     assert ("missing" in r.violations[0].message) == (bad == "missing")
 
 
+@pytest.mark.obligation("RKC-TR-3")
 def test_the_bug_report_inputs():
     """RKC-TR-3: the reported cases, verbatim: an empty reason was accepted, a missing one rejected."""
     for kind, fields, name in (
@@ -366,6 +391,7 @@ def test_the_bug_report_inputs():
     assert kinds(missing) == ["malformed_line"] and "'reason'" in missing.violations[0].message
 
 
+@pytest.mark.obligation("RKC-TR-3")
 @pytest.mark.parametrize("name", ["blocks", "blocking_claims", "hit_blocks"])
 def test_string_lists_hold_no_empty_string(name):
     """RKC-TR-3: a block hash or claim id in a list is a non-empty string too."""
@@ -373,6 +399,7 @@ def test_string_lists_hold_no_empty_string(name):
     assert kinds(r) == ["malformed_line"] and f"field {name!r}" in r.violations[0].message
 
 
+@pytest.mark.obligation("RKC-TR-3")
 @pytest.mark.parametrize("kind,name", [(k, n) for k, fields in OPTIONAL.items() for n in fields])
 @pytest.mark.parametrize("bad", ["", 7, ["r"]])
 def test_optional_fields_the_checker_reads_are_well_typed(kind, name, bad):
@@ -382,6 +409,7 @@ def test_optional_fields_the_checker_reads_are_well_typed(kind, name, bad):
     assert kinds(r) == ["malformed_line"] and f"field {name!r}" in r.violations[0].message
 
 
+@pytest.mark.obligation("RKC-TR-7")
 def test_findings_are_json():
     """RKC-TR-7: the new findings serialize like the others."""
     t = stored(H1)
@@ -390,6 +418,7 @@ def test_findings_are_json():
     json.dumps(check(t).to_json())
 
 
+@pytest.mark.obligation("RKC-INV-6")
 def test_the_stale_store_mutant_is_caught_by_the_trace_alone():
     """RKC-INV-6: the seeded mutant that keeps indexing across a reset writes a stale_store."""
     from kvclaims.refimpl.mutants import MUTANTS
@@ -401,6 +430,7 @@ def test_the_stale_store_mutant_is_caught_by_the_trace_alone():
     assert kinds(check_lines(rt.trace_lines())) == ["stale_store"]
 
 
+@pytest.mark.obligation("RKC-INV-6")
 def test_a_store_before_its_request_is_admitted_is_not_judged():
     """RKC-INV-6: vLLM indexes a request's first blocks while scheduling it, before its
     request_admit record; such a store is in the current epoch."""

@@ -20,6 +20,7 @@ def counts(free=0, cached=0, yielding=0, active=0, protected=0):
     )
 
 
+@pytest.mark.obligation("RKC-FEAS-1", "RKC-PROBE-1")
 @pytest.mark.parametrize(
     "A,pool,expected",
     [
@@ -37,6 +38,7 @@ def test_table(A, pool, expected):
     assert outcome(A, pool) == expected
 
 
+@pytest.mark.obligation("RKC-PROBE-1")
 def test_probe_attribution():
     """RKC-PROBE-1: the refusal names the one 60-block claim."""
     d = decide(70, counts(free=20, protected=60), {"sys": frozenset(range(60))})
@@ -69,6 +71,7 @@ def brute_force(A, pool: PoolCounts) -> str:
 small = st.integers(0, 4)
 
 
+@pytest.mark.obligation("RKC-FEAS-2", "RKC-FEAS-3", "RKC-FEAS-4")
 @given(st.integers(0, 22), small, small, small, small, small)
 def test_outcome_matches_allocator_search(A, free, cached, yielding, active, protected):
     """RKC-FEAS-2, RKC-FEAS-3, RKC-FEAS-4: the spec's conditions equal an explicit search."""
@@ -91,6 +94,7 @@ claims = st.dictionaries(
 )
 
 
+@pytest.mark.obligation("RKC-FEAS-5", "RKC-FEAS-6")
 @given(claims, st.integers(1, 13))
 def test_attribution_matches_definition(blocking, need):
     """RKC-FEAS-5 and RKC-FEAS-6 with overlapping claims: sufficient, minimal, deterministic."""
@@ -105,6 +109,7 @@ def test_attribution_matches_definition(blocking, need):
     assert attribute(need, dict(reversed(list(blocking.items())))) == got  # order-free
 
 
+@pytest.mark.obligation("RKC-FEAS-6")
 @given(st.lists(st.integers(1, 6), min_size=1, max_size=6), st.integers(1, 30))
 def test_disjoint_fast_path_matches_definition(sizes, need):
     """RKC-FEAS-6: the greedy path for disjoint claims gives the defined set."""
@@ -117,6 +122,7 @@ def test_disjoint_fast_path_matches_definition(sizes, need):
     assert attribute(need, blocking) == brute_attribution(need, blocking)
 
 
+@pytest.mark.obligation("RKC-ACC-1")
 @given(st.booleans(), st.integers(0, 20), st.integers(0, 20), st.integers(1, 30), st.integers(0, 29))
 def test_acceptance_under_reserve(hard, new, reserved, U, R):
     """RKC-ACC-1: hard claims fit under U - R; soft claims are never refused for the reserve."""

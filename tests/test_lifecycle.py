@@ -18,6 +18,7 @@ def lifecycle():
     return Lifecycle(SPEC)
 
 
+@pytest.mark.obligation("RKC-LC-6")
 @pytest.mark.parametrize("row", LC.transitions, ids=lambda t: f"{t.source}-{t.event}")
 def test_every_legal_transition(lifecycle, row):
     """RKC-LC-6: a legal event with its guard true reaches the table's destination."""
@@ -28,6 +29,7 @@ def test_every_legal_transition(lifecycle, row):
 ILLEGAL = [(s, e) for s in LC.states for e in LC.events if (s, e) not in TABLE]
 
 
+@pytest.mark.obligation("RKC-LC-5")
 @pytest.mark.parametrize("state,event", ILLEGAL, ids=lambda x: str(x))
 def test_every_illegal_event_is_rejected_unchanged(lifecycle, state, event):
     """RKC-LC-5: illegal events raise IllegalTransition and leave the state unchanged."""
@@ -42,6 +44,7 @@ def test_every_illegal_event_is_rejected_unchanged(lifecycle, state, event):
 GUARDED = [t for t in LC.transitions if t.guard]
 
 
+@pytest.mark.obligation("RKC-LC-6")
 @pytest.mark.parametrize("row", GUARDED, ids=lambda t: f"{t.source}-{t.event}-{t.guard}")
 def test_false_guard_rejects_unchanged(lifecycle, row):
     """RKC-LC-6: a false guard raises GuardRejected naming the guard; state unchanged."""

@@ -65,6 +65,7 @@ def renumber(lines):
     return [json.dumps({**json.loads(line), "seq": i}) for i, line in enumerate(lines)]
 
 
+@pytest.mark.obligation("RKC-TR-5")
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_tampered_trace_fails(name):
     """RKC-TR-5: deleting one lifecycle event is caught, as a gap and, renumbered, by replay."""
@@ -75,6 +76,7 @@ def test_tampered_trace_fails(name):
     assert not check_lines(renumber(cut)).ok
 
 
+@pytest.mark.obligation("RKC-INV-1", "RKC-RT-1")
 @pytest.mark.parametrize(
     "name,event",
     [
@@ -100,6 +102,7 @@ def test_write_no_admit_without_claim_is_ordinary_eviction():
     assert r.report.ordinary_evictions >= 50
 
 
+@pytest.mark.obligation("RKC-TR-8")
 def test_reconstruction_from_a_streamed_file(tmp_path):
     """RKC-TR-8: the checker, reading the file alone, rebuilds claims and request outcomes."""
     r = run_scenario("trace_outcome_reconstruction")
@@ -110,6 +113,7 @@ def test_reconstruction_from_a_streamed_file(tmp_path):
     assert {o["status"] for o in report.requests.values()} >= {"finished", "running", "refused", "aborted"}
 
 
+@pytest.mark.obligation("RKC-PROBE-1")
 def test_probe_attribution_in_the_trace():
     """RKC-PROBE-1 in the accepted_hard_claim trace."""
     r = run_scenario("accepted_hard_claim")

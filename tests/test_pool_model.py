@@ -20,6 +20,7 @@ def warmed(U=80, R=10, host_blocks=0):
     return m
 
 
+@pytest.mark.obligation("RKC-PROBE-1", "RKC-INV-1")
 def test_probe_hard_claim_refuses_and_keeps_resident():
     """RKC-PROBE-1 and RKC-INV-1 on the oracle: refused, attributed, the replay hits 60 blocks."""
     m = warmed()
@@ -31,6 +32,7 @@ def test_probe_hard_claim_refuses_and_keeps_resident():
     assert m.missing_claimed(m.resident) == {}
 
 
+@pytest.mark.obligation("RKC-INV-2")
 def test_soft_claim_is_demoted_before_its_blocks_are_reused():
     """RKC-INV-2: a yielding claim gets its event before its blocks are needed."""
     m = warmed()
@@ -51,6 +53,7 @@ def test_offload_policy_offloads_then_restores():
     assert m.claims["off"].state == "materialized" and m.host == set()
 
 
+@pytest.mark.obligation("RKC-ACC-1")
 def test_reserve_refuses_a_hard_claim():
     """RKC-ACC-1: 60 + 25 distinct hard blocks exceed U - R = 70."""
     m = warmed()

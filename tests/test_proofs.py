@@ -15,6 +15,9 @@ from kvclaims.spec import CONTRACT_PATH, from_dict, load
 RAW = tomllib.loads(CONTRACT_PATH.read_text())
 
 
+@pytest.mark.obligation(
+    "RKC-INV-1", "RKC-INV-2", "RKC-INV-3", "RKC-INV-4", "RKC-INV-5", "RKC-LC-1", "RKC-LC-2", "RKC-LC-3", "RKC-LC-4"
+)
 def test_everything_proves():
     """RKC-INV-1 RKC-INV-2 RKC-INV-3 RKC-INV-4 RKC-INV-5 RKC-LC-1 RKC-LC-2 RKC-LC-3 RKC-LC-4:
     all proved, by induction for the pool invariants."""
@@ -108,6 +111,7 @@ def test_counterexample_is_a_real_trace_from_init():
     assert failed.trace[0]["action"] == "init" and len(failed.trace) >= 2
 
 
+@pytest.mark.obligation("RKC-LC-3", "RKC-LC-4")
 def test_lifecycle_mutants_fail():
     """RKC-LC-3 and RKC-LC-4 fail when the table lets a terminal state or protection leak."""
 
@@ -122,6 +126,7 @@ def test_lifecycle_mutants_fail():
         assert oid in failed
 
 
+@pytest.mark.obligation("RKC-LC-2")
 def test_unreachable_state_is_reported():
     """RKC-LC-2 fails when a state has no way in."""
 

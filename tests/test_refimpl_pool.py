@@ -22,6 +22,7 @@ def test_chain_hashes_cover_the_parent():
     assert chain_hashes(list(range(8)), 4) == a  # deterministic
 
 
+@pytest.mark.obligation("RKC-RT-6")
 @pytest.mark.parametrize("device", DEVICES)
 def test_content_is_exact_and_device_independent(device):
     """RKC-RT-6: KV is an exact function of token ids and positions."""

@@ -25,6 +25,7 @@ def first(rt, **match):
     return next(r["seq"] for r in rt.trace.records if all(r.get(k) == v for k, v in match.items()))
 
 
+@pytest.mark.obligation("RKC-PROBE-1")
 @pytest.mark.parametrize("device", DEVICES)
 def test_probe_refuses_with_attribution_and_reuses_intact(device):
     """RKC-PROBE-1 on real tensors: 80 blocks, a 60-block hard claim, a 70-block prefill."""
@@ -41,6 +42,7 @@ def test_probe_refuses_with_attribution_and_reuses_intact(device):
     assert check_lines(rt.trace.lines()).ok
 
 
+@pytest.mark.obligation("RKC-RT-1")
 @pytest.mark.parametrize("policy", ["demote", "offload"])
 def test_pressure_emits_the_claim_event_before_reuse(policy):
     """RKC-RT-1: a yielding claim's demote/offload precedes the eviction of its blocks."""
@@ -68,6 +70,7 @@ def test_soft_claims_yield_before_hard_and_by_priority():
     assert order == ["s1", "s9"] and rt.claim_state("h") == "materialized"
 
 
+@pytest.mark.obligation("RKC-RT-2")
 @pytest.mark.parametrize("device", DEVICES)
 def test_restore_mismatch_fails_closed_and_recomputes(device):
     """RKC-RT-2: restore checks the materialization checksums; corrupt KV is never served."""
@@ -101,6 +104,7 @@ def test_restore_claim_success_pins_resident_part():
     assert check_lines(rt.trace.lines()).ok
 
 
+@pytest.mark.obligation("RKC-RT-3")
 def test_claim_blocked_request_is_refused_never_left_waiting():
     """RKC-RT-3: refused at submission, or at the retry after it became claim-blocked."""
     rt = Runtime(8, 4)
@@ -115,6 +119,7 @@ def test_claim_blocked_request_is_refused_never_left_waiting():
     assert rt.requests["w"].status == "refused" and rt.waiting == []
 
 
+@pytest.mark.obligation("RKC-RT-3")
 def test_own_blocks_never_make_a_request_wait_on_itself():
     """RKC-RT-3: a request's prefix hits (and, when decoding, its own blocks) are not
     'active blocks that will finish'; counting them so would leave it waiting forever."""
@@ -154,6 +159,7 @@ def test_decode_grows_block_by_block_and_registers_full_blocks():
     assert rt.requests["again"].hit_blocks == 2
 
 
+@pytest.mark.obligation("RKC-RT-3")
 def test_decode_refused_by_claims_ends_the_request():
     """RKC-RT-3 for decode growth."""
     rt = Runtime(6, 4)
@@ -167,6 +173,7 @@ def test_decode_refused_by_claims_ends_the_request():
     assert check_lines(rt.trace.lines()).ok
 
 
+@pytest.mark.obligation("RKC-RT-7")
 def test_write_no_admit_frees_computed_blocks_keeps_hits():
     """RKC-RT-7."""
     rt = Runtime(8, 4)
@@ -178,6 +185,7 @@ def test_write_no_admit_frees_computed_blocks_keeps_hits():
     assert len(rt.pool.index) == 2 and len(rt.pool.free) == 6
 
 
+@pytest.mark.obligation("RKC-RT-5")
 @pytest.mark.parametrize("action", ["reset", "evict", "fault"])
 def test_operator_actions_emit_loss_events_first(action):
     """RKC-RT-5: harm (or fail) for every affected claim before any block is evicted."""
@@ -223,6 +231,7 @@ def same(a, b):
     return all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b))
 
 
+@pytest.mark.obligation("RKC-RT-4")
 def test_rejected_operations_change_nothing():
     """RKC-RT-4: every typed error leaves runtime state and trace exactly as they were."""
     rt = Runtime(8, 4, 2, host_blocks=1)
@@ -266,6 +275,7 @@ def test_rejected_operations_change_nothing():
         Runtime(4, 4, R=4)
 
 
+@pytest.mark.obligation("RKC-FEAS-7")
 def test_feasibility_is_a_dry_run_of_submit():
     """`feasibility` decides as `submit_request` would, and changes nothing (RKC-FEAS-7)."""
     rt = Runtime(8, 4, 0)

@@ -21,6 +21,7 @@ def setup():
     return rt
 
 
+@pytest.mark.obligation("RKC-RT-8")
 def test_refused_request_makes_no_claim():
     """RKC-RT-8: refused at submission, the request's claim never exists, reserves nothing and
     does not materialize when another request computes the same prefix later."""
@@ -36,6 +37,7 @@ def test_refused_request_makes_no_claim():
         rt.claim_state("mine")
 
 
+@pytest.mark.obligation("RKC-RT-8")
 def test_aborted_while_waiting_makes_no_claim():
     """RKC-RT-8: a request aborted before admission applies nothing."""
     rt = RefimplAdapter(U=8, B=B)
@@ -48,6 +50,7 @@ def test_aborted_while_waiting_makes_no_claim():
         rt.claim_state("mine")
 
 
+@pytest.mark.obligation("RKC-RT-8")
 def test_admitted_request_claims_its_prefix():
     """RKC-RT-8: at admission the claim is submitted and materializes on the computed prefix;
     the claim_submit follows the request_admit in the trace."""
@@ -58,6 +61,7 @@ def test_admitted_request_claims_its_prefix():
     assert kinds.index("request_admit") < kinds.index("claim_submit")
 
 
+@pytest.mark.obligation("RKC-RT-4", "RKC-RT-8")
 def test_bad_carried_claim_is_rejected_at_submission():
     """RKC-RT-4 RKC-RT-8: a carried claim is validated with the request; nothing changes."""
     rt = RefimplAdapter(U=8, B=B)
@@ -69,6 +73,7 @@ def test_bad_carried_claim_is_rejected_at_submission():
     assert rt.trace_lines() == before and "r" not in rt.requests
 
 
+@pytest.mark.obligation("RKC-RT-8")
 def test_oracle_agrees():
     """RKC-RT-8 in the oracle: refused, no claim; admitted, the claim applies."""
     rt = setup()

@@ -34,6 +34,7 @@ ENDS = {
 }
 
 
+@pytest.mark.obligation("RKC-INV-6")
 @pytest.mark.parametrize("end", sorted(ENDS))
 def test_issue_input_reuses_only_post_reset_blocks(end):
     """RKC-INV-6: `again` reuses the two blocks `fresh` computed after the reset, and their KV
@@ -46,6 +47,7 @@ def test_issue_input_reuses_only_post_reset_blocks(end):
     assert check_lines(rt.trace_lines()).ok
 
 
+@pytest.mark.obligation("RKC-INV-6")
 def test_nothing_a_stale_request_computes_is_indexed():
     """RKC-INV-6: after the reset the running request's blocks leave the index and its decode
     stores nothing; when it ends the pool holds no block at all."""
@@ -61,6 +63,7 @@ def test_nothing_a_stale_request_computes_is_indexed():
     assert rt.resident() == set() and rt.counts().free == 4
 
 
+@pytest.mark.obligation("RKC-INV-6")
 @pytest.mark.parametrize("action", ["evict_blocks", "inject_device_fault"])
 def test_other_invalidations_start_an_epoch(action):
     """RKC-INV-6: an invalid-load eviction or a device fault also starts a new epoch: a request
@@ -76,6 +79,7 @@ def test_other_invalidations_start_an_epoch(action):
     assert rt.resident() > before
 
 
+@pytest.mark.obligation("RKC-RT-6", "RKC-INV-6")
 def test_stale_kv_fails_verification_like_corrupt_kv():
     """RKC-RT-6 RKC-INV-6: KV content depends on the weights version, so a block computed
     before a reset does not verify after it."""
@@ -87,6 +91,7 @@ def test_stale_kv_fails_verification_like_corrupt_kv():
     assert not rt.pool.verify(slot, LIVE[:4], 0, rt.weights)
 
 
+@pytest.mark.obligation("RKC-INV-6")
 def test_seeded_mutant_serves_stale_kv():
     """RKC-INV-6: the mutant that keeps indexing a stale request's blocks serves pre-reset KV:
     `again` hits the block `live` stored after the reset, its KV fails verification and the
@@ -96,6 +101,7 @@ def test_seeded_mutant_serves_stale_kv():
     assert "stale_store" in {v.kind for v in check_lines(rt.trace_lines()).violations}
 
 
+@pytest.mark.obligation("RKC-INV-6")
 def test_oracle_indexes_nothing_for_a_stale_request():
     """RKC-INV-6 in the oracle: a growth by a request admitted before the reset adds nothing
     to the resident set, one admitted after does."""

@@ -4,6 +4,8 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 from kvclaims.conformance.checker import FIELDS
 from kvclaims.conformance.litmus import SCENARIOS, run_scenario
 from kvclaims.trace import SCHEMA_VERSION, TraceWriter, read_lines
@@ -11,6 +13,7 @@ from kvclaims.trace import SCHEMA_VERSION, TraceWriter, read_lines
 TRACE_MD = Path(__file__).resolve().parents[1] / "spec" / "TRACE.md"
 
 
+@pytest.mark.obligation("RKC-TR-1", "RKC-TR-2")
 def test_records_carry_the_envelope_and_a_gapless_sequence():
     """RKC-TR-1, RKC-TR-2: every line a JSON object with schema_version, seq (from 0, +1), time, kind."""
     lines = run_scenario("trace_outcome_reconstruction").trace
@@ -21,6 +24,7 @@ def test_records_carry_the_envelope_and_a_gapless_sequence():
     assert times == sorted(times) and times[-1] > 0
 
 
+@pytest.mark.obligation("RKC-TR-3")
 def test_every_kind_emitted_is_documented_with_its_fields():
     """RKC-TR-3: the kinds the refimpl writes are the kinds TRACE.md and the checker know."""
     text = TRACE_MD.read_text()
@@ -31,6 +35,7 @@ def test_every_kind_emitted_is_documented_with_its_fields():
         assert all(f"`{f}`" in text for f in fields), kind
 
 
+@pytest.mark.obligation("RKC-TR-3", "RKC-TR-6")
 def test_block_moves_name_hashes_and_tier():
     """RKC-TR-3, RKC-TR-6: block records list block hashes and a tier."""
     lines = run_scenario("offload_restore").trace

@@ -199,6 +199,7 @@ def test_regression_silent_reuse_of_a_duplicated_original():
     _replay(program)
 
 
+@pytest.mark.obligation("RKC-RT-8")
 def test_carried_claims_apply_at_admission_or_never():
     """RKC-RT-8 through the protocol on vLLM, as on the refimpl (tests/test_request_claims.py):
     a refused request's claim never exists; an admitted one's materializes; an aborted

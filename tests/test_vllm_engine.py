@@ -42,6 +42,7 @@ def kinds(engine: VllmEngine, start: int) -> list[tuple]:
     return [(r["kind"], r.get("event") or r.get("reason") or r.get("action")) for r in engine.trace[start:]]
 
 
+@pytest.mark.obligation("RKC-PROBE-1")
 def test_probe_three_ways(stock, claims):  # RKC-PROBE-1 on the real scheduler
     legs = {lg["leg"]: lg for lg in run_probe(stock, claims)["legs"]}
     for name in ("stock", "no_admit"):
@@ -73,6 +74,7 @@ def test_observed_stock_eviction_is_a_checker_violation(observer):
     assert all(f"claim {CLAIM!r}" in v.message for v in report.violations)
 
 
+@pytest.mark.obligation("RKC-RT-5")
 def test_reset_and_invalid_blocks_harm_claims_first(claims):  # RKC-RT-5
     assert claims.reset_cache()
     claims.run("op-fill", PREFIX + [1])
@@ -89,6 +91,7 @@ def test_reset_and_invalid_blocks_harm_claims_first(claims):  # RKC-RT-5
     assert check(claims).ok
 
 
+@pytest.mark.obligation("RKC-RT-1")
 def test_soft_claim_is_demoted_before_its_blocks_are_evicted(claims):  # RKC-RT-1
     assert claims.reset_cache()
     made = claims.run("soft-resident", PREFIX + [1], claim="soft", strength="soft")
@@ -110,6 +113,7 @@ def test_ttl_expires_on_engine_steps(claims):
     assert claims.claim_state("t") == "expired"
 
 
+@pytest.mark.obligation("RKC-RT-4")
 def test_bad_claim_arguments_refuse_the_request_and_change_nothing(claims):  # RKC-RT-4
     bad = claims.run("bad", PREFIX + [1], extra_args={"kvclaims_claim": "c", "kvclaims_blocks": 99})
     assert bad.finish_reason == "abort" and bad.stop_reason == "kvclaims:rejected:InvalidInput"

@@ -83,6 +83,7 @@ def test_a_request_claims_its_full_blocks():
     assert (rt.request_status("r"), rt.claim_state("h")) == ("running", "materialized")
 
 
+@pytest.mark.obligation("RKC-RT-4")
 def test_an_in_process_claim_is_whole_blocks():
     """RKC-RT-4: the integration's in-process claim (what the adapter calls) takes whole blocks."""
     rt = VllmAdapter(U=8)

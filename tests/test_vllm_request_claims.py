@@ -28,6 +28,7 @@ def claim_submits(engine, cid: str) -> list[dict]:
     return [r for r in engine.scheduler.trace.records if r["kind"] == "claim_submit" and r["claim"] == cid]
 
 
+@pytest.mark.obligation("RKC-RT-8")
 def test_refused_request_applies_no_claim(engine):
     """RKC-RT-8: the refused prefill's claim never exists: no claim_submit, no reserve, nothing
     materializes when a later request computes the same prefix; the client is told."""
@@ -48,6 +49,7 @@ def test_refused_request_applies_no_claim(engine):
     assert report.ok, report.violations
 
 
+@pytest.mark.obligation("RKC-RT-8")
 def test_admitted_request_applies_its_claim_after_admission(engine):
     """RKC-RT-8: an admitted request's claim is submitted after its request_admit, and
     materializes once the prefix is computed."""
@@ -61,6 +63,7 @@ def test_admitted_request_applies_its_claim_after_admission(engine):
     engine.release_claim("small")
 
 
+@pytest.mark.obligation("RKC-RT-8")
 def test_release_carried_by_a_refused_request_does_not_apply(engine):
     """RKC-RT-8: operations apply together or not at all, releases included."""
     engine.scheduler.drop_prefix_cache()

@@ -29,6 +29,7 @@ def stores_after_reset(engine) -> list[str | None]:
     return [r.get("request") for r in trace[reset:] if r["kind"] == "block_store"]
 
 
+@pytest.mark.obligation("RKC-INV-6")
 @pytest.mark.parametrize("end", ["finish", "abort"])
 def test_decode_across_reset_indexes_nothing(engine, end):
     """RKC-INV-6: `live` fills its second block by decode after the reset (24 of its 40
@@ -61,6 +62,7 @@ def test_decode_across_reset_indexes_nothing(engine, end):
     s.drop_prefix_cache()
 
 
+@pytest.mark.obligation("RKC-INV-6")
 def test_requests_admitted_after_the_reset_store_as_usual(engine):
     """RKC-INV-6 is about the epoch a request was admitted in, not a switch: after the reset
     a new prompt's blocks are indexed and reused."""

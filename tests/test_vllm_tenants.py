@@ -47,6 +47,7 @@ def note(answer: tuple[int, dict]) -> dict:
     return body["kv_transfer_params"]["kvclaims"]
 
 
+@pytest.mark.obligation("RKC-SEC-1")
 def test_only_the_owner_releases(server):  # RKC-SEC-1
     assert note(server.complete(blocks(1, 2) + [1], key=ALICE, kvclaims_claim="a1")) == {
         "claims": {"a1": "materialized"}
@@ -67,6 +68,7 @@ def test_only_the_owner_releases(server):  # RKC-SEC-1
     assert submit["tenant"] == key_tenant(ALICE)
 
 
+@pytest.mark.obligation("RKC-SEC-2")
 def test_quota_caps_each_tenants_hard_claims(server):  # RKC-SEC-2
     assert note(server.complete(blocks(11, 12, 13) + [1], key=ALICE, kvclaims_claim="q1"))["claims"] == {
         "q1": "materialized"
