@@ -437,7 +437,7 @@ def needed_tiers(spec: Spec) -> dict[str, str]:
     """Which tier a claim in each state must keep its blocks in (RKC-TR-6): protected
     states on the device, the offload's destination on the host; other states none."""
     lc = spec.lifecycle
-    return {**{s: "device" for s in lc.protected}, **{t.dest: "host" for t in lc.transitions if t.event == "offload"}}
+    return {**{s: "device" for s in lc.protected}, **dict.fromkeys(lc.dests("offload"), "host")}
 
 
 def check_lines(lines: Iterable[str | bytes], spec: Spec | None = None, on_end: OnEnd | None = None) -> Report:

@@ -107,6 +107,9 @@ class PoolModel:
         if self.U < 1 or not 0 <= self.R < self.U:
             raise InvalidInput(f"need U >= 1 and 0 <= R < U, got U={self.U}, R={self.R}")
         self.lifecycle = Lifecycle(self.spec)
+        lc = self.spec.lifecycle  # the state sets the model reads, derived from the spec once
+        self._offloaded, self._awaiting = tuple(lc.dests("offload")), tuple(lc.sources("materialize"))
+        self._hittable = tuple(lc.sources("hit"))
         self.time = 0
         self.resident: set[str] = set()
         self.host: set[str] = set()
@@ -244,12 +247,12 @@ class PoolModel:
         self._drop_host(c)
 
     def _drop_host(self, c: ModelClaim) -> None:
-        keep = {h for o in self._in("offloaded") for h in o.terms.chain}
+        keep = {h for o in self._in(*self._offloaded) for h in o.terms.chain}
         self.host = {h for h in self.host if h in keep}
         self.corrupt_host &= self.host
 
     def _materialize_ready(self) -> None:
-        for c in self._in("accepted"):
+        for c in self._in(*self._awaiting):
             if set(c.terms.chain) <= self.resident:
                 self._fire(c, "materialize")
 
@@ -301,7 +304,7 @@ class PoolModel:
             # indexed (held elsewhere) the new copy stays unindexed, the request's own.
             self._orphan_for(request_id, set(r.chain[hits:]) & self.resident)
             self.resident |= set(r.chain)
-            for c in self._in(self._protected_state, "demoted"):
+            for c in self._in(*self._hittable):
                 if set(c.terms.chain) <= own:
                     self._fire(c, "hit")
             self._materialize_ready()
@@ -416,7 +419,7 @@ class PoolModel:
             c = min(candidates, key=lambda c: c.terms.yield_order())
             if c.terms.policy == "offload" and c.terms.host_allowed and self._host_room(c):
                 self._offload(c)
-                if c.state == "offloaded":
+                if c.state in self._offloaded:
                     self.resident -= {h for h in c.terms.chain if h not in held and not self._held_by_other(h, c)}
             else:
                 self._fire(c, "demote")
@@ -429,7 +432,7 @@ class PoolModel:
 
     def _restore_for(self, r: ModelRequest) -> None:
         """Offloaded claims that the request's chain extends are restored (or fail closed)."""
-        for c in self._in("offloaded"):
+        for c in self._in(*self._offloaded):
             n = len(c.terms.chain)
             if n > r.hits and r.chain[:n] == c.terms.chain and self._fits_reserve(c.terms):
                 missing = [h for h in c.terms.chain if h not in self.resident]
@@ -496,7 +499,7 @@ class PoolModel:
     # --- operator actions ---------------------------------------------------------
     def reset_prefix_cache(self) -> None:
         self.epoch += 1
-        for c in self._in(self._protected_state, "offloaded"):
+        for c in self._in(self._protected_state, *self._offloaded):
             self._fire(c, "harm")
             self._drop_host(c)
         self._orphan(set(self.resident))

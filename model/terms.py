@@ -18,9 +18,7 @@ TIERS: tuple[str, ...] = _SPEC.tiers
 # pressure; bounded so every runtime and trace reader keeps it exactly.
 PRIORITIES = range(-(2**31), 2**31)
 # States in which a hard claim counts against the reserve: accepted, and protected.
-RESERVING = frozenset(
-    {t.dest for t in _SPEC.lifecycle.transitions if t.event == "accept"} | set(_SPEC.lifecycle.protected)
-)
+RESERVING = frozenset(_SPEC.lifecycle.dests("accept") | set(_SPEC.lifecycle.protected))
 
 
 class _Held(Protocol):

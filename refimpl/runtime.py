@@ -79,9 +79,8 @@ class Runtime:
         self.requests: dict[str, Request] = {}
         self.waiting: list[str] = []
         lc = self.spec.lifecycle
-        self._offloaded = {t.dest for t in lc.transitions if t.event == "offload"}
-        self._awaiting = {t.source for t in lc.transitions if t.event == "materialize"}
-        self._expirable = {t.source for t in lc.transitions if t.event == "expire"}
+        self._offloaded, self._awaiting = lc.dests("offload"), lc.sources("materialize")
+        self._expirable = lc.sources("expire")
         # Indexes kept by `_fire`, so no operation scans every claim: live claims by
         # state, and by the last hash of their chain (a chain is named by its tail).
         self._by_state: dict[str, set[str]] = {st: set() for st in lc.states}

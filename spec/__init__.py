@@ -51,6 +51,14 @@ class Lifecycle:
     def live(self) -> tuple[str, ...]:
         return tuple(s for s in self.states if s not in self.terminal)
 
+    def sources(self, event: str) -> frozenset[str]:
+        """States `event` may fire from (e.g. the states awaiting `materialize`)."""
+        return frozenset(t.source for t in self.transitions if t.event == event)
+
+    def dests(self, event: str) -> frozenset[str]:
+        """States `event` leads to (e.g. the offloaded state, where `offload` leads)."""
+        return frozenset(t.dest for t in self.transitions if t.event == event)
+
 
 @dataclass(frozen=True)
 class Outcome:
