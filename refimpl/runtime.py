@@ -204,11 +204,12 @@ class Runtime:
             policy=policy,
         )
         ctx = self.ledger.context(c.chain)
-        if self._within_reserve(c, ctx["new_blocks"], ctx["reserved"]):
-            self._fire(c, "accept", ctx)
+        fits = self._within_reserve(c, ctx["new_blocks"], ctx["reserved"])  # decided once
+        if fits:
+            self._fire(c, "accept", {"fits": fits})
             self._materialize_ready()
         else:
-            self._fire(c, "refuse", ctx, reason="reserve")
+            self._fire(c, "refuse", {"fits": fits}, reason="reserve")
         return c.state
 
     def _claim_terms(self, claim_id, prefix, strength, priority, ttl, tiers, policy) -> tuple:
@@ -264,8 +265,9 @@ class Runtime:
 
     def _guards(self, c: Claim) -> dict:
         return {
-            "within_reserve": lambda new_blocks, reserved, **_: self._within_reserve(c, new_blocks, reserved),
-            "exceeds_reserve": lambda new_blocks, reserved, **_: not self._within_reserve(c, new_blocks, reserved),
+            # the acceptance rule is decided once, in submit_claim; the guard reads the verdict
+            "within_reserve": lambda fits, **_: fits,
+            "exceeds_reserve": lambda fits, **_: not fits,
             "chain_resident": lambda **_: all(self.pool.lookup(h) is not None for h in c.chain),
             "host_allowed": lambda **_: c.host_allowed,
             "checksums_match": lambda arrived, **_: self._matches(arrived, c),

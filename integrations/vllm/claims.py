@@ -168,8 +168,8 @@ class ClaimBook:
             request=request,
             tenant=tenant,
         )
-        ctx = reserve_context(hexes, self.claims.values())
-        reason = self.refusal(c, **ctx)
+        reason = self.refusal(c, **reserve_context(hexes, self.claims.values()))  # decided once
+        ctx = {"fits": reason is None}
         if reason is None:
             self.fire(c, "accept", ctx)
             self.materialize_ready()
@@ -199,10 +199,9 @@ class ClaimBook:
         }
 
     def _guards(self, c: Claim) -> dict:
-        ok = lambda new_blocks, reserved, **_: self.refusal(c, new_blocks, reserved) is None  # noqa: E731
-        return {
-            "within_reserve": ok,
-            "exceeds_reserve": lambda **ctx: not ok(**ctx),
+        return {  # acceptance is decided once, in `submit`; the guards read the verdict
+            "within_reserve": lambda fits, **_: fits,
+            "exceeds_reserve": lambda fits, **_: not fits,
             "chain_resident": lambda **_: self.pool.resident(self.held[c.id].chain) is not None,
         }
 
