@@ -147,6 +147,16 @@ def _argument_error(exc: TypeError, kwargs: dict[str, Any]) -> str | None:
     return None
 
 
+def add_runtime_argument(parser: Any) -> None:
+    """`--runtime`, the same for every command that drives a runtime."""
+    names = ", ".join(["refimpl", *sorted(set(SHORTCUTS) - {"refimpl"})])
+    parser.add_argument(
+        "--runtime",
+        default="refimpl",
+        help=f"{names} or MODULE:CLASS implementing kvclaims.conformance.adapter.RuntimeAdapter (default refimpl)",
+    )
+
+
 def reference_runtime(**shape: Any) -> RuntimeAdapter:
     """The reference runtime with pool `shape`: the suites' default runtime."""
     return load_adapter("refimpl", **shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from kvclaims.conformance.adapter import add_runtime_argument
 from kvclaims.conformance.fuzz import runtime_factory
 from kvclaims.conformance.litmus import SCENARIOS, run_scenario
 
@@ -11,11 +12,7 @@ MARK = {"passed": "PASS", "failed": "FAIL", "not_applicable": "N/A "}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--runtime",
-        default="refimpl",
-        help="'refimpl', 'vllm' or MODULE:CLASS implementing kvclaims.conformance.adapter.RuntimeAdapter",
-    )
+    add_runtime_argument(parser)
     parser.add_argument(
         "--device",
         default=None,

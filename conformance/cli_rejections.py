@@ -3,17 +3,14 @@ scenarios against a runtime, reported as the litmus suite reports its own."""
 
 from __future__ import annotations
 
+from kvclaims.conformance.adapter import add_runtime_argument
 from kvclaims.conformance.fuzz import runtime_factory
 from kvclaims.conformance.cli_litmus import report
 from kvclaims.conformance.rejections import REJECTIONS, run_rejection
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--runtime",
-        default="refimpl",
-        help="'refimpl', 'vllm' or MODULE:CLASS implementing kvclaims.conformance.adapter.RuntimeAdapter",
-    )
+    add_runtime_argument(parser)
     parser.add_argument("--only", action="append", choices=sorted(REJECTIONS), help="run only this scenario")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
 

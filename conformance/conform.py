@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from kvclaims.conformance.adapter import add_runtime_argument
 from kvclaims.conformance import rejections
 from kvclaims.conformance.fuzz import check_steps, fuzz, runtime_factory, violation
 from kvclaims.proofs.run import prove_all
@@ -113,7 +114,7 @@ def _checker_survives_garbage() -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runtime", default="refimpl", help="refimpl, vllm or MODULE:CLASS (default refimpl)")
+    add_runtime_argument(parser)
     parser.add_argument("--steps", type=int, default=5000, help="stateful steps (default 5000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -17,7 +17,7 @@ from functools import partial
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from kvclaims.conformance.adapter import load_adapter
+from kvclaims.conformance.adapter import add_runtime_argument, load_adapter
 from kvclaims.errors import BadArgument, KVClaimsError
 from kvclaims.conformance.stateful import Factory, machine_for
 
@@ -109,7 +109,7 @@ def violation(exc: BaseException) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runtime", default="refimpl", help="refimpl, vllm or MODULE:CLASS (default refimpl)")
+    add_runtime_argument(parser)
     parser.add_argument("--steps", type=int, default=10_000, help="steps to run at least (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--no-faults", action="store_true", help="no operator actions or injected faults")
