@@ -56,6 +56,29 @@ FIELDS: dict[str, dict[str, type]] = {
 }
 # kind -> optional fields the checker reads (spec/TRACE.md, RKC-TR-3), checked unless absent or null.
 OPTIONAL: dict[str, dict[str, type]] = {"block_store": {"request": str}}
+# Finding kind -> the obligation it breaks (spec/TRACE.md), so a violation is attributed
+# to exactly the id it breaks (`kvclaims conform`, the stateful machine).
+OBLIGATION_OF: dict[str, str] = {
+    "malformed_line": "RKC-TR-3",
+    "empty_trace": "RKC-TR-7",
+    "truncated_tail": "RKC-TR-7",
+    "line_too_long": "RKC-TR-7",
+    "sequence_gap": "RKC-TR-2",
+    "sequence_order": "RKC-TR-2",
+    "time_order": "RKC-TR-2",
+    "unknown_claim": "RKC-TR-5",
+    "duplicate_claim": "RKC-TR-5",
+    "illegal_transition": "RKC-TR-5",
+    "event_after_terminal": "RKC-TR-5",
+    "state_mismatch": "RKC-TR-5",
+    "claimed_block_lost": "RKC-TR-6",
+    "refusal_without_attribution": "RKC-TR-4",
+    "unknown_request": "RKC-TR-8",
+    "duplicate_request": "RKC-TR-8",
+    "illegal_request_event": "RKC-TR-8",
+    "phantom_block": "RKC-TR-9",
+    "stale_store": "RKC-INV-6",
+}
 _STRING_LISTS = ("blocks", "blocking_claims", "hit_blocks")  # lists of non-empty strings wherever present
 _is_str = str.__instancecheck__
 _SOURCE = {"host": "device", "device": "host"}  # a copy into a tier reads the other: offload, restore

@@ -21,7 +21,7 @@ from kvclaims.proofs.run import prove_all
 from kvclaims.conformance.checker import check_lines
 from kvclaims.conformance.litmus import SCENARIOS, run_all
 from kvclaims.spec import load
-from kvclaims.conformance.stateful import CHECKS
+from kvclaims.conformance.stateful import CHECKS, violated_obligation
 
 REPORT_SCHEMA = "kvclaims.conformance.conform/1"
 # Obligations of a multi-tenant server, not of the runtime behind the adapter protocol.
@@ -57,17 +57,8 @@ def conform(runtime: str, steps: int, seed: int) -> dict:
                 **({"violation": "; ".join(res.failures)} if res.failures else {}),
             }
         )
-    try:
-        totals = fuzz(factory, steps, seed)
-        stateful = {"result": "passed", "steps": totals["steps"]}
-    except Exception as exc:  # a violation, or the runtime crashed
-        stateful = {
-            "result": "failed",
-            "violation": violation(exc),
-            "program": "\n".join(getattr(exc, "__notes__", [])),
-        }
-    for oid in CHECKS:
-        evidence[oid].append({"kind": "stateful", "name": "contract machine", **stateful})
+    for oid, item in _stateful(factory, steps, seed).items():
+        evidence[oid].append({"kind": "stateful", "name": "contract machine", **item})
     for oid in SERVER_CHECKED:
         evidence[oid].append(
             {
@@ -104,6 +95,26 @@ def conform(runtime: str, steps: int, seed: int) -> dict:
         "conforms": all(o["verdict"] in ("conforms", "not applicable") for o in obligations),
         "obligations": obligations,
     }
+
+
+def _stateful(factory, steps: int, seed: int) -> dict[str, dict]:
+    """The machine's evidence per obligation. A violation that names its obligation fails
+    that one only; the others held on every step before it. A crash, or a disagreement no
+    single obligation owns, fails them all."""
+    try:
+        totals = fuzz(factory, steps, seed)
+    except Exception as exc:  # a violation, or the runtime crashed
+        failed = {
+            "result": "failed",
+            "violation": violation(exc),
+            "program": "\n".join(getattr(exc, "__notes__", [])),
+        }
+        broken = violated_obligation(exc)
+        if broken is None:
+            return dict.fromkeys(CHECKS, failed)
+        held = {"result": "passed", "until": f"the run stopped at a violation of {broken}"}
+        return {**dict.fromkeys(CHECKS, held), broken: failed}
+    return dict.fromkeys(CHECKS, {"result": "passed", "steps": totals["steps"]})
 
 
 def _checker_survives_garbage() -> bool:

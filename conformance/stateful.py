@@ -20,6 +20,7 @@ On failure Hypothesis prints the steps as Python, ready to paste into a test.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Callable
 
@@ -29,7 +30,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initial
 from kvclaims.conformance.adapter import RuntimeAdapter
 from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidInput, KVClaimsError, UnknownId
 from kvclaims.model.pool import ClaimTerms, PoolModel
-from kvclaims.conformance.checker import Checker
+from kvclaims.conformance.checker import OBLIGATION_OF, Checker
 from kvclaims.trace import read_lines
 from kvclaims.conformance.strategies import VOCAB, claim_kwargs, family_tokens, prompt_shape, unique_tokens
 
@@ -51,7 +52,9 @@ CHECKS = (
     "RKC-TR-1",
     "RKC-TR-2",
     "RKC-TR-3",
+    "RKC-TR-4",
     "RKC-TR-5",
+    "RKC-TR-6",
     "RKC-TR-9",
 )
 OPERATOR_ACTIONS = ("reset_cache", "evict_blocks", "device_fault", "host_fault")
@@ -60,6 +63,13 @@ ERRORS = {e.__name__: e for e in (IllegalTransition, GuardRejected, InvalidInput
 
 class ContractViolation(AssertionError):
     """The runtime broke the contract; the message names the obligation."""
+
+
+def violated_obligation(exc: BaseException) -> str | None:
+    """The obligation a violation names first (its message's leading id), or None: a
+    crash, or a disagreement with the model that no single obligation owns."""
+    match = re.match(r"(RKC-[A-Z]+-\d+):", str(exc)) if isinstance(exc, ContractViolation) else None
+    return match.group(1) if match else None
 
 
 class ContractMachine(RuleBasedStateMachine):
@@ -444,7 +454,8 @@ class ContractMachine(RuleBasedStateMachine):
         self.trace_pos += len(lines)
         if self.checker.report.violations:
             v = self.checker.report.violations[0]
-            raise ContractViolation(f"RKC-TR-5: trace line {v.line} (seq {v.seq}): {v.kind}: {v.message}")
+            oid = OBLIGATION_OF.get(v.kind, "RKC-TR-3")
+            raise ContractViolation(f"{oid}: trace line {v.line} (seq {v.seq}): {v.kind}: {v.message}")
 
 
 def machine_for(factory: Factory) -> type[ContractMachine]:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).parent
 
 
@@ -63,3 +65,19 @@ def test_conform_reports_every_obligation():
 def test_conform_fails_a_mutant():
     out = kvclaims("conform", "--runtime", "kvclaims.refimpl.mutants:WrongAttribution", "--steps", "3000")
     assert out.returncode == 1 and "DOES NOT CONFORM" in out.stdout
+
+
+@pytest.mark.obligation("RKC-FEAS-6", "RKC-INV-6")
+def test_conform_attributes_a_failure_to_the_obligation_it_broke():
+    """A stateful violation fails only the obligation it names; the machine's other checks
+    held until it (a crash would fail them all)."""
+    for mutant, broken in (("WrongAttribution", "RKC-FEAS-6"), ("StaleStore", "RKC-INV-6")):
+        out = kvclaims("conform", "--runtime", f"kvclaims.refimpl.mutants:{mutant}", "--steps", "3000", "--json")
+        report = json.loads(out.stdout)
+        failed = {
+            o["id"]
+            for o in report["obligations"]
+            for e in o["evidence"]
+            if e["kind"] == "stateful" and e["result"] == "failed"
+        }
+        assert failed == {broken}, (mutant, failed)
