@@ -133,11 +133,11 @@ class ClaimsScheduler(Scheduler):
     def _cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
         """Index the request's newly full blocks, unless it is stale: admitted before the
         latest invalidation, its KV may rest on KV declared invalid (RKC-INV-6). What it
-        stores is traced under its id, after the evictions that made room for it."""
+        stores is traced under its id, after the evictions that made room for it (one
+        drain: `_sync` writes removals before stores)."""
         rid = request.request_id
         if self.admitted_epoch.get(rid, self.epoch) != self.epoch:
             return
-        self._sync("lru")
         self.kv_cache_manager.coordinator._kvclaims_cache_blocks(request, num_computed_tokens)
         self._sync("lru", request=rid)
 
