@@ -16,7 +16,7 @@ from itertools import combinations
 import z3
 
 from kvclaims.proofs.encoding import Sorts, new_solver, scope
-from kvclaims.proofs.result import ProofResult
+from kvclaims.proofs.result import ProofResult, unsat_result
 from kvclaims.spec import Spec
 
 N_CLAIMS = 4
@@ -56,15 +56,11 @@ def _query(oid: str, name: str, claims: list, f: _Feas, method: str = "smt") -> 
     t0 = time.perf_counter()
     s = new_solver()
     s.add(*f.assume, *claims)
-    verdict = s.check()
-    if verdict == z3.unsat:
-        return ProofResult(oid, name, method, True, time.perf_counter() - t0)
-    if verdict == z3.unknown:
-        detail = f"solver answered unknown: {s.reason_unknown()}"
-    else:
-        m = s.model()
-        detail = "counterexample: " + ", ".join(f"{k}={m.eval(v, model_completion=True)}" for k, v in f.v.items())
-    return ProofResult(oid, name, method, False, time.perf_counter() - t0, 1, detail)
+
+    def explain(m: z3.ModelRef) -> str:
+        return "counterexample: " + ", ".join(f"{k}={m.eval(v, model_completion=True)}" for k, v in f.v.items())
+
+    return unsat_result(oid, name, method, s, t0, explain)
 
 
 def prove_feasibility(spec: Spec) -> list[ProofResult]:

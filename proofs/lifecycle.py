@@ -7,7 +7,7 @@ import time
 import z3
 
 from kvclaims.proofs.encoding import Sorts, new_solver, scope
-from kvclaims.proofs.result import ProofResult
+from kvclaims.proofs.result import ProofResult, unsat_result
 from kvclaims.spec import Spec
 
 
@@ -22,16 +22,6 @@ def _relation(sorts: Sorts, spec: Spec):
         )
 
     return S, st, E, ev, T
-
-
-def _unsat_result(
-    oid: str, name: str, method: str, solver: z3.Solver, t0: float, explain, queries: int = 1
-) -> ProofResult:
-    verdict = solver.check()
-    if verdict == z3.unsat:
-        return ProofResult(oid, name, method, True, time.perf_counter() - t0, queries)
-    detail = f"solver answered unknown: {solver.reason_unknown()}" if verdict == z3.unknown else explain(solver.model())
-    return ProofResult(oid, name, method, False, time.perf_counter() - t0, queries, detail)
 
 
 def prove_lifecycle(spec: Spec) -> list[ProofResult]:
@@ -50,7 +40,7 @@ def prove_lifecycle(spec: Spec) -> list[ProofResult]:
     q = new_solver()
     q.add(T(s, e, d), T(s, e, d2), d != d2)
     results.append(
-        _unsat_result(
+        unsat_result(
             "RKC-LC-1",
             "deterministic: T(s,e,d) ∧ T(s,e,d2) ⇒ d = d2",
             "smt",
@@ -64,7 +54,7 @@ def prove_lifecycle(spec: Spec) -> list[ProofResult]:
     q = new_solver()
     q.add(T(s, e, d), z3.Or(*[s == st[x] for x in lc.terminal]))
     results.append(
-        _unsat_result(
+        unsat_result(
             "RKC-LC-3",
             "terminal states have no outgoing transition",
             "smt",
@@ -83,7 +73,7 @@ def prove_lifecycle(spec: Spec) -> list[ProofResult]:
         z3.And(*[e != ev[x] for x in lc.loss_events]),
     )
     results.append(
-        _unsat_result(
+        unsat_result(
             "RKC-LC-4",
             "leaving a protected state takes a loss-permitting event",
             "smt",

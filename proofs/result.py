@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Callable
+
+import z3
 
 
 @dataclass
@@ -29,3 +33,23 @@ class ProofResult:
             "detail": self.detail,
             "trace": self.trace,
         }
+
+
+def unsat_result(
+    oid: str,
+    name: str,
+    method: str,
+    solver: z3.Solver,
+    started: float,
+    explain: Callable[[z3.ModelRef], str],
+    queries: int = 1,
+) -> ProofResult:
+    """Check `solver`, whose assertions negate what is being proved, into a result: unsat
+    proves it; unknown fails (never counted as proved); sat fails, with `explain(model)`
+    as the counterexample. `started` is the `time.perf_counter()` the proof began at."""
+    verdict = solver.check()
+    seconds = time.perf_counter() - started
+    if verdict == z3.unsat:
+        return ProofResult(oid, name, method, True, seconds, queries)
+    detail = f"solver answered unknown: {solver.reason_unknown()}" if verdict == z3.unknown else explain(solver.model())
+    return ProofResult(oid, name, method, False, seconds, queries, detail)
