@@ -27,6 +27,7 @@ from typing import Callable
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
 
+from kvclaims.model.terms import APPLIED
 from kvclaims.conformance.adapter import RuntimeAdapter
 from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidInput, KVClaimsError, UnknownId
 from kvclaims.model.pool import ClaimTerms, PoolModel
@@ -410,7 +411,7 @@ class ContractMachine(RuleBasedStateMachine):
         if missing:
             raise ContractViolation(f"RKC-INV-1: materialized claims lost blocks with no event: {missing}")
         for rid, r in self.model.requests.items():
-            if r.claim_outcome == "applied":  # the prompt's full blocks, claimed at admission
+            if r.claim_outcome == APPLIED:  # the prompt's full blocks, claimed at admission
                 self.tokens.setdefault(r.claim.id, self.prompts[rid][: len(r.claim.chain) * self.rt.B])
         if self._can("verify_content"):
             for cid in self.model.materialized_chains():

@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 
-def _marked_ids(decorator: ast.expr) -> list[str]:
+def marked_ids(decorator: ast.expr) -> list[str]:
     """The string ids of an `@pytest.mark.obligation("RKC-…", …)` decorator, else []."""
     if isinstance(decorator, ast.Call) and ast.unparse(decorator.func) == "pytest.mark.obligation":
         return [a.value for a in decorator.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
@@ -24,7 +24,7 @@ def marked_tests(tests: Path) -> dict[str, list[str]]:
         tree = ast.parse(path.read_text(), filename=str(path))
         prefix = f"{tests.name}/{path.name}"
         for owner, node in _functions(tree):
-            for oid in dict.fromkeys(i for d in node.decorator_list for i in _marked_ids(d)):
+            for oid in dict.fromkeys(i for d in node.decorator_list for i in marked_ids(d)):
                 found.setdefault(oid, []).append("::".join([prefix, *owner, node.name]))
     return found
 

@@ -19,7 +19,16 @@ from typing import Mapping, Sequence
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
 from kvclaims.model.lifecycle import ClaimFSM, Lifecycle
-from kvclaims.model.terms import POLICIES, RESERVING, STRENGTHS, ClaimRules, reserve_context
+from kvclaims.model.terms import (
+    APPLIED,
+    NOT_APPLIED,
+    PENDING,
+    POLICIES,
+    RESERVING,
+    STRENGTHS,
+    ClaimRules,
+    reserve_context,
+)
 from kvclaims.spec import Spec, load
 
 
@@ -71,7 +80,7 @@ class ModelRequest:
     hits: int = 0
     epoch: int = 0  # the invalidation epoch it was admitted in
     claim: ClaimTerms | None = None  # the claim it carries, applied at admission (RKC-RT-8)
-    claim_outcome: str | None = None  # None | pending | applied | not_applied
+    claim_outcome: str | None = None  # None, or one of the spec's claim_outcomes
     decision: Decision | None = None
     orphaned: set[str] = field(default_factory=set)  # its blocks that are not the indexed copy
     duplicates: set[str] = field(default_factory=set)  # those it computed while the hash was indexed
@@ -274,7 +283,7 @@ class PoolModel:
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
         self.requests[request_id] = ModelRequest(
-            tuple(chain), len(chain) if blocks is None else blocks, claim=claim, claim_outcome=claim and "pending"
+            tuple(chain), len(chain) if blocks is None else blocks, claim=claim, claim_outcome=claim and PENDING
         )
         self._adopt_lru(lru_evictions)
         return self._try_admit(request_id)
@@ -309,8 +318,8 @@ class PoolModel:
                     self._fire(c, "hit")
             self._materialize_ready()
             if r.claim is not None:
-                r.claim_outcome = "not_applied" if r.claim.id in self.claims else "applied"
-                if r.claim_outcome == "applied":
+                r.claim_outcome = NOT_APPLIED if r.claim.id in self.claims else APPLIED
+                if r.claim_outcome == APPLIED:
                     self.submit_claim(r.claim)
         elif d.outcome == "wait":
             if request_id not in self.waiting:
@@ -459,8 +468,8 @@ class PoolModel:
     @staticmethod
     def _never_applied(r: ModelRequest) -> None:
         """A request that ends before admission applies no claim operation (RKC-RT-8)."""
-        if r.claim_outcome == "pending":
-            r.claim_outcome = "not_applied"
+        if r.claim_outcome == PENDING:
+            r.claim_outcome = NOT_APPLIED
 
     def _request(self, request_id: str) -> ModelRequest:
         if request_id not in self.requests:

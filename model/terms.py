@@ -14,6 +14,8 @@ _SPEC = load()
 STRENGTHS: tuple[str, ...] = _SPEC.strengths
 POLICIES: tuple[str, ...] = _SPEC.policies
 TIERS: tuple[str, ...] = _SPEC.tiers
+# What became of a claim a request carries (RKC-RT-8).
+PENDING, APPLIED, NOT_APPLIED = _SPEC.claim_outcomes
 # A claim's priority, in every runtime: a signed 32-bit int. Lower yields first under
 # pressure; bounded so every runtime and trace reader keeps it exactly.
 PRIORITIES = range(-(2**31), 2**31)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kvclaims.model.terms import PENDING
+
 
 @dataclass
 class Request:
@@ -19,8 +21,8 @@ class Request:
     reason: str | None = None
     blocking_claims: tuple[str, ...] = ()
     claim: dict | None = None  # the claim it carries: applied at admission (RKC-RT-8)
-    claim_outcome: str | None = None  # None | pending | applied | not_applied
+    claim_outcome: str | None = None  # None, or one of the spec's claim_outcomes
 
     def __post_init__(self) -> None:
         if self.claim is not None:
-            self.claim_outcome = "pending"
+            self.claim_outcome = PENDING

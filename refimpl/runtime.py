@@ -27,7 +27,7 @@ from kvclaims.model.checks import (
 )
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide, outcome
 from kvclaims.model.lifecycle import Lifecycle
-from kvclaims.model.terms import ReserveLedger
+from kvclaims.model.terms import APPLIED, NOT_APPLIED, PENDING, ReserveLedger
 from kvclaims.refimpl.claims import Request
 from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
@@ -390,8 +390,8 @@ class Runtime:
         return self._try_admit(r)
 
     def claim_outcome(self, request_id: str) -> str | None:
-        """What became of the request's claim: None (it carried none), "pending" (not yet
-        admitted), "applied", or "not_applied" (refused or aborted first, or the id was
+        """What became of the request's claim: None (it carried none), pending (not yet
+        admitted), applied, or not applied (refused or aborted first, or the id was
         taken by the time it was admitted)."""
         return self._request(request_id).claim_outcome
 
@@ -401,10 +401,10 @@ class Runtime:
             return
         cid, terms = r.claim["id"], {k: v for k, v in r.claim.items() if k != "id"}
         if cid in self.claims:
-            r.claim_outcome = "not_applied"
+            r.claim_outcome = NOT_APPLIED
             return
         self.submit_claim(cid, r.tokens[: len(r.hashes) * self.B], **terms)
-        r.claim_outcome = "applied"
+        r.claim_outcome = APPLIED
 
     def step(self, ticks: int = 1) -> None:
         """Advance the logical clock: expire claims whose TTL ran out, then retry waiting requests."""
@@ -677,5 +677,5 @@ class Runtime:
 
 def _never_applied(r: Request) -> None:
     """A request that ends before admission applies no claim operation (RKC-RT-8)."""
-    if r.claim_outcome == "pending":
-        r.claim_outcome = "not_applied"
+    if r.claim_outcome == PENDING:
+        r.claim_outcome = NOT_APPLIED

@@ -108,6 +108,7 @@ class Spec:
     policies: tuple[str, ...] = ()
     tiers: tuple[str, ...] = ()
     request_initial: str = ""
+    claim_outcomes: tuple[str, ...] = ()  # of a request-carried claim: pending, applied, not applied
     request_statuses: dict[str, str] = field(default_factory=dict)
     # record kind -> (statuses it may come from, status it leads to)
     request_moves: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
@@ -213,6 +214,7 @@ def from_dict(raw: dict) -> Spec:
             policies=tuple(raw["claims"]["policies"]),
             tiers=tuple(raw["claims"]["tiers"]),
             request_initial=raw["requests"]["initial"],
+            claim_outcomes=tuple(raw["requests"]["claim_outcomes"]),
             request_statuses=dict(raw["requests"]["statuses"]),
             request_moves={kind: (tuple(sources), dest) for kind, sources, dest in raw["requests"]["moves"]["rows"]},
             invalidations=tuple(raw["invalidation"]["actions"]),

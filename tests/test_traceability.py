@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kvclaims.evidence import _marked_ids, marked_tests
+from kvclaims.evidence import marked_ids, marked_tests
 from kvclaims.spec import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def test_markers_name_what_docstrings_claim():
     for path in sorted((ROOT / "tests").glob("test_*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test"):
-                marked = {i for d in node.decorator_list for i in _marked_ids(d)}
+                marked = {i for d in node.decorator_list for i in marked_ids(d)}
                 cited = set(ID.findall(ast.get_docstring(node) or ""))
                 if cited - marked or marked - known:
                     unmarked.append(f"{path.name}::{node.name}: {sorted(cited - marked) or sorted(marked - known)}")

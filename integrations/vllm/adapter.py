@@ -44,6 +44,7 @@ from typing import Any, Mapping, Sequence
 
 from vllm.v1.request import RequestStatus
 
+from kvclaims.model.terms import APPLIED, NOT_APPLIED, PENDING
 from kvclaims.errors import DuplicateId, InvalidField, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts
 
@@ -149,7 +150,7 @@ class VllmAdapter:
         except ValueError as exc:  # vLLM's own input checks (prompt past the model length)
             raise InvalidInput(f"request {request_id!r}: {exc}") from None
         if claim is not None:
-            self.outcomes[request_id] = "pending"
+            self.outcomes[request_id] = PENDING
         self._step_for(request_id)
         status = self.request_status(request_id)
         if status == "refused":
@@ -173,13 +174,13 @@ class VllmAdapter:
 
     def _note_outcomes(self) -> None:
         """Settle pending carried claims from the notes the integration writes for clients."""
-        for rid in [r for r, o in self.outcomes.items() if o == "pending"]:
+        for rid in [r for r, o in self.outcomes.items() if o == PENDING]:
             result = self.engine.results.get(rid)
             note = self.sched.notes.get(rid) or (result.kvclaims if result else {})
             if "claims" in note:
-                self.outcomes[rid] = "applied"
+                self.outcomes[rid] = APPLIED
             elif "claims_not_applied" in note:
-                self.outcomes[rid] = "not_applied"
+                self.outcomes[rid] = NOT_APPLIED
 
     def _step_for(self, request_id: str) -> None:
         self.sched.only = request_id
