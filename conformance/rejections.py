@@ -26,7 +26,7 @@ from kvclaims.errors import (
     KVClaimsError,
     UnknownId,
 )
-from kvclaims.model.terms import PRIORITIES
+from kvclaims.model.terms import PRIORITIES, TTLS
 from kvclaims.conformance.adapter import reference_runtime
 from kvclaims.conformance.checker import check_lines
 from kvclaims.conformance.litmus import B, Factory, Result, Run
@@ -129,6 +129,7 @@ _add(
         "claim_ttl_zero": ("ttl 0", InvalidField, _claim(ttl=0)),
         "claim_ttl_float": ("ttl 2.0", InvalidField, _claim(ttl=2.0)),
         "claim_ttl_string": ("ttl '2'", InvalidField, _claim(ttl="2")),
+        "claim_ttl_above_range": ("ttl 2**31", InvalidField, _claim(ttl=TTLS.stop)),
     }
 )
 _add(

@@ -13,7 +13,7 @@ import reprlib
 from typing import Any, Collection, Mapping, Sequence
 
 from kvclaims.errors import DuplicateId, InvalidField
-from kvclaims.model.terms import PRIORITIES, POLICIES, STRENGTHS, TIERS
+from kvclaims.model.terms import PRIORITIES, POLICIES, STRENGTHS, TIERS, TTLS
 
 MAX_TICKS = 10**6  # one step call: each tick is a sweep, so a huge count is a hang, not input
 
@@ -35,16 +35,32 @@ def claim_terms(
     `existing`; returns its (tiers, policy), the policy defaulted (refuse for hard, demote
     for soft).
 
-    Rejected: an id that is not a non-empty string, or is in use (DuplicateId); a strength,
-    policy or tier the spec does not name; tiers without 'device' or with a repeat; a soft
-    claim that refuses; offload without the host tier; a priority outside PRIORITIES; a TTL
-    that is not an int >= 1; a prefix that is not whole blocks of token ids (below `vocab`
+    Rejected: an id that is not a non-empty string, or is in use (DuplicateId); terms
+    `check_terms` rejects; a prefix that is not whole blocks of token ids (below `vocab`
     when given), or has more blocks than the pool (it could never be resident).
     """
     check_id(claim_id, "claim")
     if claim_id in existing:
         raise DuplicateId(f"claim {claim_id!r} already exists")
     where = f"claim {claim_id!r}"
+    tiers, policy = check_terms(where, strength, priority, ttl, tiers, policy)
+    check_tokens(prefix, where, "prefix", vocab)
+    if len(prefix) % B:
+        raise InvalidField(where, "prefix", f"must be whole blocks of {B} tokens, got {len(prefix)} tokens")
+    if len(prefix) > U * B:
+        raise InvalidField(
+            where, "prefix", f"has {len(prefix) // B} blocks, more than the pool's {U}: it could never be resident"
+        )
+    return tiers, policy
+
+
+def check_terms(where: str, strength, priority, ttl, tiers, policy) -> tuple[tuple[str, ...], str]:
+    """A claim's terms, the one validator every runtime, front end and the oracle use;
+    returns (tiers, policy), the policy defaulted (refuse for hard, demote for soft).
+    Raises InvalidField naming `where` and the field for: a strength, policy or tier the
+    spec does not name; tiers without 'device' or with a repeat; a soft claim that
+    refuses; offload without the host tier; a priority outside PRIORITIES; a TTL outside
+    TTLS (None: no TTL)."""
     check_choice(where, "strength", strength, STRENGTHS)
     policy = ("refuse" if strength == "hard" else "demote") if policy is None else policy
     check_choice(where, "policy", policy, POLICIES)
@@ -59,14 +75,7 @@ def claim_terms(
         raise InvalidField(where, "policy", "'offload' needs 'host' in tiers")
     check_int(where, "priority", priority, PRIORITIES.start, PRIORITIES.stop - 1)
     if ttl is not None:
-        check_int(where, "ttl", ttl, 1)
-    check_tokens(prefix, where, "prefix", vocab)
-    if len(prefix) % B:
-        raise InvalidField(where, "prefix", f"must be whole blocks of {B} tokens, got {len(prefix)} tokens")
-    if len(prefix) > U * B:
-        raise InvalidField(
-            where, "prefix", f"has {len(prefix) // B} blocks, more than the pool's {U}: it could never be resident"
-        )
+        check_int(where, "ttl", ttl, TTLS.start, TTLS.stop - 1)
     return tuple(tiers), policy
 
 

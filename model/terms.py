@@ -19,6 +19,8 @@ PENDING, APPLIED, NOT_APPLIED = _SPEC.claim_outcomes
 # A claim's priority, in every runtime: a signed 32-bit int. Lower yields first under
 # pressure; bounded so every runtime and trace reader keeps it exactly.
 PRIORITIES = range(-(2**31), 2**31)
+# A claim's TTL in logical ticks (engine steps): at least one, and 32-bit like a priority.
+TTLS = range(1, 2**31)
 # States in which a hard claim counts against the reserve: accepted, and protected.
 RESERVING = frozenset(_SPEC.lifecycle.dests("accept") | set(_SPEC.lifecycle.protected))
 

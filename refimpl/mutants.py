@@ -2,43 +2,65 @@
 
 The stateful suite must catch every one (tests/test_mutants.py); a mutant that
 survives means a check that cannot fail. Each overrides one small seam of
-`Runtime`, so the bug is exactly the one named.
+`Runtime` or of its claim book (`Runtime.Book`), so the bug is exactly the one named,
+and names the obligation it breaks (`obligation`).
 """
 
 from __future__ import annotations
 
+from typing import Any, Sequence, cast
+
+from kvclaims.claimbook import ClaimBook
 from kvclaims.model.feasibility import Decision
 from kvclaims.refimpl.adapter import RefimplAdapter
 from kvclaims.model.claim import Claim
 from kvclaims.refimpl.claims import Request
+from kvclaims.refimpl.sides import DeviceSide
 
 
-class EvictHardClaimed(RefimplAdapter):
+class Mutant(RefimplAdapter):
+    obligation: str  # the spec id of the rule it breaks
+
+
+class EvictHardClaimed(Mutant):
     """Blocking claims pin nothing: their blocks stay evictable cache."""
 
-    def _hold(self, c: Claim) -> None:
-        if not c.blocking:
-            super()._hold(c)
+    obligation = "RKC-INV-2"
+
+    class Book(ClaimBook):
+        def hold(self, c: Claim, blocks: Sequence[Any]) -> None:
+            if not c.blocking:
+                super().hold(c, blocks)
 
 
-class SkipDemotionEvent(RefimplAdapter):
+class SkipDemotionEvent(Mutant):
     """Demotion withdraws protection without emitting `demote`."""
 
-    def _demote(self, c: Claim, **fields) -> None:
-        self._unhold(c)
+    obligation = "RKC-RT-1"
+
+    class Book(ClaimBook):
+        def demote(self, c: Claim, **fields: Any) -> None:
+            self.unhold(c)
 
 
-class EventAfterReuse(RefimplAdapter):
+class EventAfterReuse(Mutant):
     """The demoted claim's blocks are evicted first, the `demote` event comes after."""
 
-    def _demote(self, c: Claim, **fields) -> None:
-        self._unhold(c)
-        self._evict([s for s in map(self.pool.lookup, c.chain) if s in self.pool.lru], "lru")
-        self._fire(c, "demote", **fields)
+    obligation = "RKC-RT-1"
+
+    class Book(ClaimBook):
+        def demote(self, c: Claim, **fields: Any) -> None:
+            self.unhold(c)
+            pool = cast(DeviceSide, self.side).pool
+            gone = [pool.evict(s) for s in map(pool.lookup, c.chain) if s in pool.lru]
+            self.trace.emit("block_evict", blocks=gone, tier="device", reason="lru")
+            self.fire(c, "demote", **fields)
 
 
-class WrongAttribution(RefimplAdapter):
+class WrongAttribution(Mutant):
     """A claim-blocked refusal names every blocking claim, not the minimal set."""
+
+    obligation = "RKC-FEAS-6"
 
     def _refuse(self, r: Request, d: Decision) -> None:
         if d.outcome == "refuse_blocked":
@@ -46,22 +68,30 @@ class WrongAttribution(RefimplAdapter):
         super()._refuse(r, d)
 
 
-class ServeCorruptRestore(RefimplAdapter):
+class ServeCorruptRestore(Mutant):
     """Restores are not verified: a corrupt host copy is served."""
 
-    def _matches(self, arrived: dict[str, str], c: Claim) -> bool:
-        return True
+    obligation = "RKC-RT-2"
+
+    class Book(ClaimBook):
+        def matches(self, arrived: dict[str, str], c: Claim) -> bool:
+            return True
 
 
-class AcceptPastReserve(RefimplAdapter):
+class AcceptPastReserve(Mutant):
     """Hard claims are accepted whatever the reserve says."""
 
-    def _within_reserve(self, c: Claim, new_blocks: int, reserved: int) -> bool:
-        return True
+    obligation = "RKC-ACC-1"
+
+    class Book(ClaimBook):
+        def within_reserve(self, c: Claim, new_blocks: int, reserved: int) -> bool:
+            return True
 
 
-class EventAfterTerminal(RefimplAdapter):
+class EventAfterTerminal(Mutant):
     """Hits keep being reported for claims that already ended."""
+
+    obligation = "RKC-TR-5"
 
     def _admit(self, r: Request, hits: list[int], A: int) -> None:
         super()._admit(r, hits, A)
@@ -70,8 +100,10 @@ class EventAfterTerminal(RefimplAdapter):
                 self.trace.emit("claim", claim=c.id, event="hit", state=c.state, request=r.id)
 
 
-class ClaimBlockedWaits(RefimplAdapter):
+class ClaimBlockedWaits(Mutant):
     """A claim-blocked request is left waiting instead of refused."""
+
+    obligation = "RKC-RT-3"
 
     def _refuse(self, r: Request, d: Decision) -> None:
         if d.outcome != "refuse_blocked":
@@ -81,15 +113,17 @@ class ClaimBlockedWaits(RefimplAdapter):
             self.trace.emit("request_wait", request=r.id, new_blocks=0)
 
 
-class StaleStore(RefimplAdapter):
-    """A request running across an invalidation keeps indexing what it computes (RKC-INV-6):
-    KV computed over pre-reset KV is served after the reset."""
+class StaleStore(Mutant):
+    """A request running across an invalidation keeps indexing what it computes: KV
+    computed over pre-reset KV is served after the reset."""
+
+    obligation = "RKC-INV-6"
 
     def _fresh(self, r: Request) -> bool:
         return True
 
 
-MUTANTS: dict[str, type[RefimplAdapter]] = {
+MUTANTS: dict[str, type[Mutant]] = {
     "evict_hard_claimed": EvictHardClaimed,
     "skip_demotion_event": SkipDemotionEvent,
     "event_after_reuse": EventAfterReuse,

@@ -12,7 +12,8 @@ from __future__ import annotations
 from itertools import islice
 from typing import IO, Any, Mapping, Sequence
 
-from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidField, InvalidInput, NoRoom, UnknownId
+from kvclaims.claimbook import ClaimBook
+from kvclaims.errors import DuplicateId, GuardRejected, InvalidField, InvalidInput, NoRoom, UnknownId
 from kvclaims.model.claim import Claim
 from kvclaims.model.checks import (
     MAX_TICKS,
@@ -25,13 +26,13 @@ from kvclaims.model.checks import (
     got,
     request_claim,
 )
-from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide, outcome
-from kvclaims.model.lifecycle import Lifecycle
-from kvclaims.model.terms import APPLIED, NOT_APPLIED, PENDING, ReserveLedger
+from kvclaims.model.feasibility import Decision, PoolCounts, decide, outcome
+from kvclaims.model.terms import APPLIED, NOT_APPLIED, PENDING
 from kvclaims.refimpl.claims import Request
 from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
 from kvclaims.refimpl.pool import DevicePool
+from kvclaims.refimpl.sides import DeviceSide, HostSide
 from kvclaims.spec import Spec, load
 from kvclaims.trace import TraceWriter
 
@@ -40,7 +41,10 @@ class Runtime:
     """A paged KV pool of `U` blocks of `B` tokens with reserve `R` and a host tier of `host_blocks`.
 
     With `vocab`, token ids must lie in [0, vocab); without it, any int >= 0 is a token.
+    Claims live in a `ClaimBook` (`Book`: a seeded mutant may swap in a broken one).
     """
+
+    Book = ClaimBook
 
     def __init__(
         self,
@@ -68,24 +72,15 @@ class Runtime:
         if vocab is not None:
             check_int("runtime", "vocab", vocab, 1)
         self.spec = spec or load()
-        self.lifecycle = Lifecycle(self.spec)
         self.U, self.B, self.R, self.vocab = U, B, R, vocab
         try:
             self.pool = DevicePool(U, B, heads, head_dim, device)
         except (RuntimeError, AssertionError, TypeError) as exc:  # unknown device, no CUDA, no memory
             raise InvalidField("runtime", "device", f"{device!r} cannot hold the KV pool: {exc}") from None
         self.host = HostTier(host_blocks, tuple(self.pool.kv.shape[1:]), pin=self.pool.device.type == "cuda")
-        self.claims: dict[str, Claim] = {}
         self.requests: dict[str, Request] = {}
         self.waiting: list[str] = []
-        lc = self.spec.lifecycle
-        self._offloaded, self._awaiting = lc.dests("offload"), lc.sources("materialize")
-        self._expirable = lc.sources("expire")
-        # Indexes kept by `_fire`, so no operation scans every claim: live claims by
-        # state, and by the last hash of their chain (a chain is named by its tail).
-        self._by_state: dict[str, set[str]] = {st: set() for st in lc.states}
-        self._by_tail: dict[str, set[str]] = {}
-        self.ledger = ReserveLedger()
+        self._offloaded = self.spec.lifecycle.dests("offload")
         # Invalidation epochs (the spec's [invalidation]): `epoch` counts the operator
         # actions that declared KV invalid, `weights` those that changed every block's KV.
         self.epoch = self.weights = 0
@@ -93,6 +88,9 @@ class Runtime:
         self.trace.emit(
             "runtime", runtime="refimpl", U=U, B=B, R=R, host_blocks=host_blocks, device=str(self.pool.device)
         )
+        host = HostSide(self.host, self.pool, self.trace)
+        self.book = self.Book(self.spec, self.trace, DeviceSide(self.pool), U=U, R=R, host=host)
+        self.claims: dict[str, Claim] = self.book.claims
 
     @property
     def time(self) -> int:
@@ -120,10 +118,7 @@ class Runtime:
         return all(self.pool.verify(s, r.tokens[i * B : (i + 1) * B], i * B, r.weights) for i, s in enumerate(r.slots))
 
     def _claim(self, claim_id: str) -> Claim:
-        check_id(claim_id, "claim")
-        if claim_id not in self.claims:
-            raise UnknownId(f"no claim {claim_id!r}")
-        return self.claims[claim_id]
+        return self.book.get(claim_id)
 
     def _request(self, request_id: str) -> Request:
         check_id(request_id, "request")
@@ -157,10 +152,6 @@ class Runtime:
         name = outcome(A, counts, self.spec)
         return decide(A, counts, self._blocking(own), self.spec) if name == "refuse_blocked" else Decision(name)
 
-    def _in(self, *states: str) -> list[Claim]:
-        """Live claims in `states`, by id (the order every sweep over claims uses)."""
-        return [self.claims[c] for c in sorted(set().union(*(self._by_state[st] for st in states)))]
-
     # ------------------------------------------------------------------ claims
     def submit_claim(
         self,
@@ -175,58 +166,25 @@ class Runtime:
     ) -> str:
         """Submit a claim on a whole-block prefix; returns its state after accept/refuse (and materialize).
 
-        `policy` defaults to refuse for hard claims, demote for soft ones. See `_claim_terms`
-        for what is rejected.
+        `policy` defaults to refuse for hard claims, demote for soft ones. What is rejected:
+        `kvclaims.model.checks.claim_terms`.
         """
-        tiers, policy = self._claim_terms(claim_id, prefix, strength, priority, ttl, tiers, policy)
-        c = Claim(
-            claim_id,
-            chain_hashes(list(prefix), self.B),
-            strength,
-            priority,
-            None if ttl is None else self.time + ttl,
-            tiers,
-            policy,
-            fsm=None,
-        )
-        c.fsm = self.lifecycle.claim(claim_id, self._guards(c))
-        self.claims[claim_id] = c
-        self._by_state[c.state].add(claim_id)
-        self._by_tail.setdefault(c.chain[-1], set()).add(claim_id)
-        self.trace.emit(
-            "claim_submit",
-            claim=claim_id,
-            blocks=c.chain,
-            strength=strength,
-            priority=priority,
-            ttl=ttl,
-            tiers=list(tiers),
-            policy=policy,
-        )
-        ctx = self.ledger.context(c.chain)
-        fits = self._within_reserve(c, ctx["new_blocks"], ctx["reserved"])  # decided once
-        if fits:
-            self._fire(c, "accept", {"fits": fits})
-            self._materialize_ready()
-        else:
-            self._fire(c, "refuse", {"fits": fits}, reason="reserve")
-        return c.state
-
-    def _claim_terms(self, claim_id, prefix, strength, priority, ttl, tiers, policy) -> tuple:
-        """Validate a claim before anything changes; returns its (tiers, policy) (see
-        `kvclaims.model.checks.claim_terms`)."""
-        return claim_terms(
+        tiers, policy = claim_terms(
             self.claims, self.U, self.B, self.vocab, claim_id, prefix, strength, priority, ttl, tiers, policy
+        )
+        chain = chain_hashes(list(prefix), self.B)
+        return self.book.submit(
+            claim_id, chain, chain, strength=strength, priority=priority, ttl=ttl, tiers=tiers, policy=policy
         )
 
     def release_claim(self, claim_id: str) -> None:
-        self._end(self._checked(claim_id, "release"), "release", reason="owner")
+        self.book.end(self.book.check_event(claim_id, "release"), "release", reason="owner")
 
     def demote_claim(self, claim_id: str) -> None:
-        self._demote(self._checked(claim_id, "demote"), reason="owner")
+        self.book.demote(self.book.check_event(claim_id, "demote"), reason="owner")
 
     def offload_claim(self, claim_id: str) -> None:
-        c = self._checked(claim_id, "offload")
+        c = self.book.check_event(claim_id, "offload")
         if not c.host_allowed:
             raise GuardRejected(claim_id, c.state, "offload", "host_allowed")
         if not self.host.room(c.chain):
@@ -234,17 +192,17 @@ class Runtime:
                 f"claim {claim_id!r}: the host tier has {len(self.host.free)} free blocks, "
                 f"too few for its {len(c.chain)}"
             )
-        self._offload(c, reason="owner")
+        self.book.offload(c, reason="owner")
 
     def restore_claim(self, claim_id: str) -> str:
         """Bring an offloaded claim back; returns its state (materialized, or failed on a mismatch)."""
-        c = self._checked(claim_id, "restore")
+        c = self.book.check_event(claim_id, "restore")
         p = self.pool
         resident = [s for s in map(p.lookup, c.chain) if s is not None]
         missing = [h for h in c.chain if p.lookup(h) is None]
         if len(missing) > len(p.free) + len(set(p.lru) - set(resident)):
             raise NoRoom(f"claim {claim_id!r}: no room on the device for {len(missing)} blocks")
-        if not self._restore_fits(c):
+        if not self.book.restore_fits(c):
             raise InvalidInput(f"claim {claim_id!r}: restoring would exceed the reserve")
         for s in resident:  # pinned while room is made, so eviction cannot take them
             p.refs[s] += 1
@@ -257,116 +215,24 @@ class Runtime:
             p.settle(s)
         return c.state
 
-    def _checked(self, claim_id: str, event: str) -> Claim:
-        c = self._claim(claim_id)
-        if event not in c.fsm.allowed():
-            raise IllegalTransition(claim_id, c.state, event, c.fsm.allowed())
-        return c
-
-    def _guards(self, c: Claim) -> dict:
-        return {
-            # the acceptance rule is decided once, in submit_claim; the guard reads the verdict
-            "within_reserve": lambda fits, **_: fits,
-            "exceeds_reserve": lambda fits, **_: not fits,
-            "chain_resident": lambda **_: all(self.pool.lookup(h) is not None for h in c.chain),
-            "host_allowed": lambda **_: c.host_allowed,
-            "checksums_match": lambda arrived, **_: self._matches(arrived, c),
-        }
-
-    def _fire(self, c: Claim, event: str, ctx: dict | None = None, **fields) -> None:
-        before = c.state
-        state = c.fsm.fire(event, **(ctx or {}))
-        self._by_state[before].discard(c.id)
-        if c.fsm.terminal:
-            self._by_tail[c.chain[-1]].discard(c.id)
-        else:
-            self._by_state[state].add(c.id)
-        self.ledger.moved(c, before)
-        self.trace.emit("claim", claim=c.id, event=event, state=state, **fields)
-
-    def _hold(self, c: Claim) -> None:
-        for h in c.chain:
-            self.pool.hold(self.pool.lookup(h), c.id, c.blocking)
-
-    def _unhold(self, c: Claim) -> None:
-        """Give the claim's device blocks back (tail first, so LRU evicts tails first)."""
-        for h in reversed(c.chain):
-            slot = self.pool.lookup(h)
-            if slot is not None:
-                self.pool.unhold(slot, c.id, c.blocking)
-
-    def _drop_host(self, c: Claim, reason: str) -> None:
-        gone = [h for h in c.chain if h in self.host.index and self.host.release(h, c.id)]
-        if gone:
-            self.trace.emit("block_evict", blocks=gone, tier="host", reason=reason)
-
-    def _materialize_ready(self) -> None:
-        for c in self._in(*self._awaiting):
-            slots = [self.pool.lookup(h) for h in c.chain]
-            if None not in slots:
-                self._fire(c, "materialize", blocks=c.chain)
-                c.checksums = dict(zip(c.chain, self.pool.digests(slots)))
-                self._hold(c)
-
-    def _end(self, c: Claim, event: str, **fields) -> None:
-        """A loss event (release, expire, harm, fail): emitted first, then the blocks go."""
-        self._fire(c, event, **fields)
-        self._unhold(c)
-        self._drop_host(c, reason=event)
-
-    def _demote(self, c: Claim, **fields) -> None:
-        self._fire(c, "demote", **fields)
-        self._unhold(c)
-
-    def _offload(self, c: Claim, **fields) -> None:
-        """Copy out, verify against the materialization checksums, emit, then free device blocks.
-
-        A host copy that cannot be made (allocation or transfer failed) raises NoRoom with the
-        claim unchanged: its device KV is intact, so it is not failed, and under pressure it is
-        demoted instead (as with no room). A copy that arrives different fails the claim closed.
-        """
-        slots = [self.pool.lookup(h) for h in c.chain]
-        try:
-            copies = self.host.store(c.chain, self.pool.kv[slots], c.id)
-        except (RuntimeError, MemoryError) as exc:  # torch's out-of-memory errors are RuntimeErrors
-            raise NoRoom(f"claim {c.id!r}: the host tier could not take its blocks: {exc}") from exc
-        arrived = dict(zip(c.chain, copies))
-        if not self._matches(arrived, c):
-            self._end(c, "fail", reason="offload_mismatch")
-            return
-        self.trace.emit("block_offload", claim=c.id, blocks=c.chain, tier="host")
-        self._fire(c, "offload", **fields)
-        self._unhold(c)
-        self._evict([s for s in map(self.pool.lookup, c.chain) if s in self.pool.lru], "offload")
-
-    def _restore_fits(self, c: Claim) -> bool:
-        return self._within_reserve(c, **self.ledger.context(c.chain))
-
-    def _within_reserve(self, c: Claim, new_blocks: int, reserved: int) -> bool:
-        """The spec's acceptance rule (RKC-ACC-1); one place, so tests can seed a broken one."""
-        return accepts(c.hard, new_blocks, reserved, self.U, self.R, self.spec)
-
-    def _matches(self, arrived: dict[str, str], c: Claim) -> bool:
-        """Checksums of copied blocks equal those recorded at materialization (fail-closed)."""
-        return arrived == c.checksums
-
     def _restore(self, c: Claim, targets: dict[str, int]) -> None:
         """Copy host blocks into `targets` (hash -> free slot) and verify; fail closed on a mismatch."""
         if targets:
             self.host.load(list(targets), self.pool.kv, list(targets.values()))
         slots = [targets[h] if h in targets else self.pool.lookup(h) for h in c.chain]
         arrived = dict(zip(c.chain, self.pool.digests(slots)))
-        if not self._matches(arrived, c):
+        if not self.book.matches(arrived, c):
             for slot in targets.values():
                 self.pool.kv[slot].zero_()
-            self._end(c, "fail", reason="checksum_mismatch")
+            self.book.end(c, "fail", reason="checksum_mismatch")
             return
         for h, slot in targets.items():
             self.pool.register(slot, h)
         self.trace.emit("block_restore", claim=c.id, blocks=list(targets), tier="device")
-        self._fire(c, "restore", {"arrived": arrived})
-        self._hold(c)
-        self._drop_host(c, reason="restore")
+        self.book.fire(c, "restore", {"arrived": arrived})
+        self.book.hold(c, slots)
+        assert self.book.host is not None
+        self.book.host.drop(c, reason="restore")
 
     # ------------------------------------------------------------------ requests
     def submit_request(
@@ -411,9 +277,7 @@ class Runtime:
         check_int("step", "ticks", ticks, 1, MAX_TICKS)
         for _ in range(ticks):
             self.trace.time += 1
-            for c in self._in(*self._expirable):
-                if c.deadline is not None and c.deadline <= self.time:
-                    self._end(c, "expire", reason="ttl")
+            self.book.expire(self.time)
             for rid in list(self.waiting):
                 self._try_admit(self.requests[rid])
 
@@ -438,7 +302,7 @@ class Runtime:
             r.tokens += list(tokens)
             self._take(r, slots)
             self._compute(r, start)
-            self._materialize_ready()
+            self.book.materialize_ready()
         elif d.outcome != "wait":
             self._refuse(r, d)
             self._release(r, admit=True)
@@ -503,11 +367,8 @@ class Runtime:
         self._take(r, slots)
         self._restore_for(r, len(hits))
         self._compute(r, len(hits) * self.B)
-        named = sorted(set().union(*(self._by_tail.get(h, ()) for h in hit_hashes)))
-        for c in (self.claims[cid] for cid in named):
-            if "hit" in c.fsm.allowed() and set(c.chain) <= set(hit_hashes):
-                self._fire(c, "hit", request=r.id)
-        self._materialize_ready()
+        self.book.hits(hit_hashes, r.id)
+        self.book.materialize_ready()
         self._apply_claim(r)
 
     def _take(self, r: Request, slots: list[int]) -> None:
@@ -524,33 +385,16 @@ class Runtime:
             if victims:
                 self._evict(victims, "lru")
                 continue
-            c = self._next_yielding() if yielding else None
+            c = next(self.book.yielding(self._frees), None) if yielding else None
             if c is None:
                 raise AssertionError("admission decided room that the pool does not have")
-            reason = "pressure"
-            if c.policy == "offload" and c.host_allowed and self.host.room(c.chain):
-                try:
-                    self._offload(c, reason=reason)
-                except NoRoom:  # the host copy failed: demote instead, as with no room
-                    self._demote(c, reason="offload_error")
-            else:
-                self._demote(c, reason=reason)
-            # Paired with the pick: a claim that yielded has left the protected state, so
-            # the loop progresses (a runtime whose yield keeps the claim would spin forever).
-            assert c.state not in self.spec.lifecycle.protected, f"claim {c.id} yielded but is still {c.state}"
+            self.book.give_way(c)
         return [p.take_free() for _ in range(n)]
 
-    def _next_yielding(self) -> Claim | None:
+    def _frees(self, c: Claim, slots: Sequence[int]) -> bool:
+        """Would `c` giving way free a slot? Only one no request and no blocking claim holds."""
         p = self.pool
-        live = [
-            c
-            for c in self._in(*self.spec.lifecycle.protected)
-            if not c.blocking
-            and any(
-                not p.refs[s] and not any(self.claims[o].blocking for o in p.holders[s]) for s in map(p.lookup, c.chain)
-            )
-        ]
-        return min(live, key=Claim.yield_order, default=None)
+        return any(not p.refs[s] and not p.blockers[s] for s in slots)
 
     def _evict(self, slots: list[int], reason: str) -> None:
         hashes = [self.pool.evict(s) for s in slots]
@@ -558,9 +402,9 @@ class Runtime:
 
     def _restore_for(self, r: Request, hit: int) -> None:
         """Offloaded claims whose chain prefixes the request are restored into its new blocks."""
-        for c in self._in(*self._offloaded):
+        for c in self.book.in_states(*self._offloaded):
             n = len(c.chain)
-            if n > hit and r.hashes[:n] == c.chain and self._restore_fits(c):
+            if n > hit and r.hashes[:n] == c.chain and self.book.restore_fits(c):
                 targets = {h: r.slots[i] for i, h in enumerate(c.chain) if self.pool.lookup(h) is None}
                 self._restore(c, targets)
 
@@ -613,8 +457,8 @@ class Runtime:
         """Weights changed: all cached KV is invalid. Claims with resident state are harmed first;
         requests running across the reset keep their blocks, unindexed, and index nothing more."""
         self._invalidate("reset_prefix_cache")
-        for c in self._in(*self.spec.lifecycle.protected, *self._offloaded):
-            self._end(c, "harm", reason="reset_prefix_cache")
+        for c in self.book.in_states(*self.spec.lifecycle.protected, *self._offloaded):
+            self.book.end(c, "harm", reason="reset_prefix_cache")
         self._drop_blocks([s for s in range(self.U) if self.pool.hash_of[s] is not None], "reset_prefix_cache")
 
     def evict_blocks(self, hashes: Sequence[str]) -> None:
@@ -628,7 +472,7 @@ class Runtime:
             gone = [h for h, s in zip(hashes, slots) if s is None]
             raise UnknownId(f"not resident on the device: {gone or 'no blocks given'}")
         self._invalidate("evict_blocks", blocks=list(hashes))
-        self._end_holders(slots, "harm", "invalid_load")
+        self.book.end_holders(slots, "harm", "invalid_load")
         self._drop_blocks(slots, "invalid_load")
 
     def inject_device_fault(self, h: str) -> None:
@@ -639,7 +483,7 @@ class Runtime:
             raise UnknownId(f"block {h!r} is not resident on the device")
         self._invalidate("inject_device_fault", blocks=[h])
         self.pool.kv[slot] += 1.0
-        self._end_holders([slot], "fail", "device_fault")
+        self.book.end_holders([slot], "fail", "device_fault")
         self._drop_blocks([slot], "device_fault")
 
     def inject_host_fault(self, h: str) -> None:
@@ -656,11 +500,6 @@ class Runtime:
         self.trace.emit("operator", action=action, **fields)
         self.epoch += 1
         self.weights += action in self.spec.weight_changes
-
-    def _end_holders(self, slots: list[int], event: str, reason: str) -> None:
-        ids = sorted({c for s in slots for c in self.pool.holders[s]})
-        for cid in ids:
-            self._end(self.claims[cid], event, reason=reason)
 
     def _drop_blocks(self, slots: list[int], reason: str) -> None:
         """Remove blocks from the cache; a request still holding one keeps it, unindexed."""

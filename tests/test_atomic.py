@@ -1,6 +1,6 @@
 """RKC-RT-4 as a property: a rejected operation raises a typed error and leaves the whole
 runtime as it was — the block table down to LRU and free-list order, the KV bytes, claims,
-requests, the host tier, the incremental indexes and the trace.
+requests, the host tier, the claim book's entries, holds and incremental indexes and the trace.
 
 Random programs mix valid operations (so claims materialize, offload, wait and fail) with
 many invalid ones: unknown and junk ids, malformed claim terms and prompts, illegal
@@ -36,7 +36,14 @@ def state(rt) -> dict:
             "waiting": rt.waiting,
             "host": {k: v for k, v in vars(h).items() if k != "kv"},
             "host_kv": h.kv.numpy().tobytes(),
-            "indexes": (rt._by_state, rt._by_tail, rt.ledger.names),
+            "book": (
+                rt.book.entries,
+                rt.book.holders,
+                rt.book._by_state,
+                rt.book._by_tail,
+                rt.book.ledger.names,
+                {t: ledger.names for t, ledger in rt.book._tenant_ledgers.items()},
+            ),
             "trace": (rt.trace.seq, rt.trace.time, len(rt.trace.records)),
         }
     )

@@ -116,8 +116,9 @@ CLAIMS = {  # overrides of a valid hard claim 'x' on ONE_BLOCK -> (error, (where
     "priority float": ({"priority": 1.5}, InvalidField, X + ("priority",), "(float)"),
     "priority bool": ({"priority": True}, InvalidField, X + ("priority",), "(bool)"),
     "priority null": ({"priority": None}, InvalidField, X + ("priority",), "(NoneType)"),
-    "ttl zero": ({"ttl": 0}, InvalidField, X + ("ttl",), "an int >= 1"),
-    "ttl negative": ({"ttl": -1}, InvalidField, X + ("ttl",), "an int >= 1"),
+    "ttl zero": ({"ttl": 0}, InvalidField, X + ("ttl",), "an int in [1, 2147483647]"),
+    "ttl past 32 bits": ({"ttl": 2**31}, InvalidField, X + ("ttl",), "an int in [1, 2147483647]"),
+    "ttl negative": ({"ttl": -1}, InvalidField, X + ("ttl",), "an int in [1, 2147483647]"),
     "ttl string": ({"ttl": "2"}, InvalidField, X + ("ttl",), "(str)"),
     "ttl float": ({"ttl": 2.0}, InvalidField, X + ("ttl",), "(float)"),
     "ttl bool": ({"ttl": True}, InvalidField, X + ("ttl",), "(bool)"),
@@ -369,7 +370,7 @@ def test_cli_unexpected_exceptions_are_one_line(raised, code, says, capsys, monk
     def run(args):
         raise raised
 
-    monkeypatch.setattr("kvclaims.model.diagram_cli.run", run)
+    monkeypatch.setattr("kvclaims.cli.diagram.run", run)
     monkeypatch.delenv("KVCLAIMS_TRACEBACK", raising=False)
     assert main(["diagram"]) == code
     err = capsys.readouterr().err

@@ -93,10 +93,11 @@ def incremental_indexes_match_a_scan(rt):
         assert (k == "protected") == (s in p.protected)
     assert n == p.count and rt.counts().free == len(p.free)
     for chain in PREFIXES:
-        assert rt.ledger.context(chain) == reserve_context(chain, rt.claims.values())
+        assert rt.book.ledger.context(chain) == reserve_context(chain, rt.claims.values())
     assert {c.id: c.state for c in rt.claims.values() if not c.fsm.terminal} == {
-        cid: st for st, ids in rt._by_state.items() for cid in ids
+        cid: st for st, ids in rt.book._by_state.items() for cid in ids
     }
+    assert rt.book.holders == {s: p.holders[s] for s in range(rt.U) if p.holders[s]}
 
 
 @settings(max_examples=150, deadline=None)

@@ -2,7 +2,7 @@
 runtime's error type with nothing changed and nothing traced; the rest are not applicable,
 with the capability named. One harness engine serves the module (`shared_engine`).
 
-The whole-block rule is the integration's (`ClaimBook.check_new`): a claim made in process
+The whole-block rule is the integration's (`kvclaims.vllm.claims.check_new`): a claim made in process
 names its prefix, which must be whole blocks; a request's claim is on its prompt's full
 blocks, so a prompt's trailing partial block is simply not claimed.
 """
@@ -18,6 +18,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-c
 from kvclaims.errors import InvalidField, InvalidInput  # noqa: E402
 from kvclaims.conformance.rejections import REJECTIONS, run_rejection  # noqa: E402
 from kvclaims.vllm.adapter import VllmAdapter  # noqa: E402
+from kvclaims.vllm.claims import check_new  # noqa: E402
 from kvclaims.vllm.xargs import ClaimOp  # noqa: E402
 
 
@@ -66,14 +67,14 @@ def book():
 )
 def test_check_new(book, op, full_blocks, prefix, error, says):
     with pytest.raises(error) as info:
-        book.check_new(op, full_blocks, prefix)
+        check_new(book, 32, op, full_blocks, prefix)
     assert type(info.value) is error and says in str(info.value)
 
 
 def test_a_request_claims_its_full_blocks():
     """Over a request, the claim is on the prompt's full blocks: 1.5 blocks claim one."""
     rt = VllmAdapter(U=8)
-    rt.sched.book.check_new(ClaimOp("x"), 1)
+    check_new(rt.sched.book, rt.B, ClaimOp("x"), 1)
     tokens = list(range(48))
     rt.engine.submit_request("r", tokens, max_tokens=2, ignore_eos=True, claim="h")
     rt.step()

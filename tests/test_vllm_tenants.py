@@ -13,7 +13,7 @@ from starlette.datastructures import Headers  # noqa: E402
 
 from kvclaims.errors import BadArgument  # noqa: E402
 from kvclaims.conformance.checker import check_file  # noqa: E402
-from kvclaims.vllm.claims import Quota  # noqa: E402
+from kvclaims.claimbook import Quota  # noqa: E402
 from kvclaims.vllm.frontend import key_tenant, tenant_of  # noqa: E402
 from kvclaims.vllm.xargs import ANONYMOUS, KEY_ENV, server_key  # noqa: E402
 from vllm_server import serve  # noqa: E402

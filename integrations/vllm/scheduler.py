@@ -30,10 +30,14 @@ from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs, FinishReason
 from vllm.v1.request import Request, RequestStatus
 from vllm.version import __version__ as vllm_version
 
+from kvclaims.claimbook import ClaimBook, Quota
 from kvclaims.errors import BadArgument, InvalidInput, KVClaimsError
+from kvclaims.model.claim import Claim
 from kvclaims.model.feasibility import Decision, decide
+from kvclaims.spec import load
 from kvclaims.trace import TraceWriter, open_trace_file
-from kvclaims.vllm.claims import ClaimBook, Quota
+from kvclaims.vllm.claims import VllmSide, check_new, submit
+from kvclaims.vllm.metrics import ClaimMetrics
 from kvclaims.vllm.pool import PoolView, hexid
 from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, rejection, server_key
 
@@ -108,7 +112,20 @@ class ClaimsScheduler(Scheduler):
             host_blocks=0,
             enforce=enforce,
         )
-        self.book = ClaimBook(self.pool, self.trace, reserve=reserve, enforce=enforce, quota=self.quota)
+        if not 0 <= reserve < self.pool.U:
+            raise InvalidInput(f"kvclaims reserve must satisfy 0 <= R < U={self.pool.U}, got {reserve}")
+        spec = load()
+        self.metrics = ClaimMetrics(spec)
+        self.book = ClaimBook(
+            spec,
+            self.trace,
+            VllmSide(self.pool),
+            U=self.pool.U,
+            R=reserve,
+            enforce=enforce,
+            quota=self.quota,
+            observer=self.metrics,
+        )
         self.ops: dict[str, RequestOps] = {}
         self.notes: dict[str, dict] = {}  # request -> what its final output reports
         self.hit_blocks: dict[str, int] = {}
@@ -170,7 +187,7 @@ class ClaimsScheduler(Scheduler):
 
     def _check_ops(self, ops: RequestOps, request: Request) -> None:
         if ops.claim:
-            _judged(PREFIX + "claim", self.book.check_new, ops.claim, len(request.block_hashes))
+            _judged(PREFIX + "claim", check_new, self.book, self.block_size, ops.claim, len(request.block_hashes))
         for cid in ops.release:
             _judged(PREFIX + "release", self.book.check_event, cid, "release", ops.tenant)
 
@@ -191,9 +208,7 @@ class ClaimsScheduler(Scheduler):
         for cid in ops.release:
             self.book.end(self.book.claims[cid], "release", reason="owner", request=rid)
         if ops.claim:
-            self.book.submit(
-                ops.claim, list(request.block_hashes), time=self.trace.time, request=rid, tenant=ops.tenant
-            )
+            submit(self.book, ops.claim, list(request.block_hashes), request=rid, tenant=ops.tenant)
         self.notes[rid] = {"claims": ids}
 
     def schedule(self, *args, **kwargs):
@@ -233,7 +248,7 @@ class ClaimsScheduler(Scheduler):
             counts, blocking = self.pool.classes(self.book.holders, self.book.blocking_ids(), own)
             d = decide(A, counts, blocking, self.book.spec)
             if d.outcome == "admit":
-                self.book.make_room(A - counts.free - counts.cached, own)
+                self._make_room(A - counts.free - counts.cached, own)
             elif d.outcome == "wait":
                 if request.request_id not in self.waited:
                     self.waited.add(request.request_id)
@@ -241,10 +256,29 @@ class ClaimsScheduler(Scheduler):
             else:
                 self._refuse(request, d)
 
+    def _make_room(self, need: int, own: set[int]) -> None:
+        """Yielding claims give way, in the book's order, until their blocks give `need`
+        more evictable blocks. A claim's block is freed by its demotion only if nothing
+        else references it and the deciding request (`own`: its prefix hits, which it is
+        about to hold) does not hit it."""
+        holders, blocking = self.book.holders, self.book.blocking_ids()
+
+        def frees(c: Claim, blocks) -> bool:
+            return any(
+                b.block_id not in own and b.ref_cnt == len(holders[b.block_id]) and not holders[b.block_id] & blocking
+                for b in blocks
+            )
+
+        for c in self.book.yielding(frees):
+            if need <= 0:
+                return
+            need -= sum(b.ref_cnt == 1 and b.block_id not in own for b in self.book.entries[c.id].blocks)
+            self.book.give_way(c)
+
     def _refuse(self, request: Request, d: Decision) -> None:
         rid = request.request_id
         self.trace.emit("request_refuse", request=rid, reason=d.outcome, blocking_claims=list(d.blocking_claims))
-        self.book.metrics.refusal(d.outcome)
+        self.metrics.refusal(d.outcome)
         self.notes[rid] = {
             **self.notes.get(rid, {}),
             "refused": d.outcome,
@@ -333,7 +367,8 @@ class ClaimsScheduler(Scheduler):
         if "claims" in note:
             ids = note["claims"]
             note["claims"] = {cid: self.book.claims[cid].state for cid in ids}
-            refused = {cid: self.book.held[cid].refusal for cid in ids if self.book.held[cid].refusal}
+            entries = self.book.entries
+            refused = {cid: entries[cid].refusal for cid in ids if entries[cid].refusal}
             if refused:
                 note["claim_refusals"] = refused
         return note
@@ -355,8 +390,8 @@ class ClaimsScheduler(Scheduler):
                 "tokens", f"tokens[{bad[0]}] is {tokens[bad[0]]!r}; expected a token id in [0, {self.vocab})"
             )
         chain = self.pool.chain(tokens)
-        self.book.check_new(op, len(chain), prefix=len(tokens))
-        return self.book.submit(op, chain, time=self.trace.time, tenant=tenant)
+        check_new(self.book, self.block_size, op, len(chain), prefix=len(tokens))
+        return submit(self.book, op, chain, tenant=tenant)
 
     def release_claim(self, claim_id: str, tenant: str = ANONYMOUS) -> None:
         self.book.end(self.book.check_event(claim_id, "release", tenant), "release", reason="owner")

@@ -24,20 +24,17 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from kvclaims.errors import BadArgument, KVClaimsError, NotOwner
-from kvclaims.model.terms import POLICIES, PRIORITIES, STRENGTHS
+from kvclaims.claimbook import ANONYMOUS
+from kvclaims.errors import BadArgument, InvalidField, KVClaimsError, NotOwner
+from kvclaims.model.checks import check_terms
 
 PREFIX = "kvclaims_"
 KEYS = ("claim", "blocks", "strength", "priority", "ttl", "policy", "release", "no_admit", "tenant", "seal")
 CLAIM_TERMS = ("blocks", "strength", "priority", "ttl", "policy")
-# The integration keeps claims on the device tier only: vLLM's CPU backend has no host
-# tier it can verify, so the `offload` policy is not applicable here.
-VLLM_POLICIES = tuple(p for p in POLICIES if p != "offload")
-ANONYMOUS = "anonymous"  # the tenant of a single-tenant engine, and of a request with no credentials
 # Claim ids and tenants: short, and free of the separators of a refusal's stop_reason.
 NAME = re.compile(r"[\w.@/+=~-]{1,256}", re.ASCII)
 INTEGER = re.compile(r"-?[0-9]+")
-INT32 = 2**31  # priorities, TTLs and block counts are 32-bit: the trace and metrics stay sane
+INT32 = 2**31  # block counts are 32-bit, as priorities and TTLs are (`kvclaims.model.terms`)
 KEY_ENV = "KVCLAIMS_TENANT_KEY"
 
 
@@ -148,19 +145,21 @@ def rejection(exc: KVClaimsError) -> dict[str, Any]:
 
 
 def _claim(raw: Mapping[str, Any]) -> ClaimOp:
-    strength = _choice(raw, "strength", STRENGTHS, "hard")
-    policy = _choice(raw, "policy", VLLM_POLICIES, "refuse" if strength == "hard" else "demote")
-    if strength == "soft" and policy == "refuse":
-        raise BadArgument(PREFIX + "policy", "a soft claim cannot refuse requests (use 'demote')")
-    priority = _int(raw, "priority", PRIORITIES.start)
-    return ClaimOp(
-        _name(raw["claim"], "claim"),
-        _int(raw, "blocks", 1),
-        strength,
-        0 if priority is None else priority,
-        _int(raw, "ttl", 1),
-        policy,
-    )
+    """The claim's terms, checked by the validator every runtime uses
+    (`kvclaims.model.checks.check_terms`), its errors renamed to the request's keys."""
+    claim_id, blocks = _name(raw["claim"], "claim"), _int(raw, "blocks", range(1, INT32))
+    strength, policy = raw.get("strength", "hard"), raw.get("policy")
+    priority, ttl = _int(raw, "priority") or 0, _int(raw, "ttl")
+    if policy == "offload":
+        raise BadArgument(
+            PREFIX + "policy",
+            "'offload' needs a host tier, and claims made through vLLM stay on the device tier (use 'demote')",
+        )
+    try:
+        _, policy = check_terms(f"claim {claim_id!r}", strength, priority, ttl, ("device",), policy)
+    except InvalidField as exc:
+        raise BadArgument(PREFIX + exc.field, exc.problem) from None
+    return ClaimOp(claim_id, blocks, strength, priority, ttl, policy)
 
 
 def _release(raw: Mapping[str, Any]) -> tuple[str, ...]:
@@ -208,14 +207,10 @@ def _name(value: Any, key: str) -> str:
     return value
 
 
-def _choice(raw: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
-    value = raw.get(key, default)
-    if not isinstance(value, str) or value not in allowed:
-        raise BadArgument(PREFIX + key, f"{value!r} is not one of {allowed}")
-    return value
-
-
-def _int(raw: Mapping[str, Any], key: str, minimum: int) -> int | None:
+def _int(raw: Mapping[str, Any], key: str, bounds: range | None = None) -> int | None:
+    """`raw[key]` as an int (None if absent): digits in a string and whole floats are
+    taken, as some clients send them; `bounds` checked here when the term is not a claim
+    term `check_terms` bounds."""
     value = raw.get(key)
     if value is None:
         return None
@@ -223,8 +218,10 @@ def _int(raw: Mapping[str, Any], key: str, minimum: int) -> int | None:
         value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value < INT32:
-        raise BadArgument(PREFIX + key, f"expected an integer in [{minimum}, {INT32 - 1}], got {raw[key]!r}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadArgument(PREFIX + key, f"expected an integer, got {raw[key]!r}")
+    if bounds is not None and value not in bounds:
+        raise BadArgument(PREFIX + key, f"expected an integer in [{bounds.start}, {bounds.stop - 1}], got {raw[key]!r}")
     return value
 
 
