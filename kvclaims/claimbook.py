@@ -206,10 +206,9 @@ class ClaimBook:
         """Register a validated claim on `chain` (block hashes; `key`, the same chain in the
         runtime's form), accept or refuse it, and materialize it at once if it is resident;
         returns its state. `record`: more fields for its claim_submit record."""
-        c = Claim(
-            claim_id, chain, strength, priority, None if ttl is None else self.trace.time + ttl, tiers, policy, fsm=None
-        )
-        c.fsm = self.lifecycle.claim(claim_id, self._guards(c))
+        deadline = None if ttl is None else self.trace.time + ttl
+        c = Claim(claim_id, chain, strength, priority, deadline, tiers, policy, fsm=self.lifecycle.claim(claim_id))
+        c.fsm.guards = self._guards(c)
         self.claims[claim_id], self.entries[claim_id] = c, Entry(tenant, key)
         self._by_state[c.state].add(claim_id)
         self._by_tail.setdefault(chain[-1], set()).add(claim_id)

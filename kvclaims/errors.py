@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 class KVClaimsError(Exception):
-    """Base class: something was rejected; nothing changed."""
+    """Base class: something was rejected; nothing changed. `field`: the input field it
+    names, when one does (set by a caller that knows which field it judged)."""
+
+    field: str | None = None
 
 
 class IllegalTransition(KVClaimsError):
@@ -45,6 +48,8 @@ class DuplicateId(KVClaimsError):
 
 class BadArgument(InvalidInput):
     """Bad input in one named field (a request's claim argument, a setting): `field` says which."""
+
+    field: str
 
     def __init__(self, field: str, problem: str) -> None:
         self.field = field

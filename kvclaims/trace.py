@@ -13,19 +13,21 @@ import json
 import json.scanner
 import os
 import stat
+import sys
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from kvclaims.errors import BadArgument
 
-try:
+if sys.platform != "win32":
     import fcntl
-except ImportError:  # not POSIX: O_EXCL alone guards new files
+else:  # not POSIX: O_EXCL alone guards new files
     fcntl = None
 
 SCHEMA_VERSION = 1
 MAX_LINE = 8 << 20  # bytes; a longer line is reported, never read into memory whole
 
-_scan = json.scanner.make_scanner(json.JSONDecoder())
+# typeshed types make_scanner's argument as its own class; at run time it takes the decoder
+_scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 _EOL = ("\n", "\r\n")
 
 
@@ -170,8 +172,9 @@ def read_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, dict[str, An
 
 def _cut_short(line: str | bytes, before: str | bytes | None) -> bool:
     """No newline, in a stream whose lines have one (lists of bare lines have none)."""
-    newline = b"\n" if isinstance(line, bytes) else "\n"
-    return not line.endswith(newline) and (before is None or before.endswith(newline))
+    if isinstance(line, bytes):
+        return not line.endswith(b"\n") and (not isinstance(before, bytes) or before.endswith(b"\n"))
+    return not line.endswith("\n") and (not isinstance(before, str) or before.endswith("\n"))
 
 
 def _why(exc: ValueError | RecursionError) -> str:
@@ -187,12 +190,11 @@ def loads(line: str | bytes) -> Any:
     """`json.loads` of one UTF-8 line. A plain `{...}` line goes straight to the C
     scanner, skipping `json.loads`'s wrappers (twice as fast); anything else gets
     `json.loads` itself, so what is accepted and every error message are its own."""
-    if type(line) is bytes:
-        line = line.decode()
+    text = line.decode() if isinstance(line, bytes) else line
     try:
-        obj, end = _scan(line, 0)
-        if end == len(line) or line[end:] in _EOL:
+        obj, end = _scan(text, 0)
+        if end == len(text) or text[end:] in _EOL:
             return obj
     except StopIteration:
         pass
-    return json.loads(line)
+    return json.loads(text)

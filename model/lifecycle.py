@@ -29,7 +29,7 @@ class ClaimFSM:
         self.claim_id = claim_id
         self.state = lifecycle.spec.lifecycle.initial
         self._lifecycle = lifecycle
-        self._guards = guards or {}
+        self.guards: Mapping[str, GuardFn] = guards or {}  # set once, before the first fire
         self._failed_guard: str | None = None
 
     def __repr__(self) -> str:
@@ -62,7 +62,7 @@ class ClaimFSM:
     def _check(self, guard: str, event_data) -> bool:
         if event_data.kwargs.get("_unchecked"):
             return True
-        fn = self._guards.get(guard)
+        fn = self.guards.get(guard)
         ok = bool(fn(**{k: v for k, v in event_data.kwargs.items() if k != "_unchecked"})) if fn else False
         if not ok:
             self._failed_guard = guard if fn else f"{guard} (no guard function given)"

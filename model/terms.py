@@ -26,9 +26,14 @@ RESERVING = frozenset(_SPEC.lifecycle.dests("accept") | set(_SPEC.lifecycle.prot
 
 
 class _Held(Protocol):
-    hard: bool
-    state: str
-    chain: Sequence[str]
+    @property
+    def hard(self) -> bool: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def chain(self) -> Sequence[str]: ...
 
 
 def reserve_context(chain: Sequence[str], claims: Iterable[_Held]) -> dict[str, int]:

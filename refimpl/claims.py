@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from kvclaims.model.terms import PENDING
 
@@ -20,7 +21,7 @@ class Request:
     weights: int = 0  # the weights version its KV is computed under
     reason: str | None = None
     blocking_claims: tuple[str, ...] = ()
-    claim: dict | None = None  # the claim it carries: applied at admission (RKC-RT-8)
+    claim: Mapping[str, Any] | None = None  # the claim it carries: applied at admission (RKC-RT-8)
     claim_outcome: str | None = None  # None, or one of the spec's claim_outcomes
 
     def __post_init__(self) -> None:

@@ -52,7 +52,7 @@ class EventAfterReuse(Mutant):
         def demote(self, c: Claim, **fields: Any) -> None:
             self.unhold(c)
             pool = cast(DeviceSide, self.side).pool
-            gone = [pool.evict(s) for s in map(pool.lookup, c.chain) if s in pool.lru]
+            gone = [pool.evict(pool.index[h]) for h in c.chain if pool.index.get(h) in pool.lru]
             self.trace.emit("block_evict", blocks=gone, tier="device", reason="lru")
             self.fire(c, "demote", **fields)
 

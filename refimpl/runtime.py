@@ -142,9 +142,11 @@ class Runtime:
         out: dict[str, set[str]] = {}
         p = self.pool
         for slot in p.protected.difference(own):
+            h = p.hash_of[slot]
+            assert h is not None, f"protected slot {slot} is not indexed"
             for c in p.holders[slot]:
                 if self.claims[c].blocking:
-                    out.setdefault(c, set()).add(p.hash_of[slot])
+                    out.setdefault(c, set()).add(h)
         return {c: frozenset(b) for c, b in out.items()}
 
     def _decide(self, A: int, own) -> Decision:
@@ -219,7 +221,7 @@ class Runtime:
         """Copy host blocks into `targets` (hash -> free slot) and verify; fail closed on a mismatch."""
         if targets:
             self.host.load(list(targets), self.pool.kv, list(targets.values()))
-        slots = [targets[h] if h in targets else self.pool.lookup(h) for h in c.chain]
+        slots = [targets[h] if h in targets else self.pool.index[h] for h in c.chain]
         arrived = dict(zip(c.chain, self.pool.digests(slots)))
         if not self.book.matches(arrived, c):
             for slot in targets.values():
@@ -467,10 +469,10 @@ class Runtime:
         for i, h in enumerate(hashes):
             check_hash("evict_blocks", f"hashes[{i}]", h)
         hashes = list(dict.fromkeys(hashes))
-        slots = [self.pool.lookup(h) for h in hashes]
-        if not hashes or None in slots:
-            gone = [h for h, s in zip(hashes, slots) if s is None]
+        gone = [h for h in hashes if h not in self.pool.index]
+        if not hashes or gone:
             raise UnknownId(f"not resident on the device: {gone or 'no blocks given'}")
+        slots = [self.pool.index[h] for h in hashes]
         self._invalidate("evict_blocks", blocks=list(hashes))
         self.book.end_holders(slots, "harm", "invalid_load")
         self._drop_blocks(slots, "invalid_load")

@@ -20,8 +20,8 @@ class DeviceSide:
         self.pool = pool
 
     def resident(self, c: Claim, key: list[str]) -> list[int] | None:
-        slots = [self.pool.lookup(h) for h in key]
-        return None if None in slots else slots  # type: ignore[return-value]
+        index = self.pool.index
+        return [index[h] for h in key] if all(h in index for h in key) else None
 
     def hold(self, c: Claim, blocks: Sequence[int]) -> None:
         for slot in blocks:
@@ -59,8 +59,8 @@ class HostSide:
 
     def offloaded(self, c: Claim) -> None:
         """The device copies that nothing else holds leave the cache."""
-        slots = [s for s in map(self.pool.lookup, c.chain) if s in self.pool.lru]
-        hashes = [self.pool.evict(s) for s in slots]
+        p = self.pool
+        hashes = [p.evict(p.index[h]) for h in c.chain if p.index.get(h) in p.lru]
         self.trace.emit("block_evict", blocks=hashes, tier="device", reason="offload")
 
     def drop(self, c: Claim, reason: str) -> None:

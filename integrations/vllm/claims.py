@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from vllm.v1.core.kv_cache_utils import KVCacheBlock
+from vllm.v1.core.kv_cache_utils import BlockHash, KVCacheBlock
 
 from kvclaims.claimbook import ANONYMOUS, ClaimBook
 from kvclaims.errors import DuplicateId, InvalidField, InvalidInput
@@ -26,7 +26,7 @@ class VllmSide:
     def __init__(self, pool: PoolView) -> None:
         self.pool = pool
 
-    def resident(self, c: Claim, key: Sequence[bytes]) -> list[KVCacheBlock] | None:
+    def resident(self, c: Claim, key: Sequence[BlockHash]) -> list[KVCacheBlock] | None:
         return self.pool.resident(key)
 
     def hold(self, c: Claim, blocks: Sequence[KVCacheBlock]) -> None:
@@ -64,7 +64,7 @@ def check_new(book: ClaimBook, B: int, op: ClaimOp, full_blocks: int, prefix: in
 
 
 def submit(
-    book: ClaimBook, op: ClaimOp, chain: list[bytes], *, request: str | None = None, tenant: str = ANONYMOUS
+    book: ClaimBook, op: ClaimOp, chain: list[BlockHash], *, request: str | None = None, tenant: str = ANONYMOUS
 ) -> str:
     """Submit `op` on `chain` (vLLM's hashes of the prompt's full blocks, cut to
     `op.blocks`); returns the claim's state. Its claim_submit record names the request

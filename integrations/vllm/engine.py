@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
 from kvclaims.vllm.model_dir import tiny_model_dir
 from kvclaims.vllm.xargs import ANONYMOUS, ClaimOp, to_xargs
+
+if TYPE_CHECKING:  # the scheduler imports vLLM, which this module imports only when an engine starts
+    from kvclaims.vllm.scheduler import ClaimsScheduler
 
 # Single process (so the scheduler is reachable), a small CPU KV space, no model hub,
 # vLLM's logs on stderr (stdout is the caller's), and the caller's request ids in the
@@ -100,7 +103,11 @@ class VllmEngine:
             checked(config)
         self.engine = LLMEngine.from_vllm_config(config, disable_log_stats=args.disable_log_stats)
         _ENGINES.append(self.engine)
-        self.scheduler = self.engine.engine_core.engine_core.scheduler
+        from vllm.v1.engine.core_client import InprocClient
+
+        core = self.engine.engine_core
+        assert isinstance(core, InprocClient), "VLLM_ENABLE_V1_MULTIPROCESSING=0 gives an in-process engine core"
+        self.scheduler = core.engine_core.scheduler
         self.B = self.engine.vllm_config.cache_config.block_size
         self.internal: dict[str, str] = {}  # our request id -> vLLM's internal one
         self.results: dict[str, Result] = {}
@@ -138,7 +145,10 @@ class VllmEngine:
     def step(self) -> list[Result]:
         """One engine step; returns the requests that finished in it."""
         done = []
+        from vllm.outputs import RequestOutput
+
         for out in self.engine.step():
+            assert isinstance(out, RequestOutput), "a generative model's engine returns RequestOutputs"
             if out.finished:
                 c = out.outputs[0]
                 r = Result(
@@ -179,9 +189,12 @@ class VllmEngine:
         self.results.clear()
 
     # ------------------------------------------------------------------ claims and operators
-    def _claims(self):
+    def _claims(self) -> ClaimsScheduler:
+        from kvclaims.vllm.scheduler import ClaimsScheduler
+
         if not self.integration:
             raise InvalidInput("stock vLLM has no claims: build the engine with integration=True")
+        assert isinstance(self.scheduler, ClaimsScheduler), type(self.scheduler)
         return self.scheduler
 
     def submit_claim(self, claim_id: str, tokens: Sequence[int], *, tenant: str = ANONYMOUS, **terms: Any) -> str:

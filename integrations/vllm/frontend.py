@@ -117,7 +117,9 @@ class _Answer:
     answers with the rejection's status and error instead."""
 
     def __init__(self, send: Send) -> None:
-        self.send, self.start, self.chunks = send, None, []
+        self.send = send
+        self.start: Message | None = None
+        self.chunks: list[bytes] = []
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":

@@ -15,11 +15,11 @@ protected classes scans the pool (`classes`).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Iterable, Mapping, Sequence
+from typing import AbstractSet, Hashable, Iterable, Mapping, Sequence
 
 from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core import kv_cache_utils as kvu
-from vllm.v1.core.kv_cache_utils import KVCacheBlock
+from vllm.v1.core.kv_cache_utils import BlockHash, BlockHashWithGroupId, KVCacheBlock
 from vllm.v1.kv_cache_interface import FullAttentionSpec, MLAAttentionSpec, UniformTypeKVCacheSpecs
 
 from kvclaims.errors import BadArgument, InvalidInput
@@ -33,7 +33,7 @@ FULL_LAYER_TYPES = {"attention", "full_attention"}  # hf `layer_types` of such l
 
 
 @lru_cache(maxsize=1 << 16)
-def hexid(h: bytes | int) -> str:
+def hexid(h: BlockHash | int) -> str:
     """A block hash as the trace writes it: the form vLLM's KV events carry, in hex.
     Cached: requests bring and hit mostly the same hot prefixes (and vLLM fixes the
     form once its engine has started)."""
@@ -42,7 +42,7 @@ def hexid(h: bytes | int) -> str:
 
 
 @lru_cache(maxsize=1 << 16)
-def key_hex(key: bytes) -> str:
+def key_hex(key: BlockHashWithGroupId) -> str:
     """`hexid` of a prefix-index key (a block hash with its KV cache group)."""
     return hexid(kvu.get_block_hash(key))
 
@@ -173,17 +173,22 @@ class PoolView:
         self.withheld = []
 
     # --- lookups ------------------------------------------------------------
-    def block(self, h: bytes) -> KVCacheBlock | None:
+    def block(self, h: BlockHash) -> KVCacheBlock | None:
         found = self.bp.get_cached_block(h, [GROUP])
         return found[0] if found else None
 
-    def resident(self, chain: Sequence[bytes]) -> list[KVCacheBlock] | None:
-        blocks = [self.block(h) for h in chain]
-        return None if None in blocks else blocks
+    def resident(self, chain: Sequence[BlockHash]) -> list[KVCacheBlock] | None:
+        blocks = []
+        for h in chain:
+            b = self.block(h)
+            if b is None:
+                return None
+            blocks.append(b)
+        return blocks
 
-    def chain(self, tokens: Sequence[int]) -> list[bytes]:
+    def chain(self, tokens: Sequence[int]) -> list[BlockHash]:
         """vLLM's own chain hashes for the full blocks of `tokens` (plain text requests)."""
-        out: list[bytes] = []
+        out: list[BlockHash] = []
         for i in range(len(tokens) // self.B):
             out.append(
                 kvu.hash_block_tokens(self._hash_fn, out[-1] if out else None, tokens[i * self.B : (i + 1) * self.B])
@@ -208,7 +213,7 @@ class PoolView:
         return self.bp.get_num_free_blocks() - sum(b.ref_cnt == 0 for b in hits)
 
     def classes(
-        self, holders: Mapping[int, Iterable[str]], blocking: set[str], exclude: set[int] = frozenset()
+        self, holders: Mapping[Hashable, Iterable[str]], blocking: set[str], exclude: AbstractSet[int] = frozenset()
     ) -> tuple[PoolCounts, dict[str, frozenset[str]]]:
         """Block classes over the pool without `exclude` (a request's own prefix hits),
         and the hashes each blocking claim protects there."""

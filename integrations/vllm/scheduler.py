@@ -43,6 +43,7 @@ from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, r
 
 CONFIG_KEYS = {"reserve": int, "trace": str, "enforce": bool, "tenants": bool, "tenant_header": str, "quota": dict}
 WAITING = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+STOCK_CACHE_BLOCKS = "_kvclaims_cache_blocks"  # vLLM's own, kept on the coordinator we wrap
 
 
 def settings(vllm_config) -> dict:
@@ -142,10 +143,10 @@ class ClaimsScheduler(Scheduler):
         `allocate_slots` and the async-load path call) through `_cache_blocks`. Wrapped on
         the instance, as `pool.IndexLog` wraps the prefix index: vLLM offers no hook there,
         and the rule needs the request that computed the blocks."""
-        coordinator = self.kv_cache_manager.coordinator
-        if "cache_blocks" not in vars(coordinator):
-            coordinator._kvclaims_cache_blocks = coordinator.cache_blocks
-        coordinator.cache_blocks = self._cache_blocks
+        wrapped = vars(self.kv_cache_manager.coordinator)
+        if "cache_blocks" not in wrapped:
+            wrapped[STOCK_CACHE_BLOCKS] = self.kv_cache_manager.coordinator.cache_blocks
+        wrapped["cache_blocks"] = self._cache_blocks
 
     def _cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
         """Index the request's newly full blocks, unless it is stale: admitted before the
@@ -155,7 +156,7 @@ class ClaimsScheduler(Scheduler):
         rid = request.request_id
         if self.admitted_epoch.get(rid, self.epoch) != self.epoch:
             return
-        self.kv_cache_manager.coordinator._kvclaims_cache_blocks(request, num_computed_tokens)
+        vars(self.kv_cache_manager.coordinator)[STOCK_CACHE_BLOCKS](request, num_computed_tokens)
         self._sync("lru", request=rid)
 
     # ------------------------------------------------------------------ requests
@@ -198,7 +199,7 @@ class ClaimsScheduler(Scheduler):
         meanwhile) none does, and the request runs with its outcome saying so."""
         rid, ops = request.request_id, self.ops.get(request.request_id)
         ids = _claim_ids(ops)
-        if not ids:
+        if ops is None or not ids:
             return
         try:
             self._check_ops(ops, request)
