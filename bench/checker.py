@@ -26,6 +26,7 @@ from kvclaims.bench.ratio import Ratio, interleaved
 from kvclaims.conformance.checker import Checker, check_file, needed_tiers
 from kvclaims.trace import loads
 from kvclaims.spec import Spec, load
+from kvclaims.model.names import POLICY
 
 TARGET = 1_000_000  # events/s
 
@@ -82,7 +83,7 @@ class _Lane:
             priority=0,
             ttl=None,
             tiers=["device", "host"],
-            policy="offload",
+            policy=POLICY.offload,
         )
 
     def step(self) -> None:

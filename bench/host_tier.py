@@ -14,6 +14,7 @@ import torch
 
 from kvclaims.bench.ratio import Ratio, interleaved
 from kvclaims.refimpl.runtime import Runtime
+from kvclaims.model.names import POLICY, STATE
 
 
 def measure(device: str, blocks: int = 512, B: int = 32, heads: int = 8, head_dim: int = 64, rounds: int = 5) -> Ratio:
@@ -21,7 +22,7 @@ def measure(device: str, blocks: int = 512, B: int = 32, heads: int = 8, head_di
     prefix = [i % 50_000 for i in range(blocks * B)]
     rt.submit_request("warm", prefix)
     rt.finish("warm")
-    rt.submit_claim("c", prefix, strength="hard", tiers=("device", "host"), policy="refuse")
+    rt.submit_claim("c", prefix, strength="hard", tiers=("device", "host"), policy=POLICY.refuse)
     dev = rt.pool.kv[:blocks]
     host = torch.empty(dev.shape, dtype=dev.dtype, pin_memory=dev.is_cuda)
     sync = torch.cuda.synchronize if dev.is_cuda else (lambda: None)
@@ -33,7 +34,7 @@ def measure(device: str, blocks: int = 512, B: int = 32, heads: int = 8, head_di
     def ours() -> None:
         rt.offload_claim("c")
         rt.restore_claim("c")
-        if rt.claim_state("c") != "materialized":
+        if rt.claim_state("c") != STATE.materialized:
             raise AssertionError(f"restore did not verify: {rt.claim_state('c')}")
 
     r = interleaved(

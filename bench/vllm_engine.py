@@ -24,6 +24,7 @@ from kvclaims.bench.ratio import Ratio
 from kvclaims.bench.vllm_alloc import compare
 from kvclaims.vllm.engine import VllmEngine
 from kvclaims.vllm.model_dir import VOCAB
+from kvclaims.model.names import STATE
 
 U, B = 400, 32
 CLAIMED = 2
@@ -55,7 +56,7 @@ class Driver:
         for c, prefix in enumerate(work.prefixes[:CLAIMED]):
             claim = {"claim": f"sys{c}"} if engine.integration else {}
             res = engine.run(f"first{c}", prefix + [1], **claim)
-            if claim and res.kvclaims != {"claims": {f"sys{c}": "materialized"}}:
+            if claim and res.kvclaims != {"claims": {f"sys{c}": STATE.materialized}}:
                 raise AssertionError(f"claim sys{c}: {res.kvclaims}")
 
     def run_round(self) -> None:

@@ -35,6 +35,7 @@ from kvclaims.errors import IllegalTransition
 from kvclaims.model.terms import TIERS
 from kvclaims.trace import MAX_LINE, SCHEMA_VERSION, file_lines, read_lines
 from kvclaims.spec import Spec, load
+from kvclaims.model.names import EVENT
 
 # kind -> required fields and their types (spec/TRACE.md, RKC-TR-3); a required string is non-empty.
 FIELDS: dict[str, dict[str, type]] = {
@@ -263,7 +264,7 @@ class Checker:
         after = self.after.get((before, event))
         if after is None:
             return self._bad_event(cid, event, before)
-        if event == "refuse" and not rec.get("reason"):
+        if event == EVENT.refuse and not rec.get("reason"):
             self._flag("refusal_without_attribution", f"claim {cid!r} refused without a reason")
         if "state" in rec and rec["state"] != after:
             self._flag("state_mismatch", f"claim {cid!r}: trace says {rec['state']!r}, replay gives {after!r}")
@@ -460,7 +461,7 @@ def needed_tiers(spec: Spec) -> dict[str, str]:
     """Which tier a claim in each state must keep its blocks in (RKC-TR-6): protected
     states on the device, the offload's destination on the host; other states none."""
     lc = spec.lifecycle
-    return {**{s: "device" for s in lc.protected}, **dict.fromkeys(lc.dests("offload"), "host")}
+    return {**{s: "device" for s in lc.protected}, **dict.fromkeys(lc.dests(EVENT.offload), "host")}
 
 
 def check_lines(lines: Iterable[str | bytes], spec: Spec | None = None, on_end: OnEnd | None = None) -> Report:

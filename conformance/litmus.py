@@ -18,6 +18,7 @@ from typing import Any, Callable
 from kvclaims.conformance.adapter import reference_runtime
 from kvclaims.conformance.checker import Report, check_lines
 from kvclaims.trace import read_lines
+from kvclaims.model.names import EVENT, POLICY, STATE, STATUS
 
 B = 4  # tokens per block asked of every runtime: small, so the 80-block probe stays fast
 
@@ -166,7 +167,7 @@ def _ordinary_eviction(t: Run, rt) -> None:
     _warm(rt, "x", t.tokens(3, 2))
     t.expect(rt.submit_request("y", t.tokens(5, 3)).outcome == "admit", "y admitted")
     t.expect(len(t.seq_of(kind="block_evict", reason="lru")) == 1, "one LRU eviction of x's blocks")
-    t.expect(rt.claim_state("c") == "materialized", "claim untouched")
+    t.expect(rt.claim_state("c") == STATE.materialized, "claim untouched")
     t.verifies(t.tokens(5, 3), "y's KV verifies")
 
 
@@ -182,8 +183,10 @@ def _soft_priority(t: Run, rt) -> None:
     _warm(rt, "a", t.tokens(2, 1))
     _warm(rt, "b", t.tokens(2, 2))
     t.expect(rt.submit_request("z", t.tokens(6, 3)).outcome == "admit", "z admitted")
-    t.expect(rt.claim_state("lo") == "demoted" and rt.claim_state("hi") == "materialized", "lo demoted, hi kept")
-    demote = t.seq_of(kind="claim", claim="lo", event="demote")
+    t.expect(
+        rt.claim_state("lo") == STATE.demoted and rt.claim_state("hi") == STATE.materialized, "lo demoted, hi kept"
+    )
+    demote = t.seq_of(kind="claim", claim="lo", event=EVENT.demote)
     t.expect(bool(demote) and demote[0] < t.seq_of(kind="block_evict")[0], "demote precedes eviction")
 
 
@@ -215,9 +218,9 @@ def _write_no_admit(t: Run, rt) -> None:
 def _accepted_hard_claim(t: Run, rt) -> None:
     t.expect(rt.counts().U == 80, "80 usable blocks")
     P = t.tokens(60, 1)
-    t.expect(rt.submit_claim("resident", P) == "accepted", "claim accepted")
+    t.expect(rt.submit_claim("resident", P) == STATE.accepted, "claim accepted")
     _warm(rt, "warm", P)
-    t.expect(rt.claim_state("resident") == "materialized", "claim materialized")
+    t.expect(rt.claim_state("resident") == STATE.materialized, "claim materialized")
     d = rt.submit_request("big", t.tokens(70, 2))
     t.expect(
         d.outcome == "refuse_blocked" and d.blocking_claims == ("resident",), f"refused, blocked by the claim (got {d})"
@@ -226,7 +229,7 @@ def _accepted_hard_claim(t: Run, rt) -> None:
     rt.submit_request("replay", replay)
     t.expect(rt.hit_blocks("replay") == 60, "replay hits all 60 blocks")
     t.verifies(replay, "reused KV verifies")
-    t.expect(bool(t.seq_of(kind="claim", event="hit", request="replay")), "hit event")
+    t.expect(bool(t.seq_of(kind="claim", event=EVENT.hit, request="replay")), "hit event")
 
 
 @scenario(
@@ -239,14 +242,14 @@ def _accepted_hard_claim(t: Run, rt) -> None:
 )
 def _materialization_failure(t: Run, rt) -> None:
     P = t.tokens(2, 1)
-    rt.submit_claim("c", P, tiers=("device", "host"), policy="offload")
+    rt.submit_claim("c", P, tiers=("device", "host"), policy=POLICY.offload)
     _warm(rt, "warm", P)
     rt.offload_claim("c")
     rt.inject_host_fault(rt.block_hashes(P)[0])
     t.expect(rt.submit_request("r", P).outcome == "admit", "request admitted")
-    t.expect(rt.claim_state("c") == "failed", "claim failed closed")
+    t.expect(rt.claim_state("c") == STATE.failed, "claim failed closed")
     t.verifies(P, "the request recomputed correct KV")
-    t.expect(not t.seq_of(kind="claim", event="restore"), "no restore event")
+    t.expect(not t.seq_of(kind="claim", event=EVENT.restore), "no restore event")
 
 
 @scenario(
@@ -256,11 +259,13 @@ def _materialization_failure(t: Run, rt) -> None:
     U=8,
 )
 def _demotion(t: Run, rt) -> None:
-    rt.submit_claim("c", t.tokens(3, 1), policy="demote")
+    rt.submit_claim("c", t.tokens(3, 1), policy=POLICY.demote)
     _warm(rt, "warm", t.tokens(3, 1))
     t.expect(rt.submit_request("z", t.tokens(7, 2)).outcome == "admit", "z admitted")
-    t.expect(rt.claim_state("c") == "demoted", "claim demoted")
-    t.expect(t.seq_of(kind="claim", event="demote")[0] < t.seq_of(kind="block_evict")[0], "demote precedes eviction")
+    t.expect(rt.claim_state("c") == STATE.demoted, "claim demoted")
+    t.expect(
+        t.seq_of(kind="claim", event=EVENT.demote)[0] < t.seq_of(kind="block_evict")[0], "demote precedes eviction"
+    )
 
 
 @scenario(
@@ -274,9 +279,9 @@ def _expiry(t: Run, rt) -> None:
     _warm(rt, "warm", t.tokens(2, 1))
     t.expect(rt.submit_request("early", t.tokens(8, 2)).outcome == "refuse_blocked", "blocked while live")
     rt.step()
-    t.expect(rt.claim_state("c") == "materialized", "still live after one tick")
+    t.expect(rt.claim_state("c") == STATE.materialized, "still live after one tick")
     rt.step()
-    t.expect(rt.claim_state("c") == "expired", "expired after two ticks")
+    t.expect(rt.claim_state("c") == STATE.expired, "expired after two ticks")
     t.expect(rt.submit_request("late", t.tokens(8, 2) + [7]).outcome == "refuse_too_large", "9 blocks > U")
     t.expect(rt.submit_request("fits", t.tokens(8, 3)).outcome == "admit", "admitted after expiry")
 
@@ -298,7 +303,7 @@ def _active_refusal(t: Run, rt) -> None:
     for cid in d.blocking_claims:
         rt.release_claim(cid)
     t.expect(rt.submit_request("again", t.tokens(14, 5)).outcome == "admit", "fits after release")
-    t.expect(rt.claim_state("c3") == "materialized", "c3 untouched")
+    t.expect(rt.claim_state("c3") == STATE.materialized, "c3 untouched")
 
 
 @scenario(
@@ -314,7 +319,7 @@ def _reconstruction(t: Run, rt) -> None:
     rt.submit_claim("kept", t.tokens(2, 1))
     rt.submit_claim("gone", t.tokens(2, 2), ttl=1)
     rt.submit_claim("too_big", t.tokens(7, 3))
-    rt.submit_claim("parked", t.tokens(1, 4), tiers=("device", "host"), policy="offload")
+    rt.submit_claim("parked", t.tokens(1, 4), tiers=("device", "host"), policy=POLICY.offload)
     _warm(rt, "a", t.tokens(2, 1))
     _warm(rt, "p", t.tokens(1, 4))
     rt.submit_request("b", t.tokens(2, 2))
@@ -337,7 +342,7 @@ def _reconstruction(t: Run, rt) -> None:
     )
     for rid in ("a", "p", "b", *said):
         status = rt.request_status(rid)
-        reason, blocking = (said[rid].outcome, said[rid].blocking_claims) if status == "refused" else (None, ())
+        reason, blocking = (said[rid].outcome, said[rid].blocking_claims) if status == STATUS.refused else (None, ())
         got = report.requests.get(rid, {})
         t.expect(
             got.get("status") == status
@@ -355,14 +360,14 @@ def _reconstruction(t: Run, rt) -> None:
     R=2,
 )
 def _reserve_refusal(t: Run, rt) -> None:
-    t.expect(rt.submit_claim("c1", t.tokens(6, 1)) == "accepted", "c1 accepted")
-    t.expect(rt.submit_claim("c2", t.tokens(4, 2)) == "refused", "c2 refused: 10 > 8")
-    t.expect(rt.submit_claim("c3", t.tokens(6, 1) + t.tokens(2, 3)) == "accepted", "c3 shares 6 blocks: 8 <= 8")
-    t.expect(rt.submit_claim("s", t.tokens(4, 4), strength="soft") == "accepted", "soft claim outside the reserve")
-    t.expect(t.seq_of(kind="claim", claim="c2", event="refuse", reason="reserve") != [], "refusal says why")
+    t.expect(rt.submit_claim("c1", t.tokens(6, 1)) == STATE.accepted, "c1 accepted")
+    t.expect(rt.submit_claim("c2", t.tokens(4, 2)) == STATE.refused, "c2 refused: 10 > 8")
+    t.expect(rt.submit_claim("c3", t.tokens(6, 1) + t.tokens(2, 3)) == STATE.accepted, "c3 shares 6 blocks: 8 <= 8")
+    t.expect(rt.submit_claim("s", t.tokens(4, 4), strength="soft") == STATE.accepted, "soft claim outside the reserve")
+    t.expect(t.seq_of(kind="claim", claim="c2", event=EVENT.refuse, reason="reserve") != [], "refusal says why")
     _warm(rt, "w", t.tokens(6, 1))
     t.expect(
-        rt.claim_state("c1") == "materialized" and rt.claim_state("c3") == "accepted",
+        rt.claim_state("c1") == STATE.materialized and rt.claim_state("c3") == STATE.accepted,
         "c1 materializes; c3 waits for its own last blocks",
     )
 
@@ -378,16 +383,16 @@ def _reserve_refusal(t: Run, rt) -> None:
 )
 def _offload_restore(t: Run, rt) -> None:
     P = t.tokens(2, 1)
-    rt.submit_claim("c", P, tiers=("device", "host"), policy="offload")
+    rt.submit_claim("c", P, tiers=("device", "host"), policy=POLICY.offload)
     _warm(rt, "warm", P)
     rt.offload_claim("c")
-    t.expect(rt.claim_state("c") == "offloaded" and rt.counts().free == 8, "offloaded, device blocks freed")
+    t.expect(rt.claim_state("c") == STATE.offloaded and rt.counts().free == 8, "offloaded, device blocks freed")
     rt.submit_request("r", P + t.tokens(1, 2))
-    t.expect(rt.claim_state("c") == "materialized", "restored")
+    t.expect(rt.claim_state("c") == STATE.materialized, "restored")
     t.verifies(P + t.tokens(1, 2), "restored KV verifies")
     rt.finish("r")
     t.expect(rt.submit_request("z", t.tokens(8, 3)).outcome == "admit", "pressure admits z")
-    t.expect(rt.claim_state("c") == "offloaded", "pressure offloaded the claim first")
+    t.expect(rt.claim_state("c") == STATE.offloaded, "pressure offloaded the claim first")
 
 
 @scenario(
@@ -401,7 +406,7 @@ def _offload_restore(t: Run, rt) -> None:
 def _reset(t: Run, rt) -> None:
     rt.submit_claim("hard", t.tokens(2, 1))
     rt.submit_claim("soft", t.tokens(1, 2), strength="soft")
-    rt.submit_claim("parked", t.tokens(1, 3), tiers=("device", "host"), policy="offload")
+    rt.submit_claim("parked", t.tokens(1, 3), tiers=("device", "host"), policy=POLICY.offload)
     rt.submit_claim("future", t.tokens(1, 4))
     _warm(rt, "a", t.tokens(2, 1))
     _warm(rt, "b", t.tokens(1, 2))
@@ -410,10 +415,11 @@ def _reset(t: Run, rt) -> None:
     rt.submit_request("live", t.tokens(2, 1) + t.tokens(1, 5))
     rt.reset_prefix_cache()
     t.expect(
-        [rt.claim_state(c) for c in ("hard", "soft", "parked", "future")] == ["harmed", "harmed", "harmed", "accepted"],
+        [rt.claim_state(c) for c in ("hard", "soft", "parked", "future")]
+        == [STATE.harmed, STATE.harmed, STATE.harmed, STATE.accepted],
         "claims with resident state harmed",
     )
-    harms = t.seq_of(kind="claim", event="harm")
+    harms = t.seq_of(kind="claim", event=EVENT.harm)
     t.expect(max(harms) < min(t.seq_of(kind="block_evict", reason="reset_prefix_cache")), "harm first")
     t.expect(rt.counts().active == 3 and not rt.resident(), "live request keeps its 3 blocks, index empty")
     t.check("verify_request", "live request's KV intact", lambda: rt.verify_request("live"))
@@ -453,8 +459,8 @@ def _shared(t: Run, rt) -> None:
     rt.submit_claim("c2", P + Q)
     # Reserved exactly 6 of 12: a 7-block hard claim does not fit beside them, a 6-block one does.
     t.expect(
-        rt.submit_claim("probe7", t.tokens(7, 8)) == "refused"
-        and rt.submit_claim("probe6", t.tokens(6, 9)) == "accepted",
+        rt.submit_claim("probe7", t.tokens(7, 8)) == STATE.refused
+        and rt.submit_claim("probe6", t.tokens(6, 9)) == STATE.accepted,
         "shared blocks reserved once",
     )
     rt.release_claim("probe6")
@@ -463,7 +469,7 @@ def _shared(t: Run, rt) -> None:
     t.expect(d.blocking_claims == ("c2",), f"attributed to c2 (got {d})")
     rt.release_claim("c2")
     t.expect(rt.submit_request("again", t.tokens(7, 3)).outcome == "admit", "admitted after c2 released")
-    t.expect(rt.claim_state("c1") == "materialized", "c1 still protects the shared prefix")
+    t.expect(rt.claim_state("c1") == STATE.materialized, "c1 still protects the shared prefix")
 
 
 @scenario(
@@ -478,8 +484,8 @@ def _device_fault(t: Run, rt) -> None:
     rt.submit_claim("c", P)
     _warm(rt, "warm", P)
     rt.inject_device_fault(rt.block_hashes(P)[1])
-    t.expect(rt.claim_state("c") == "failed", "claim failed")
-    t.expect(t.seq_of(kind="claim", event="fail")[0] < t.seq_of(kind="block_evict")[0], "fail first")
+    t.expect(rt.claim_state("c") == STATE.failed, "claim failed")
+    t.expect(t.seq_of(kind="claim", event=EVENT.fail)[0] < t.seq_of(kind="block_evict")[0], "fail first")
     rt.submit_request("replay", P)
     t.expect(rt.hit_blocks("replay") == 1, "replay reuses the intact block, recomputes the faulty one")
     t.verifies(P, "recomputed KV verifies")
@@ -501,6 +507,6 @@ def _waiting_blocked(t: Run, rt) -> None:
     rt.step()
     blocking = [r["blocking_claims"] for r in t.records() if r["kind"] == "request_refuse" and r["request"] == "w"]
     t.expect(
-        rt.request_status("w") == "refused" and blocking == [["c3"]],
+        rt.request_status("w") == STATUS.refused and blocking == [["c3"]],
         f"w refused by c3 (got {rt.request_status('w')} {blocking})",
     )

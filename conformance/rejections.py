@@ -30,6 +30,7 @@ from kvclaims.model.terms import PRIORITIES, TTLS
 from kvclaims.conformance.adapter import reference_runtime
 from kvclaims.conformance.checker import check_lines
 from kvclaims.conformance.litmus import B, Factory, Result, Run
+from kvclaims.model.names import POLICY, STATE, STATUS
 
 SHAPE = {"U": 8, "R": 0, "host_blocks": 0}
 CLAIMS = ("c", "gone")  # the setup's claims: materialized, released
@@ -111,12 +112,12 @@ _add(
         "claim_soft_refuses": (
             "a soft claim with policy refuse",
             InvalidField,
-            _claim(strength="soft", policy="refuse"),
+            _claim(strength="soft", policy=POLICY.refuse),
         ),
         "claim_offload_without_host_tier": (
             "policy offload with tiers ('device',)",
             InvalidField,
-            _claim(policy="offload"),
+            _claim(policy=POLICY.offload),
         ),
         "claim_tiers_without_device": ("tiers ('host',)", InvalidField, _claim(tiers=("host",))),
         "claim_tier_unknown": ("tiers ('device', 'disk')", InvalidField, _claim(tiers=("device", "disk"))),
@@ -263,11 +264,11 @@ def setup(t: Run) -> None:
     rt.submit_request("wait", t.tokens(6, 4))
     got = snapshot(rt)
     want = {
-        "claim c": "materialized",
-        "claim gone": "released",
-        "request done": "finished",
-        "request run": "running",
-        "request wait": "waiting",
+        "claim c": STATE.materialized,
+        "claim gone": STATE.released,
+        "request done": STATUS.finished,
+        "request run": STATUS.running,
+        "request wait": STATUS.waiting,
     }
     for key, value in want.items():
         t.expect(got[key] == value, f"setup: {key} is {got[key]}, expected {value}")

@@ -29,6 +29,7 @@ from kvclaims.model.lifecycle import Lifecycle
 from kvclaims.model.terms import ReserveLedger
 from kvclaims.spec import Spec
 from kvclaims.trace import TraceWriter
+from kvclaims.model.names import EVENT, POLICY
 
 ANONYMOUS = "anonymous"  # the tenant of a single-tenant runtime, and of a caller with no credentials
 
@@ -149,7 +150,7 @@ class ClaimBook:
         self.lifecycle = Lifecycle(spec)
         lc = spec.lifecycle
         self.protected = lc.protected
-        self._awaiting, self._expirable = lc.sources("materialize"), lc.sources("expire")
+        self._awaiting, self._expirable = lc.sources(EVENT.materialize), lc.sources(EVENT.expire)
         self.claims: dict[str, Claim] = {}
         self.entries: dict[str, Entry] = {}
         self.holders: dict[Hashable, set[str]] = {}  # block id -> claims holding it
@@ -227,11 +228,11 @@ class ClaimBook:
         )
         reason = self.refusal(c)  # decided once; the lifecycle's guards read the verdict
         if reason is None:
-            self.fire(c, "accept", {"fits": True})
+            self.fire(c, EVENT.accept, {"fits": True})
             self.materialize_ready()
         else:
             self.entries[claim_id].refusal = reason
-            self.fire(c, "refuse", {"fits": False}, reason=reason)
+            self.fire(c, EVENT.refuse, {"fits": False}, reason=reason)
         return c.state
 
     def refusal(self, c: Claim) -> str | None:
@@ -297,7 +298,7 @@ class ClaimBook:
             self.host.drop(c, reason=event)
 
     def demote(self, c: Claim, **fields: Any) -> None:
-        self.fire(c, "demote", **fields)
+        self.fire(c, EVENT.demote, **fields)
         self.unhold(c)
 
     def end_all(self, ids: Iterable[str], event: str, reason: str) -> None:
@@ -314,7 +315,7 @@ class ClaimBook:
         for c in self.in_states(*self._awaiting):
             blocks = self.side.resident(c, self.entries[c.id].key)
             if blocks is not None:
-                self.fire(c, "materialize", blocks=c.chain)
+                self.fire(c, EVENT.materialize, blocks=c.chain)
                 if self.host:
                     c.checksums = dict(zip(c.chain, self.host.digests(blocks)))
                 self.hold(c, blocks)
@@ -324,14 +325,14 @@ class ClaimBook:
         hit = set(hit_hashes)
         for cid in sorted(set().union(*(self._by_tail.get(h, ()) for h in hit_hashes))):
             c = self.claims[cid]
-            if "hit" in c.fsm.allowed() and set(c.chain) <= hit:
-                self.fire(c, "hit", request=request)
+            if EVENT.hit in c.fsm.allowed() and set(c.chain) <= hit:
+                self.fire(c, EVENT.hit, request=request)
 
     def expire(self, now: int) -> None:
         """Claims whose TTL has run out by logical time `now` expire."""
         for c in self.in_states(*self._expirable):
             if c.deadline is not None and c.deadline <= now:
-                self.end(c, "expire", reason="ttl")
+                self.end(c, EVENT.expire, reason="ttl")
 
     # ------------------------------------------------------------------ yielding
     def yielding(self, frees: Callable[[Claim, Sequence[Any]], bool]) -> Iterator[Claim]:
@@ -347,7 +348,7 @@ class ClaimBook:
     def give_way(self, c: Claim, reason: str = "pressure") -> None:
         """Under pressure `c` yields its device blocks: offloaded when its policy and the
         host tier allow (demoted if the copy fails), else demoted; its event comes first."""
-        if c.policy == "offload" and c.host_allowed and self.host and self.host.room(c):
+        if c.policy == POLICY.offload and c.host_allowed and self.host and self.host.room(c):
             try:
                 self.offload(c, reason=reason)
             except NoRoom:  # the host copy failed: demote instead, as with no room
@@ -365,10 +366,10 @@ class ClaimBook:
         assert self.host is not None, "offload needs a host tier"
         arrived = self.host.copy_out(c, self.entries[c.id].blocks)
         if not self.matches(arrived, c):
-            self.end(c, "fail", reason="offload_mismatch")
+            self.end(c, EVENT.fail, reason="offload_mismatch")
             return
         self.trace.emit("block_offload", claim=c.id, blocks=c.chain, tier="host")
-        self.fire(c, "offload", **fields)
+        self.fire(c, EVENT.offload, **fields)
         self.unhold(c)
         self.host.offloaded(c)
 

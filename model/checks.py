@@ -14,6 +14,7 @@ from typing import Any, Collection, Mapping, Sequence
 
 from kvclaims.errors import DuplicateId, InvalidField
 from kvclaims.model.terms import PRIORITIES, POLICIES, STRENGTHS, TIERS, TTLS
+from kvclaims.model.names import POLICY
 
 MAX_TICKS = 10**6  # one step call: each tick is a sweep, so a huge count is a hang, not input
 
@@ -62,16 +63,16 @@ def check_terms(where: str, strength, priority, ttl, tiers, policy) -> tuple[tup
     refuses; offload without the host tier; a priority outside PRIORITIES; a TTL outside
     TTLS (None: no TTL)."""
     check_choice(where, "strength", strength, STRENGTHS)
-    policy = ("refuse" if strength == "hard" else "demote") if policy is None else policy
+    policy = (POLICY.refuse if strength == "hard" else POLICY.demote) if policy is None else policy
     check_choice(where, "policy", policy, POLICIES)
     check_list(where, "tiers", tiers)
     for i, tier in enumerate(tiers):
         check_choice(where, f"tiers[{i}]", tier, TIERS)
     if "device" not in tiers or len(set(tiers)) < len(tiers):
         raise InvalidField(where, "tiers", f"must name 'device', each tier once, got {list(tiers)}")
-    if strength == "soft" and policy == "refuse":
+    if strength == "soft" and policy == POLICY.refuse:
         raise InvalidField(where, "policy", "'refuse' needs a hard claim: a soft claim cannot refuse requests")
-    if policy == "offload" and "host" not in tiers:
+    if policy == POLICY.offload and "host" not in tiers:
         raise InvalidField(where, "policy", "'offload' needs 'host' in tiers")
     check_int(where, "priority", priority, PRIORITIES.start, PRIORITIES.stop - 1)
     if ttl is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Iterable, Protocol, Sequence
 
 from kvclaims.spec import load
+from kvclaims.model.names import EVENT, POLICY
 
 _SPEC = load()
 STRENGTHS: tuple[str, ...] = _SPEC.strengths
@@ -22,7 +23,7 @@ PRIORITIES = range(-(2**31), 2**31)
 # A claim's TTL in logical ticks (engine steps): at least one, and 32-bit like a priority.
 TTLS = range(1, 2**31)
 # States in which a hard claim counts against the reserve: accepted, and protected.
-RESERVING = frozenset(_SPEC.lifecycle.dests("accept") | set(_SPEC.lifecycle.protected))
+RESERVING = frozenset(_SPEC.lifecycle.dests(EVENT.accept) | set(_SPEC.lifecycle.protected))
 
 
 class _Held(Protocol):
@@ -84,7 +85,7 @@ class ClaimRules:
     @property
     def blocking(self) -> bool:
         """A blocking claim's blocks are protected: requests are refused, not served from them."""
-        return self.hard and self.policy == "refuse"
+        return self.hard and self.policy == POLICY.refuse
 
     @property
     def host_allowed(self) -> bool:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from kvclaims.model.terms import PENDING
+from kvclaims.model.names import STATUS
 
 
 @dataclass
@@ -13,7 +14,7 @@ class Request:
     id: str
     tokens: list[int]
     hashes: list[str]  # hashes of its full blocks, in order
-    status: str = "waiting"  # waiting | running | refused | finished | aborted
+    status: str = STATUS.waiting  # waiting | running | refused | finished | aborted
     slots: list[int] = field(default_factory=list)
     new_slots: set[int] = field(default_factory=set)  # blocks it computed (freed on no-admit)
     hit_blocks: int = 0

@@ -16,6 +16,7 @@ from kvclaims.refimpl.adapter import RefimplAdapter
 from kvclaims.model.claim import Claim
 from kvclaims.refimpl.claims import Request
 from kvclaims.refimpl.sides import DeviceSide
+from kvclaims.model.names import EVENT, STATE
 
 
 class Mutant(RefimplAdapter):
@@ -54,7 +55,7 @@ class EventAfterReuse(Mutant):
             pool = cast(DeviceSide, self.side).pool
             gone = [pool.evict(pool.index[h]) for h in c.chain if pool.index.get(h) in pool.lru]
             self.trace.emit("block_evict", blocks=gone, tier="device", reason="lru")
-            self.fire(c, "demote", **fields)
+            self.fire(c, EVENT.demote, **fields)
 
 
 class WrongAttribution(Mutant):
@@ -96,8 +97,8 @@ class EventAfterTerminal(Mutant):
     def _admit(self, r: Request, hits: list[int], A: int) -> None:
         super()._admit(r, hits, A)
         for c in sorted(self.claims.values(), key=lambda c: c.id):
-            if c.fsm.terminal and c.state != "refused" and set(c.chain) <= set(r.hashes[: len(hits)]):
-                self.trace.emit("claim", claim=c.id, event="hit", state=c.state, request=r.id)
+            if c.fsm.terminal and c.state != STATE.refused and set(c.chain) <= set(r.hashes[: len(hits)]):
+                self.trace.emit("claim", claim=c.id, event=EVENT.hit, state=c.state, request=r.id)
 
 
 class ClaimBlockedWaits(Mutant):

@@ -35,6 +35,7 @@ from kvclaims.refimpl.pool import DevicePool
 from kvclaims.refimpl.sides import DeviceSide, HostSide
 from kvclaims.spec import Spec, load
 from kvclaims.trace import TraceWriter
+from kvclaims.model.names import EVENT, STATUS
 
 
 class Runtime:
@@ -80,7 +81,7 @@ class Runtime:
         self.host = HostTier(host_blocks, tuple(self.pool.kv.shape[1:]), pin=self.pool.device.type == "cuda")
         self.requests: dict[str, Request] = {}
         self.waiting: list[str] = []
-        self._offloaded = self.spec.lifecycle.dests("offload")
+        self._offloaded = self.spec.lifecycle.dests(EVENT.offload)
         # Invalidation epochs (the spec's [invalidation]): `epoch` counts the operator
         # actions that declared KV invalid, `weights` those that changed every block's KV.
         self.epoch = self.weights = 0
@@ -180,15 +181,15 @@ class Runtime:
         )
 
     def release_claim(self, claim_id: str) -> None:
-        self.book.end(self.book.check_event(claim_id, "release"), "release", reason="owner")
+        self.book.end(self.book.check_event(claim_id, EVENT.release), EVENT.release, reason="owner")
 
     def demote_claim(self, claim_id: str) -> None:
-        self.book.demote(self.book.check_event(claim_id, "demote"), reason="owner")
+        self.book.demote(self.book.check_event(claim_id, EVENT.demote), reason="owner")
 
     def offload_claim(self, claim_id: str) -> None:
-        c = self.book.check_event(claim_id, "offload")
+        c = self.book.check_event(claim_id, EVENT.offload)
         if not c.host_allowed:
-            raise GuardRejected(claim_id, c.state, "offload", "host_allowed")
+            raise GuardRejected(claim_id, c.state, EVENT.offload, "host_allowed")
         if not self.host.room(c.chain):
             raise NoRoom(
                 f"claim {claim_id!r}: the host tier has {len(self.host.free)} free blocks, "
@@ -198,7 +199,7 @@ class Runtime:
 
     def restore_claim(self, claim_id: str) -> str:
         """Bring an offloaded claim back; returns its state (materialized, or failed on a mismatch)."""
-        c = self.book.check_event(claim_id, "restore")
+        c = self.book.check_event(claim_id, EVENT.restore)
         p = self.pool
         resident = [s for s in map(p.lookup, c.chain) if s is not None]
         missing = [h for h in c.chain if p.lookup(h) is None]
@@ -226,15 +227,15 @@ class Runtime:
         if not self.book.matches(arrived, c):
             for slot in targets.values():
                 self.pool.kv[slot].zero_()
-            self.book.end(c, "fail", reason="checksum_mismatch")
+            self.book.end(c, EVENT.fail, reason="checksum_mismatch")
             return
         for h, slot in targets.items():
             self.pool.register(slot, h)
         self.trace.emit("block_restore", claim=c.id, blocks=list(targets), tier="device")
-        self.book.fire(c, "restore", {"arrived": arrived})
+        self.book.fire(c, EVENT.restore, {"arrived": arrived})
         self.book.hold(c, slots)
         assert self.book.host is not None
-        self.book.host.drop(c, reason="restore")
+        self.book.host.drop(c, reason=EVENT.restore)
 
     # ------------------------------------------------------------------ requests
     def submit_request(
@@ -291,7 +292,7 @@ class Runtime:
         growth ends the request as refused, so it never waits on claims forever.
         """
         r = self._request(request_id)
-        if r.status != "running":
+        if r.status != STATUS.running:
             raise InvalidInput(f"request {request_id!r} is {r.status}, not running")
         check_tokens(tokens, f"request {request_id!r}", "tokens", self.vocab)
         total = len(r.tokens) + len(tokens)
@@ -313,21 +314,21 @@ class Runtime:
     def finish(self, request_id: str, admit: bool = True) -> None:
         """End a running request; `admit=False` is write no-admit: the blocks it computed are not cached."""
         r = self._request(request_id)
-        if r.status != "running":
+        if r.status != STATUS.running:
             raise InvalidInput(f"request {request_id!r} is {r.status}, not running")
         if not isinstance(admit, bool):
             raise InvalidField(f"request {request_id!r}", "admit", f"must be a bool, {got(admit)}")
-        r.status = "finished"
+        r.status = STATUS.finished
         self.trace.emit("request_finish", request=request_id, admit=admit)
         self._release(r, admit=admit)
 
     def abort(self, request_id: str) -> None:
         r = self._request(request_id)
-        if r.status not in ("waiting", "running"):
+        if r.status not in (STATUS.waiting, STATUS.running):
             raise InvalidInput(f"request {request_id!r} is {r.status}, it cannot be aborted")
-        if r.status == "waiting":
+        if r.status == STATUS.waiting:
             self.waiting.remove(request_id)
-        r.status = "aborted"
+        r.status = STATUS.aborted
         _never_applied(r)
         self.trace.emit("request_abort", request=request_id)
         self._release(r, admit=True)
@@ -361,7 +362,7 @@ class Runtime:
         return hits
 
     def _admit(self, r: Request, hits: list[int], A: int) -> None:
-        r.status, r.hit_blocks, r.epoch, r.weights = "running", len(hits), self.epoch, self.weights
+        r.status, r.hit_blocks, r.epoch, r.weights = STATUS.running, len(hits), self.epoch, self.weights
         self._take(r, hits)
         hit_hashes = r.hashes[: len(hits)]
         slots = self._obtain(A, yielding=True)
@@ -438,7 +439,7 @@ class Runtime:
         return r.epoch == self.epoch
 
     def _refuse(self, r: Request, d: Decision) -> None:
-        r.status, r.reason, r.blocking_claims = "refused", d.outcome, d.blocking_claims
+        r.status, r.reason, r.blocking_claims = STATUS.refused, d.outcome, d.blocking_claims
         _never_applied(r)
         self.trace.emit("request_refuse", request=r.id, reason=d.outcome, blocking_claims=list(d.blocking_claims))
 
@@ -460,7 +461,7 @@ class Runtime:
         requests running across the reset keep their blocks, unindexed, and index nothing more."""
         self._invalidate("reset_prefix_cache")
         for c in self.book.in_states(*self.spec.lifecycle.protected, *self._offloaded):
-            self.book.end(c, "harm", reason="reset_prefix_cache")
+            self.book.end(c, EVENT.harm, reason="reset_prefix_cache")
         self._drop_blocks([s for s in range(self.U) if self.pool.hash_of[s] is not None], "reset_prefix_cache")
 
     def evict_blocks(self, hashes: Sequence[str]) -> None:
@@ -474,7 +475,7 @@ class Runtime:
             raise UnknownId(f"not resident on the device: {gone or 'no blocks given'}")
         slots = [self.pool.index[h] for h in hashes]
         self._invalidate("evict_blocks", blocks=list(hashes))
-        self.book.end_holders(slots, "harm", "invalid_load")
+        self.book.end_holders(slots, EVENT.harm, "invalid_load")
         self._drop_blocks(slots, "invalid_load")
 
     def inject_device_fault(self, h: str) -> None:
@@ -485,7 +486,7 @@ class Runtime:
             raise UnknownId(f"block {h!r} is not resident on the device")
         self._invalidate("inject_device_fault", blocks=[h])
         self.pool.kv[slot] += 1.0
-        self.book.end_holders([slot], "fail", "device_fault")
+        self.book.end_holders([slot], EVENT.fail, "device_fault")
         self._drop_blocks([slot], "device_fault")
 
     def inject_host_fault(self, h: str) -> None:

@@ -13,6 +13,7 @@ from kvclaims.model.claim import Claim
 from kvclaims.refimpl.host import HostTier
 from kvclaims.refimpl.pool import DevicePool
 from kvclaims.trace import TraceWriter
+from kvclaims.model.names import EVENT
 
 
 class DeviceSide:
@@ -61,7 +62,7 @@ class HostSide:
         """The device copies that nothing else holds leave the cache."""
         p = self.pool
         hashes = [p.evict(p.index[h]) for h in c.chain if p.index.get(h) in p.lru]
-        self.trace.emit("block_evict", blocks=hashes, tier="device", reason="offload")
+        self.trace.emit("block_evict", blocks=hashes, tier="device", reason=EVENT.offload)
 
     def drop(self, c: Claim, reason: str) -> None:
         gone = [h for h in c.chain if h in self.host.index and self.host.release(h, c.id)]

@@ -15,6 +15,7 @@ from functools import lru_cache
 from prometheus_client import Counter, Gauge
 
 from kvclaims.spec import Spec
+from kvclaims.model.names import EVENT
 
 
 @lru_cache(maxsize=1)
@@ -44,9 +45,9 @@ class ClaimMetrics:
 
     def event(self, event: str, reason: str | None, before: str, after: str) -> None:
         self.events.labels(event=event).inc()
-        if event in ("harm", "fail"):
+        if event in (EVENT.harm, EVENT.fail):
             self.harms.labels(event=event, reason=reason or "").inc()
-        elif event == "refuse":
+        elif event == EVENT.refuse:
             self.claim_refusals.labels(reason=reason or "").inc()
         self._move(before, after)
 

@@ -40,6 +40,7 @@ from kvclaims.vllm.claims import VllmSide, check_new, submit
 from kvclaims.vllm.metrics import ClaimMetrics
 from kvclaims.vllm.pool import PoolView, hexid
 from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, rejection, server_key
+from kvclaims.model.names import EVENT
 
 CONFIG_KEYS = {"reserve": int, "trace": str, "enforce": bool, "tenants": bool, "tenant_header": str, "quota": dict}
 WAITING = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
@@ -190,7 +191,7 @@ class ClaimsScheduler(Scheduler):
         if ops.claim:
             _judged(PREFIX + "claim", check_new, self.book, self.block_size, ops.claim, len(request.block_hashes))
         for cid in ops.release:
-            _judged(PREFIX + "release", self.book.check_event, cid, "release", ops.tenant)
+            _judged(PREFIX + EVENT.release, self.book.check_event, cid, EVENT.release, ops.tenant)
 
     def _apply_ops(self, request: Request) -> None:
         """RKC-RT-8: a request's claim operations apply together when it is admitted (it
@@ -207,7 +208,7 @@ class ClaimsScheduler(Scheduler):
             self.notes[rid] = _not_applied(ids, f"{type(exc).__name__}: {exc}")
             return
         for cid in ops.release:
-            self.book.end(self.book.claims[cid], "release", reason="owner", request=rid)
+            self.book.end(self.book.claims[cid], EVENT.release, reason="owner", request=rid)
         if ops.claim:
             submit(self.book, ops.claim, list(request.block_hashes), request=rid, tenant=ops.tenant)
         self.notes[rid] = {"claims": ids}
@@ -395,14 +396,14 @@ class ClaimsScheduler(Scheduler):
         return submit(self.book, op, chain, tenant=tenant)
 
     def release_claim(self, claim_id: str, tenant: str = ANONYMOUS) -> None:
-        self.book.end(self.book.check_event(claim_id, "release", tenant), "release", reason="owner")
+        self.book.end(self.book.check_event(claim_id, EVENT.release, tenant), EVENT.release, reason="owner")
 
     # ------------------------------------------------------------------ operator actions
     def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
         """Claims holding blocks are harmed first, and only when the reset will happen."""
         if reset_running_requests or not self._requests_hold_blocks():
             self._invalidate("reset_prefix_cache")
-            self.book.end_holders(set(self.book.holders), "harm", "reset_prefix_cache")
+            self.book.end_holders(set(self.book.holders), EVENT.harm, "reset_prefix_cache")
         cached = self.pool.cached_hashes()
         ok = super().reset_prefix_cache(reset_running_requests, reset_connector)
         if ok and cached:
@@ -434,7 +435,7 @@ class ClaimsScheduler(Scheduler):
         self.epoch += 1
 
     def _drop(self, block_ids: set[int], reason: str) -> None:
-        self.book.end_holders(block_ids, "harm", reason)
+        self.book.end_holders(block_ids, EVENT.harm, reason)
         self.kv_cache_manager.evict_blocks(block_ids)
         self._sync(reason)
 

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 from kvclaims.claimbook import ANONYMOUS
 from kvclaims.errors import BadArgument, InvalidField, KVClaimsError, NotOwner
 from kvclaims.model.checks import check_terms
+from kvclaims.model.names import POLICY
 
 PREFIX = "kvclaims_"
 KEYS = ("claim", "blocks", "strength", "priority", "ttl", "policy", "release", "no_admit", "tenant", "seal")
@@ -47,7 +48,7 @@ class ClaimOp:
     strength: str = "hard"
     priority: int = 0
     ttl: int | None = None  # engine steps
-    policy: str = "refuse"
+    policy: str = POLICY.refuse
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def _claim(raw: Mapping[str, Any]) -> ClaimOp:
     claim_id, blocks = _name(raw["claim"], "claim"), _int(raw, "blocks", range(1, INT32))
     strength, policy = raw.get("strength", "hard"), raw.get("policy")
     priority, ttl = _int(raw, "priority") or 0, _int(raw, "ttl")
-    if policy == "offload":
+    if policy == POLICY.offload:
         raise BadArgument(
             PREFIX + "policy",
             "'offload' needs a host tier, and claims made through vLLM stay on the device tier (use 'demote')",
