@@ -27,14 +27,14 @@ class Recorded(RefimplAdapter):
     """The reference adapter, logging every public call the test makes (not nested ones)."""
 
     def __init__(self, **shape: Any) -> None:
-        super().__init__(**shape)
         self._calls: list[Call] = []
         self._depth = 0
+        super().__init__(**shape)
         LOG.append((shape, self._calls))
 
     def __getattribute__(self, name: str):
         attr = super().__getattribute__(name)
-        if name.startswith("_") or not callable(attr):
+        if name.startswith("_") or not callable(attr) or isinstance(attr, type):
             return attr
 
         def call(*args, **kwargs):

@@ -8,13 +8,11 @@ benchmark reports, the README says what a miss means.
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
 import os
 import platform
-import sys
 import time
+from typing import Any, Callable, Iterable
 
 # figure -> (module, what it measures)
 FIGURES = {
@@ -47,8 +45,8 @@ def machine() -> dict:
     return info
 
 
-def run_figures(names, smoke: bool, log=lambda msg: None) -> dict:
-    out = {"machine": machine(), "smoke": smoke, "figures": [], "skipped": {}}
+def run_figures(names: Iterable[str], smoke: bool, log: Callable[[str], object] = lambda msg: None) -> dict[str, Any]:
+    out: dict[str, Any] = {"machine": machine(), "smoke": smoke, "figures": [], "skipped": {}}
     for name in names:
         module, what = FIGURES[name]
         t0 = time.perf_counter()
@@ -74,22 +72,3 @@ def markdown(result: dict) -> str:
         )
     rows += [f"| {name} | skipped: {why} | | | | | |" for name, why in result["skipped"].items()]
     return "\n".join(rows)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--only", action="append", choices=list(FIGURES), help="run only this figure group")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmarks run")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    result = run_figures(args.only or list(FIGURES), args.smoke, log=lambda m: print(f"bench: {m}", file=sys.stderr))
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print("machine: " + ", ".join(f"{k}={v}" for k, v in result["machine"].items()))
-        print(markdown(result))
-        for f in result["figures"]:
-            if f.get("extra"):
-                print(f"  {f['name']}: {json.dumps(f['extra'])}")
-    return 0

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from vllm import EngineArgs, SamplingParams
@@ -43,6 +43,7 @@ from vllm.utils.hashing import get_hash_fn_by_name
 from vllm.v1.core import kv_cache_utils as kvu
 from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_manager import KVCacheManager
+from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
 from vllm.v1.request import Request, RequestStatus
@@ -58,6 +59,7 @@ from kvclaims.vllm.xargs import ClaimOp
 
 B = 32  # the CPU backend's block size (the tiny model's engines use it too)
 _params = SamplingParams(max_tokens=1)
+SchedulerT = TypeVar("SchedulerT", bound=Scheduler)
 
 
 @lru_cache(maxsize=None)
@@ -74,7 +76,7 @@ def _config(U: int):
     return cfg, kvu.get_request_block_hasher(B, hash_fn)
 
 
-def scheduler(cls: type[Scheduler], U: int) -> Scheduler:
+def scheduler(cls: type[SchedulerT], U: int) -> SchedulerT:
     """vLLM's scheduler (or ours) as its engine core builds it, over U usable blocks."""
     cfg, _ = _config(U)
     spec = FullAttentionSpec(block_size=B, num_kv_heads=1, head_size=64, dtype=torch.float32)
@@ -148,8 +150,16 @@ def stock(trace: Trace) -> KVCacheManager:
     """Stock vLLM's manager, the pinned prefixes held by a plain reference as a claim holds them."""
     kv = scheduler(Scheduler, trace.U).kv_cache_manager
     for r in warm(kv, trace):
-        kv.block_pool.touch([kv.block_pool.get_cached_block(h, [GROUP])[0] for h in r.block_hashes])
+        kv.block_pool.touch([cached(kv.block_pool, h) for h in r.block_hashes])
     return kv
+
+
+def cached(bp: BlockPool, h: kvu.BlockHash) -> kvu.KVCacheBlock:
+    """The block `bp` caches for hash `h`, which a warm-up has just computed."""
+    blocks = bp.get_cached_block(h, [GROUP])
+    if blocks is None:
+        raise AssertionError(f"block {h!r} was not cached by the warm-up")
+    return blocks[0]
 
 
 def claims(trace: Trace) -> ClaimsScheduler:
@@ -175,7 +185,7 @@ def replay(trace: Trace, kv: KVCacheManager, s: ClaimsScheduler | None = None) -
         if s is not None:
             req.status, req.num_computed_tokens = RequestStatus.WAITING, 0
             s.tick()
-            s.waiting = [req]
+            s.waiting = FCFSRequestQueue([req])
             s._arbitrate()
         hit = admit(kv, req)
         if hit is None:
@@ -188,9 +198,10 @@ def replay(trace: Trace, kv: KVCacheManager, s: ClaimsScheduler | None = None) -
     return hits
 
 
-def replay_block_pool(trace: Trace, bp) -> int:
+def replay_block_pool(trace: Trace, bp: BlockPool) -> int:
     """The trace's block operations on vLLM's `BlockPool`; returns the hit blocks."""
-    held, hits = {}, 0
+    held: dict[int, list[kvu.KVCacheBlock]] = {}
+    hits = 0
     for is_admit, i in trace.ops:
         if not is_admit:
             bp.free_blocks(reversed(held.pop(i)))
@@ -211,7 +222,8 @@ def replay_block_pool(trace: Trace, bp) -> int:
 
 def replay_device_pool(trace: Trace, p: DevicePool, chains: list[list[str]]) -> int:
     """The same block operations on the refimpl's `DevicePool`; returns the hit blocks."""
-    held, hits = {}, 0
+    held: dict[int, list[int]] = {}
+    hits = 0
     for is_admit, i in trace.ops:
         if not is_admit:
             for s in reversed(held.pop(i)):
@@ -221,16 +233,19 @@ def replay_device_pool(trace: Trace, p: DevicePool, chains: list[list[str]]) -> 
         req, chain = trace.requests[i], chains[i]
         found = []
         for h in chain[: (req.num_tokens - 1) // B]:
-            s = p.lookup(h)
-            if s is None:
+            hit = p.lookup(h)
+            if hit is None:
                 break
-            found.append(s)
+            found.append(hit)
         need = -(-req.num_tokens // B) - len(found)
         for s in found:
             p.refs[s] += 1
             p.settle(s)
         while len(p.free) < need:
-            p.evict(p.oldest_cached())
+            oldest = p.oldest_cached()
+            if oldest is None:
+                raise AssertionError(f"{req.request_id} did not fit: nothing cached to evict")
+            p.evict(oldest)
         new = [p.take_free() for _ in range(need)]
         for s in new:
             p.refs[s] += 1
@@ -260,7 +275,8 @@ def compare(
     """`interleaved`, and each side's times. The heap built so far (the prepared states,
     the engines) is frozen first, as vLLM's engine core freezes its own after start-up,
     so that a full collection of it does not land in one side's round."""
-    t_base, t_ours = [], []
+    t_base: list[float] = []
+    t_ours: list[float] = []
     gc.collect()
     gc.freeze()
     try:

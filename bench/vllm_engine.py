@@ -24,6 +24,7 @@ from kvclaims.bench.ratio import Ratio
 from kvclaims.bench.vllm_alloc import compare
 from kvclaims.vllm.engine import VllmEngine
 from kvclaims.vllm.model_dir import VOCAB
+from kvclaims.vllm.scheduler import ClaimsScheduler
 from kvclaims.model.names import STATE
 
 U, B = 400, 32
@@ -90,7 +91,10 @@ def run(smoke: bool = False) -> list[Ratio]:
     r.ratios = [1 / x for x in r.ratios]
     r.unit = "throughput ratio (ours / stock output tokens per s; higher is better)"
     tokens = requests * max_tokens
-    held = ours.engine.scheduler.book.holders
+    scheduler = ours.engine.scheduler
+    if not isinstance(scheduler, ClaimsScheduler):
+        raise AssertionError(f"the integrated engine runs {type(scheduler).__name__}, not the claims scheduler")
+    held = scheduler.book.holders
     r.extra = {
         **{f"{n} tokens/s": round(tokens / statistics.median(t)) for n, t in (("stock", t_stock), ("claims", t_ours))},
         "cached prompt tokens (stock, claims)": [stock.cached, ours.cached],

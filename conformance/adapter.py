@@ -147,14 +147,13 @@ def _argument_error(exc: TypeError, kwargs: dict[str, Any]) -> str | None:
     return None
 
 
-def add_runtime_argument(parser: Any) -> None:
-    """`--runtime`, the same for every command that drives a runtime."""
+def add_runtime_argument(parser: Any, *, only: str | None = None, help: str | None = None) -> None:
+    """`--runtime`, the same for every command that drives a runtime; `only` restricts it to
+    that one runtime (its default), for a command that can drive no other, with its own `help`."""
     names = ", ".join(["refimpl", *sorted(set(SHORTCUTS) - {"refimpl"})])
-    parser.add_argument(
-        "--runtime",
-        default="refimpl",
-        help=f"{names} or MODULE:CLASS implementing kvclaims.conformance.adapter.RuntimeAdapter (default refimpl)",
-    )
+    if help is None:
+        help = f"{names} or MODULE:CLASS implementing kvclaims.conformance.adapter.RuntimeAdapter (default refimpl)"
+    parser.add_argument("--runtime", default=only or "refimpl", **({"choices": [only]} if only else {}), help=help)
 
 
 def reference_runtime(**shape: Any) -> RuntimeAdapter:

@@ -10,11 +10,6 @@ listed, never counted as passes.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
-from kvclaims.conformance.adapter import add_runtime_argument
 from kvclaims.conformance import rejections
 from kvclaims.conformance.fuzz import check_steps, fuzz, runtime_factory, violation
 from kvclaims.proofs.run import prove_all
@@ -122,31 +117,3 @@ def _checker_survives_garbage() -> bool:
     garbage = ["", "not json", "[1, 2]", '{"schema_version": 1, "seq": "x"}', "\x00\xff", "{" * 5000]
     report = check_lines(garbage)
     return sorted({v.line for v in report.violations}) == [2, 3, 4, 5, 6]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_runtime_argument(parser)
-    parser.add_argument("--steps", type=int, default=5000, help="stateful steps (default 5000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    report = conform(args.runtime, args.steps, args.seed)
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        print()
-    else:
-        print(f"conformance of runtime {args.runtime!r}:")
-        for o in report["obligations"]:
-            kinds = sorted({f"{e['kind']}:{e['result']}" for e in o["evidence"]})
-            print(f"  {o['id']:<12} {o['verdict']:<15} {', '.join(kinds)}")
-        for o in report["obligations"]:
-            for e in o["evidence"]:
-                if e["result"] == "failed":
-                    print(
-                        f"\n{o['id']} violated by {e['kind']} {e['name']}: "
-                        f"{e.get('violation', '')}\n{e.get('program', '')}"
-                    )
-        print(f"\nverdict: {'CONFORMS' if report['conforms'] else 'DOES NOT CONFORM'}")
-    return 0 if report["conforms"] else 1

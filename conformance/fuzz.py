@@ -1,23 +1,20 @@
 """`kvclaims fuzz`: the stateful contract test for N steps against any runtime adapter.
 
 Steps run in batches of Hypothesis examples, each batch with its own seed
-derived from --seed, so a run is reproducible. A failure prints the shrunk,
-replayable program and exits 1; otherwise a summary of what was exercised.
+derived from --seed, so a run is reproducible. A failure raises with the shrunk,
+replayable program in its notes (`kvclaims.cli.fuzz` prints it and exits 1);
+otherwise the counts of what was exercised.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
 from collections import Counter
 from functools import partial
 
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from kvclaims.conformance.adapter import add_runtime_argument, load_adapter
+from kvclaims.conformance.adapter import load_adapter
 from kvclaims.errors import BadArgument, KVClaimsError
 from kvclaims.conformance.stateful import Factory, machine_for
 
@@ -106,46 +103,3 @@ def violation(exc: BaseException) -> str:
     """The first line of what broke the contract; a crash (an untyped error) is named by its type."""
     first = (str(exc).splitlines() or [""])[0]
     return first if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {first}"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_runtime_argument(parser)
-    parser.add_argument("--steps", type=int, default=10_000, help="steps to run at least (default 10000)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    parser.add_argument("--no-faults", action="store_true", help="no operator actions or injected faults")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    check_steps(args.steps)
-    factory = runtime_factory(args.runtime)  # a bad --runtime is exit 2, not a violation
-    t0 = time.perf_counter()
-    try:
-        totals = fuzz(
-            factory,
-            args.steps,
-            args.seed,
-            faults=not args.no_faults,
-            log=lambda m: print(m, file=sys.stderr) if not args.json else None,
-        )
-    except Exception as exc:  # the contract was broken, or the runtime crashed: the notes hold the program
-        print("\n".join(getattr(exc, "__notes__", [])))
-        print(f"\nkvclaims fuzz: VIOLATION: {violation(exc)}", file=sys.stderr)
-        return 1
-    seconds = time.perf_counter() - t0
-    summary = {
-        "runtime": args.runtime,
-        "seed": args.seed,
-        "steps": totals["steps"],
-        "examples": totals["examples"],
-        "seconds": round(seconds, 1),
-        "steps_per_second": round(totals["steps"] / seconds, 1),
-        "violations": 0,
-        **{name: sum(totals[k] for k in kinds) for name, kinds in SUMMARY.items()},
-    }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        for key, value in summary.items():
-            print(f"{key:>36}: {value}")
-    return 0

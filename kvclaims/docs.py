@@ -8,13 +8,12 @@ them and a test fails when they drift from the spec.
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
 from kvclaims.evidence import marked_tests
 from kvclaims.model.lifecycle import mermaid
-from kvclaims.spec import Spec, load
+from kvclaims.spec import Spec
 
 DEFAULT_FILES = ("README.md", "spec/CONTRACT.md")
 
@@ -52,25 +51,3 @@ def refresh(text: str, generated: dict[str, str]) -> str:
         return f"<!-- BEGIN generated:{name} -->\n{body}\n<!-- END generated:{name} -->"
 
     return re.sub(r"<!-- BEGIN generated:(\w+) -->(.*?)<!-- END generated:\1 -->", sub, text, flags=re.S)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="*", type=Path, help=f"default: {' '.join(DEFAULT_FILES)}")
-    parser.add_argument("--write", action="store_true", help="rewrite the generated sections in place")
-
-
-def run(args: argparse.Namespace) -> int:
-    generated = sections(load())
-    stale = []
-    for path in args.files or [Path(f) for f in DEFAULT_FILES]:
-        text = path.read_text()
-        new = refresh(text, generated)
-        if new != text:
-            stale.append(str(path))
-            if args.write:
-                path.write_text(new)
-    if stale and not args.write:
-        print(f"generated sections are stale in: {', '.join(stale)} (run `kvclaims docs --write`)")
-        return 1
-    print(f"{'refreshed' if args.write else 'up to date'}: {', '.join(stale) or 'nothing to change'}")
-    return 0

@@ -10,13 +10,12 @@ blocking claims: r[T] blocks are protected by exactly the claims in T.
 
 from __future__ import annotations
 
-import time
 from itertools import combinations
 
 import z3
 
 from kvclaims.proofs.encoding import Sorts, new_solver, scope
-from kvclaims.proofs.result import ProofResult, unsat_result
+from kvclaims.proofs.result import ProofResult, Stopwatch, unsat_result
 from kvclaims.spec import Spec
 
 N_CLAIMS = 4
@@ -53,14 +52,14 @@ class _Feas:
 
 def _query(oid: str, name: str, claims: list, f: _Feas, method: str = "smt") -> ProofResult:
     """Prove that `claims` (a conjunction) is unsat under the spec's assumptions."""
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     s = new_solver()
     s.add(*f.assume, *claims)
 
     def explain(m: z3.ModelRef) -> str:
         return "counterexample: " + ", ".join(f"{k}={m.eval(v, model_completion=True)}" for k, v in f.v.items())
 
-    return unsat_result(oid, name, method, s, t0, explain)
+    return unsat_result(oid, name, method, s, clock, explain)
 
 
 def prove_feasibility(spec: Spec) -> list[ProofResult]:
@@ -118,7 +117,7 @@ def prove_feasibility(spec: Spec) -> list[ProofResult]:
 
 def _reachable_outcome(name: str, f: _Feas) -> ProofResult:
     """Each outcome can actually be decided (no dead rows in the spec)."""
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     s = new_solver()
     s.add(*f.assume, f.decided(name))
     ok = s.check() == z3.sat
@@ -127,7 +126,7 @@ def _reachable_outcome(name: str, f: _Feas) -> ProofResult:
         f"outcome {name!r} is decidable (sat)",
         "smt",
         ok,
-        time.perf_counter() - t0,
+        clock.seconds(),
         1,
         "" if ok else "the outcome can never be decided",
     )
@@ -176,7 +175,7 @@ def _attribution(f: _Feas) -> list[ProofResult]:
         lex = sorted(S2) < sorted(S)
         return z3.Or(freed(S2) > freed(S), z3.And(freed(S2) == freed(S), z3.BoolVal(lex)))
 
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     s = new_solver()
     s.add(*f.assume, *base, *disjoint)
     failures = []
@@ -190,12 +189,12 @@ def _attribution(f: _Feas) -> list[ProofResult]:
         f"greedy attribution frees enough ({n} disjoint claims)",
         "smt",
         not failures,
-        time.perf_counter() - t0,
+        clock.seconds(),
         len(all_sets),
         "; ".join(failures),
     )
 
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     failures = []
     queries = 0
     for S in all_sets:
@@ -212,12 +211,12 @@ def _attribution(f: _Feas) -> list[ProofResult]:
         f"greedy attribution is the minimal deterministic set ({n} disjoint claims)",
         "smt",
         not failures,
-        time.perf_counter() - t0,
+        clock.seconds(),
         queries,
         "; ".join(failures[:3]),
     )
 
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     s2 = new_solver()
     s2.add(*f.assume, *base)
     ok = True
@@ -229,7 +228,7 @@ def _attribution(f: _Feas) -> list[ProofResult]:
         f"releasing all blocking claims always suffices ({n} overlapping claims)",
         "smt",
         ok,
-        time.perf_counter() - t0,
+        clock.seconds(),
         1,
         "" if ok else "a claim-blocked request that no release can admit",
     )
@@ -243,7 +242,7 @@ def _acceptance(spec: Spec) -> list[ProofResult]:
     v["c_hard"] = z3.Bool("c_hard")
     within = sorts.compile(spec.pool_guards["within_reserve"], v)
     exceeds = sorts.compile(spec.pool_guards["exceeds_reserve"], v)
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     s = new_solver()
     s.add(
         z3.Not(
@@ -260,7 +259,7 @@ def _acceptance(spec: Spec) -> list[ProofResult]:
             "accept iff within the reserve; refuse iff it would be exceeded",
             "smt",
             ok,
-            time.perf_counter() - t0,
+            clock.seconds(),
             1,
             "" if ok else str(s.model()),
         )
@@ -271,13 +270,14 @@ def _probe(f: _Feas) -> ProofResult:
     """U=80, one materialized 60-block hard claim, a 70-block prefill: refuse_blocked."""
     v = f.v
     values = {"A": 70, "U": 80, "free": 20, "cached": 0, "yielding": 0, "active": 0, "protected": 60}
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     s = new_solver()
     s.add(*f.assume, *[v[k] == val for k, val in values.items()], z3.Not(f.decided("refuse_blocked")))
     ok = s.check() == z3.unsat
-    from kvclaims.model.feasibility import PoolCounts, decide
+    from kvclaims.model.feasibility import Decision, PoolCounts, decide
 
     counts = {k: val for k, val in values.items() if k != "A"}
+    decision: Decision | AssertionError
     try:
         decision = decide(70, PoolCounts(**counts), {"probe": frozenset(range(60))}, f.spec)
     except AssertionError as exc:  # a spec whose outcomes are not exhaustive
@@ -288,7 +288,7 @@ def _probe(f: _Feas) -> ProofResult:
         "80/60/70 probe: refuse_blocked, attributed to the claim",
         "smt (concrete)",
         ok,
-        time.perf_counter() - t0,
+        clock.seconds(),
         1,
         "" if ok else f"decision was {decision}",
     )

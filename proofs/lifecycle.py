@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import z3
 
 from kvclaims.proofs.encoding import Sorts, new_solver, scope
-from kvclaims.proofs.result import ProofResult, unsat_result
+from kvclaims.proofs.result import ProofResult, Stopwatch, unsat_result
 from kvclaims.spec import Spec
 
 
@@ -36,7 +34,7 @@ def prove_lifecycle(spec: Spec) -> list[ProofResult]:
         )
 
     results = []
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     q = new_solver()
     q.add(T(s, e, d), T(s, e, d2), d != d2)
     results.append(
@@ -45,12 +43,12 @@ def prove_lifecycle(spec: Spec) -> list[ProofResult]:
             "deterministic: T(s,e,d) ∧ T(s,e,d2) ⇒ d = d2",
             "smt",
             q,
-            t0,
+            clock,
             lambda m: f"two destinations: {show(m)}",
         )
     )
 
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     q = new_solver()
     q.add(T(s, e, d), z3.Or(*[s == st[x] for x in lc.terminal]))
     results.append(
@@ -59,12 +57,12 @@ def prove_lifecycle(spec: Spec) -> list[ProofResult]:
             "terminal states have no outgoing transition",
             "smt",
             q,
-            t0,
+            clock,
             lambda m: f"leaves a terminal state: {show(m)}",
         )
     )
 
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     q = new_solver()
     q.add(
         T(s, e, d),
@@ -78,7 +76,7 @@ def prove_lifecycle(spec: Spec) -> list[ProofResult]:
             "leaving a protected state takes a loss-permitting event",
             "smt",
             q,
-            t0,
+            clock,
             lambda m: f"leaves protection without a loss event: {show(m)}",
         )
     )
@@ -89,7 +87,7 @@ def prove_lifecycle(spec: Spec) -> list[ProofResult]:
 
 def _reachability(lc, st, ev, S, E, T) -> ProofResult:
     """Every state is reached from the initial one within |states| steps (bounded, hence complete)."""
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     k = len(lc.states)
     path = [z3.Const(f"p{i}", S) for i in range(k)]
     steps = [z3.Const(f"e{i}", E) for i in range(k - 1)]
@@ -109,7 +107,7 @@ def _reachability(lc, st, ev, S, E, T) -> ProofResult:
         f"every state reachable from {lc.initial!r}",
         f"bmc k={k - 1} (complete: {k} states)",
         not unreached,
-        time.perf_counter() - t0,
+        clock.seconds(),
         len(lc.states),
         f"unreachable: {unreached}" if unreached else "",
     )

@@ -9,13 +9,12 @@ the violation, which is printed step by step and replayed in Python through
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import z3
 
 from kvclaims.proofs.encoding import Sorts, new_solver, scope
-from kvclaims.proofs.result import ProofResult
+from kvclaims.proofs.result import ProofResult, Stopwatch
 from kvclaims.spec import Action, Invariant, Spec
 
 BMC_DEPTH = 12
@@ -91,7 +90,7 @@ def find_trace(enc: PoolEncoding, inv: Invariant, depth: int = BMC_DEPTH) -> lis
     states = [enc.state("0")]
     s = new_solver()
     s.add(*enc.assumptions(), *enc.init(states[0]))
-    choices = []
+    choices: list[z3.ExprRef] = []
     for k in range(depth + 1):
         with_bad = z3.Not(enc.invariant(inv, states[k]))
         s.push()
@@ -142,7 +141,7 @@ def prove_invariants(spec: Spec) -> list[ProofResult]:
     all_inv_pre = None
     results = []
     for inv in spec.invariants:
-        t0 = time.perf_counter()
+        clock = Stopwatch()
         pre, post = enc.state("pre"), enc.state("post")
         if all_inv_pre is None:
             all_inv_pre = [enc.invariant(i, pre) for i in spec.invariants]
@@ -188,7 +187,7 @@ def prove_invariants(spec: Spec) -> list[ProofResult]:
                 f"{inv.name} (base + {len(spec.actions)} steps)",
                 "induction",
                 not failures,
-                time.perf_counter() - t0,
+                clock.seconds(),
                 queries,
                 detail,
                 trace,

@@ -9,6 +9,16 @@ from typing import Callable
 import z3
 
 
+class Stopwatch:
+    """How every proof times itself: wall time (`time.perf_counter`) since it was made."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
 @dataclass
 class ProofResult:
     """One solver-checked obligation: `proved` only when every query was unsat."""
@@ -40,15 +50,15 @@ def unsat_result(
     name: str,
     method: str,
     solver: z3.Solver,
-    started: float,
+    clock: Stopwatch,
     explain: Callable[[z3.ModelRef], str],
     queries: int = 1,
 ) -> ProofResult:
     """Check `solver`, whose assertions negate what is being proved, into a result: unsat
     proves it; unknown fails (never counted as proved); sat fails, with `explain(model)`
-    as the counterexample. `started` is the `time.perf_counter()` the proof began at."""
+    as the counterexample. `clock` was started when the proof began."""
     verdict = solver.check()
-    seconds = time.perf_counter() - started
+    seconds = clock.seconds()
     if verdict == z3.unsat:
         return ProofResult(oid, name, method, True, seconds, queries)
     detail = f"solver answered unknown: {solver.reason_unknown()}" if verdict == z3.unknown else explain(solver.model())

@@ -20,7 +20,7 @@ def test_plugin_runs_the_contract_suites(pytester):
         "--kvclaims-runtime=fixture_runtime:ExternalRuntime", "--kvclaims-examples=5", "--kvclaims-steps=10"
     )
     # own test, litmus, stateful, rejection scenarios; the not-applicable ones skip
-    result.assert_outcomes(passed=1 + 10 + 1 + 52, skipped=6 + 12)
+    result.assert_outcomes(passed=1 + 10 + 1 + 53, skipped=6 + 12)
 
 
 def test_plugin_is_silent_without_the_option(pytester):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kvclaims.conformance import conform
+from kvclaims.cli import conform as conform_cli
 from kvclaims.cli import main
 from kvclaims.errors import InvalidInput
 from kvclaims.refimpl.adapter import RefimplAdapter
@@ -144,7 +145,7 @@ def test_conform_attributes_a_failure_to_rkc_rt_4(no_proofs_nor_fuzz, capsys):
     bad = [e for e in ob["evidence"] if e["result"] == "failed"]
     assert [(e["kind"], e["name"]) for e in bad] == [("rejection", "claim_prefix_not_whole_blocks")]
     assert bad[0]["violation"].startswith("accepted; expected InvalidField; changed the trace")
-    assert conform.run(Namespace(runtime=runtime, steps=1, seed=0, json=False)) == 1
+    assert conform_cli.run(Namespace(runtime=runtime, steps=1, seed=0, json=False)) == 1
     out = capsys.readouterr().out
     assert "RKC-RT-4 violated by rejection claim_prefix_not_whole_blocks: accepted; expected InvalidField" in out
 

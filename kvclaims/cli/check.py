@@ -6,6 +6,7 @@ is a usage error (2, one line, from `kvclaims.cli`).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -14,7 +15,7 @@ from kvclaims.conformance.checker import OnEnd, check_file, check_lines, render
 from kvclaims.trace import file_lines
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("trace", help="JSONL trace file, or - for standard input")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
@@ -26,7 +27,7 @@ def add_arguments(parser) -> None:
     )
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     on_end = _printer(args.json) if args.stream else None
     if args.trace == "-":
         report = check_lines(file_lines(sys.stdin.buffer), on_end=on_end)

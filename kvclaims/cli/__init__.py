@@ -1,8 +1,8 @@
 """`kvclaims`: the resident KV claims contract for LLM KV-cache reuse, proved, tested
 against runtimes and checked on their traces.
 
-Each subcommand lives in its own module with ``add_arguments(parser)`` and
-``run(args) -> int``; errors print one line, no traceback."""
+Each subcommand lives in its own module of this package, with ``add_arguments(parser)``
+and ``run(args) -> int``; errors print one line, no traceback."""
 
 from __future__ import annotations
 
@@ -15,26 +15,23 @@ from kvclaims.errors import KVClaimsError
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
-    "prove": ("kvclaims.proofs.cli", "prove every obligation of the spec with Z3"),
-    "diagram": ("kvclaims.model.diagram_cli", "print the lifecycle as a mermaid state diagram"),
-    "check": ("kvclaims.conformance.cli_check", "check a JSONL event trace against the contract"),
-    "litmus": ("kvclaims.conformance.cli_litmus", "run the litmus suite against a runtime"),
-    "rejections": (
-        "kvclaims.conformance.cli_rejections",
-        "run the bad-input scenarios: the same typed error, nothing changed",
-    ),
-    "probe": ("kvclaims.vllm.cli_probe", "run the paper's probe on a real vLLM engine, three ways"),
-    "fuzz": ("kvclaims.conformance.fuzz", "run the stateful contract test against a runtime for N steps"),
-    "conform": ("kvclaims.conformance.conform", "run proofs, litmus and the stateful suite; a verdict per obligation"),
-    "docs": ("kvclaims.docs", "check or refresh the generated sections of README.md and CONTRACT.md"),
-    "bench": ("kvclaims.bench.suite", "measure what the contract costs: ratios against baselines, side by side"),
+    "prove": ("kvclaims.cli.prove", "prove every obligation of the spec with Z3"),
+    "diagram": ("kvclaims.cli.diagram", "print the lifecycle as a mermaid state diagram"),
+    "check": ("kvclaims.cli.check", "check a JSONL event trace against the contract"),
+    "litmus": ("kvclaims.cli.litmus", "run the litmus suite against a runtime"),
+    "rejections": ("kvclaims.cli.rejections", "run the bad-input scenarios: the same typed error, nothing changed"),
+    "probe": ("kvclaims.cli.probe", "run the paper's probe on a real vLLM engine, three ways"),
+    "fuzz": ("kvclaims.cli.fuzz", "run the stateful contract test against a runtime for N steps"),
+    "conform": ("kvclaims.cli.conform", "run proofs, litmus and the stateful suite; a verdict per obligation"),
+    "docs": ("kvclaims.cli.docs", "check or refresh the generated sections of README.md and CONTRACT.md"),
+    "bench": ("kvclaims.cli.bench", "measure what the contract costs: ratios against baselines, side by side"),
 }
 
 
 def summary() -> str:
     """What `kvclaims --help` says first: this module's first docstring paragraph, whole
     (argparse re-wraps it; a paragraph cut at a line break would end mid-sentence)."""
-    return " ".join(__doc__.split("\n\n")[0].split()).replace("`", "")
+    return " ".join((__doc__ or "").split("\n\n")[0].split()).replace("`", "")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -58,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:
-        return importlib.import_module(args._module).run(args)
+        code: int = importlib.import_module(args._module).run(args)
+        return code
     except KVClaimsError as exc:
         return _fail(args, 2, f"error: {exc}")
     except OSError as exc:
@@ -77,7 +75,3 @@ def _fail(args: argparse.Namespace, code: int, message: str) -> int:
     """One line on stderr, whatever newlines the message held."""
     print(f"kvclaims {args.command}: {' '.join(message.split())}", file=sys.stderr)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from kvclaims.conformance.adapter import add_runtime_argument
 from kvclaims.conformance.fuzz import runtime_factory
-from kvclaims.conformance.litmus import SCENARIOS, run_scenario
+from kvclaims.conformance.litmus import SCENARIOS, Result, run_scenario
 
 MARK = {"passed": "PASS", "failed": "FAIL", "not_applicable": "N/A "}
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_argument(parser)
     parser.add_argument(
         "--device",
@@ -22,13 +23,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print results as JSON")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """Exit 0 unless a scenario failed: not applicable is reported, never failed nor passed."""
     factory = runtime_factory(args.runtime, **({"device": args.device} if args.device else {}))
     return report(args.runtime, [run_scenario(n, factory) for n in (args.only or SCENARIOS)], args.json)
 
 
-def report(runtime: str, results: list, as_json: bool) -> int:
+def report(runtime: str, results: list[Result], as_json: bool) -> int:
     """Print scenario results, one line each with what failed or why not applicable, or as
     JSON; the exit status. (The rejection scenarios report the same way.)"""
     ok = not any(r.status == "failed" for r in results)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from kvclaims.conformance.adapter import add_runtime_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--runtime", choices=["vllm"], default="vllm", help="the runtime to probe (vllm: a real engine on this machine)"
-    )
+    add_runtime_argument(parser, only="vllm", help="the runtime to probe (vllm: a real engine on this machine)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
 
