@@ -8,7 +8,7 @@ and names the obligation it breaks (`obligation`).
 
 from __future__ import annotations
 
-from typing import Any, Sequence, cast
+from typing import Any, Callable, Iterator, Sequence, cast
 
 from kvclaims.claimbook import ClaimBook
 from kvclaims.model.feasibility import Decision
@@ -16,7 +16,7 @@ from kvclaims.refimpl.adapter import RefimplAdapter
 from kvclaims.model.claim import Claim
 from kvclaims.refimpl.claims import Request
 from kvclaims.refimpl.sides import DeviceSide
-from kvclaims.model.names import EVENT, STATE
+from kvclaims.model.names import EVENT, STATE, STATUS
 
 
 class Mutant(RefimplAdapter):
@@ -123,6 +123,141 @@ class StaleStore(Mutant):
     def _fresh(self, r: Request) -> bool:
         return True
 
+
+# --- subtle mutants: each breaks one rule where a narrow suite does not look ---------------
+
+
+class ClampedPriority(Mutant):
+    """Negative priorities yield as if 0: a claim of priority -5 outlives one of priority 0
+    under pressure (caught only when priorities are drawn below zero)."""
+
+    obligation = "RKC-RT-1"
+
+    class Book(ClaimBook):
+        def yielding(self, frees: Callable[[Claim, Sequence[Any]], bool]) -> Iterator[Claim]:
+            live = [c for c in self.in_states(*self.protected) if not c.blocking]
+            for c in sorted(live, key=lambda c: (c.hard, max(c.priority, 0), c.id)):
+                if c.state in self.protected and frees(c, self.entries[c.id].blocks):
+                    yield c
+
+
+class PartialTailAfterHit(Mutant):
+    """After a prefix hit, a prompt's partial last block is left uncomputed (caught only by
+    prompts that end mid-block and a check of the KV a request holds)."""
+
+    obligation = "RKC-RT-6"
+
+    def _compute(self, r: Request, start: int) -> None:
+        super()._compute(r, start)
+        if r.hit_blocks and start == r.hit_blocks * self.B and len(r.tokens) % self.B:
+            self.pool.kv[r.slots[-1]].zero_()
+
+
+class VerifyAllButLast(Mutant):
+    """Restore verifies every block of the chain but its last (caught only when a fault can
+    land on any block, not always the first)."""
+
+    obligation = "RKC-RT-2"
+
+    class Book(ClaimBook):
+        def matches(self, arrived: dict[str, str], c: Claim) -> bool:
+            last = c.chain[-1]
+            return {h: v for h, v in arrived.items() if h != last} == {
+                h: v for h, v in c.checksums.items() if h != last
+            }
+
+
+class DecodeWaitsOnClaims(Mutant):
+    """A decode growth that claims block is left running, as if it were to wait, instead of
+    ending refused (caught only when decode is driven into a claim-blocked pool)."""
+
+    obligation = "RKC-RT-3"
+
+    def _refuse(self, r: Request, d: Decision) -> None:
+        if r.status == STATUS.running and d.outcome == "refuse_blocked":
+            return
+        super()._refuse(r, d)
+
+    def _release(self, r: Request, admit: bool) -> None:
+        if r.status != STATUS.running:
+            super()._release(r, admit)
+
+
+class VanishingCache(Mutant):
+    """Every tick drops the oldest cached block with no block_evict record (caught only when
+    the oracle predicts the resident set instead of adopting the runtime's)."""
+
+    obligation = "RKC-TR-6"
+
+    def step(self, ticks: int = 1) -> None:
+        super().step(ticks)
+        slot = self.pool.oldest_cached()
+        if slot is not None:
+            self.pool.evict(slot)
+
+
+class UnderReportedHits(Mutant):
+    """request_admit names one block fewer than the request reused (caught only when the
+    trace's hits are compared with the oracle's)."""
+
+    obligation = "RKC-TR-8"
+
+    def _admit(self, r: Request, hits: list[int], A: int) -> None:
+        emit = self.trace.emit
+
+        def shortened(kind: str, **fields: Any) -> None:
+            if kind == "request_admit" and fields["hit_blocks"]:
+                fields["hit_blocks"] = fields["hit_blocks"][:-1]
+            emit(kind, **fields)
+
+        self.trace.emit = shortened  # type: ignore[method-assign]
+        try:
+            super()._admit(r, hits, A)
+        finally:
+            del self.trace.emit
+
+
+class LeakEveryNth(Mutant):
+    """Every 64th block evicted never returns to the free list: the pool shrinks slowly
+    (caught only by runs long enough for the leak to matter)."""
+
+    obligation = "RKC-INV-3"
+    EVERY = 64
+
+    def _evict(self, slots: list[int], reason: str) -> None:
+        super()._evict(slots, reason)
+        self._evicted = getattr(self, "_evicted", 0) + len(slots)
+        if self._evicted >= self.EVERY and self.pool.free:
+            self._evicted = 0
+            slot = self.pool.take_free()  # taken, and held by nobody
+            self.pool.klass[slot] = None
+
+
+class RejectionTouchesLru(Mutant):
+    """A restore rejected for want of room first refreshes the LRU order of the claim's
+    resident blocks (caught only by a whole-state comparison around rejected calls)."""
+
+    obligation = "RKC-RT-4"
+
+    def restore_claim(self, claim_id: str) -> str:
+        if claim_id in self.claims:
+            for h in self.claims[claim_id].chain:
+                if self.pool.index.get(h) in self.pool.lru:
+                    self.pool.lru.move_to_end(self.pool.index[h])
+        return super().restore_claim(claim_id)
+
+
+# Caught by the judge once it looks where they hide (issue: "the judge catches every kind").
+SUBTLE: dict[str, type[Mutant]] = {
+    "clamped_priority": ClampedPriority,
+    "partial_tail_after_hit": PartialTailAfterHit,
+    "verify_all_but_last": VerifyAllButLast,
+    "decode_waits_on_claims": DecodeWaitsOnClaims,
+    "vanishing_cache": VanishingCache,
+    "under_reported_hits": UnderReportedHits,
+    "leak_every_nth": LeakEveryNth,
+    "rejection_touches_lru": RejectionTouchesLru,
+}
 
 MUTANTS: dict[str, type[Mutant]] = {
     "evict_hard_claimed": EvictHardClaimed,
