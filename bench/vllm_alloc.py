@@ -56,6 +56,7 @@ from kvclaims.vllm.model_dir import VOCAB
 from kvclaims.vllm.pool import GROUP, hexid
 from kvclaims.vllm.scheduler import ClaimsScheduler
 from kvclaims.vllm.xargs import ClaimOp
+from kvclaims.model.names import STATE
 
 B = 32  # the CPU backend's block size (the tiny model's engines use it too)
 _params = SamplingParams(max_tokens=1)
@@ -167,7 +168,7 @@ def claims(trace: Trace) -> ClaimsScheduler:
     s = scheduler(ClaimsScheduler, trace.U)
     warm(s.kv_cache_manager, trace)
     for k, prefix in enumerate(trace.pinned):
-        if s.submit_claim(ClaimOp(f"c{k}"), prefix) != "materialized":
+        if s.submit_claim(ClaimOp(f"c{k}"), prefix) != STATE.materialized:
             raise AssertionError(f"claim c{k} did not materialize")
     s._sync("lru")
     return s

@@ -3,17 +3,20 @@
 The litmus suite, the stateful (model-based) test, `kvclaims fuzz` and
 `kvclaims conform` drive runtimes only through this protocol. Operations a
 runtime cannot express are absent from its `capabilities`, and tests that need
-them report "not applicable" instead of passing silently.
+them report "not applicable" instead of passing silently. What a runtime does
+where the contract leaves it free, it declares in its `profile`, which the
+oracle follows (`kvclaims.model.adoption`).
 """
 
 from __future__ import annotations
 
 import importlib
 import re
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from kvclaims.errors import BadArgument, InvalidInput
 from kvclaims.model.feasibility import Decision, PoolCounts
+from kvclaims.model.profile import RuntimeProfile
 
 # Optional operations, by name. A runtime lists the ones it supports.
 CAPABILITIES = (
@@ -40,9 +43,8 @@ class RuntimeAdapter(Protocol):
     R: int  # the reserve
     host_blocks: int  # host-tier capacity in blocks (0: none)
     capabilities: frozenset[str]
-    # Optional: True for a runtime that recomputes the last block of a prompt whose every
-    # block is cached (it must compute at least one token, like vLLM). Default False.
-    # recomputes_last_block: bool
+    # Optional: `profile: RuntimeProfile`, what the runtime does where the contract leaves it
+    # free (see `profile_of`).
 
     def block_hashes(self, tokens: Sequence[int]) -> list[str]:
         """Hashes of the full blocks of `tokens`, as the runtime's block table names them."""
@@ -89,6 +91,69 @@ class RuntimeAdapter(Protocol):
 
     def trace_lines(self, start: int = 0) -> list[str]:
         """The JSONL trace from record `start` on."""
+
+
+def profile_of(runtime: RuntimeAdapter) -> RuntimeProfile:
+    """The runtime's declared profile; one that declares none behaves plainly."""
+    profile = getattr(runtime, "profile", RuntimeProfile())
+    if not isinstance(profile, RuntimeProfile):
+        raise InvalidInput(f"runtime {type(runtime).__name__}: profile must be a RuntimeProfile, got {profile!r}")
+    return profile
+
+
+# The operations behind the capabilities, for a caller that narrows a runtime listing one
+# (`isinstance(rt, Decodes)`).
+@runtime_checkable
+class ResetsCache(Protocol):  # reset_cache
+    def reset_prefix_cache(self) -> None: ...
+
+
+@runtime_checkable
+class EvictsBlocks(Protocol):  # evict_blocks
+    def evict_blocks(self, hashes: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
+class DeviceFaults(Protocol):  # device_fault
+    def inject_device_fault(self, h: str) -> None: ...
+
+
+@runtime_checkable
+class HostFaults(Protocol):  # host_fault
+    def inject_host_fault(self, h: str) -> None: ...
+
+
+@runtime_checkable
+class VerifiesContent(Protocol):  # verify_content
+    def verify_prefix(self, tokens: Sequence[int]) -> bool: ...
+
+
+@runtime_checkable
+class OwnerOps(Protocol):  # owner_ops
+    def demote_claim(self, claim_id: str) -> None: ...
+
+    def offload_claim(self, claim_id: str) -> None: ...
+
+    def restore_claim(self, claim_id: str) -> None: ...
+
+
+@runtime_checkable
+class Decodes(Protocol):  # decode
+    def decode(self, request_id: str, tokens: Sequence[int]) -> Decision: ...
+
+
+@runtime_checkable
+class VerifiesRequests(Protocol):  # verify_request
+    def verify_request(self, request_id: str) -> bool: ...
+
+
+@runtime_checkable
+class CarriesClaims(Protocol):  # request_claims
+    def submit_request(
+        self, request_id: str, tokens: Sequence[int], *, claim: Mapping[str, Any] | None = None
+    ) -> Decision: ...
+
+    def claim_outcome(self, request_id: str) -> str | None: ...
 
 
 # Runtimes by short name, resolved by import at load time: the toolkit imports no runtime.

@@ -133,7 +133,8 @@ class Checker:
         self.refusals = set(self.spec.outcome_names) - {"admit", "wait"}
         self.resident: dict[str, set[str]] = {t: set() for t in TIERS}
         self.on_device = self.resident["device"]
-        self.evicted = {t: deque() for t in TIERS}  # recent block_evict records: (line, reason, blocks)
+        # recent block_evict records per tier: (line, reason, blocks)
+        self.evicted: dict[str, deque[tuple[int, str, list[str]]]] = {t: deque() for t in TIERS}
         self.evicted_held = dict.fromkeys(TIERS, 0)  # how many hashes those hold
         self.invalidations = frozenset(self.spec.invalidations)
         self.epoch, self.invalidated = 0, ""  # invalidations so far; the latest, described
@@ -142,7 +143,8 @@ class Checker:
         self.requests = self.report.requests if on_end is None else {}  # live ones only when streamed
         self.last_seq: int | None = None
         self.last_time = 0
-        self._line, self._seq = 0, None
+        self._line = 0
+        self._seq: int | None = None
         replay = {
             "claim_submit": self._on_claim_submit,
             "claim": self._on_claim,
@@ -174,6 +176,7 @@ class Checker:
         problem = self._shape(rec, fields, optional, seq, time)
         if problem:
             return self._flag("malformed_line", problem)
+        assert type(seq) is int and type(time) is int, "_shape passed them as non-negative ints"
         self.report.records += 1
         last = self.last_seq
         if last is None or seq != last + 1 or time < self.last_time:
@@ -261,14 +264,14 @@ class Checker:
         """RKC-TR-5: replay the event from the claim's state; cross-check `state`."""
         cid, event = rec["claim"], rec["event"]
         before = self.live.get(cid)
-        after = self.after.get((before, event))
+        after = None if before is None else self.after.get((before, event))
         if after is None:
             return self._bad_event(cid, event, before)
         if event == EVENT.refuse and not rec.get("reason"):
             self._flag("refusal_without_attribution", f"claim {cid!r} refused without a reason")
         if "state" in rec and rec["state"] != after:
             self._flag("state_mismatch", f"claim {cid!r}: trace says {rec['state']!r}, replay gives {after!r}")
-        if self.tier_of.get(before) != self.tier_of.get(after):
+        if self._tier(before) != self._tier(after):
             self._move(cid, before, after, event)
         if after in self.terminal:
             del self.live[cid], self.chains[cid]
@@ -290,14 +293,18 @@ class Checker:
         else:
             self._flag("illegal_transition", str(IllegalTransition(cid, state, event, self.allowed[state])))
 
+    def _tier(self, state: str | None) -> str | None:
+        """The tier a claim in `state` (None: no live claim) keeps its blocks in, if any."""
+        return None if state is None else self.tier_of.get(state)
+
     def _move(self, cid: str, before: str | None, after: str, event: str) -> None:
         """The claim's chain changes the tier it needs: entering one, it must be resident there (RKC-TR-9)."""
-        old, new = self.tier_of.get(before), self.tier_of.get(after)
+        old, new = self._tier(before), self._tier(after)
         if new and not self.resident[new].issuperset(self.chains[cid]):
             self._need(new, self.chains[cid], f"claim {cid!r} {event!r} needs")
         for h in self.chains[cid]:
             holders = self.needed[old].get(h) if old else None
-            if holders is not None:  # None too for a hash the chain repeats
+            if old and holders is not None:  # None too for a hash the chain repeats
                 holders.discard(cid)
                 if not holders:
                     del self.needed[old][h]
@@ -359,7 +366,7 @@ class Checker:
         if not blocking:
             return self._flag("refusal_without_attribution", f"request {rid!r} refused by claims but names none")
         for cid in blocking:
-            if self.tier_of.get(self.live.get(cid)) != "device":
+            if self._tier(self.live.get(cid)) != "device":
                 self._flag(
                     "refusal_without_attribution",
                     f"request {rid!r} attributed to claim {cid!r}, which protects no blocks",

@@ -16,7 +16,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from kvclaims.conformance.adapter import load_adapter
 from kvclaims.errors import BadArgument, KVClaimsError
-from kvclaims.conformance.stateful import Factory, machine_for
+from kvclaims.conformance.stateful import ContractMachine, Factory, machine_for
 
 STEPS_PER_EXAMPLE = 50
 EXAMPLES_PER_BATCH = 200
@@ -43,11 +43,12 @@ def fuzz(runtime: str | Factory, steps: int, seed_value: int, *, faults: bool = 
     if not faults:
         factory = _without_faults(factory)
 
-    class Counted(machine_for(factory)):
-        def teardown(self) -> None:
-            totals.update(self.stats)
-            totals["steps"] += self.steps
-            totals["examples"] += 1
+    def teardown(machine: ContractMachine) -> None:
+        totals.update(machine.stats)
+        totals["steps"] += machine.steps
+        totals["examples"] += 1
+
+    Counted = type("Counted", (machine_for(factory),), {"teardown": teardown})
 
     batch = 0
     while totals["steps"] < steps:

@@ -1,9 +1,10 @@
 """The model-based test: a runtime and the oracle driven in lockstep by Hypothesis.
 
 Each rule performs one operation on the runtime (through the adapter protocol)
-and on `kvclaims.model.pool.PoolModel`; the runtime must answer as the model
-does. After every step the contract is checked on the runtime's *real* block
-table and trace, not on its own bookkeeping:
+and on the oracle, `kvclaims.model.adoption.AdoptingPool` under the runtime's
+declared profile; the runtime must answer as the model does. After every step
+the contract is checked on the runtime's *real* block table and trace, not on
+its own bookkeeping:
 
 - RKC-INV-1: every block of every claim the model holds materialized is resident
   (and, where the runtime can show it, holds exactly its tokens' KV);
@@ -22,15 +23,30 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Callable
+from typing import Any, Callable
 
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
 
+from kvclaims.model.feasibility import Decision
+from kvclaims.model.names import EVENT, POLICY, STATE, STATUS
 from kvclaims.model.terms import APPLIED
-from kvclaims.conformance.adapter import RuntimeAdapter
+from kvclaims.conformance.adapter import (
+    CarriesClaims,
+    Decodes,
+    DeviceFaults,
+    EvictsBlocks,
+    HostFaults,
+    OwnerOps,
+    ResetsCache,
+    RuntimeAdapter,
+    VerifiesContent,
+    VerifiesRequests,
+    profile_of,
+)
 from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidInput, KVClaimsError, UnknownId
-from kvclaims.model.pool import ClaimTerms, PoolModel
+from kvclaims.model.adoption import AdoptingPool
+from kvclaims.model.pool import ClaimTerms
 from kvclaims.conformance.checker import OBLIGATION_OF, Checker
 from kvclaims.trace import read_lines
 from kvclaims.conformance.strategies import VOCAB, claim_kwargs, family_tokens, prompt_shape, unique_tokens
@@ -79,10 +95,12 @@ class ContractMachine(RuleBasedStateMachine):
     factory: Factory
     claims = Bundle("claims")
     requests = Bundle("requests")
+    # Set by `start`, the initialize rule, which Hypothesis runs before any rule or invariant.
+    rt: RuntimeAdapter
+    model: AdoptingPool
 
     def __init__(self) -> None:
         super().__init__()
-        self.rt: RuntimeAdapter | None = None
         self.stats: Counter[str] = Counter()
         self.steps = 0
 
@@ -90,18 +108,13 @@ class ContractMachine(RuleBasedStateMachine):
     @initialize(U=st.integers(8, 64), B=st.sampled_from([2, 4]), reserve=st.integers(0, 32), host=st.integers(0, 24))
     def start(self, U: int, B: int, reserve: int, host: int) -> None:
         self.rt = type(self).factory(U=U, B=B, R=min(reserve, U // 2), host_blocks=host)
-        self.model = PoolModel(
-            self.rt.U,
-            self.rt.R,
-            self.rt.host_blocks,
-            recomputes_last_block=getattr(self.rt, "recomputes_last_block", False),
-        )
+        self.model = AdoptingPool(self.rt.U, self.rt.R, self.rt.host_blocks, profile=profile_of(self.rt))
         self.checker = Checker()
         self.trace_pos = 0
         self.serial = 0
         self.tokens: dict[str, list[int]] = {}  # claim id -> prefix tokens
         self.prompts: dict[str, list[int]] = {}  # request id -> its tokens so far
-        self.model.sync(self.rt.resident())
+        self.model.sync(self.rt.resident(), self.rt.counts())
 
     def _can(self, capability: str) -> bool:
         return capability in self.rt.capabilities
@@ -117,10 +130,10 @@ class ContractMachine(RuleBasedStateMachine):
             tail = 1
         return family_tokens(family, shared, self.rt.B) + unique_tokens(self.serial, tail, self.rt.B)
 
-    def _evicted(self) -> dict[str, list[str]]:
-        """Cached blocks the runtime's LRU evicted since the last check, in order, by the
-        admission or growth they made room for (the `request_admit` or `request_grow`
-        record that follows them)."""
+    def _lru_evicted(self) -> None:
+        """Hand the model the cached blocks the runtime's LRU evicted since the last check,
+        before it replays the operation: in order, by the admission or growth they made
+        room for (the `request_admit` or `request_grow` record that follows them)."""
         groups: dict[str, list[str]] = {}
         pending: list[str] = []
         for _, rec in read_lines(self.rt.trace_lines(self.trace_pos)):
@@ -130,7 +143,7 @@ class ContractMachine(RuleBasedStateMachine):
                 pending += rec.get("blocks", [])
             elif rec.get("kind") in ("request_admit", "request_grow") and pending:
                 groups[rec["request"]], pending = pending, []
-        return groups
+        self.model.lru_evicted(groups)
 
     def _rejected(self, error: type[KVClaimsError], fn: Callable[[], object], what: str) -> None:
         """`fn` must raise `error` and leave the runtime exactly as it was (RKC-RT-4)."""
@@ -144,7 +157,7 @@ class ContractMachine(RuleBasedStateMachine):
         if self._snapshot() != before:
             raise ContractViolation(f"RKC-RT-4: rejected {what} changed the runtime")
 
-    def _snapshot(self) -> tuple:
+    def _snapshot(self) -> tuple[object, ...]:
         return (
             len(self.rt.trace_lines(self.trace_pos)),
             frozenset(self.rt.resident()),
@@ -153,14 +166,13 @@ class ContractMachine(RuleBasedStateMachine):
         )
 
     # --- claims ----------------------------------------------------------------------
-    @precondition(lambda self: self.rt is not None)
     @rule(target=claims, family=st.integers(0, 2), blocks=st.integers(1, 64), kwargs=claim_kwargs(host_tier=True))
-    def submit_claim(self, family: int, blocks: int, kwargs: dict) -> str:
+    def submit_claim(self, family: int, blocks: int, kwargs: dict[str, Any]) -> str:
         if not self._can("host_tier") and "host" in kwargs["tiers"]:
             kwargs = {
                 **kwargs,
                 "tiers": ("device",),
-                "policy": "demote" if kwargs["policy"] == "offload" else kwargs["policy"],
+                "policy": POLICY.demote if kwargs["policy"] == POLICY.offload else kwargs["policy"],
             }
         tokens = family_tokens(family, 1 + blocks % max(1, self.rt.U // 3), self.rt.B)
         cid = f"c{len(self.model.claims)}"
@@ -171,15 +183,13 @@ class ContractMachine(RuleBasedStateMachine):
             raise ContractViolation(f"RKC-ACC-1: claim {cid} is {got!r}, the model says {want!r}")
         return cid
 
-    @precondition(lambda self: self.rt is not None)
     @rule(claim=claims)
     def duplicate_claim(self, claim: str) -> None:
         self._rejected(DuplicateId, lambda: self.rt.submit_claim(claim, self.tokens[claim]), f"duplicate claim {claim}")
 
-    @precondition(lambda self: self.rt is not None)
     @rule(claim=consumes(claims))
     def release_claim(self, claim: str) -> None:
-        if "release" in self.model.claims[claim].fsm.allowed():
+        if EVENT.release in self.model.claims[claim].fsm.allowed():
             self.rt.release_claim(claim)
             self.model.release_claim(claim)
         else:
@@ -189,16 +199,18 @@ class ContractMachine(RuleBasedStateMachine):
                 f"release of {self.model.claims[claim].state} claim {claim}",
             )
 
-    @precondition(lambda self: self.rt is not None and self._can("owner_ops"))
-    @rule(claim=claims, op=st.sampled_from(["demote", "offload", "restore"]), warm=st.booleans())
+    @precondition(lambda self: self._can("owner_ops"))
+    @rule(claim=claims, op=st.sampled_from([EVENT.demote, EVENT.offload, EVENT.restore]), warm=st.booleans())
     def owner_op(self, claim: str, op: str, warm: bool = False) -> None:
         """An owner demotes, offloads or restores its claim (after computing its prefix, if
         `warm`); refusals must change nothing."""
         if warm:
             self._warm(claim)
-        call = {"demote": self.rt.demote_claim, "offload": self.rt.offload_claim, "restore": self.rt.restore_claim}[op]
-        if op == "demote":
-            refusal = None if "demote" in self.model.claims[claim].fsm.allowed() else "IllegalTransition"
+        rt = self.rt
+        assert isinstance(rt, OwnerOps), "a runtime with owner_ops has demote_claim, offload_claim, restore_claim"
+        call = {EVENT.demote: rt.demote_claim, EVENT.offload: rt.offload_claim, EVENT.restore: rt.restore_claim}[op]
+        if op == EVENT.demote:
+            refusal = None if EVENT.demote in self.model.claims[claim].fsm.allowed() else "IllegalTransition"
         else:
             refusal = getattr(self.model, f"{op}_refusal")(claim)
         if refusal:
@@ -207,46 +219,41 @@ class ContractMachine(RuleBasedStateMachine):
         call(claim)
         getattr(self.model, op)(claim)
 
-    @precondition(lambda self: self.rt is not None and self._can("owner_ops") and self._can("host_fault"))
+    @precondition(lambda self: self._can("owner_ops") and self._can("host_fault"))
     @rule(claim=claims, corrupt=st.booleans())
     def offload_roundtrip(self, claim: str, corrupt: bool) -> None:
         """Compute the prefix, offload, maybe corrupt one host copy, restore: a restore must
         verify or fail closed."""
         self._warm(claim)
-        self.owner_op(claim, "offload")
+        self.owner_op(claim, EVENT.offload)
         self.contract_holds()
-        if corrupt and self.model.claims[claim].state == "offloaded":
-            h = self.model.claims[claim].terms.chain[0]
-            self.rt.inject_host_fault(h)
-            self.model.inject_host_fault(h)
-        self.owner_op(claim, "restore")
+        if corrupt and self.model.claims[claim].state == STATE.offloaded:
+            self._inject_host_fault(self.model.claims[claim].terms.chain[0])
+        self.owner_op(claim, EVENT.restore)
 
     def _warm(self, claim: str) -> None:
         """Compute the claim's prefix in a request that ends, so the claim can materialize."""
         rid = self._submit(self.tokens[claim])
-        if self.model.requests[rid].status == "running":
+        if self.model.requests[rid].status == STATUS.running:
             self.finish(rid, admit=True)
         self.contract_holds()
 
-    @precondition(lambda self: self.rt is not None)
     @rule()
     def release_unknown_claim(self) -> None:
         self._rejected(UnknownId, lambda: self.rt.release_claim("no-such-claim"), "unknown claim")
 
     # --- requests --------------------------------------------------------------------
-    @precondition(lambda self: self.rt is not None)
     @rule(target=requests, shape=prompt_shape(64))
     def submit_request(self, shape: tuple[int, int, int, bool]) -> str:
         return self._submit(self._prompt(shape))
 
-    @precondition(lambda self: self.rt is not None)
     @rule(target=requests, claim=claims, tail=st.integers(0, 3))
     def request_claimed_prefix(self, claim: str, tail: int) -> str:
         """The usual pattern: a claimed prefix is computed (materializing it) or reused (a hit)."""
         self.serial += 1
         return self._submit(self.tokens[claim] + unique_tokens(self.serial, tail, self.rt.B))
 
-    @precondition(lambda self: self.rt is not None and self.model.counts().protected > 0)
+    @precondition(lambda self: self.model.counts().protected > 0)
     @rule(target=requests)
     def squeeze(self) -> str:
         """A request one block too large to fit beside the protected blocks."""
@@ -254,7 +261,7 @@ class ContractMachine(RuleBasedStateMachine):
         need = self.rt.U - self.model.counts().protected + 1
         return self._submit(unique_tokens(self.serial, need, self.rt.B))
 
-    @precondition(lambda self: self.rt is not None and self._can("request_claims"))
+    @precondition(lambda self: self._can("request_claims"))
     @rule(
         target=requests,
         family=st.integers(0, 2),
@@ -262,7 +269,7 @@ class ContractMachine(RuleBasedStateMachine):
         kwargs=claim_kwargs(host_tier=False),
         taken=st.booleans(),
     )
-    def request_with_claim(self, family: int, blocks: int, kwargs: dict, taken: bool) -> str:
+    def request_with_claim(self, family: int, blocks: int, kwargs: dict[str, Any], taken: bool) -> str:
         """A request carries a claim on its prefix: it applies at admission, or never if the
         request is refused or aborted first or the id is taken by then (RKC-RT-8)."""
         tokens = family_tokens(family, 1 + blocks % max(1, self.rt.U // 3), self.rt.B)
@@ -273,54 +280,61 @@ class ContractMachine(RuleBasedStateMachine):
     def _submit(self, tokens: list[int], claim: ClaimTerms | None = None) -> str:
         rid = f"r{len(self.model.requests)}"
         self.prompts[rid] = tokens
-        carried = (
-            {}
-            if claim is None
-            else {
-                "claim": {
-                    "id": claim.id,
-                    "strength": claim.strength,
-                    "priority": claim.priority,
-                    "ttl": claim.ttl,
-                    "tiers": claim.tiers,
-                    "policy": claim.policy,
-                }
-            }
-        )
-        got = self.rt.submit_request(rid, tokens, **carried)
+        got = self.rt.submit_request(rid, tokens) if claim is None else self._submit_carrying(rid, tokens, claim)
+        self._lru_evicted()
         want = self.model.submit_request(
-            rid, tuple(self.rt.block_hashes(tokens)), self._evicted(), blocks=-(-len(tokens) // self.rt.B), claim=claim
+            rid, tuple(self.rt.block_hashes(tokens)), blocks=-(-len(tokens) // self.rt.B), claim=claim
         )
         self._same_decision(rid, got, want)
         self._verify(rid)
         return rid
 
-    def _same_decision(self, rid: str, got, want) -> None:
+    def _submit_carrying(self, rid: str, tokens: list[int], claim: ClaimTerms) -> Decision:
+        """Submit a request that carries `claim` (the `request_claims` capability)."""
+        rt = self.rt
+        assert isinstance(rt, CarriesClaims), "a runtime with request_claims takes submit_request(claim=)"
+        return rt.submit_request(
+            rid,
+            tokens,
+            claim={
+                "id": claim.id,
+                "strength": claim.strength,
+                "priority": claim.priority,
+                "ttl": claim.ttl,
+                "tiers": claim.tiers,
+                "policy": claim.policy,
+            },
+        )
+
+    def _same_decision(self, rid: str, got: Decision, want: Decision) -> None:
         if (got.outcome, tuple(got.blocking_claims)) != (want.outcome, want.blocking_claims):
             raise ContractViolation(f"RKC-FEAS-7: request {rid} got {got}, the model decides {want}")
 
     def _verify(self, rid: str) -> None:
         """RKC-INV-6: a running request of the current epoch holds exactly its tokens' KV,
         so no block it reused was computed before an invalidation (nor corrupt)."""
-        if (
-            self._can("verify_request")
-            and self.model.requests[rid].status == "running"
-            and self.model.fresh(rid)
-            and not self.rt.verify_request(rid)
+        if not (
+            self._can("verify_request") and self.model.requests[rid].status == STATUS.running and self.model.fresh(rid)
         ):
+            return
+        rt = self.rt
+        assert isinstance(rt, VerifiesRequests), "a runtime with verify_request has verify_request(request_id)"
+        if not rt.verify_request(rid):
             raise ContractViolation(
                 f"RKC-INV-6: request {rid} holds KV that is not its tokens' "
                 "under its weights (stale or corrupt KV reused)"
             )
 
-    @precondition(lambda self: self.rt is not None and self._can("decode"))
+    @precondition(lambda self: self._can("decode"))
     @rule(request=requests, n=st.integers(1, 9))
     def decode(self, request: str, n: int) -> None:
         """A running request grows by `n` generated tokens; a stale one must index none."""
-        if self.model.requests[request].status != "running":
+        rt = self.rt
+        assert isinstance(rt, Decodes), "a runtime with decode has decode(request_id, tokens)"
+        if self.model.requests[request].status != STATUS.running:
             self._rejected(
                 InvalidInput,
-                lambda: self.rt.decode(request, [0]),
+                lambda: rt.decode(request, [0]),
                 f"decode of {self.model.requests[request].status} request {request}",
             )
             return
@@ -328,8 +342,9 @@ class ContractMachine(RuleBasedStateMachine):
         tokens = self.prompts[request] + [(self.serial * 7 + i) % VOCAB for i in range(n)]
         chain = tuple(self.rt.block_hashes(tokens))
         before = self.rt.resident()
-        got = self.rt.decode(request, tokens[len(self.prompts[request]) :])
-        want = self.model.decode(request, chain, -(-len(tokens) // self.rt.B), self._evicted())
+        got = rt.decode(request, tokens[len(self.prompts[request]) :])
+        self._lru_evicted()
+        want = self.model.decode(request, chain, -(-len(tokens) // self.rt.B))
         self._same_decision(request, got, want)
         if want.outcome != "admit":
             return
@@ -342,10 +357,9 @@ class ContractMachine(RuleBasedStateMachine):
             )
         self._verify(request)
 
-    @precondition(lambda self: self.rt is not None)
     @rule(request=requests, admit=st.booleans())
     def finish(self, request: str, admit: bool) -> None:
-        if self.model.requests[request].status == "running":
+        if self.model.requests[request].status == STATUS.running:
             self.rt.finish(request, admit=admit)
             self.model.finish(request, admit=admit)
         else:
@@ -355,10 +369,9 @@ class ContractMachine(RuleBasedStateMachine):
                 f"finish of {self.model.requests[request].status} request {request}",
             )
 
-    @precondition(lambda self: self.rt is not None)
     @rule(request=requests)
     def abort(self, request: str) -> None:
-        if self.model.requests[request].status in ("waiting", "running"):
+        if self.model.requests[request].status in (STATUS.waiting, STATUS.running):
             self.rt.abort(request)
             self.model.abort(request)
         else:
@@ -368,21 +381,22 @@ class ContractMachine(RuleBasedStateMachine):
                 f"abort of {self.model.requests[request].status} request {request}",
             )
 
-    @precondition(lambda self: self.rt is not None)
     @rule(ticks=st.integers(1, 3))
     def step(self, ticks: int) -> None:
         self.rt.step(ticks)
-        self.model.step(ticks, self._evicted())
+        self._lru_evicted()
+        self.model.step(ticks)
 
     # --- operator actions and faults ---------------------------------------------------
-    @precondition(lambda self: self.rt is not None)
     @rule(action=st.sampled_from(OPERATOR_ACTIONS), index=st.integers(0, 10**6))
     def operator(self, action: str, index: int) -> None:
         """One operator action or injected fault, where the runtime supports it."""
-        if action not in self.rt.capabilities:
+        rt = self.rt
+        if action not in rt.capabilities:
             return
         if action == "reset_cache":
-            self.rt.reset_prefix_cache()
+            assert isinstance(rt, ResetsCache), "a runtime with reset_cache has reset_prefix_cache()"
+            rt.reset_prefix_cache()
             self.model.reset_prefix_cache()
             return
         pool = self.model.host if action == "host_fault" else self.model.resident
@@ -390,55 +404,77 @@ class ContractMachine(RuleBasedStateMachine):
             return
         h = sorted(pool)[index % len(pool)]
         if action == "evict_blocks":
-            self.rt.evict_blocks([h])
+            assert isinstance(rt, EvictsBlocks), "a runtime with evict_blocks has evict_blocks(hashes)"
+            rt.evict_blocks([h])
             self.model.evict_blocks({h})
         elif action == "device_fault":
-            self.rt.inject_device_fault(h)
+            assert isinstance(rt, DeviceFaults), "a runtime with device_fault has inject_device_fault(hash)"
+            rt.inject_device_fault(h)
             self.model.inject_device_fault(h)
         else:
-            self.rt.inject_host_fault(h)
-            self.model.inject_host_fault(h)
+            self._inject_host_fault(h)
+
+    def _inject_host_fault(self, h: str) -> None:
+        rt = self.rt
+        assert isinstance(rt, HostFaults), "a runtime with host_fault has inject_host_fault(hash)"
+        rt.inject_host_fault(h)
+        self.model.inject_host_fault(h)
 
     # --- the contract, after every step ------------------------------------------------
     @invariant()
     def contract_holds(self) -> None:
-        if self.rt is None:
-            return
         self.steps += 1
         self._check_trace()
         resident = self.rt.resident()
         missing = self.model.missing_claimed(resident)
         if missing:
             raise ContractViolation(f"RKC-INV-1: materialized claims lost blocks with no event: {missing}")
-        for rid, r in self.model.requests.items():
-            if r.claim_outcome == APPLIED:  # the prompt's full blocks, claimed at admission
-                self.tokens.setdefault(r.claim.id, self.prompts[rid][: len(r.claim.chain) * self.rt.B])
-        if self._can("verify_content"):
-            for cid in self.model.materialized_chains():
-                if not self.rt.verify_prefix(self.tokens[cid]):
-                    raise ContractViolation(f"RKC-RT-2: claim {cid} is materialized but its KV is not its tokens'")
+        self._check_content()
         for cid, c in self.model.claims.items():
             if self.rt.claim_state(cid) != c.state:
                 raise ContractViolation(f"claim {cid} is {self.rt.claim_state(cid)!r}, the model says {c.state!r}")
-        for rid, r in self.model.requests.items():
-            if self.rt.request_status(rid) != r.status:
-                raise ContractViolation(
-                    f"RKC-RT-3: request {rid} is {self.rt.request_status(rid)!r}, the model says {r.status!r}"
-                )
-            if r.claim is not None and self.rt.claim_outcome(rid) != r.claim_outcome:
-                raise ContractViolation(
-                    f"RKC-RT-8: request {rid}'s claim is {self.rt.claim_outcome(rid)!r}, "
-                    f"the model says {r.claim_outcome!r}"
-                )
-        self.model.sync(resident)
-        if self.rt.counts() != self.model.counts():
-            raise ContractViolation(f"RKC-INV-3: runtime counts {self.rt.counts()} != model {self.model.counts()}")
+        self._check_requests()
+        counts = self.rt.counts()
+        self.model.sync(resident, counts)
+        if counts != self.model.counts():
+            raise ContractViolation(f"RKC-INV-3: runtime counts {counts} != model {self.model.counts()}")
         if len(self.model.reserved()) > self.rt.U - self.rt.R:
             raise ContractViolation(f"RKC-INV-4: {len(self.model.reserved())} hard-claimed blocks > U - R")
 
-    def _check_refusal(self, rec: dict) -> None:
+    def _check_content(self) -> None:
+        """RKC-RT-2, where the runtime can show KV content: every materialized claim's blocks
+        hold its tokens' KV (a claim a request carried claims the prompt's full blocks)."""
+        for rid, r in self.model.requests.items():
+            if r.claim is not None and r.claim_outcome == APPLIED:
+                self.tokens.setdefault(r.claim.id, self.prompts[rid][: len(r.claim.chain) * self.rt.B])
+        rt = self.rt
+        if not self._can("verify_content"):
+            return
+        assert isinstance(rt, VerifiesContent), "a runtime with verify_content has verify_prefix(tokens)"
+        for cid in self.model.materialized_chains():
+            if not rt.verify_prefix(self.tokens[cid]):
+                raise ContractViolation(f"RKC-RT-2: claim {cid} is materialized but its KV is not its tokens'")
+
+    def _check_requests(self) -> None:
+        """Every request's status (RKC-RT-3) and its carried claim's outcome (RKC-RT-8)."""
+        rt = self.rt
+        for rid, r in self.model.requests.items():
+            if rt.request_status(rid) != r.status:
+                raise ContractViolation(
+                    f"RKC-RT-3: request {rid} is {rt.request_status(rid)!r}, the model says {r.status!r}"
+                )
+            if r.claim is None:
+                continue
+            assert isinstance(rt, CarriesClaims), "a runtime with request_claims has claim_outcome(request_id)"
+            if rt.claim_outcome(rid) != r.claim_outcome:
+                raise ContractViolation(
+                    f"RKC-RT-8: request {rid}'s claim is {rt.claim_outcome(rid)!r}, the model says {r.claim_outcome!r}"
+                )
+
+    def _check_refusal(self, rec: dict[str, Any]) -> None:
         """The refusal the runtime reports is the model's decision, attribution included."""
         want = self.model.requests[rec["request"]].decision
+        assert want is not None, "a request the runtime refuses was decided by the model"
         got = (rec.get("reason"), tuple(rec.get("blocking_claims", ())))
         if got != (want.outcome, want.blocking_claims):
             raise ContractViolation(f"RKC-FEAS-6: trace refuses {rec['request']} as {got}, the model decides {want}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from kvclaims.model.names import POLICY
+
 FAMILIES = 3
 VOCAB = 500
 
@@ -32,13 +34,13 @@ def claim_kwargs(host_tier: bool) -> st.SearchStrategy[dict]:
     tiers = st.sampled_from([("device",), ("device", "host")] if host_tier else [("device",)])
     common = {"priority": st.integers(0, 3), "ttl": st.none() | st.integers(1, 6)}
     blocking = st.fixed_dictionaries(
-        {"strength": st.just("hard"), "policy": st.just("refuse"), "tiers": tiers, **common}
+        {"strength": st.just("hard"), "policy": st.just(POLICY.refuse), "tiers": tiers, **common}
     )
     options = [
         blocking,
         blocking,
         st.fixed_dictionaries(
-            {"strength": st.sampled_from(["hard", "soft"]), "policy": st.just("demote"), "tiers": tiers, **common}
+            {"strength": st.sampled_from(["hard", "soft"]), "policy": st.just(POLICY.demote), "tiers": tiers, **common}
         ),
     ]
     if host_tier:
@@ -46,7 +48,7 @@ def claim_kwargs(host_tier: bool) -> st.SearchStrategy[dict]:
             st.fixed_dictionaries(
                 {
                     "strength": st.sampled_from(["hard", "soft"]),
-                    "policy": st.just("offload"),
+                    "policy": st.just(POLICY.offload),
                     "tiers": st.just(("device", "host")),
                     **common,
                 }

@@ -101,9 +101,13 @@ class Lifecycle:
 
 
 class _Cursor:
-    """The machine's only model: the claim being fired, and its state while it is."""
+    """The machine's only model: the claim being fired, and its state while it is.
+    `transitions` sets `state` and binds `trigger` on it (annotations only: it binds
+    no name the model already has)."""
 
     claim: ClaimFSM
+    state: str
+    trigger: Callable[..., bool]
 
 
 def _guard_condition(guard: str, event_data) -> bool:

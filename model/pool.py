@@ -4,21 +4,21 @@ Block-exact but tensor-free. It knows what the contract decides: claim
 acceptance under the reserve, materialization, each request's feasibility
 outcome and attribution, which non-blocking claims yield (and how), hits,
 expiry on the logical clock, and which claims an operator action harms or
-fails. What the contract leaves to the runtime — which cached block LRU picks
-— it does not guess: after each operation it adopts the runtime's real block
-table (`sync`), once it has checked that no claimed block went missing.
+fails. It knows no runtime: what the contract leaves to one (which cached
+blocks its LRU takes, what it does with a block it computes twice) the model
+alone settles plainly, by hash order, and `kvclaims.model.adoption` adopts from
+the runtime under test, under the profile it declares.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Mapping, Sequence
 
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts, accepts, decide
 from kvclaims.model.lifecycle import ClaimFSM, Lifecycle
+from kvclaims.model.names import EVENT, POLICY, STATUS
 from kvclaims.model.terms import (
     APPLIED,
     NOT_APPLIED,
@@ -39,7 +39,7 @@ class ClaimTerms(ClaimRules):
     id: str
     chain: tuple[str, ...]
     strength: str = "hard"
-    policy: str = "refuse"
+    policy: str = POLICY.refuse
     priority: int = 0
     ttl: int | None = None
     tiers: tuple[str, ...] = ("device",)
@@ -76,25 +76,24 @@ class ModelClaim:
 class ModelRequest:
     chain: tuple[str, ...]  # hashes of its full blocks
     blocks: int = 0  # blocks it needs in all: a partial last block has no hash
-    status: str = "waiting"  # waiting | running | refused | finished | aborted
+    status: str = STATUS.waiting  # waiting | running | refused | finished | aborted
     hits: int = 0
     epoch: int = 0  # the invalidation epoch it was admitted in
     claim: ClaimTerms | None = None  # the claim it carries, applied at admission (RKC-RT-8)
     claim_outcome: str | None = None  # None, or one of the spec's claim_outcomes
     decision: Decision | None = None
     orphaned: set[str] = field(default_factory=set)  # its blocks that are not the indexed copy
-    duplicates: set[str] = field(default_factory=set)  # those it computed while the hash was indexed
     admitting: bool = False  # while room is made it holds only its hits
 
     @property
     def partial(self) -> int:
         """Its unhashed last block, allocated while it runs."""
-        return self.blocks - len(self.chain) if self.status == "running" else 0
+        return self.blocks - len(self.chain) if self.status == STATUS.running else 0
 
     @property
     def held(self) -> set[str]:
         """Indexed blocks it holds (orphaned ones are still allocated, but not these hashes)."""
-        if self.status != "running":
+        if self.status != STATUS.running:
             return set()
         return set(self.chain[: self.hits] if self.admitting else self.chain) - self.orphaned
 
@@ -107,18 +106,14 @@ class PoolModel:
     R: int = 0
     host_blocks: int = 0
     spec: Spec = field(default_factory=load)
-    # A runtime that must compute at least one token recomputes the last block of a prompt
-    # that is entirely cached (vLLM): that block is not a hit. Such a runtime also indexes a
-    # block it computes while its hash is indexed as a second copy, which outlives the first.
-    recomputes_last_block: bool = False
 
     def __post_init__(self) -> None:
         if self.U < 1 or not 0 <= self.R < self.U:
             raise InvalidInput(f"need U >= 1 and 0 <= R < U, got U={self.U}, R={self.R}")
         self.lifecycle = Lifecycle(self.spec)
         lc = self.spec.lifecycle  # the state sets the model reads, derived from the spec once
-        self._offloaded, self._awaiting = tuple(lc.dests("offload")), tuple(lc.sources("materialize"))
-        self._hittable = tuple(lc.sources("hit"))
+        self._offloaded, self._awaiting = tuple(lc.dests(EVENT.offload)), tuple(lc.sources(EVENT.materialize))
+        self._hittable = tuple(lc.sources(EVENT.hit))
         self.time = 0
         self.resident: set[str] = set()
         self.host: set[str] = set()
@@ -132,11 +127,9 @@ class PoolModel:
         # until their last holder ends. Keyed (action number, hash) -> holding requests.
         self.orphans: dict[tuple[int, str], set[str]] = {}
         self._actions = count()
-        # The current operation's reported LRU evictions, per admission (request id -> hashes).
-        self._lru: dict[str, deque[str]] | None = None
 
     # --- what the contract says about blocks ----------------------------------
-    def _in(self, *states: str):
+    def _in(self, *states: str) -> list[ModelClaim]:
         return [c for _, c in sorted(self.claims.items()) if c.state in states]
 
     @property
@@ -194,7 +187,7 @@ class PoolModel:
         ok = self._fits_reserve(terms)
         c = ModelClaim(terms, self.lifecycle.claim(terms.id), None if terms.ttl is None else self.time + terms.ttl)
         self.claims[terms.id] = c
-        self._fire(c, "accept" if ok else "refuse")
+        self._fire(c, EVENT.accept if ok else EVENT.refuse)
         if ok:
             self._materialize_ready()
         return c.state
@@ -206,16 +199,16 @@ class PoolModel:
 
     def release_claim(self, claim_id: str) -> None:
         c = self.claim(claim_id)
-        self._fire(c, "release")
+        self._fire(c, EVENT.release)
         self._drop_host(c)
 
     def demote(self, claim_id: str) -> None:
-        self._fire(self.claim(claim_id), "demote")
+        self._fire(self.claim(claim_id), EVENT.demote)
 
     def offload_refusal(self, claim_id: str) -> str | None:
         """Why an owner's offload must be rejected (an error class name), or None."""
         c = self.claim(claim_id)
-        if "offload" not in c.fsm.allowed():
+        if EVENT.offload not in c.fsm.allowed():
             return "IllegalTransition"
         if not c.terms.host_allowed:
             return "GuardRejected"
@@ -227,16 +220,16 @@ class PoolModel:
     def _offload(self, c: ModelClaim) -> None:
         """Copies are verified on the way out: a corrupt host copy it would share fails it."""
         if set(c.terms.chain) & self.corrupt_host:
-            self._fire(c, "fail")
+            self._fire(c, EVENT.fail)
             self._drop_host(c)
             return
-        self._fire(c, "offload")
+        self._fire(c, EVENT.offload)
         self.host |= set(c.terms.chain)
 
     def restore_refusal(self, claim_id: str) -> str | None:
         """Why an owner's restore must be rejected (no device room, or the reserve), or None."""
         c = self.claim(claim_id)
-        if "restore" not in c.fsm.allowed():
+        if EVENT.restore not in c.fsm.allowed():
             return "IllegalTransition"
         counts = self.counts()
         missing = set(c.terms.chain) - self.resident
@@ -252,7 +245,7 @@ class PoolModel:
     def restore(self, claim_id: str) -> None:
         c = self.claim(claim_id)
         missing = set(c.terms.chain) - self.resident
-        self._fire(c, "fail" if missing & self.corrupt_host else "restore")
+        self._fire(c, EVENT.fail if missing & self.corrupt_host else EVENT.restore)
         self._drop_host(c)
 
     def _drop_host(self, c: ModelClaim) -> None:
@@ -263,59 +256,55 @@ class PoolModel:
     def _materialize_ready(self) -> None:
         for c in self._in(*self._awaiting):
             if set(c.terms.chain) <= self.resident:
-                self._fire(c, "materialize")
+                self._fire(c, EVENT.materialize)
 
     # --- requests ------------------------------------------------------------------
     def submit_request(
         self,
         request_id: str,
         chain: tuple[str, ...],
-        lru_evictions: Mapping[str, Sequence[str]] | None = None,
         blocks: int | None = None,
         claim: ClaimTerms | None = None,
     ) -> Decision:
         """Decide like the contract. `blocks`: all the prompt's blocks (default: its full
-        ones, `chain`). `lru_evictions`: the cached blocks the runtime's LRU evicted
-        meanwhile for each admission or growth, in order (from its trace), which the model
-        adopts rather than guess; None when the model runs alone (it then evicts cached
-        blocks by hash order). `claim`: one on the prompt's full blocks, submitted when the
+        ones, `chain`). `claim`: one on the prompt's full blocks, submitted when the
         request is admitted if its id is still free, else never (RKC-RT-8)."""
         if request_id in self.requests:
             raise DuplicateId(f"request {request_id!r} already exists")
         self.requests[request_id] = ModelRequest(
-            tuple(chain), len(chain) if blocks is None else blocks, claim=claim, claim_outcome=claim and PENDING
+            tuple(chain),
+            len(chain) if blocks is None else blocks,
+            claim=claim,
+            claim_outcome=None if claim is None else PENDING,
         )
-        self._adopt_lru(lru_evictions)
         return self._try_admit(request_id)
 
-    def _adopt_lru(self, lru_evictions: Mapping[str, Sequence[str]] | None) -> None:
-        self._lru = None if lru_evictions is None else {r: deque(hs) for r, hs in lru_evictions.items()}
-
-    def _try_admit(self, request_id: str) -> Decision:
-        r = self.requests[request_id]
+    def _hits(self, r: ModelRequest) -> int:
+        """How many of the prompt's blocks it reuses: its longest resident prefix."""
         hits = 0
         while hits < len(r.chain) and r.chain[hits] in self.resident:
             hits += 1
-        if self.recomputes_last_block and hits == len(r.chain):
-            hits -= 1
+        return hits
+
+    def _try_admit(self, request_id: str) -> Decision:
+        r = self.requests[request_id]
+        hits = self._hits(r)
         own = frozenset(r.chain[:hits])
         d = decide(r.blocks - hits, self.counts(own), self.blocking_sets(own), self.spec)
         r.decision = d
         if d.outcome == "admit":
             if request_id in self.waiting:
                 self.waiting.remove(request_id)
-            r.status, r.hits, r.admitting, r.epoch = "running", hits, True, self.epoch
+            r.status, r.hits, r.admitting, r.epoch = STATUS.running, hits, True, self.epoch
             self._make_room(r.blocks - hits)
             r.admitting = False
             self._restore_for(r)
             self._take_lru(request_id, r.blocks - hits - r.partial)
-            # Blocks past the first miss are computed anew; where the hash is still
-            # indexed (held elsewhere) the new copy stays unindexed, the request's own.
-            self._orphan_for(request_id, set(r.chain[hits:]) & self.resident)
+            self._recomputed(request_id, set(r.chain[hits:]) & self.resident)
             self.resident |= set(r.chain)
             for c in self._in(*self._hittable):
                 if set(c.terms.chain) <= own:
-                    self._fire(c, "hit")
+                    self._fire(c, EVENT.hit)
             self._materialize_ready()
             if r.claim is not None:
                 r.claim_outcome = NOT_APPLIED if r.claim.id in self.claims else APPLIED
@@ -327,33 +316,33 @@ class PoolModel:
         else:
             if request_id in self.waiting:
                 self.waiting.remove(request_id)
-            r.status = "refused"
+            r.status = STATUS.refused
             self._never_applied(r)
         return d
 
     def _take_lru(self, request_id: str, need: int) -> None:
-        """The runtime took the `need` blocks still missing from its LRU, oldest first. A
-        runtime may also take cached blocks while free ones remain (vLLM keeps both in one
-        LRU queue): whatever else it evicted for this request is gone too."""
+        """`need` new blocks for the request: free ones first, then cached ones LRU evicts."""
         for _ in range(max(0, need - self.counts().free)):
-            self.resident.discard(self._lru_victim(request_id))
-        self.resident -= set(self._lru.pop(request_id, ()) if self._lru else ())
+            self._evict_lru(request_id)
 
-    def decode(
-        self,
-        request_id: str,
-        chain: tuple[str, ...],
-        blocks: int,
-        lru_evictions: Mapping[str, Sequence[str]] | None = None,
-    ) -> Decision:
+    def _evict_lru(self, request_id: str) -> None:
+        """Evict a cached block for the request. Which one the contract leaves to the
+        runtime; alone, the model takes the least hash."""
+        self.resident.discard(min(self.resident - self._running_hashes() - self._claimed()))
+
+    def _recomputed(self, request_id: str, hashes: set[str]) -> None:
+        """Blocks the request computed anew while their hashes were indexed elsewhere: under
+        the contract the new copies stay unindexed, its own."""
+        self._orphan_for(request_id, hashes)
+
+    def decode(self, request_id: str, chain: tuple[str, ...], blocks: int) -> Decision:
         """A running request grows by generated tokens to `blocks` blocks whose full ones
         hash to `chain`. Its new blocks are decided like an admission with everything it
         holds as its own; a claim-blocked or too-large growth ends it refused. A request
         admitted before the latest invalidation indexes none of them (RKC-INV-6)."""
         r = self._request(request_id)
-        if r.status != "running":
+        if r.status != STATUS.running:
             raise InvalidInput(f"request {request_id!r} is {r.status}, not running")
-        self._adopt_lru(lru_evictions)
         A, own = blocks - r.blocks, frozenset(r.held)
         r.decision = d = decide(A, self.counts(own, self._private(request_id)), self.blocking_sets(own), self.spec)
         if d.outcome == "admit":
@@ -361,50 +350,19 @@ class PoolModel:
             self._take_lru(request_id, A)
             new = set(chain[len(r.chain) :])
             r.chain, r.blocks = tuple(chain), blocks
-            stored = new - self.resident if self.fresh(request_id) else set()
-            self._orphan_for(request_id, new - stored, duplicates=self.fresh(request_id))
-            self.resident |= stored
+            if self.fresh(request_id):
+                self._recomputed(request_id, new & self.resident)
+                self.resident |= new
+            else:
+                self._orphan_for(request_id, new)
             self._materialize_ready()
         elif d.outcome != "wait":
-            self._end_request(request_id, "running", "refused")
+            self._end_request(request_id, (STATUS.running,), STATUS.refused)
         return d
 
     def fresh(self, request_id: str) -> bool:
         """Was the request admitted in the current invalidation epoch?"""
         return self.requests[request_id].epoch == self.epoch
-
-    def _lru_victim(self, request_id: str) -> str | None:
-        if self._lru is None:
-            return min(
-                h
-                for h in self.resident
-                if h not in self._running_hashes()
-                and not any(h in c.terms.chain for c in self._in(self._protected_state))
-            )
-        if self._lru.get(request_id):
-            return self._lru[request_id].popleft()
-        if self.recomputes_last_block and self._evict_duplicated_original():
-            return None
-        raise AssertionError(f"admitting {request_id} needs an LRU eviction the runtime's trace does not report")
-
-    def _evict_duplicated_original(self) -> bool:
-        """A runtime that recomputes a fully cached prompt's last block keeps that copy
-        indexed beside the original (vLLM does). Evicting the unheld original then loses
-        nothing, so its trace reports no eviction: the slot is freed and the hash stays
-        resident, in the running request's copy."""
-        unheld = self.resident - self._running_hashes() - self._claimed()
-        duplicated = sorted(h for r in self.requests.values() if r.status == "running" for h in r.duplicates & unheld)
-        return bool(duplicated) and self._adopt(duplicated[0])
-
-    def _adopt(self, h: str) -> bool:
-        """The indexed copy of `h` left; a running request's duplicate (if any) is now it."""
-        for rid, r in sorted(self.requests.items()):
-            if r.status == "running" and h in r.duplicates:
-                r.orphaned.discard(h)
-                r.duplicates.discard(h)
-                self._let_go(rid, {h})
-                return True
-        return False
 
     def _claimed(self) -> set[str]:
         return {h for c in self._in(self._protected_state) for h in c.terms.chain}
@@ -426,12 +384,12 @@ class PoolModel:
             if not candidates:
                 raise AssertionError("the decision admitted a request the pool cannot hold")
             c = min(candidates, key=lambda c: c.terms.yield_order())
-            if c.terms.policy == "offload" and c.terms.host_allowed and self._host_room(c):
+            if c.terms.policy == POLICY.offload and c.terms.host_allowed and self._host_room(c):
                 self._offload(c)
                 if c.state in self._offloaded:
                     self.resident -= {h for h in c.terms.chain if h not in held and not self._held_by_other(h, c)}
             else:
-                self._fire(c, "demote")
+                self._fire(c, EVENT.demote)
 
     def _held_by_other(self, h: str, c: ModelClaim) -> bool:
         return any(o is not c and h in o.terms.chain for o in self._in(self._protected_state))
@@ -445,24 +403,20 @@ class PoolModel:
             n = len(c.terms.chain)
             if n > r.hits and r.chain[:n] == c.terms.chain and self._fits_reserve(c.terms):
                 missing = [h for h in c.terms.chain if h not in self.resident]
-                self._fire(c, "fail" if set(missing) & self.corrupt_host else "restore")
+                self._fire(c, EVENT.fail if set(missing) & self.corrupt_host else EVENT.restore)
                 self._drop_host(c)
 
     def finish(self, request_id: str, admit: bool = True) -> None:
         """`admit=False` is write no-admit: the blocks it computed leave unless held elsewhere
-        (which ones the runtime dropped the model adopts at `sync`)."""
-        r = self._request(request_id)
-        computed = set(r.chain[r.hits :]) - r.orphaned if r.status == "running" and not admit else set()
-        self._end_request(request_id, "running", "finished")
-        if self.recomputes_last_block:
-            for h in sorted(computed - self._running_hashes() - self._claimed()):
-                self._adopt(h)
+        (the model alone keeps them indexed; `kvclaims.model.adoption` adopts which ones the
+        runtime dropped)."""
+        self._end_request(request_id, (STATUS.running,), STATUS.finished)
 
     def abort(self, request_id: str) -> None:
         r = self._request(request_id)
-        if r.status == "waiting":
+        if r.status == STATUS.waiting:
             self.waiting.remove(request_id)
-        self._end_request(request_id, ("waiting", "running"), "aborted")
+        self._end_request(request_id, (STATUS.waiting, STATUS.running), STATUS.aborted)
         self._never_applied(r)
 
     @staticmethod
@@ -476,13 +430,12 @@ class PoolModel:
             raise UnknownId(f"no request {request_id!r}")
         return self.requests[request_id]
 
-    def _end_request(self, request_id: str, allowed, status: str) -> None:
+    def _end_request(self, request_id: str, allowed: tuple[str, ...], status: str) -> None:
         r = self._request(request_id)
         if r.status not in allowed:
             raise InvalidInput(f"request {request_id!r} is {r.status}")
         r.status = status
         r.orphaned.clear()
-        r.duplicates.clear()
         self._let_go(request_id)
 
     def _let_go(self, request_id: str, hashes: set[str] | None = None) -> None:
@@ -494,13 +447,12 @@ class PoolModel:
             if not self.orphans[key]:
                 del self.orphans[key]
 
-    def step(self, ticks: int = 1, lru_evictions: Mapping[str, Sequence[str]] | None = None) -> None:
-        self._adopt_lru(lru_evictions)
+    def step(self, ticks: int = 1) -> None:
         for _ in range(ticks):
             self.time += 1
             for c in self._in(*self.spec.lifecycle.live):
-                if c.deadline is not None and c.deadline <= self.time and "expire" in c.fsm.allowed():
-                    self._fire(c, "expire")
+                if c.deadline is not None and c.deadline <= self.time and EVENT.expire in c.fsm.allowed():
+                    self._fire(c, EVENT.expire)
                     self._drop_host(c)
             for rid in list(self.waiting):
                 self._try_admit(rid)
@@ -509,18 +461,18 @@ class PoolModel:
     def reset_prefix_cache(self) -> None:
         self.epoch += 1
         for c in self._in(self._protected_state, *self._offloaded):
-            self._fire(c, "harm")
+            self._fire(c, EVENT.harm)
             self._drop_host(c)
         self._orphan(set(self.resident))
 
     def evict_blocks(self, hashes: set[str]) -> None:
         self.epoch += 1
-        self._end_holders(hashes, "harm")
+        self._end_holders(hashes, EVENT.harm)
         self._orphan(hashes)
 
     def inject_device_fault(self, h: str) -> None:
         self.epoch += 1
-        self._end_holders({h}, "fail")
+        self._end_holders({h}, EVENT.fail)
         self._orphan({h})
 
     def inject_host_fault(self, h: str) -> None:
@@ -539,20 +491,16 @@ class PoolModel:
             for h in hashes & r.held:
                 self.orphans.setdefault((action, h), set()).add(rid)
                 r.orphaned.add(h)
-            r.duplicates -= hashes  # no copy of these stays indexed
         self.resident -= hashes
 
-    def _orphan_for(self, request_id: str, hashes: set[str], duplicates: bool = True) -> None:
-        """Blocks the request computed but could not index: its own, unindexed copies;
-        `duplicates`: copies a runtime that indexes duplicates (vLLM) would index."""
+    def _orphan_for(self, request_id: str, hashes: set[str]) -> None:
+        """Blocks the request computed but could not index: its own, unindexed copies."""
         action = next(self._actions)
         for h in hashes:
             self.orphans[(action, h)] = {request_id}
         self.requests[request_id].orphaned |= hashes
-        if duplicates:
-            self.requests[request_id].duplicates |= hashes
 
-    # --- the runtime's block table -------------------------------------------------
+    # --- a block table against the claims ------------------------------------------
     def missing_claimed(self, resident: set[str]) -> dict[str, list[str]]:
         """Blocks of materialized claims absent from `resident`: silent losses."""
         return {
@@ -560,7 +508,3 @@ class PoolModel:
             for cid, chain in self.materialized_chains().items()
             if not set(chain) <= resident
         }
-
-    def sync(self, resident: set[str]) -> None:
-        """Adopt the runtime's device table (which cached blocks LRU kept is its choice)."""
-        self.resident = set(resident)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
-from kvclaims.conformance.adapter import CAPABILITIES
+from kvclaims.conformance.adapter import CAPABILITIES, RuntimeProfile
 from kvclaims.refimpl.kv import chain_hashes
 from kvclaims.refimpl.runtime import Runtime
 
@@ -14,6 +14,7 @@ class RefimplAdapter(Runtime):
     """Runtime plus the queries a test needs: hashes, the real block table, content, trace."""
 
     capabilities = frozenset(CAPABILITIES)
+    profile = RuntimeProfile()  # the contract's plain behaviour, which the oracle's core predicts
 
     def __init__(self, U: int, B: int, R: int = 0, host_blocks: int = 0, **kwargs) -> None:
         super().__init__(U, B, R, host_blocks=host_blocks, **kwargs)

@@ -203,18 +203,9 @@ class UnderReportedHits(Mutant):
     obligation = "RKC-TR-8"
 
     def _admit(self, r: Request, hits: list[int], A: int) -> None:
-        emit = self.trace.emit
-
-        def shortened(kind: str, **fields: Any) -> None:
-            if kind == "request_admit" and fields["hit_blocks"]:
-                fields["hit_blocks"] = fields["hit_blocks"][:-1]
-            emit(kind, **fields)
-
-        self.trace.emit = shortened  # type: ignore[method-assign]
-        try:
-            super()._admit(r, hits, A)
-        finally:
-            del self.trace.emit
+        super()._admit(r, hits, A)
+        admit = next(x for x in reversed(self.trace.records) if x["kind"] == "request_admit" and x["request"] == r.id)
+        admit["hit_blocks"] = admit["hit_blocks"][:-1]  # the record as the trace reads it
 
 
 class LeakEveryNth(Mutant):

@@ -1,9 +1,13 @@
-"""The abstract pool (the oracle) on the paper's scenarios."""
+"""The abstract pool (the oracle) on the paper's scenarios, and what it adopts from a runtime
+under its profile."""
 
 import pytest
 
 from kvclaims.errors import DuplicateId, InvalidInput, UnknownId
+from kvclaims.model.adoption import AdoptingPool
+from kvclaims.model.feasibility import PoolCounts
 from kvclaims.model.pool import ClaimTerms, PoolModel
+from kvclaims.model.profile import RuntimeProfile
 
 
 def chain(tag, n):
@@ -48,7 +52,6 @@ def test_offload_policy_offloads_then_restores():
     m.submit_request("big", chain("b", 70))
     assert m.claims["off"].state == "offloaded" and len(m.host) == 60
     m.finish("big")
-    m.sync(set(chain("b", 70)))
     assert m.submit_request("again", SYS).outcome == "admit"
     assert m.claims["off"].state == "materialized" and m.host == set()
 
@@ -82,3 +85,48 @@ def test_rejections_change_nothing():
     with pytest.raises(InvalidInput):
         ClaimTerms("bad", SYS, policy="keep")
     assert (set(m.resident), dict(m.requests), m.counts(), list(m.events)) == before
+
+
+# vLLM's recomputed last blocks and second copies, but free blocks taken first; and vLLM's own.
+FREE_FIRST = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True)
+VLLM = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True, takes_cached_while_free=True)
+
+
+@pytest.mark.parametrize("profile, hits, copies", [(RuntimeProfile(), 60, {}), (VLLM, 59, {"replay": {SYS[-1]}})])
+def test_a_recomputed_last_block_is_no_hit_but_a_second_copy(profile, hits, copies):
+    """A runtime that recomputes a fully cached prompt's last block hits one block fewer and,
+    keeping duplicate copies, indexes that block a second time; plainly, every block hits."""
+    m = AdoptingPool(80, 10, profile=profile)
+    m.submit_request("warm", SYS)
+    m.finish("warm")
+    assert m.submit_request("replay", SYS).outcome == "admit"
+    assert m.requests["replay"].hits == hits and m.copies == copies
+
+
+@pytest.mark.parametrize("profile, adopted", [(VLLM, True), (FREE_FIRST, False)])
+def test_a_silently_reused_original_is_adopted_from_the_counts(profile, adopted):
+    """A runtime that may take cached blocks while free ones remain can reuse an original whose
+    hash a running request's copy keeps indexed: no eviction is due, so only its counts show it
+    (a cached block fewer, a free one more), and the oracle adopts it; a runtime that takes free
+    blocks first cannot have, and the counts stay apart (fuzz --runtime vllm --seed 11)."""
+    m = AdoptingPool(8, profile=profile)
+    m.submit_request("warm", ("a",))
+    m.finish("warm")
+    m.submit_request("copy", ("a",))  # recomputes `a`: the original is cached, unheld
+    assert m.counts() == PoolCounts(U=8, free=6, cached=1, yielding=0, active=1, protected=0)
+    runtime = PoolCounts(U=8, free=7, cached=0, yielding=0, active=1, protected=0)
+    m.sync({"a"}, runtime)
+    assert (m.counts() == runtime) is adopted
+    assert (not any(m.copies.values())) is adopted
+
+
+def test_no_admit_of_a_copied_original_keeps_the_hash_in_the_copy():
+    """Write no-admit drops the original the finishing request computed; a running request's
+    second copy keeps the hash indexed, now the only copy."""
+    m = AdoptingPool(8, profile=VLLM)
+    m.submit_request("first", ("a", "b"))
+    m.evict_blocks({"a"})
+    m.submit_request("copy", ("a", "b"))
+    assert m.copies == {"copy": {"b"}}
+    m.finish("first", admit=False)
+    assert m.copies == {"copy": set()} and "b" in m.requests["copy"].held

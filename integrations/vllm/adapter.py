@@ -44,6 +44,8 @@ from typing import Any, Mapping, Sequence
 
 from vllm.v1.request import RequestStatus
 
+from kvclaims.conformance.adapter import RuntimeProfile
+from kvclaims.model.names import STATUS
 from kvclaims.model.terms import APPLIED, NOT_APPLIED, PENDING
 from kvclaims.errors import DuplicateId, InvalidField, InvalidInput, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts
@@ -61,13 +63,18 @@ from kvclaims.model.checks import (
     request_claim,
 )
 from kvclaims.vllm.engine import VllmEngine
+from kvclaims.vllm.harness import HarnessScheduler
 from kvclaims.vllm.model_dir import VOCAB
 from kvclaims.vllm.pool import hexid
 from kvclaims.vllm.xargs import RequestOps, parse, to_xargs
 
 ENGINE_U, MODEL_LEN = 80, 2560  # the largest pool and prompt any instance may ask for
 HARNESS = "kvclaims.vllm.harness.HarnessScheduler"
-LIVE = {RequestStatus.RUNNING: "running", RequestStatus.WAITING: "waiting", RequestStatus.PREEMPTED: "waiting"}
+LIVE = {
+    RequestStatus.RUNNING: STATUS.running,
+    RequestStatus.WAITING: STATUS.waiting,
+    RequestStatus.PREEMPTED: STATUS.waiting,
+}
 
 _engine: VllmEngine | None = None
 
@@ -82,12 +89,15 @@ def shared_engine() -> VllmEngine:
 
 class VllmAdapter:
     capabilities = frozenset({"evict_blocks", "reset_cache", "request_claims"})
-    recomputes_last_block = True  # vLLM computes at least one token of every prompt
+    # vLLM's own ways where the contract leaves it free (`RuntimeProfile` names their sources).
+    profile = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True, takes_cached_while_free=True)
     enforce = True
 
     def __init__(self, U: int, B: int = 32, R: int = 0, host_blocks: int = 0) -> None:
         self.engine = shared_engine()
-        self.sched = self.engine.scheduler
+        sched = self.engine.scheduler
+        assert isinstance(sched, HarnessScheduler), f"the shared engine runs {HARNESS}, not {type(sched)}"
+        self.sched = sched
         self.engine.clear()
         self.sched.restart(U=U, reserve=R, enforce=self.enforce)
         self.U, self.B, self.R = self.sched.pool.U, self.sched.block_size, R
@@ -123,6 +133,7 @@ class VllmAdapter:
         if tiers != ("device",):
             raise InvalidInput(f"claim {claim_id!r}: vLLM here has no host tier (tiers {tiers})")
         op = parse(to_xargs(claim_id, strength=strength, priority=priority, ttl=ttl, policy=policy)).claim
+        assert op is not None, "to_xargs(claim_id, ...) always carries a claim"
         return self.sched.submit_claim(op, self._ids(prefix))
 
     def release_claim(self, claim_id: str) -> None:
@@ -153,10 +164,10 @@ class VllmAdapter:
             self.outcomes[request_id] = PENDING
         self._step_for(request_id)
         status = self.request_status(request_id)
-        if status == "refused":
+        if status == STATUS.refused:
             note = self.engine.results[request_id].kvclaims
             return Decision(note["refused"], tuple(note["blocking_claims"]))
-        return Decision({"running": "admit", "waiting": "wait"}[status])
+        return Decision({STATUS.running: "admit", STATUS.waiting: "wait"}[status])
 
     def _carried(self, request_id: str, tokens: Sequence[int], claim) -> dict[str, Any]:
         """The protocol's checks of a carried claim, then vLLM's own limit (no host tier);
@@ -200,7 +211,7 @@ class VllmAdapter:
         if request_id in self.ended:
             return self.ended[request_id]
         result = self.engine.results.get(request_id)
-        return "refused" if result is not None and result.refused else "finished"
+        return STATUS.refused if result is not None and result.refused else STATUS.finished
 
     def hit_blocks(self, request_id: str) -> int:
         self.request_status(request_id)  # a known request
@@ -211,7 +222,7 @@ class VllmAdapter:
 
     def finish(self, request_id: str, admit: bool = True) -> None:
         """End a running request as if it completed; admit=False is write no-admit."""
-        self._require(request_id, "running")
+        self._require(request_id, STATUS.running)
         if not isinstance(admit, bool):
             raise InvalidField(f"request {request_id!r}", "admit", f"must be a bool, got {admit!r}")
         if not admit:
@@ -219,14 +230,14 @@ class VllmAdapter:
         self._note_outcomes()
         self.sched.finish_requests(request_id, RequestStatus.FINISHED_STOPPED)
         self.engine.abort(request_id)  # the engine's own record of it; the scheduler's is gone
-        self.ended[request_id] = "finished"
+        self.ended[request_id] = STATUS.finished
 
     def abort(self, request_id: str) -> None:
-        self._require(request_id, "waiting", "running")
+        self._require(request_id, STATUS.waiting, STATUS.running)
         self._note_outcomes()
         self.engine.abort(request_id)  # the scheduler frees it now, saying what did not apply
         self._note_outcomes()
-        self.ended[request_id] = "aborted"
+        self.ended[request_id] = STATUS.aborted
 
     def _require(self, request_id: str, *statuses: str) -> None:
         status = self.request_status(request_id)

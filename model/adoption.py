@@ -1,0 +1,118 @@
+"""What the oracle adopts from the runtime it is compared with, under the runtime's profile.
+
+The core (`kvclaims.model.pool.PoolModel`) predicts what the contract decides and
+settles what it leaves open plainly. `AdoptingPool` follows one runtime instead,
+after each of its operations: from every runtime, the cached blocks its LRU took
+(its trace) and its block table; from a runtime whose `RuntimeProfile` says so,
+its recomputed last blocks and its indexed second copies, with what they do to
+hits, evictions and write no-admit.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
+
+from kvclaims.model.feasibility import PoolCounts
+from kvclaims.model.names import STATUS
+from kvclaims.model.pool import ModelRequest, PoolModel
+from kvclaims.model.profile import RuntimeProfile
+
+
+@dataclass
+class AdoptingPool(PoolModel):
+    """The oracle for a runtime with `profile`."""
+
+    profile: RuntimeProfile = field(default_factory=RuntimeProfile)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._lru: dict[str, deque[str]] = {}  # the operation's LRU evictions, per admission
+        self.copies: dict[str, set[str]] = {}  # running request -> hashes it keeps a second copy of
+
+    # --- from every runtime: what its LRU took, and its block table ---------------
+    def lru_evicted(self, evictions: Mapping[str, Sequence[str]]) -> None:
+        """Before an operation is replayed: the cached blocks the runtime's LRU evicted for
+        each admission or growth in it, in order, from its trace."""
+        self._lru = {rid: deque(hashes) for rid, hashes in evictions.items()}
+
+    def _take_lru(self, request_id: str, need: int) -> None:
+        """All the request's reported evictions are gone, however many it needed: the contract
+        leaves to the runtime which cached blocks go, and when (before a claim yields, say)."""
+        super()._take_lru(request_id, need)
+        self.resident -= set(self._lru.pop(request_id, ()))
+
+    def _evict_lru(self, request_id: str) -> None:
+        """The next eviction the trace reports for the request; with none, a copied original
+        the runtime took (`_drop_copied_original`)."""
+        if self._lru.get(request_id):
+            self.resident.discard(self._lru[request_id].popleft())
+        elif not self._drop_copied_original():
+            raise AssertionError(f"admitting {request_id} needs an LRU eviction the runtime's trace does not report")
+
+    def sync(self, resident: set[str], counts: PoolCounts) -> None:
+        """After an operation: the runtime's block table (which cached blocks its LRU kept is
+        its choice), then what only its `counts` show (see `_silent_reuses`)."""
+        self.resident = set(resident)
+        if self.profile.takes_cached_while_free:
+            self._silent_reuses(counts)
+
+    # --- under the profile -------------------------------------------------------
+    def _hits(self, r: ModelRequest) -> int:
+        """Under `recomputes_last_block` a prompt whose every block is cached (none partial)
+        hits all but its last."""
+        hits = super()._hits(r)
+        return hits - 1 if self.profile.recomputes_last_block and 0 < hits == r.blocks else hits
+
+    def _recomputed(self, request_id: str, hashes: set[str]) -> None:
+        """Still the request's own blocks, but indexed as second copies where the runtime keeps them."""
+        super()._recomputed(request_id, hashes)
+        if self.profile.keeps_duplicate_copies and hashes:
+            self.copies.setdefault(request_id, set()).update(hashes)
+
+    def _orphan(self, hashes: set[str]) -> None:
+        """An operator action unindexes every copy of `hashes`."""
+        super()._orphan(hashes)
+        for held in self.copies.values():
+            held -= hashes
+
+    def _end_request(self, request_id: str, allowed: tuple[str, ...], status: str) -> None:
+        super()._end_request(request_id, allowed, status)
+        self.copies.pop(request_id, None)
+
+    def finish(self, request_id: str, admit: bool = True) -> None:
+        """Write no-admit drops the blocks the request computed; where a running request
+        keeps a second copy of one, the hash stays indexed in that copy."""
+        r = self._request(request_id)
+        computed = set(r.chain[r.hits :]) - r.orphaned if r.status == STATUS.running and not admit else set()
+        super().finish(request_id, admit)
+        for h in sorted(computed - self._running_hashes() - self._claimed()):
+            self._promote(h)
+
+    def _promote(self, h: str) -> bool:
+        """The indexed copy of `h` left; a running request's second copy (if any) is now it."""
+        for rid, held in sorted(self.copies.items()):
+            if h in held:
+                held.discard(h)
+                self.requests[rid].orphaned.discard(h)
+                self._let_go(rid, {h})
+                return True
+        return False
+
+    def _drop_copied_original(self) -> bool:
+        """The runtime reused an unheld block whose hash a running request's second copy also
+        indexes: no hash left, so its trace reports nothing. The copy is the indexed one now."""
+        unheld = self.resident - self._running_hashes() - self._claimed()
+        copied = sorted(h for held in self.copies.values() for h in held & unheld)
+        return bool(copied) and self._promote(copied[0])
+
+    def _silent_reuses(self, counts: PoolCounts) -> None:
+        """A runtime that takes cached blocks while free ones remain may have reused copied
+        originals with no eviction due (see `_drop_copied_original`): each shows only in its
+        counts, as a cached block less and a free one more than predicted."""
+        mine = self.counts()
+        reused = mine.cached - counts.cached
+        if reused > 0 and counts == replace(mine, cached=counts.cached, free=mine.free + reused):
+            for _ in range(reused):
+                self._drop_copied_original()

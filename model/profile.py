@@ -1,0 +1,34 @@
+"""What a runtime does where the contract leaves it free: the profile its adapter declares.
+
+The oracle's core predicts the contract's plain behaviour, which the reference
+runtime has; `kvclaims.model.adoption` reads a runtime's profile to follow its
+own ways instead. A field is a fact about the runtimes that set it, with where
+it comes from; only what the adoption reads is a field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RuntimeProfile:
+    """Defaults: the contract's plain behaviour (the reference runtime's)."""
+
+    recomputes_last_block: bool = False
+    """A prompt whose every block is cached still computes its last block, to get its last
+    token's logits, so that block is no hit. vLLM: `KVCacheManager.get_computed_blocks`
+    caps a hit at `num_tokens - 1` tokens (vllm/v1/core/kv_cache_manager.py)."""
+
+    keeps_duplicate_copies: bool = False
+    """A block computed while its hash is indexed is indexed too, as a second copy that can
+    outlive the first (the plain behaviour keeps it unindexed, its request's own). Dropping
+    one of two copies loses no hash, so the runtime's trace reports nothing. vLLM:
+    `BlockHashToBlockMap.insert` maps a hash to several blocks (vllm/v1/core/block_pool.py);
+    the integration's `IndexLog` reports a hash removed only when no copy is left."""
+
+    takes_cached_while_free: bool = False
+    """A new block may reuse a cached one while free blocks remain (the plain behaviour takes
+    free blocks first). vLLM: free and cached blocks wait in one LRU queue
+    (`FreeKVCacheBlockQueue`, vllm/v1/core/kv_cache_utils.py) whose head
+    `BlockPool.get_new_blocks` pops (vllm/v1/core/block_pool.py)."""
