@@ -10,7 +10,10 @@ listed, never counted as passes.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from kvclaims.conformance import rejections
+from kvclaims.errors import BadArgument
 from kvclaims.conformance.fuzz import check_steps, fuzz, runtime_factory, violation
 from kvclaims.proofs.run import prove_all
 from kvclaims.conformance.checker import check_lines
@@ -23,8 +26,15 @@ REPORT_SCHEMA = "kvclaims.conformance.conform/1"
 SERVER_CHECKED = ("RKC-SEC-1", "RKC-SEC-2")
 
 
-def conform(runtime: str, steps: int, seed: int) -> dict:
+STEPS, SEEDS = 30_000, 3  # the default stateful evidence: tens of thousands of steps, a few seeds
+
+
+def conform(runtime: str, steps: int = STEPS, seed: int = 0, seeds: int = SEEDS) -> dict:
+    """The battery against `runtime`; the stateful suite runs `steps` steps in all, split
+    over `seeds` consecutive seeds from `seed` (each seed's programs are those `kvclaims
+    fuzz --seed` runs)."""
     check_steps(steps)  # zero steps would count as stateful evidence that was never run
+    check_seeds(seeds, steps)
     factory = runtime_factory(runtime)
     spec = load()
     evidence: dict[str, list[dict]] = {oid: [] for oid in spec.obligations}
@@ -52,7 +62,7 @@ def conform(runtime: str, steps: int, seed: int) -> dict:
                 **({"violation": "; ".join(res.failures)} if res.failures else {}),
             }
         )
-    for oid, item in _stateful(factory, steps, seed).items():
+    for oid, item in _stateful(factory, steps, range(seed, seed + seeds)).items():
         evidence[oid].append({"kind": "stateful", "name": "contract machine", **item})
     for oid in SERVER_CHECKED:
         evidence[oid].append(
@@ -92,24 +102,35 @@ def conform(runtime: str, steps: int, seed: int) -> dict:
     }
 
 
-def _stateful(factory, steps: int, seed: int) -> dict[str, dict]:
-    """The machine's evidence per obligation. A violation that names its obligation fails
-    that one only; the others held on every step before it. A crash, or a disagreement no
-    single obligation owns, fails them all."""
-    try:
-        totals = fuzz(factory, steps, seed)
-    except Exception as exc:  # a violation, or the runtime crashed
-        failed = {
-            "result": "failed",
-            "violation": violation(exc),
-            "program": "\n".join(getattr(exc, "__notes__", [])),
-        }
-        broken = violated_obligation(exc)
-        if broken is None:
-            return dict.fromkeys(CHECKS, failed)
-        held = {"result": "passed", "until": f"the run stopped at a violation of {broken}"}
-        return {**dict.fromkeys(CHECKS, held), broken: failed}
-    return dict.fromkeys(CHECKS, {"result": "passed", "steps": totals["steps"]})
+def check_seeds(seeds: int, steps: int) -> None:
+    if not 1 <= seeds <= steps:
+        raise BadArgument("--seeds", f"must be in [1, steps={steps}], got {seeds}")
+
+
+def _stateful(factory, steps: int, seeds: range) -> dict[str, dict]:
+    """The machine's evidence per obligation, and how much of it: steps, examples and the
+    seeds run. A violation that names its obligation fails that one only; the others held
+    on every step before it. A crash, or a disagreement no single obligation owns, fails
+    them all."""
+    totals: Counter = Counter()
+    for i, s in enumerate(seeds):
+        share = steps // len(seeds) + (i < steps % len(seeds))
+        try:
+            totals += fuzz(factory, share, s)
+        except Exception as exc:  # a violation, or the runtime crashed
+            failed = {
+                "result": "failed",
+                "seed": s,
+                "violation": violation(exc),
+                "program": "\n".join(getattr(exc, "__notes__", [])),
+            }
+            broken = violated_obligation(exc)
+            if broken is None:
+                return dict.fromkeys(CHECKS, failed)
+            held = {"result": "passed", "until": f"the run stopped at a violation of {broken} (seed {s})"}
+            return {**dict.fromkeys(CHECKS, held), broken: failed}
+    gathered = {"steps": totals["steps"], "examples": totals["examples"], "seeds": list(seeds)}
+    return dict.fromkeys(CHECKS, {"result": "passed", **gathered})
 
 
 def _checker_survives_garbage() -> bool:

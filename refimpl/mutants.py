@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence, cast
 
-from kvclaims.claimbook import ClaimBook
 from kvclaims.model.feasibility import Decision
 from kvclaims.refimpl.adapter import RefimplAdapter
 from kvclaims.model.claim import Claim
@@ -28,7 +27,7 @@ class EvictHardClaimed(Mutant):
 
     obligation = "RKC-INV-2"
 
-    class Book(ClaimBook):
+    class Book(RefimplAdapter.Book):
         def hold(self, c: Claim, blocks: Sequence[Any]) -> None:
             if not c.blocking:
                 super().hold(c, blocks)
@@ -39,7 +38,7 @@ class SkipDemotionEvent(Mutant):
 
     obligation = "RKC-RT-1"
 
-    class Book(ClaimBook):
+    class Book(RefimplAdapter.Book):
         def demote(self, c: Claim, **fields: Any) -> None:
             self.unhold(c)
 
@@ -49,7 +48,7 @@ class EventAfterReuse(Mutant):
 
     obligation = "RKC-RT-1"
 
-    class Book(ClaimBook):
+    class Book(RefimplAdapter.Book):
         def demote(self, c: Claim, **fields: Any) -> None:
             self.unhold(c)
             pool = cast(DeviceSide, self.side).pool
@@ -74,7 +73,7 @@ class ServeCorruptRestore(Mutant):
 
     obligation = "RKC-RT-2"
 
-    class Book(ClaimBook):
+    class Book(RefimplAdapter.Book):
         def matches(self, arrived: dict[str, str], c: Claim) -> bool:
             return True
 
@@ -84,7 +83,7 @@ class AcceptPastReserve(Mutant):
 
     obligation = "RKC-ACC-1"
 
-    class Book(ClaimBook):
+    class Book(RefimplAdapter.Book):
         def within_reserve(self, c: Claim, new_blocks: int, reserved: int) -> bool:
             return True
 
@@ -133,7 +132,7 @@ class ClampedPriority(Mutant):
 
     obligation = "RKC-RT-1"
 
-    class Book(ClaimBook):
+    class Book(RefimplAdapter.Book):
         def yielding(self, frees: Callable[[Claim, Sequence[Any]], bool]) -> Iterator[Claim]:
             live = [c for c in self.in_states(*self.protected) if not c.blocking]
             for c in sorted(live, key=lambda c: (c.hard, max(c.priority, 0), c.id)):
@@ -159,7 +158,7 @@ class VerifyAllButLast(Mutant):
 
     obligation = "RKC-RT-2"
 
-    class Book(ClaimBook):
+    class Book(RefimplAdapter.Book):
         def matches(self, arrived: dict[str, str], c: Claim) -> bool:
             last = c.chain[-1]
             return {h: v for h, v in arrived.items() if h != last} == {

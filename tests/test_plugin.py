@@ -54,6 +54,10 @@ def test_conform_reports_every_obligation():
     from kvclaims.spec import load
 
     assert [o["id"] for o in report["obligations"]] == list(load().obligations)
+    stateful = [e for o in report["obligations"] for e in o["evidence"] if e["kind"] == "stateful"]
+    assert stateful and all(  # how much evidence: the steps asked for, over the default three seeds
+        e["steps"] >= 500 and e["examples"] > 0 and e["seeds"] == [0, 1, 2] for e in stateful
+    )
     server_only = {o["id"] for o in report["obligations"] if {e["kind"] for e in o["evidence"]} == {"server"}}
     assert server_only == {"RKC-SEC-1", "RKC-SEC-2"}  # tenancy: checked through the vLLM server
     assert all(

@@ -132,20 +132,20 @@ def rt4(report) -> dict:
 
 
 def test_conform_counts_the_scenarios_as_evidence(no_proofs_nor_fuzz):
-    ob = rt4(conform.conform("refimpl", 1, 0))
+    ob = rt4(conform.conform("refimpl", 1, 0, 1))
     assert ob["verdict"] == "conforms"
     assert [e["name"] for e in ob["evidence"] if e["kind"] == "rejection"] == list(REJECTIONS)
 
 
 def test_conform_attributes_a_failure_to_rkc_rt_4(no_proofs_nor_fuzz, capsys):
     runtime = f"{__name__}:HalfBlockClaims"
-    report = conform.conform(runtime, 1, 0)
+    report = conform.conform(runtime, 1, 0, 1)
     ob = rt4(report)
     assert not report["conforms"] and ob["verdict"] == "violated"
     bad = [e for e in ob["evidence"] if e["result"] == "failed"]
     assert [(e["kind"], e["name"]) for e in bad] == [("rejection", "claim_prefix_not_whole_blocks")]
     assert bad[0]["violation"].startswith("accepted; expected InvalidField; changed the trace")
-    assert conform_cli.run(Namespace(runtime=runtime, steps=1, seed=0, json=False)) == 1
+    assert conform_cli.run(Namespace(runtime=runtime, steps=1, seed=0, seeds=1, json=False)) == 1
     out = capsys.readouterr().out
     assert "RKC-RT-4 violated by rejection claim_prefix_not_whole_blocks: accepted; expected InvalidField" in out
 
