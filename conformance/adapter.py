@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
 from kvclaims.errors import BadArgument, InvalidInput
 from kvclaims.model.feasibility import Decision, PoolCounts
@@ -31,6 +31,7 @@ CAPABILITIES = (
     "verify_request",  # verify_request(request_id): the blocks a request holds hold exactly its KV
     "request_claims",  # submit_request(id, tokens, claim={"id": ..., **terms}) and
     # claim_outcome(id): a claim the request carries, applied at admission
+    "state_digest",  # state_digest(): all of the runtime's state, so "nothing changed" is checked whole
 )
 
 
@@ -154,6 +155,13 @@ class CarriesClaims(Protocol):  # request_claims
     ) -> Decision: ...
 
     def claim_outcome(self, request_id: str) -> str | None: ...
+
+
+@runtime_checkable
+class DigestsState(Protocol):  # state_digest
+    def state_digest(self) -> Hashable:
+        """Everything a rejected call must leave as it was, block order and KV bytes included:
+        equal before and after exactly when nothing changed (RKC-RT-4)."""
 
 
 # Runtimes by short name, resolved by import at load time: the toolkit imports no runtime.

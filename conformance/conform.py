@@ -19,7 +19,8 @@ from kvclaims.proofs.run import prove_all
 from kvclaims.conformance.checker import check_lines
 from kvclaims.conformance.litmus import SCENARIOS, run_all
 from kvclaims.spec import load
-from kvclaims.conformance.stateful import CHECKS, violated_obligation
+from kvclaims.conformance.compare import violated_obligation
+from kvclaims.conformance.stateful import CHECKS
 
 REPORT_SCHEMA = "kvclaims.conformance.conform/1"
 # Obligations of a multi-tenant server, not of the runtime behind the adapter protocol.

@@ -15,19 +15,26 @@ its own bookkeeping:
   current epoch holds exactly its tokens' KV, so no stale block was reused;
 - the trace so far passes the checker (events before reuse, attribution, order).
 
-A rejected operation must raise a typed error and change nothing (RKC-RT-4).
+A rejected operation must raise a typed error and change nothing (RKC-RT-4):
+its trace, block table, class counts, claim states and request statuses, and with
+`state_digest` the runtime's whole state (LRU and free-list order, KV bytes, the
+host tier, the waiting order, the claim book). Besides wrong-state calls the
+machine makes invalid-argument ones: the rejection suite's catalogue, and junk
+arguments aimed at live requests and blocks. Faults land on any block they could
+hit; decode is driven into claim-blocked pools; every request that starts running
+has its KV verified (with `verify_request`).
 On failure Hypothesis prints the steps as Python, ready to paste into a test.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Any, Callable
 
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
 
+from kvclaims.conformance.compare import Comparison, ContractViolation
 from kvclaims.model.feasibility import Decision
 from kvclaims.model.names import EVENT, POLICY, STATE, STATUS
 from kvclaims.model.terms import APPLIED
@@ -35,6 +42,7 @@ from kvclaims.conformance.adapter import (
     CarriesClaims,
     Decodes,
     DeviceFaults,
+    DigestsState,
     EvictsBlocks,
     HostFaults,
     OwnerOps,
@@ -48,8 +56,21 @@ from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, Inval
 from kvclaims.model.adoption import AdoptingPool
 from kvclaims.model.pool import ClaimTerms
 from kvclaims.conformance.checker import OBLIGATION_OF, Checker
+from kvclaims.conformance.litmus import Run
+from kvclaims.conformance.rejections import REJECTIONS
 from kvclaims.trace import read_lines
-from kvclaims.conformance.strategies import VOCAB, claim_kwargs, family_tokens, prompt_shape, unique_tokens
+from kvclaims.conformance.strategies import (
+    VOCAB,
+    claim_kwargs,
+    extra_tokens,
+    family_tokens,
+    junk_terms,
+    junk_tokens,
+    pool_shape,
+    priorities,
+    prompt_shape,
+    unique_tokens,
+)
 
 Factory = Callable[..., RuntimeAdapter]
 # Obligations the machine checks on every step (each named in a ContractViolation below).
@@ -73,20 +94,12 @@ CHECKS = (
     "RKC-TR-5",
     "RKC-TR-6",
     "RKC-TR-9",
+    "RKC-TR-8",
+    "RKC-RT-7",
 )
 OPERATOR_ACTIONS = ("reset_cache", "evict_blocks", "device_fault", "host_fault")
+SHAPE = pool_shape()
 ERRORS = {e.__name__: e for e in (IllegalTransition, GuardRejected, InvalidInput)}
-
-
-class ContractViolation(AssertionError):
-    """The runtime broke the contract; the message names the obligation."""
-
-
-def violated_obligation(exc: BaseException) -> str | None:
-    """The obligation a violation names first (its message's leading id), or None: a
-    crash, or a disagreement with the model that no single obligation owns."""
-    match = re.match(r"(RKC-[A-Z]+-\d+):", str(exc)) if isinstance(exc, ContractViolation) else None
-    return match.group(1) if match else None
 
 
 class ContractMachine(RuleBasedStateMachine):
@@ -105,30 +118,38 @@ class ContractMachine(RuleBasedStateMachine):
         self.steps = 0
 
     # --- setup ---------------------------------------------------------------------
-    @initialize(U=st.integers(8, 64), B=st.sampled_from([2, 4]), reserve=st.integers(0, 32), host=st.integers(0, 24))
+    @initialize(U=SHAPE["U"], B=SHAPE["B"], reserve=SHAPE["reserve"], host=SHAPE["host"])
     def start(self, U: int, B: int, reserve: int, host: int) -> None:
-        self.rt = type(self).factory(U=U, B=B, R=min(reserve, U // 2), host_blocks=host)
+        self.rt = type(self).factory(U=U, B=B, R=min(reserve, U - 1), host_blocks=host)
         self.model = AdoptingPool(self.rt.U, self.rt.R, self.rt.host_blocks, profile=profile_of(self.rt))
         self.checker = Checker()
         self.trace_pos = 0
         self.serial = 0
         self.tokens: dict[str, list[int]] = {}  # claim id -> prefix tokens
         self.prompts: dict[str, list[int]] = {}  # request id -> its tokens so far
-        self.model.sync(self.rt.resident(), self.rt.counts())
+        self.compared = Comparison(self.rt, self.model)
 
     def _can(self, capability: str) -> bool:
         return capability in self.rt.capabilities
 
-    def _prompt(self, shape: tuple[int, int, int, bool]) -> list[int]:
+    def _prompt(self, shape: tuple[int, int, int, bool], extra: int) -> list[int]:
         family, shared, tail, oversize = shape
         self.serial += 1
         if oversize:
             return unique_tokens(self.serial, self.rt.U + 1, self.rt.B)
         shared = shared % (self.rt.U // 3 + 1)
         tail = tail % (self.rt.U - shared + 1)
-        if shared + tail == 0:
+        extra = self._extra(extra, shared + tail)
+        if shared + tail == 0 and not extra:
             tail = 1
-        return family_tokens(family, shared, self.rt.B) + unique_tokens(self.serial, tail, self.rt.B)
+        return family_tokens(family, shared, self.rt.B) + unique_tokens(self.serial, tail, self.rt.B, extra)
+
+    def _extra(self, extra: int, blocks: int) -> int:
+        """Tokens past `blocks` whole blocks: `extra` modulo B, but none where admitting the
+        prompt would need a yield or find no free block, which the oracle cannot yet follow
+        for a partial last block (it counts that block as taken before making room for it)."""
+        counts = self.model.counts()
+        return extra % self.rt.B if counts.free and counts.free + counts.cached > blocks + 1 else 0
 
     def _lru_evicted(self) -> None:
         """Hand the model the cached blocks the runtime's LRU evicted since the last check,
@@ -154,20 +175,33 @@ class ContractMachine(RuleBasedStateMachine):
             pass
         else:
             raise ContractViolation(f"RKC-RT-4: {what} was accepted; expected {error.__name__}")
-        if self._snapshot() != before:
-            raise ContractViolation(f"RKC-RT-4: rejected {what} changed the runtime")
+        after = self._snapshot()
+        changed = [part for part in before if before[part] != after[part]]
+        if changed:
+            raise ContractViolation(f"RKC-RT-4: rejected {what} changed the runtime's {', '.join(changed)}")
 
-    def _snapshot(self) -> tuple[object, ...]:
-        return (
-            len(self.rt.trace_lines(self.trace_pos)),
-            frozenset(self.rt.resident()),
-            tuple((c, self.rt.claim_state(c)) for c in sorted(self.model.claims)),
-            tuple((r, self.rt.request_status(r)) for r in sorted(self.model.requests)),
-        )
+    def _snapshot(self) -> dict[str, object]:
+        """What a rejected call must leave as it was; all of it where the runtime can digest it."""
+        rt = self.rt
+        snap: dict[str, object] = {
+            "trace": len(rt.trace_lines(self.trace_pos)),
+            "block table": frozenset(rt.resident()),
+            "counts": rt.counts(),
+            "claim states": tuple((c, rt.claim_state(c)) for c in sorted(self.model.claims)),
+            "request statuses": tuple((r, rt.request_status(r)) for r in sorted(self.model.requests)),
+        }
+        if self._can("state_digest"):
+            assert isinstance(rt, DigestsState), "a runtime with state_digest has state_digest()"
+            snap["state"] = rt.state_digest()
+        return snap
 
     # --- claims ----------------------------------------------------------------------
     @rule(target=claims, family=st.integers(0, 2), blocks=st.integers(1, 64), kwargs=claim_kwargs(host_tier=True))
     def submit_claim(self, family: int, blocks: int, kwargs: dict[str, Any]) -> str:
+        return self._claim(family, blocks, kwargs)
+
+    def _claim(self, family: int, blocks: int, kwargs: dict[str, Any]) -> str:
+        """A claim on a family's prefix, by the runtime and by the model: same state (RKC-ACC-1)."""
         if not self._can("host_tier") and "host" in kwargs["tiers"]:
             kwargs = {
                 **kwargs,
@@ -218,17 +252,21 @@ class ContractMachine(RuleBasedStateMachine):
             return
         call(claim)
         getattr(self.model, op)(claim)
+        got, want = self.rt.claim_state(claim), self.model.claims[claim].state
+        if op == EVENT.restore and got != want:
+            raise ContractViolation(f"RKC-RT-2: restore of claim {claim} left it {got!r}; the model says {want!r}")
 
     @precondition(lambda self: self._can("owner_ops") and self._can("host_fault"))
-    @rule(claim=claims, corrupt=st.booleans())
-    def offload_roundtrip(self, claim: str, corrupt: bool) -> None:
-        """Compute the prefix, offload, maybe corrupt one host copy, restore: a restore must
-        verify or fail closed."""
+    @rule(claim=claims, fault=st.none() | st.integers(0, 10**6))
+    def offload_roundtrip(self, claim: str, fault: int | None) -> None:
+        """Compute the prefix, offload, maybe corrupt one host copy (`fault` picks which, from
+        every block of the chain), restore: a restore must verify every block or fail closed."""
         self._warm(claim)
         self.owner_op(claim, EVENT.offload)
         self.contract_holds()
-        if corrupt and self.model.claims[claim].state == STATE.offloaded:
-            self._inject_host_fault(self.model.claims[claim].terms.chain[0])
+        chain = self.model.claims[claim].terms.chain
+        if fault is not None and self.model.claims[claim].state == STATE.offloaded:
+            self._inject_host_fault(chain[fault % len(chain)])
         self.owner_op(claim, EVENT.restore)
 
     def _warm(self, claim: str) -> None:
@@ -243,15 +281,18 @@ class ContractMachine(RuleBasedStateMachine):
         self._rejected(UnknownId, lambda: self.rt.release_claim("no-such-claim"), "unknown claim")
 
     # --- requests --------------------------------------------------------------------
-    @rule(target=requests, shape=prompt_shape(64))
-    def submit_request(self, shape: tuple[int, int, int, bool]) -> str:
-        return self._submit(self._prompt(shape))
+    @rule(target=requests, shape=prompt_shape(64), extra=extra_tokens())
+    def submit_request(self, shape: tuple[int, int, int, bool], extra: int = 0) -> str:
+        """A prompt of shared and unique blocks, ending mid-block by `extra` modulo B tokens."""
+        return self._submit(self._prompt(shape, extra))
 
-    @rule(target=requests, claim=claims, tail=st.integers(0, 3))
-    def request_claimed_prefix(self, claim: str, tail: int) -> str:
-        """The usual pattern: a claimed prefix is computed (materializing it) or reused (a hit)."""
+    @rule(target=requests, claim=claims, tail=st.integers(0, 3), extra=extra_tokens())
+    def request_claimed_prefix(self, claim: str, tail: int, extra: int = 0) -> str:
+        """The usual pattern: a claimed prefix is computed (materializing it) or reused (a hit),
+        then a tail that may end mid-block (`extra` modulo B tokens)."""
         self.serial += 1
-        return self._submit(self.tokens[claim] + unique_tokens(self.serial, tail, self.rt.B))
+        extra = self._extra(extra, len(self.tokens[claim]) // self.rt.B + tail)
+        return self._submit(self.tokens[claim] + unique_tokens(self.serial, tail, self.rt.B, extra))
 
     @precondition(lambda self: self.model.counts().protected > 0)
     @rule(target=requests)
@@ -260,6 +301,29 @@ class ContractMachine(RuleBasedStateMachine):
         self.serial += 1
         need = self.rt.U - self.model.counts().protected + 1
         return self._submit(unique_tokens(self.serial, need, self.rt.B))
+
+    @rule(
+        strength=st.sampled_from(["hard", "soft"]),
+        ranks=st.tuples(priorities(), priorities()),
+        family=st.integers(0, 2),
+    )
+    def rivals(self, strength: str, ranks: tuple[int, int], family: int) -> None:
+        """Two claims that yield (policy demote), on different prefixes, of drawn priorities,
+        materialize; then a request presses: the first in yield order gives way (RKC-RT-1)."""
+        for i, priority in enumerate(ranks):
+            terms = {"strength": strength, "policy": POLICY.demote, "tiers": ("device",), "ttl": None}
+            self._warm(self._claim((family + i) % 3, 0, {**terms, "priority": priority}))
+        if self.model.counts().yielding:
+            self.press()
+
+    @precondition(lambda self: self.model.counts().yielding > 0)
+    @rule(target=requests)
+    def press(self) -> str:
+        """A request one block larger than the free and cached blocks: exactly the first
+        non-blocking claim in yield order (soft first, then lowest priority) gives way."""
+        self.serial += 1
+        counts = self.model.counts()
+        return self._submit(unique_tokens(self.serial, counts.free + counts.cached + 1, self.rt.B))
 
     @precondition(lambda self: self._can("request_claims"))
     @rule(
@@ -329,6 +393,22 @@ class ContractMachine(RuleBasedStateMachine):
     @rule(request=requests, n=st.integers(1, 9))
     def decode(self, request: str, n: int) -> None:
         """A running request grows by `n` generated tokens; a stale one must index none."""
+        self._grow(request, n)
+
+    @precondition(lambda self: self._can("decode") and self.model.counts().protected > 0)
+    @rule(request=requests)
+    def squeeze_decode(self, request: str) -> None:
+        """A running request grows one block past what fits beside the protected blocks it does
+        not hold: refused naming the claims, never left running on them (RKC-RT-3)."""
+        r = self.model.requests[request]
+        if r.status != STATUS.running:
+            return
+        protected = self.model.counts(frozenset(r.held)).protected
+        room = self.rt.U - r.blocks - protected  # blocks the growth could have, all yielding
+        self._grow(request, r.blocks * self.rt.B - len(self.prompts[request]) + (room + 1) * self.rt.B)
+
+    def _grow(self, request: str, n: int) -> None:
+        """Decode `n` tokens into the request, as the runtime and as the model."""
         rt = self.rt
         assert isinstance(rt, Decodes), "a runtime with decode has decode(request_id, tokens)"
         if self.model.requests[request].status != STATUS.running:
@@ -345,6 +425,7 @@ class ContractMachine(RuleBasedStateMachine):
         got = rt.decode(request, tokens[len(self.prompts[request]) :])
         self._lru_evicted()
         want = self.model.decode(request, chain, -(-len(tokens) // self.rt.B))
+        self.stats[f"decode:{want.outcome}"] += 1
         self._same_decision(request, got, want)
         if want.outcome != "admit":
             return
@@ -383,9 +464,64 @@ class ContractMachine(RuleBasedStateMachine):
 
     @rule(ticks=st.integers(1, 3))
     def step(self, ticks: int) -> None:
+        """Advance the clock; requests it admits from the queue must hold their tokens' KV."""
+        waiting = list(self.model.waiting)
         self.rt.step(ticks)
         self._lru_evicted()
         self.model.step(ticks)
+        for rid in waiting:
+            self._verify(rid)
+
+    # --- invalid arguments: typed errors, nothing changed (RKC-RT-4) -------------------
+    @rule(name=st.sampled_from(sorted(REJECTIONS)))
+    def bad_call(self, name: str) -> None:
+        """A bad call from the rejection suite's catalogue (`kvclaims.conformance.rejections`).
+        Those whose ids name that suite's setup are unknown ids here, but for its duplicate
+        ids, which are fresh here (the machine makes its own duplicates). Its partial blocks
+        need B >= 2."""
+        s = REJECTIONS[name]
+        if s.error is not DuplicateId and s.needs <= self.rt.capabilities and self.rt.B >= 2:
+            self._rejected(KVClaimsError, lambda: s.call(Run(self.rt)), s.what)
+
+    @rule(request=requests, tokens=junk_tokens(), admit=st.sampled_from([None, 0, 1, "false"]))
+    def junk_for_request(self, request: str, tokens: Any, admit: Any) -> None:
+        """Junk arguments aimed at a running request: a non-bool `admit` to end it and bad
+        tokens to grow it are rejected before anything moves."""
+        if self.model.requests[request].status != STATUS.running:
+            return
+        rt = self.rt
+        self._rejected(KVClaimsError, lambda: rt.finish(request, admit=admit), f"finish({request!r}, admit={admit!r})")
+        if self._can("decode"):
+            assert isinstance(rt, Decodes), "a runtime with decode has decode(request_id, tokens)"
+            self._rejected(KVClaimsError, lambda: rt.decode(request, tokens), f"decode({request!r}, {tokens!r})")
+
+    @rule(family=st.integers(0, 2), term=junk_terms(), carried=st.booleans())
+    def junk_claim(self, family: int, term: tuple[str, Any], carried: bool) -> None:
+        """A claim on a real prefix with one bad term, submitted alone or carried by a request
+        (`request_claims`): rejected whole, the prefix computed by nobody."""
+        self.serial += 1
+        key, value = term
+        terms = {"id": f"j{self.serial}", "strength": "hard", key: value}
+        tokens, rt = family_tokens(family, 1, self.rt.B), self.rt
+        if carried and self._can("request_claims"):
+            assert isinstance(rt, CarriesClaims), "a runtime with request_claims takes submit_request(claim=)"
+            self._rejected(
+                KVClaimsError, lambda: rt.submit_request(f"j{self.serial}", tokens, claim=terms), f"a carried {terms}"
+            )
+        else:
+            cid = terms.pop("id")
+            self._rejected(KVClaimsError, lambda: rt.submit_claim(cid, tokens, **terms), f"claim {cid!r} with {terms}")
+
+    @precondition(lambda self: self._can("evict_blocks"))
+    @rule(index=st.integers(0, 10**6), junk=st.sampled_from(["0" * 16, 5, None]))
+    def evict_with_junk(self, index: int, junk: Any) -> None:
+        """An eviction listing a resident block and a junk one evicts neither."""
+        if not self.model.resident:
+            return
+        rt = self.rt
+        assert isinstance(rt, EvictsBlocks), "a runtime with evict_blocks has evict_blocks(hashes)"
+        h = sorted(self.model.resident)[index % len(self.model.resident)]
+        self._rejected(KVClaimsError, lambda: rt.evict_blocks([h, junk]), f"evict_blocks([{h!r}, {junk!r}])")
 
     # --- operator actions and faults ---------------------------------------------------
     @rule(action=st.sampled_from(OPERATOR_ACTIONS), index=st.integers(0, 10**6))
@@ -398,6 +534,7 @@ class ContractMachine(RuleBasedStateMachine):
             assert isinstance(rt, ResetsCache), "a runtime with reset_cache has reset_prefix_cache()"
             rt.reset_prefix_cache()
             self.model.reset_prefix_cache()
+            self._grow_stale(index)
             return
         pool = self.model.host if action == "host_fault" else self.model.resident
         if not pool:
@@ -414,6 +551,13 @@ class ContractMachine(RuleBasedStateMachine):
         else:
             self._inject_host_fault(h)
 
+    def _grow_stale(self, index: int) -> None:
+        """A request running across the invalidation computes one more block: it must index
+        none of it (RKC-INV-6)."""
+        stale = [r for r, m in sorted(self.model.requests.items()) if m.status == STATUS.running]
+        if stale and self._can("decode"):
+            self._grow(stale[index % len(stale)], self.rt.B)
+
     def _inject_host_fault(self, h: str) -> None:
         rt = self.rt
         assert isinstance(rt, HostFaults), "a runtime with host_fault has inject_host_fault(hash)"
@@ -425,17 +569,15 @@ class ContractMachine(RuleBasedStateMachine):
     def contract_holds(self) -> None:
         self.steps += 1
         self._check_trace()
+        self._check_claims()
         resident = self.rt.resident()
         missing = self.model.missing_claimed(resident)
         if missing:
             raise ContractViolation(f"RKC-INV-1: materialized claims lost blocks with no event: {missing}")
         self._check_content()
-        for cid, c in self.model.claims.items():
-            if self.rt.claim_state(cid) != c.state:
-                raise ContractViolation(f"claim {cid} is {self.rt.claim_state(cid)!r}, the model says {c.state!r}")
         self._check_requests()
+        self.compared.check()
         counts = self.rt.counts()
-        self.model.sync(resident, counts)
         if counts != self.model.counts():
             raise ContractViolation(f"RKC-INV-3: runtime counts {counts} != model {self.model.counts()}")
         if len(self.model.reserved()) > self.rt.U - self.rt.R:
@@ -454,6 +596,17 @@ class ContractMachine(RuleBasedStateMachine):
         for cid in self.model.materialized_chains():
             if not rt.verify_prefix(self.tokens[cid]):
                 raise ContractViolation(f"RKC-RT-2: claim {cid} is materialized but its KV is not its tokens'")
+
+    def _check_claims(self) -> None:
+        """Every claim's state is the model's; one that yielded (or not) out of turn under
+        pressure names RKC-RT-1, its loss event."""
+        lc = self.model.spec.lifecycle
+        yielded = set(lc.dests(EVENT.demote)) | set(lc.dests(EVENT.offload))
+        for cid, c in self.model.claims.items():
+            got = self.rt.claim_state(cid)
+            if got != c.state:
+                oid = "RKC-RT-1: " if {got, c.state} & yielded else ""
+                raise ContractViolation(f"{oid}claim {cid} is {got!r}, the model says {c.state!r}")
 
     def _check_requests(self) -> None:
         """Every request's status (RKC-RT-3) and its carried claim's outcome (RKC-RT-8)."""

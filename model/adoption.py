@@ -2,22 +2,34 @@
 
 The core (`kvclaims.model.pool.PoolModel`) predicts what the contract decides and
 settles what it leaves open plainly. `AdoptingPool` follows one runtime instead,
-after each of its operations: from every runtime, the cached blocks its LRU took
-(its trace) and its block table; from a runtime whose `RuntimeProfile` says so,
-its recomputed last blocks and its indexed second copies, with what they do to
-hits, evictions and write no-admit.
+adopting only what the contract leaves to it: from every runtime, which cached
+blocks its LRU took, where its trace names the eviction; from a runtime whose
+`RuntimeProfile` says so, its recomputed last blocks and its indexed second
+copies, with what they do to hits, evictions and write no-admit. Any other
+difference from its block table is not adopted but returned (`sync`), for the
+caller to report as a violation.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from kvclaims.model.feasibility import PoolCounts
-from kvclaims.model.names import STATUS
 from kvclaims.model.pool import ModelRequest, PoolModel
 from kvclaims.model.profile import RuntimeProfile
+
+
+@dataclass(frozen=True)
+class TableDiff:
+    """How a runtime's block table differs from the oracle's prediction, after adoption."""
+
+    unpredicted: frozenset[str]  # resident in the runtime, not in the oracle
+    vanished: frozenset[str]  # predicted resident, gone from the runtime
+
+    def __bool__(self) -> bool:
+        return bool(self.unpredicted or self.vanished)
 
 
 @dataclass
@@ -41,7 +53,7 @@ class AdoptingPool(PoolModel):
         """All the request's reported evictions are gone, however many it needed: the contract
         leaves to the runtime which cached blocks go, and when (before a claim yields, say)."""
         super()._take_lru(request_id, need)
-        self.resident -= set(self._lru.pop(request_id, ()))
+        self.resident -= set(self._lru.pop(request_id, ())) & self._cached()
 
     def _evict_lru(self, request_id: str) -> None:
         """The next eviction the trace reports for the request; with none, a copied original
@@ -51,12 +63,15 @@ class AdoptingPool(PoolModel):
         elif not self._drop_copied_original():
             raise AssertionError(f"admitting {request_id} needs an LRU eviction the runtime's trace does not report")
 
-    def sync(self, resident: set[str], counts: PoolCounts) -> None:
-        """After an operation: the runtime's block table (which cached blocks its LRU kept is
-        its choice), then what only its `counts` show (see `_silent_reuses`)."""
-        self.resident = set(resident)
+    def sync(self, resident: set[str], counts: PoolCounts, lru: Collection[str] = ()) -> TableDiff:
+        """After an operation, adopt from the runtime's block table only what the contract leaves
+        to it: cached blocks its LRU took that its trace names (`lru`; owner restores make room
+        with no admission to group them by), and what only its `counts` show under its profile
+        (see `_silent_reuses`). Whatever else differs is returned, for the caller to judge."""
+        self.resident -= (self.resident - resident) & set(lru) & self._cached()
         if self.profile.takes_cached_while_free:
             self._silent_reuses(counts)
+        return TableDiff(frozenset(resident - self.resident), frozenset(self.resident - resident))
 
     # --- under the profile -------------------------------------------------------
     def _hits(self, r: ModelRequest) -> int:
@@ -81,14 +96,10 @@ class AdoptingPool(PoolModel):
         super()._end_request(request_id, allowed, status)
         self.copies.pop(request_id, None)
 
-    def finish(self, request_id: str, admit: bool = True) -> None:
-        """Write no-admit drops the blocks the request computed; where a running request
-        keeps a second copy of one, the hash stays indexed in that copy."""
-        r = self._request(request_id)
-        computed = set(r.chain[r.hits :]) - r.orphaned if r.status == STATUS.running and not admit else set()
-        super().finish(request_id, admit)
-        for h in sorted(computed - self._running_hashes() - self._claimed()):
-            self._promote(h)
+    def _no_admit(self, h: str) -> None:
+        """Where a running request keeps a second copy of `h`, the hash stays indexed in it."""
+        if not self._promote(h):
+            super()._no_admit(h)
 
     def _promote(self, h: str) -> bool:
         """The indexed copy of `h` left; a running request's second copy (if any) is now it."""

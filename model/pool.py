@@ -83,6 +83,7 @@ class ModelRequest:
     claim_outcome: str | None = None  # None, or one of the spec's claim_outcomes
     decision: Decision | None = None
     orphaned: set[str] = field(default_factory=set)  # its blocks that are not the indexed copy
+    restored: set[str] = field(default_factory=set)  # its blocks a claim's restore filled: not computed
     admitting: bool = False  # while room is made it holds only its hits
 
     @property
@@ -218,13 +219,16 @@ class PoolModel:
         self._offload(self.claim(claim_id))
 
     def _offload(self, c: ModelClaim) -> None:
-        """Copies are verified on the way out: a corrupt host copy it would share fails it."""
+        """Copies are verified on the way out: a corrupt host copy it would share fails it.
+        Its device blocks leave that no running request or other claim holds."""
         if set(c.terms.chain) & self.corrupt_host:
             self._fire(c, EVENT.fail)
             self._drop_host(c)
             return
         self._fire(c, EVENT.offload)
         self.host |= set(c.terms.chain)
+        held = self._running_hashes()
+        self.resident -= {h for h in c.terms.chain if h not in held and not self._held_by_other(h, c)}
 
     def restore_refusal(self, claim_id: str) -> str | None:
         """Why an owner's restore must be rejected (no device room, or the reserve), or None."""
@@ -243,9 +247,12 @@ class PoolModel:
         return None
 
     def restore(self, claim_id: str) -> None:
+        """The missing blocks come back from the host (the runtime's LRU makes room), or fail closed."""
         c = self.claim(claim_id)
         missing = set(c.terms.chain) - self.resident
         self._fire(c, EVENT.fail if missing & self.corrupt_host else EVENT.restore)
+        if c.state == self._protected_state:
+            self.resident |= missing
         self._drop_host(c)
 
     def _drop_host(self, c: ModelClaim) -> None:
@@ -328,7 +335,11 @@ class PoolModel:
     def _evict_lru(self, request_id: str) -> None:
         """Evict a cached block for the request. Which one the contract leaves to the
         runtime; alone, the model takes the least hash."""
-        self.resident.discard(min(self.resident - self._running_hashes() - self._claimed()))
+        self.resident.discard(min(self._cached()))
+
+    def _cached(self) -> set[str]:
+        """Resident blocks nothing holds: what an LRU may evict."""
+        return self.resident - self._running_hashes() - self._claimed()
 
     def _recomputed(self, request_id: str, hashes: set[str]) -> None:
         """Blocks the request computed anew while their hashes were indexed elsewhere: under
@@ -386,8 +397,6 @@ class PoolModel:
             c = min(candidates, key=lambda c: c.terms.yield_order())
             if c.terms.policy == POLICY.offload and c.terms.host_allowed and self._host_room(c):
                 self._offload(c)
-                if c.state in self._offloaded:
-                    self.resident -= {h for h in c.terms.chain if h not in held and not self._held_by_other(h, c)}
             else:
                 self._fire(c, EVENT.demote)
 
@@ -404,13 +413,24 @@ class PoolModel:
             if n > r.hits and r.chain[:n] == c.terms.chain and self._fits_reserve(c.terms):
                 missing = [h for h in c.terms.chain if h not in self.resident]
                 self._fire(c, EVENT.fail if set(missing) & self.corrupt_host else EVENT.restore)
+                if c.state == self._protected_state:
+                    r.restored |= set(missing)
                 self._drop_host(c)
 
     def finish(self, request_id: str, admit: bool = True) -> None:
-        """`admit=False` is write no-admit: the blocks it computed leave unless held elsewhere
-        (the model alone keeps them indexed; `kvclaims.model.adoption` adopts which ones the
-        runtime dropped)."""
+        """`admit=False` is write no-admit: the indexed blocks it computed leave the table
+        unless a running request or a claim holds them (RKC-RT-7)."""
+        r = self._request(request_id)
+        computed = (
+            set(r.chain[r.hits :]) - r.orphaned - r.restored if r.status == STATUS.running and not admit else set()
+        )
         self._end_request(request_id, (STATUS.running,), STATUS.finished)
+        for h in sorted(computed - self._running_hashes() - self._claimed()):
+            self._no_admit(h)
+
+    def _no_admit(self, h: str) -> None:
+        """Write no-admit drops the indexed copy of `h`."""
+        self.resident.discard(h)
 
     def abort(self, request_id: str) -> None:
         r = self._request(request_id)

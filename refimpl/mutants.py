@@ -8,14 +8,18 @@ and names the obligation it breaks (`obligation`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence, cast
+from typing import Any, Callable, Iterator, Sequence, TypeAlias, cast
 
+from kvclaims.claimbook import ClaimBook
 from kvclaims.model.feasibility import Decision
 from kvclaims.refimpl.adapter import RefimplAdapter
 from kvclaims.model.claim import Claim
 from kvclaims.refimpl.claims import Request
 from kvclaims.refimpl.sides import DeviceSide
 from kvclaims.model.names import EVENT, STATE, STATUS
+
+
+ReferenceBook: TypeAlias = ClaimBook  # the reference runtime's claim book; a mutant's `Book` overrides one seam
 
 
 class Mutant(RefimplAdapter):
@@ -27,7 +31,7 @@ class EvictHardClaimed(Mutant):
 
     obligation = "RKC-INV-2"
 
-    class Book(RefimplAdapter.Book):
+    class Book(ReferenceBook):
         def hold(self, c: Claim, blocks: Sequence[Any]) -> None:
             if not c.blocking:
                 super().hold(c, blocks)
@@ -38,7 +42,7 @@ class SkipDemotionEvent(Mutant):
 
     obligation = "RKC-RT-1"
 
-    class Book(RefimplAdapter.Book):
+    class Book(ReferenceBook):
         def demote(self, c: Claim, **fields: Any) -> None:
             self.unhold(c)
 
@@ -48,7 +52,7 @@ class EventAfterReuse(Mutant):
 
     obligation = "RKC-RT-1"
 
-    class Book(RefimplAdapter.Book):
+    class Book(ReferenceBook):
         def demote(self, c: Claim, **fields: Any) -> None:
             self.unhold(c)
             pool = cast(DeviceSide, self.side).pool
@@ -73,7 +77,7 @@ class ServeCorruptRestore(Mutant):
 
     obligation = "RKC-RT-2"
 
-    class Book(RefimplAdapter.Book):
+    class Book(ReferenceBook):
         def matches(self, arrived: dict[str, str], c: Claim) -> bool:
             return True
 
@@ -83,7 +87,7 @@ class AcceptPastReserve(Mutant):
 
     obligation = "RKC-ACC-1"
 
-    class Book(RefimplAdapter.Book):
+    class Book(ReferenceBook):
         def within_reserve(self, c: Claim, new_blocks: int, reserved: int) -> bool:
             return True
 
@@ -132,7 +136,7 @@ class ClampedPriority(Mutant):
 
     obligation = "RKC-RT-1"
 
-    class Book(RefimplAdapter.Book):
+    class Book(ReferenceBook):
         def yielding(self, frees: Callable[[Claim, Sequence[Any]], bool]) -> Iterator[Claim]:
             live = [c for c in self.in_states(*self.protected) if not c.blocking]
             for c in sorted(live, key=lambda c: (c.hard, max(c.priority, 0), c.id)):
@@ -158,7 +162,7 @@ class VerifyAllButLast(Mutant):
 
     obligation = "RKC-RT-2"
 
-    class Book(RefimplAdapter.Book):
+    class Book(ReferenceBook):
         def matches(self, arrived: dict[str, str], c: Claim) -> bool:
             last = c.chain[-1]
             return {h: v for h, v in arrived.items() if h != last} == {

@@ -130,3 +130,57 @@ def test_no_admit_of_a_copied_original_keeps_the_hash_in_the_copy():
     assert m.copies == {"copy": {"b"}}
     m.finish("first", admit=False)
     assert m.copies == {"copy": set()} and "b" in m.requests["copy"].held
+
+
+@pytest.mark.obligation("RKC-RT-7")
+def test_write_no_admit_drops_what_the_request_computed_unless_held():
+    """The oracle predicts write no-admit itself: computed blocks leave, a block another running
+    request holds stays."""
+    m = PoolModel(8)
+    m.submit_request("first", ("a", "b"))
+    m.submit_request("reader", ("a",))
+    m.finish("first", admit=False)
+    assert m.resident == {"a"}
+
+
+def test_owner_offload_and_restore_move_the_chain():
+    """The oracle predicts the table across an owner's offload and restore."""
+    m = PoolModel(8, host_blocks=4)
+    m.submit_request("warm", ("a", "b"))
+    m.finish("warm")
+    m.submit_claim(ClaimTerms("c", ("a", "b"), policy="offload", tiers=("device", "host")))
+    m.offload("c")
+    assert m.resident == set() and m.host == {"a", "b"}
+    m.restore("c")
+    assert m.resident == {"a", "b"} and m.claims["c"].state == "materialized"
+
+
+@pytest.mark.obligation("RKC-TR-6")
+def test_sync_adopts_only_lru_evictions_of_cached_blocks_the_trace_names():
+    """A cached block gone from the runtime is the LRU's choice only when its trace names the
+    eviction; a block a request holds is never adopted gone, nor an unpredicted one adopted."""
+    m = AdoptingPool(8)
+    m.submit_request("warm", ("a", "b"))
+    m.finish("warm")
+    m.submit_request("run", ("c",))
+    counts = m.counts()
+    diff = m.sync({"b", "c", "x"}, counts)
+    assert (diff.unpredicted, diff.vanished) == ({"x"}, {"a"}) and m.resident == {"a", "b", "c"}
+    assert not m.sync({"b", "c"}, counts, lru={"a"}) and m.resident == {"b", "c"}
+    diff = m.sync({"b"}, counts, lru={"c"})
+    assert diff.vanished == {"c"} and "c" in m.resident
+
+
+@pytest.mark.obligation("RKC-RT-7")
+def test_write_no_admit_keeps_what_a_restore_brought_back():
+    """Blocks an offloaded claim's restore filled were not computed by the request: no-admit keeps
+    them (found by the stateful machine once the table was predicted, not adopted)."""
+    m = PoolModel(8, host_blocks=1)
+    m.submit_request("warm", ("a",))
+    m.finish("warm")
+    m.submit_claim(ClaimTerms("c", ("a",), tiers=("device", "host")))
+    m.offload("c")
+    m.submit_request("r", ("a",))
+    m.demote("c")
+    m.finish("r", admit=False)
+    assert m.resident == {"a"}
