@@ -8,6 +8,8 @@ otherwise the counts of what was exercised.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections import Counter
 from functools import partial
 
@@ -38,6 +40,7 @@ SUMMARY = {  # summary line -> trace record kinds (claim events as claim:<event>
 def fuzz(runtime: str | Factory, steps: int, seed_value: int, *, faults: bool = True, log=lambda msg: None) -> Counter:
     """Run at least `steps` steps against a runtime (a name for `load_adapter`, or a factory
     from `runtime_factory`); raises the failing example's error on a violation."""
+    load_toolkit()  # a seed runs the same programs whichever command asked
     totals: Counter = Counter()
     factory = runtime_factory(runtime) if isinstance(runtime, str) else runtime
     if not faults:
@@ -104,3 +107,22 @@ def violation(exc: BaseException) -> str:
     """The first line of what broke the contract; a crash (an untyped error) is named by its type."""
     first = (str(exc).splitlines() or [""])[0]
     return first if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {first}"
+
+
+# Hypothesis (6.170) mixes constants harvested from every loaded *local* module (one not in
+# site-packages, e.g. an editable install of this package) into what it draws
+# (`hypothesis.internal.conjecture.providers._get_local_constants`), so one seed ran other
+# programs under `kvclaims conform`, which loads the proofs and litmus first, than under
+# `kvclaims fuzz`. Loading the whole toolkit before the first draw makes that pool the same
+# for every command; only the runtime under test adds its own, the same for both.
+TOOLKIT = ("kvclaims", "kvclaims.spec", "kvclaims.model", "kvclaims.proofs", "kvclaims.conformance", "kvclaims.cli")
+
+
+def load_toolkit() -> None:
+    """Import every module of the toolkit's packages (not the runtimes': they come with
+    --runtime, and vLLM's take seconds)."""
+    for name in TOOLKIT:
+        package = importlib.import_module(name)
+        for info in pkgutil.iter_modules(package.__path__, name + "."):
+            if info.name not in ("kvclaims.__main__", "kvclaims.cli.__main__"):
+                importlib.import_module(info.name)

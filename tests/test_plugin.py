@@ -85,3 +85,19 @@ def test_conform_attributes_a_failure_to_the_obligation_it_broke():
             if e["kind"] == "stateful" and e["result"] == "failed"
         }
         assert failed == {broken}, (mutant, failed)
+
+
+def test_a_seed_runs_the_same_programs_whichever_command_asks():
+    """Hypothesis draws constants from every loaded local module, so before `fuzz` loaded the
+    whole toolkit, `conform` (proofs and litmus loaded first) ran other programs for one seed."""
+    run = "from kvclaims.conformance.fuzz import fuzz; print(sorted(fuzz('refimpl', 600, 7).items()))"
+    preludes = (
+        "import kvclaims.cli.fuzz",
+        "import kvclaims.cli.conform, kvclaims.proofs.run, kvclaims.conformance.litmus",
+    )
+    outs = [
+        subprocess.run([sys.executable, "-c", f"{p}\n{run}"], capture_output=True, text=True, timeout=600)
+        for p in preludes
+    ]
+    assert all(o.returncode == 0 for o in outs), [o.stderr[-2000:] for o in outs]
+    assert outs[0].stdout == outs[1].stdout
