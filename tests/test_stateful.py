@@ -8,7 +8,7 @@ import inspect
 import re
 from collections import Counter
 
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import seed, HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from kvclaims.conformance.adapter import CAPABILITIES, load_adapter
@@ -46,9 +46,15 @@ def test_every_capability_has_a_rule():
 
     Machine = machine_for(Recording)
     Machine.teardown = lambda machine: stats.update(machine.stats)
-    run_state_machine_as_test(
-        Machine, settings=settings(max_examples=40, derandomize=True, database=None, phases=[Phase.generate])
-    )
+    # Seeded hunts, a few at most: what a derandomized run draws also depends on the local
+    # modules loaded (Hypothesis mixes their constants in), which differs by test selection.
+    for s in range(8):
+        run_state_machine_as_test(
+            seed(s)(Machine),
+            settings=settings(max_examples=40, derandomize=False, database=None, phases=[Phase.generate]),
+        )
+        if stats["decode:refuse_blocked"]:
+            break
     assert {"decode", "verify_request", "state_digest"} <= called
     assert stats["decode:refuse_blocked"], "decode never grew a request into a claim-blocked pool"
 
