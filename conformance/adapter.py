@@ -32,6 +32,7 @@ CAPABILITIES = (
     "request_claims",  # submit_request(id, tokens, claim={"id": ..., **terms}) and
     # claim_outcome(id): a claim the request carries, applied at admission
     "state_digest",  # state_digest(): all of the runtime's state, so "nothing changed" is checked whole
+    "check_valid",  # check_valid(): the runtime walks its own structures, after every step
 )
 
 
@@ -162,6 +163,13 @@ class DigestsState(Protocol):  # state_digest
     def state_digest(self) -> Hashable:
         """Everything a rejected call must leave as it was, block order and KV bytes included:
         equal before and after exactly when nothing changed (RKC-RT-4)."""
+
+
+@runtime_checkable
+class ChecksItself(Protocol):  # check_valid
+    def check_valid(self) -> None:
+        """Walk every internal structure (indexes, counts, free lists) against what it is
+        derived from; raise AssertionError naming what drifted. Called after every step."""
 
 
 # Runtimes by short name, resolved by import at load time: the toolkit imports no runtime.

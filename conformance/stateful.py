@@ -40,6 +40,7 @@ from kvclaims.model.names import EVENT, POLICY, STATE, STATUS
 from kvclaims.model.terms import APPLIED
 from kvclaims.conformance.adapter import (
     CarriesClaims,
+    ChecksItself,
     Decodes,
     DeviceFaults,
     DigestsState,
@@ -568,6 +569,9 @@ class ContractMachine(RuleBasedStateMachine):
     @invariant()
     def contract_holds(self) -> None:
         self.steps += 1
+        if self._can("check_valid"):
+            assert isinstance(self.rt, ChecksItself), "a runtime with check_valid has check_valid()"
+            self.rt.check_valid()
         self._check_trace()
         self._check_claims()
         resident = self.rt.resident()

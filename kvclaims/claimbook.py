@@ -157,6 +157,8 @@ class ClaimBook:
         # Indexes kept by `fire`, so no operation scans every claim: live claims by state,
         # and by the last hash of their chain (a chain is named by its tail).
         self._by_state: dict[str, set[str]] = {st: set() for st in lc.states}
+        self.live = 0  # claims in a non-terminal state: every sweep is free while it is 0
+        self._deadlines: dict[str, int] = {}  # live claims with a TTL -> logical expiry time
         self._by_tail: dict[str, set[str]] = {}
         self.ledger = ReserveLedger()
         self._tenant_ledgers: dict[str, ReserveLedger] = {}
@@ -169,8 +171,14 @@ class ClaimBook:
         return self.claims[claim_id]
 
     def in_states(self, *states: str) -> list[Claim]:
-        """Live claims in `states`, by id (the order every sweep over claims uses)."""
-        return [self.claims[c] for c in sorted(set().union(*(self._by_state[st] for st in states)))]
+        """Live claims in `states`, by id (the order every sweep over claims uses). A claim is
+        in one state, so the per-state sets are disjoint. Runs several times per scheduler
+        step: with no live claim it returns at once."""
+        if not self.live:
+            return []
+        ids = [c for st in states for c in self._by_state[st]]
+        ids.sort()
+        return [self.claims[c] for c in ids]
 
     def blocking_ids(self) -> set[str]:
         return {c for st in self.protected for c in self._by_state[st] if self.claims[c].blocking}
@@ -212,6 +220,9 @@ class ClaimBook:
         c.fsm.guards = self._guards(c)
         self.claims[claim_id], self.entries[claim_id] = c, Entry(tenant, key)
         self._by_state[c.state].add(claim_id)
+        self.live += 1
+        if deadline is not None:
+            self._deadlines[claim_id] = deadline
         self._by_tail.setdefault(chain[-1], set()).add(claim_id)
         if self.observer:
             self.observer.added(c.state)
@@ -282,6 +293,9 @@ class ClaimBook:
         self._by_state[before].discard(c.id)
         if c.fsm.terminal:
             self._by_tail[c.chain[-1]].discard(c.id)
+            self.live -= 1
+            self._deadlines.pop(c.id, None)
+            assert self.live >= 0, "more claims ended than were added"
         else:
             self._by_state[state].add(c.id)
         self.ledger.moved(c, before)
@@ -322,16 +336,20 @@ class ClaimBook:
 
     def hits(self, hit_hashes: Sequence[str], request: str) -> None:
         """Each claim whose whole chain `request` reused gets a hit (found by chain tail)."""
+        if not self.live:
+            return
         hit = set(hit_hashes)
-        for cid in sorted(set().union(*(self._by_tail.get(h, ()) for h in hit_hashes))):
+        for cid in sorted({cid for h in self._by_tail.keys() & hit for cid in self._by_tail[h]}):
             c = self.claims[cid]
             if EVENT.hit in c.fsm.allowed() and set(c.chain) <= hit:
                 self.fire(c, EVENT.hit, request=request)
 
     def expire(self, now: int) -> None:
-        """Claims whose TTL has run out by logical time `now` expire."""
-        for c in self.in_states(*self._expirable):
-            if c.deadline is not None and c.deadline <= now:
+        """Claims whose TTL has run out by logical time `now` expire (by id). Reads the
+        deadline index, not every claim: it runs each scheduler step."""
+        for cid in sorted(cid for cid, t in self._deadlines.items() if t <= now):
+            c = self.claims[cid]
+            if c.state in self._expirable:
                 self.end(c, EVENT.expire, reason="ttl")
 
     # ------------------------------------------------------------------ yielding
@@ -393,6 +411,37 @@ class ClaimBook:
                 del self.holders[key]
         if blocks:
             self.side.unhold(c, blocks)
+
+    def check_valid(self) -> None:
+        """Walk every index against the claims it is derived from (Hypothesis's
+        `internal/cache.py` does the same for its heap); raises AssertionError naming the
+        index that drifted. A scan of everything, for tests: the hot path keeps paired
+        assertions only."""
+        live = {cid for cid, c in self.claims.items() if not c.fsm.terminal}
+        assert self.live == len(live), f"live count {self.live} != {len(live)} claims in a non-terminal state"
+        for state, ids in self._by_state.items():
+            wrong = {cid: self.claims[cid].state for cid in ids if self.claims[cid].state != state}
+            assert not wrong, f"state index has {wrong} under {state}"
+        assert sum(map(len, self._by_state.values())) == len(live), "a live claim is missing from the state index"
+        for tail, ids in self._by_tail.items():
+            assert all(self.claims[cid].chain[-1] == tail for cid in ids), f"tail index: {tail} names another chain"
+        assert all(cid in self._by_tail.get(self.claims[cid].chain[-1], ()) for cid in live), "tail index lost a claim"
+        due = {cid: self.claims[cid].deadline for cid in live if self.claims[cid].deadline is not None}
+        assert self._deadlines == due, f"deadline index {self._deadlines} != live claims' deadlines {due}"
+        held = {}
+        for cid, entry in self.entries.items():
+            for b in entry.blocks:
+                held.setdefault(self.side.block_id(b), set()).add(cid)
+        assert self.holders == held, f"holders {self.holders} != the blocks entries hold {held}"
+        unprotected = {cid for ids in held.values() for cid in ids if self.claims[cid].state not in self.protected}
+        assert not unprotected, f"claims {unprotected} hold blocks in an unprotected state"
+        total, per_tenant = ReserveLedger(), {tenant: ReserveLedger() for tenant in self._tenant_ledgers}
+        for cid, c in self.claims.items():
+            total.moved(c, None)
+            per_tenant.setdefault(self.entries[cid].tenant, ReserveLedger()).moved(c, None)
+        assert self.ledger.names == total.names, "the reserve ledger drifted from the claims"
+        for tenant, ledger in self._tenant_ledgers.items():
+            assert ledger.names == per_tenant[tenant].names, f"tenant {tenant!r}'s reserve ledger drifted"
 
     def close(self) -> None:
         """Let go of every hold, with no event: the book and its trace are being discarded."""

@@ -122,9 +122,9 @@ class DevicePool:
             self.lru[slot] = None
         self._reclass(slot)
 
-    def _reclass(self, slot: int) -> None:
-        """Move the slot to the class its refs, holders and LRU membership now give."""
-        new = (
+    def class_of(self, slot: int) -> str | None:
+        """The class the slot's refs, holders and LRU membership give (None: free or in passing)."""
+        return (
             "protected"
             if self.blockers[slot]
             else "active"
@@ -135,6 +135,10 @@ class DevicePool:
             if slot in self.lru
             else None
         )
+
+    def _reclass(self, slot: int) -> None:
+        """Move the slot to the class its refs, holders and LRU membership now give."""
+        new = self.class_of(slot)
         old = self.klass[slot]
         if new == old:
             return
@@ -144,6 +148,26 @@ class DevicePool:
             self.count[new] += 1
         self.klass[slot] = new
         (self.protected.add if new == "protected" else self.protected.discard)(slot)
+
+    def check_valid(self) -> None:
+        """Walk every structure against the per-slot facts it is derived from; raises
+        AssertionError naming what drifted (for tests: it scans the whole pool)."""
+        assert all(self.hash_of[slot] == h for h, slot in self.index.items()), "index and hash_of disagree"
+        assert sum(h is not None for h in self.hash_of) == len(self.index), "a hashed slot is missing from the index"
+        assert len(set(self.free)) == len(self.free), f"a slot is on the free list twice: {self.free}"
+        assert set(self.free) == {s for s in range(self.U) if self.is_free[s]}, "free list and is_free disagree"
+        for s in range(self.U):
+            assert 0 <= self.blockers[s] <= len(self.holders[s]) and self.refs[s] >= 0, f"slot {s}: bad counts"
+            assert not (self.is_free[s] and (self.held(s) or self.hash_of[s])), f"free slot {s} is held or hashed"
+            cached = self.hash_of[s] is not None and not self.held(s) and not self.is_free[s]
+            assert (s in self.lru) == cached, f"slot {s}: in LRU {s in self.lru}, cached {cached}"
+            assert self.klass[s] == self.class_of(s), f"slot {s}: class {self.klass[s]}, should be {self.class_of(s)}"
+        want = dict.fromkeys(CLASSES, 0)
+        for s in range(self.U):
+            if self.klass[s]:
+                want[self.klass[s]] += 1  # type: ignore[index]
+        assert self.count == want, f"class counts {self.count} != the slots' classes {want}"
+        assert self.protected == {s for s in range(self.U) if self.klass[s] == "protected"}, "protected set drifted"
 
     def oldest_cached(self) -> int | None:
         return next(iter(self.lru), None)

@@ -104,6 +104,17 @@ class Runtime:
     def counts(self) -> PoolCounts:
         return self._counts(())
 
+    def check_valid(self) -> None:
+        """Walk the pool, the claim book and what ties them (claims' holds and requests'
+        refs per slot); raises AssertionError naming what drifted. For tests."""
+        self.pool.check_valid()
+        self.book.check_valid()
+        p = self.pool
+        for s in range(self.U):
+            assert p.holders[s] == self.book.holders.get(s, set()), f"slot {s}: pool holders {p.holders[s]} != book's"
+            refs = sum(r.slots.count(s) for r in self.requests.values())
+            assert p.refs[s] == refs, f"slot {s}: {p.refs[s]} refs, {refs} from requests' slots"
+
     def feasibility(self, tokens: Sequence[int]) -> Decision:
         """What submitting `tokens` now would decide, changing nothing (a dry run)."""
         check_tokens(tokens, "feasibility", "tokens", self.vocab)

@@ -223,3 +223,23 @@ def test_carried_claims_apply_at_admission_or_never():
     assert rt.claim_outcome("queued") == "not_applied"
     with pytest.raises(UnknownId):
         rt.claim_state("mine3")
+
+
+def test_check_valid_walks_the_book_and_vllms_block_pool():
+    """The `check_valid` capability on vLLM: an honest claim passes; a claim's hold that
+    vLLM's block pool lost (its reference dropped behind the book's back) is named."""
+    rt = VllmAdapter(U=8, B=16)
+    prefix = list(range(1, 33))
+    rt.submit_request("warm", prefix)
+    rt.finish("warm")
+    rt.submit_claim("c", prefix)
+    rt.check_valid()
+    block = rt.sched.book.entries["c"].blocks[0]
+    block.ref_cnt -= 1
+    try:
+        with pytest.raises(AssertionError, match=f"block {block.block_id}: 1 claims hold it"):
+            rt.check_valid()
+    finally:
+        block.ref_cnt += 1
+    rt.release_claim("c")
+    rt.check_valid()

@@ -88,7 +88,7 @@ def shared_engine() -> VllmEngine:
 
 
 class VllmAdapter:
-    capabilities = frozenset({"evict_blocks", "reset_cache", "request_claims"})
+    capabilities = frozenset({"evict_blocks", "reset_cache", "request_claims", "check_valid"})
     # vLLM's own ways where the contract leaves it free (`RuntimeProfile` names their sources).
     profile = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True, takes_cached_while_free=True)
     enforce = True
@@ -275,6 +275,20 @@ class VllmAdapter:
 
     def trace_lines(self, start: int = 0) -> list[str]:
         return [json.dumps(r) for r in self.sched.trace.records[start:]]
+
+    def check_valid(self) -> None:
+        """The claim book's indexes, and vLLM's block pool as the book relies on it: a
+        claim's hold is one reference, and vLLM's free queue holds exactly the unreferenced
+        blocks but those the harness withholds to size the pool (raises AssertionError
+        naming what drifted)."""
+        book, bp = self.sched.book, self.sched.pool.bp
+        withheld = {b.block_id for b in self.sched.pool.withheld}
+        book.check_valid()
+        for b in bp.blocks:
+            held = len(book.holders.get(b.block_id, ()))
+            assert b.ref_cnt >= held, f"block {b.block_id}: {held} claims hold it, ref_cnt {b.ref_cnt}"
+        unreferenced = sum(b.ref_cnt == 0 and not b.is_null and b.block_id not in withheld for b in bp.blocks)
+        assert bp.get_num_free_blocks() == unreferenced, f"free queue {bp.get_num_free_blocks()} != {unreferenced}"
 
 
 class StockVllmAdapter(VllmAdapter):

@@ -148,6 +148,7 @@ class ClaimsScheduler(Scheduler):
         if "cache_blocks" not in wrapped:
             wrapped[STOCK_CACHE_BLOCKS] = self.kv_cache_manager.coordinator.cache_blocks
         wrapped["cache_blocks"] = self._cache_blocks
+        self._stock_cache_blocks = wrapped[STOCK_CACHE_BLOCKS]
 
     def _cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
         """Index the request's newly full blocks, unless it is stale: admitted before the
@@ -157,7 +158,7 @@ class ClaimsScheduler(Scheduler):
         rid = request.request_id
         if self.admitted_epoch.get(rid, self.epoch) != self.epoch:
             return
-        vars(self.kv_cache_manager.coordinator)[STOCK_CACHE_BLOCKS](request, num_computed_tokens)
+        self._stock_cache_blocks(request, num_computed_tokens)
         self._sync("lru", request=rid)
 
     # ------------------------------------------------------------------ requests
