@@ -21,6 +21,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from kvclaims.errors import InconsistentCounts
 from kvclaims.conformance.adapter import RuntimeAdapter
 from kvclaims.model.adoption import AdoptingPool
 from kvclaims.model.feasibility import PoolCounts
@@ -37,7 +38,10 @@ class ContractViolation(AssertionError):
 
 def violated_obligation(exc: BaseException) -> str | None:
     """The obligation a violation names first (its message's leading id), or None: a
-    crash, or a disagreement with the model that no single obligation owns."""
+    crash, or a disagreement with the model that no single obligation owns. A runtime whose
+    own block classes stop summing to U broke block conservation, wherever that surfaced."""
+    if isinstance(exc, InconsistentCounts):
+        return "RKC-INV-3"
     match = re.match(r"(RKC-[A-Z]+-\d+):", str(exc)) if isinstance(exc, ContractViolation) else None
     return match.group(1) if match else None
 

@@ -27,14 +27,18 @@ REPORT_SCHEMA = "kvclaims.conformance.conform/1"
 SERVER_CHECKED = ("RKC-SEC-1", "RKC-SEC-2")
 
 
-STEPS, SEEDS = 30_000, 3  # the default stateful evidence: tens of thousands of steps, a few seeds
+# The default stateful evidence: tens of thousands of steps over a few seeds, a third of
+# them one long-lived example (`kvclaims.conformance.life`).
+STEPS, SEEDS, LIFE = 30_000, 3, 10_000
 
 
-def conform(runtime: str, steps: int = STEPS, seed: int = 0, seeds: int = SEEDS) -> dict:
+def conform(runtime: str, steps: int = STEPS, seed: int = 0, seeds: int = SEEDS, life: int | None = None) -> dict:
     """The battery against `runtime`; the stateful suite runs `steps` steps in all, split
     over `seeds` consecutive seeds from `seed` (each seed's programs are those `kvclaims
-    fuzz --seed` runs)."""
-    check_steps(steps)  # zero steps would count as stateful evidence that was never run
+    fuzz --seed` runs), `life` of them (default: a third, at most `LIFE`) in one long-lived
+    example at the first seed."""
+    life = min(LIFE, steps // 3) if life is None else life
+    check_steps(steps, life)  # zero steps would count as stateful evidence that was never run
     check_seeds(seeds, steps)
     factory = runtime_factory(runtime)
     spec = load()
@@ -63,7 +67,7 @@ def conform(runtime: str, steps: int = STEPS, seed: int = 0, seeds: int = SEEDS)
                 **({"violation": "; ".join(res.failures)} if res.failures else {}),
             }
         )
-    for oid, item in _stateful(factory, steps, range(seed, seed + seeds)).items():
+    for oid, item in _stateful(factory, steps, range(seed, seed + seeds), life).items():
         evidence[oid].append({"kind": "stateful", "name": "contract machine", **item})
     for oid in SERVER_CHECKED:
         evidence[oid].append(
@@ -108,16 +112,17 @@ def check_seeds(seeds: int, steps: int) -> None:
         raise BadArgument("--seeds", f"must be in [1, steps={steps}], got {seeds}")
 
 
-def _stateful(factory, steps: int, seeds: range) -> dict[str, dict]:
+def _stateful(factory, steps: int, seeds: range, life: int) -> dict[str, dict]:
     """The machine's evidence per obligation, and how much of it: steps, examples and the
     seeds run. A violation that names its obligation fails that one only; the others held
     on every step before it. A crash, or a disagreement no single obligation owns, fails
     them all."""
     totals: Counter = Counter()
+    short = steps - life
     for i, s in enumerate(seeds):
-        share = steps // len(seeds) + (i < steps % len(seeds))
+        share = short // len(seeds) + (i < short % len(seeds)) + (life if i == 0 else 0)
         try:
-            totals += fuzz(factory, share, s)
+            totals += fuzz(factory, share, s, life=life if i == 0 else 0)
         except Exception as exc:  # a violation, or the runtime crashed
             failed = {
                 "result": "failed",
@@ -130,7 +135,12 @@ def _stateful(factory, steps: int, seeds: range) -> dict[str, dict]:
                 return dict.fromkeys(CHECKS, failed)
             held = {"result": "passed", "until": f"the run stopped at a violation of {broken} (seed {s})"}
             return {**dict.fromkeys(CHECKS, held), broken: failed}
-    gathered = {"steps": totals["steps"], "examples": totals["examples"], "seeds": list(seeds)}
+    gathered = {
+        "steps": totals["steps"],
+        "examples": totals["examples"],
+        "life_steps": totals["life steps"],
+        "seeds": list(seeds),
+    }
     return dict.fromkeys(CHECKS, {"result": "passed", **gathered})
 
 

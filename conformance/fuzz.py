@@ -18,6 +18,8 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from kvclaims.conformance.adapter import load_adapter
 from kvclaims.errors import BadArgument, KVClaimsError
+from kvclaims.conformance.compare import violated_obligation
+from kvclaims.conformance.life import live
 from kvclaims.conformance.stateful import ContractMachine, Factory, machine_for
 
 STEPS_PER_EXAMPLE = 50
@@ -37,9 +39,13 @@ SUMMARY = {  # summary line -> trace record kinds (claim events as claim:<event>
 }
 
 
-def fuzz(runtime: str | Factory, steps: int, seed_value: int, *, faults: bool = True, log=lambda msg: None) -> Counter:
+def fuzz(
+    runtime: str | Factory, steps: int, seed_value: int, *, faults: bool = True, life: int = 0, log=lambda msg: None
+) -> Counter:
     """Run at least `steps` steps against a runtime (a name for `load_adapter`, or a factory
-    from `runtime_factory`); raises the failing example's error on a violation."""
+    from `runtime_factory`) in short examples, then, with `life`, one long-lived example of
+    at least that many steps (`kvclaims.conformance.life`); raises the failing example's
+    error on a violation. `steps` counts both; `life steps` the long-lived one's."""
     load_toolkit()  # a seed runs the same programs whichever command asked
     totals: Counter = Counter()
     factory = runtime_factory(runtime) if isinstance(runtime, str) else runtime
@@ -54,12 +60,13 @@ def fuzz(runtime: str | Factory, steps: int, seed_value: int, *, faults: bool = 
     Counted = type("Counted", (machine_for(factory),), {"teardown": teardown})
 
     batch = 0
-    while totals["steps"] < steps:
+    short = steps - life
+    while totals["steps"] < short:
         machine = seed(seed_value * 1_000_003 + batch)(Counted)
         run_state_machine_as_test(
             machine,
             settings=settings(
-                max_examples=min(EXAMPLES_PER_BATCH, -(-(steps - totals["steps"]) // STEPS_PER_EXAMPLE)),
+                max_examples=min(EXAMPLES_PER_BATCH, -(-(short - totals["steps"]) // STEPS_PER_EXAMPLE)),
                 stateful_step_count=STEPS_PER_EXAMPLE,
                 deadline=None,
                 database=None,
@@ -71,6 +78,10 @@ def fuzz(runtime: str | Factory, steps: int, seed_value: int, *, faults: bool = 
         )
         batch += 1
         log(f"batch {batch}: {totals['steps']} steps")
+    if life:
+        lived = live(factory, life, seed_value, log=log)
+        totals.update(lived)
+        totals["life steps"] += lived["steps"]
     return totals
 
 
@@ -98,15 +109,20 @@ def _without_faults(factory):
     return make
 
 
-def check_steps(steps: int) -> None:
+def check_steps(steps: int, life: int = 0) -> None:
     if steps < 1:
         raise BadArgument("--steps", f"must be at least 1, got {steps}")
+    if not 0 <= life <= steps:
+        raise BadArgument("--life", f"must be in [0, steps={steps}], got {life}")
 
 
 def violation(exc: BaseException) -> str:
     """The first line of what broke the contract; a crash (an untyped error) is named by its type."""
     first = (str(exc).splitlines() or [""])[0]
-    return first if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {first}"
+    if not isinstance(exc, AssertionError):
+        first = f"{type(exc).__name__}: {first}"
+    oid = violated_obligation(exc)
+    return first if oid is None or first.startswith(oid) else f"{oid}: {first}"
 
 
 # Hypothesis (6.170) mixes constants harvested from every loaded *local* module (one not in

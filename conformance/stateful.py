@@ -53,7 +53,15 @@ from kvclaims.conformance.adapter import (
     VerifiesRequests,
     profile_of,
 )
-from kvclaims.errors import DuplicateId, GuardRejected, IllegalTransition, InvalidInput, KVClaimsError, UnknownId
+from kvclaims.errors import (
+    DuplicateId,
+    GuardRejected,
+    IllegalTransition,
+    InconsistentCounts,
+    InvalidInput,
+    KVClaimsError,
+    UnknownId,
+)
 from kvclaims.model.adoption import AdoptingPool
 from kvclaims.model.pool import ClaimTerms
 from kvclaims.conformance.checker import OBLIGATION_OF, Checker
@@ -78,6 +86,7 @@ Factory = Callable[..., RuntimeAdapter]
 # The trace envelope, order and fields (RKC-TR-1..3) are the checker's, fed every record.
 CHECKS = (
     "RKC-INV-1",
+    "RKC-INV-2",
     "RKC-INV-3",
     "RKC-INV-4",
     "RKC-INV-6",
@@ -88,6 +97,7 @@ CHECKS = (
     "RKC-RT-2",
     "RKC-RT-3",
     "RKC-RT-4",
+    "RKC-RT-6",
     "RKC-TR-1",
     "RKC-TR-2",
     "RKC-TR-3",
@@ -129,6 +139,9 @@ class ContractMachine(RuleBasedStateMachine):
         self.tokens: dict[str, list[int]] = {}  # claim id -> prefix tokens
         self.prompts: dict[str, list[int]] = {}  # request id -> its tokens so far
         self.compared = Comparison(self.rt, self.model)
+        # Claims and requests whose final state was compared once: a long life checks each
+        # step only what can still change (the checker sees any event after a final one).
+        self.settled: dict[str, set[str]] = {"claims": set(), "requests": set()}
 
     def _can(self, capability: str) -> bool:
         return capability in self.rt.capabilities
@@ -376,19 +389,25 @@ class ContractMachine(RuleBasedStateMachine):
             raise ContractViolation(f"RKC-FEAS-7: request {rid} got {got}, the model decides {want}")
 
     def _verify(self, rid: str) -> None:
-        """RKC-INV-6: a running request of the current epoch holds exactly its tokens' KV,
-        so no block it reused was computed before an invalidation (nor corrupt)."""
+        """A running request of the current epoch holds exactly its tokens' KV: no block it
+        reused was computed before an invalidation, nor corrupt (RKC-INV-6), and what it
+        computed itself is its tokens' (RKC-RT-6: it reused nothing, or its reused prefix
+        verifies on its own)."""
         if not (
             self._can("verify_request") and self.model.requests[rid].status == STATUS.running and self.model.fresh(rid)
         ):
             return
         rt = self.rt
         assert isinstance(rt, VerifiesRequests), "a runtime with verify_request has verify_request(request_id)"
-        if not rt.verify_request(rid):
-            raise ContractViolation(
-                f"RKC-INV-6: request {rid} holds KV that is not its tokens' "
-                "under its weights (stale or corrupt KV reused)"
-            )
+        if rt.verify_request(rid):
+            return
+        hits = self.model.requests[rid].hits
+        reused = self.prompts[rid][: hits * rt.B]
+        if not hits or (self._can("verify_content") and isinstance(rt, VerifiesContent) and rt.verify_prefix(reused)):
+            raise ContractViolation(f"RKC-RT-6: request {rid} computed KV that is not its tokens' ({hits} reused)")
+        raise ContractViolation(
+            f"RKC-INV-6: request {rid} holds KV that is not its tokens' under its weights (stale or corrupt KV reused)"
+        )
 
     @precondition(lambda self: self._can("decode"))
     @rule(request=requests, n=st.integers(1, 9))
@@ -569,9 +588,6 @@ class ContractMachine(RuleBasedStateMachine):
     @invariant()
     def contract_holds(self) -> None:
         self.steps += 1
-        if self._can("check_valid"):
-            assert isinstance(self.rt, ChecksItself), "a runtime with check_valid has check_valid()"
-            self.rt.check_valid()
         self._check_trace()
         self._check_claims()
         resident = self.rt.resident()
@@ -581,11 +597,21 @@ class ContractMachine(RuleBasedStateMachine):
         self._check_content()
         self._check_requests()
         self.compared.check()
-        counts = self.rt.counts()
-        if counts != self.model.counts():
-            raise ContractViolation(f"RKC-INV-3: runtime counts {counts} != model {self.model.counts()}")
+        try:
+            counts, want = self.rt.counts(), self.model.counts()
+        except InconsistentCounts as exc:
+            raise ContractViolation(f"RKC-INV-3: the runtime's block classes: {exc}") from None
+        if counts.protected + counts.yielding < want.protected + want.yielding:
+            raise ContractViolation(
+                f"RKC-INV-2: materialized claims' blocks counted evictable: runtime {counts} != model {want}"
+            )
+        if counts != want:
+            raise ContractViolation(f"RKC-INV-3: runtime counts {counts} != model {want}")
         if len(self.model.reserved()) > self.rt.U - self.rt.R:
             raise ContractViolation(f"RKC-INV-4: {len(self.model.reserved())} hard-claimed blocks > U - R")
+        if self._can("check_valid"):  # last: a contract check names what broke before a self-check
+            assert isinstance(self.rt, ChecksItself), "a runtime with check_valid has check_valid()"
+            self.rt.check_valid()
 
     def _check_content(self) -> None:
         """RKC-RT-2, where the runtime can show KV content: every materialized claim's blocks
@@ -606,16 +632,25 @@ class ContractMachine(RuleBasedStateMachine):
         pressure names RKC-RT-1, its loss event."""
         lc = self.model.spec.lifecycle
         yielded = set(lc.dests(EVENT.demote)) | set(lc.dests(EVENT.offload))
+        settled = self.settled["claims"]
         for cid, c in self.model.claims.items():
+            if cid in settled:
+                continue
             got = self.rt.claim_state(cid)
             if got != c.state:
                 oid = "RKC-RT-1: " if {got, c.state} & yielded else ""
                 raise ContractViolation(f"{oid}claim {cid} is {got!r}, the model says {c.state!r}")
+            if c.fsm.terminal:
+                settled.add(cid)
 
     def _check_requests(self) -> None:
         """Every request's status (RKC-RT-3) and its carried claim's outcome (RKC-RT-8)."""
-        rt = self.rt
+        rt, settled = self.rt, self.settled["requests"]
         for rid, r in self.model.requests.items():
+            if rid in settled:
+                continue
+            if r.status not in (STATUS.waiting, STATUS.running):
+                settled.add(rid)  # compared below, once
             if rt.request_status(rid) != r.status:
                 raise ContractViolation(
                     f"RKC-RT-3: request {rid} is {rt.request_status(rid)!r}, the model says {r.status!r}"

@@ -75,3 +75,8 @@ class InvalidField(BadArgument):
 class NoRoom(InvalidInput):
     """A well-formed operation the tier it needs has no room for (an owner's offload to a
     full host tier, a restore to a full device): retry after room is made."""
+
+
+class InconsistentCounts(InvalidInput):
+    """Block classes that are negative or do not sum to U: given as input, bad input; from a
+    runtime's own pool, a block lost or counted twice (block conservation, RKC-INV-3)."""

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
-from typing import Any, Hashable, Sequence
+import pickle
+from typing import Hashable, Sequence
 
-import torch
 
 from kvclaims.conformance.adapter import CAPABILITIES, RuntimeProfile
 from kvclaims.refimpl.kv import chain_hashes
@@ -51,9 +50,12 @@ class RefimplAdapter(Runtime):
     def state_digest(self) -> Hashable:
         """The whole runtime, as a rejected call must leave it (RKC-RT-4): the block table down
         to LRU and free-list order and KV bytes, the host tier, claims, requests and the
-        waiting order, the claim book's entries, holds and indexes, the epochs, the trace's clock."""
+        waiting order, the claim book's entries, holds and indexes, the epochs, the trace's
+        clock. Pickled: C-speed over a long life's thousands of requests, and equal exactly
+        when nothing was touched (a call that changes a set and changes it back may reorder
+        it; a rejected call validates before it touches anything)."""
         book = self.book
-        return frozen(
+        return pickle.dumps(
             {
                 "pool": vars(self.pool),
                 "host": vars(self.host),
@@ -63,26 +65,9 @@ class RefimplAdapter(Runtime):
                 "requests": self.requests,
                 "queue": self.waiting,
                 "book": (book.entries, book.holders, book._by_state, book._by_tail, book.ledger, book._tenant_ledgers),
+                "deadlines": (book.live, book._deadlines),
                 "epochs": (self.epoch, self.weights),
                 "trace": (self.trace.seq, self.trace.time, len(self.trace.records)),
-            }
+            },
+            protocol=pickle.HIGHEST_PROTOCOL,
         )
-
-
-def frozen(value: Any) -> Hashable:
-    """`value` as nested tuples and frozensets, equal exactly when the values are: order counts
-    in lists and OrderedDicts (LRU and free lists), not in dicts and sets; tensors compare by
-    bytes, objects by their fields."""
-    if isinstance(value, torch.Tensor):
-        return value.cpu().numpy().tobytes()
-    if isinstance(value, OrderedDict):
-        return tuple((k, frozen(v)) for k, v in value.items())
-    if isinstance(value, dict):
-        return frozenset((k, frozen(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return tuple(frozen(v) for v in value)
-    if isinstance(value, (set, frozenset)):
-        return frozenset(frozen(v) for v in value)
-    if hasattr(value, "__dict__"):
-        return (type(value).__name__, frozen(vars(value)))
-    return value

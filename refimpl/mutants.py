@@ -212,19 +212,18 @@ class UnderReportedHits(Mutant):
 
 
 class LeakEveryNth(Mutant):
-    """Every 64th block evicted never returns to the free list: the pool shrinks slowly
-    (caught only by runs long enough for the leak to matter)."""
+    """Every 64th request to finish leaks a free block: taken from the free list and held by
+    nobody, so the pool shrinks slowly (caught only by runs long enough for the leak to
+    happen: a short example finishes a few requests)."""
 
     obligation = "RKC-INV-3"
     EVERY = 64
 
-    def _evict(self, slots: list[int], reason: str) -> None:
-        super()._evict(slots, reason)
-        self._evicted = getattr(self, "_evicted", 0) + len(slots)
-        if self._evicted >= self.EVERY and self.pool.free:
-            self._evicted = 0
-            slot = self.pool.take_free()  # taken, and held by nobody
-            self.pool.klass[slot] = None
+    def finish(self, request_id: str, admit: bool = True) -> None:
+        super().finish(request_id, admit)
+        self._finished = getattr(self, "_finished", 0) + 1
+        if self._finished % self.EVERY == 0 and self.pool.free:
+            self.pool.take_free()  # taken, and held by nobody
 
 
 class RejectionTouchesLru(Mutant):

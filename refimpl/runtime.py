@@ -9,6 +9,8 @@ completely before it changes anything (RKC-RT-4).
 
 from __future__ import annotations
 
+from collections import Counter
+
 from itertools import islice
 from typing import IO, Any, Mapping, Sequence
 
@@ -110,10 +112,10 @@ class Runtime:
         self.pool.check_valid()
         self.book.check_valid()
         p = self.pool
+        refs = Counter(s for r in self.requests.values() for s in r.slots)
         for s in range(self.U):
             assert p.holders[s] == self.book.holders.get(s, set()), f"slot {s}: pool holders {p.holders[s]} != book's"
-            refs = sum(r.slots.count(s) for r in self.requests.values())
-            assert p.refs[s] == refs, f"slot {s}: {p.refs[s]} refs, {refs} from requests' slots"
+            assert p.refs[s] == refs[s], f"slot {s}: {p.refs[s]} refs, {refs[s]} from requests' slots"
 
     def feasibility(self, tokens: Sequence[int]) -> Decision:
         """What submitting `tokens` now would decide, changing nothing (a dry run)."""

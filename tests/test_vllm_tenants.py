@@ -13,7 +13,6 @@ from starlette.datastructures import Headers  # noqa: E402
 
 from kvclaims.errors import BadArgument  # noqa: E402
 from kvclaims.conformance.checker import check_file  # noqa: E402
-from kvclaims.claimbook import Quota  # noqa: E402
 from kvclaims.vllm.frontend import key_tenant, tenant_of  # noqa: E402
 from kvclaims.vllm.xargs import ANONYMOUS, KEY_ENV, server_key  # noqa: E402
 from vllm_server import serve  # noqa: E402
@@ -113,25 +112,3 @@ def test_tenants_need_the_shared_secret(monkeypatch):
     assert server_key(False) is None
     with pytest.raises(BadArgument, match=KEY_ENV):
         server_key(True)
-
-
-@pytest.mark.parametrize(
-    "value, field",
-    [
-        ([4], "kvclaims.quota"),
-        ({"dflt": 4}, "kvclaims.quota"),
-        ({"tenants": [1]}, "kvclaims.quota"),
-        ({"default": -1}, "kvclaims.quota.default"),
-        ({"default": True}, "kvclaims.quota.default"),
-        ({"tenants": {"t": None}}, "kvclaims.quota.tenants.t"),
-    ],
-)
-def test_quota_settings_are_checked(value, field):
-    with pytest.raises(BadArgument) as err:
-        Quota.parse(value)
-    assert err.value.field == field
-
-
-def test_quota_limits():
-    q = Quota.parse({"default": 4, "tenants": {"big": 12}})
-    assert (q.limit("big"), q.limit("other"), Quota().limit("any")) == (12, 4, None)

@@ -8,7 +8,7 @@ import json
 import sys
 
 from kvclaims.conformance.adapter import add_runtime_argument
-from kvclaims.conformance.conform import SEEDS, STEPS, conform
+from kvclaims.conformance.conform import LIFE, SEEDS, STEPS, conform
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,11 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=int, default=SEEDS, help=f"seeds from --seed, the steps split among them (default {SEEDS})"
     )
+    parser.add_argument(
+        "--life", type=int, help=f"of the steps, those of one long-lived example (default a third, at most {LIFE})"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    report = conform(args.runtime, args.steps, args.seed, args.seeds)
+    report = conform(args.runtime, args.steps, args.seed, args.seeds, args.life)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
@@ -48,4 +51,7 @@ def _gathered(report: dict) -> str:
     item = next(e for o in report["obligations"] for e in o["evidence"] if e["kind"] == "stateful")
     if "steps" not in item:
         return f"stopped at a violation (seed {item.get('seed', '?')})" if item["result"] == "failed" else item["until"]
-    return f"{item['steps']} steps in {item['examples']} examples, seeds {', '.join(map(str, item['seeds']))}"
+    return (
+        f"{item['steps']} steps in {item['examples']} examples ({item['life_steps']} of them in one long-lived"
+        f" example), seeds {', '.join(map(str, item['seeds']))}"
+    )

@@ -18,13 +18,16 @@ from kvclaims.conformance.fuzz import SUMMARY, check_steps, fuzz, runtime_factor
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_argument(parser)
     parser.add_argument("--steps", type=int, default=10_000, help="steps to run at least (default 10000)")
+    parser.add_argument(
+        "--life", type=int, default=0, help="of the steps, those of one long-lived example, run last (default 0)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--no-faults", action="store_true", help="no operator actions or injected faults")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    check_steps(args.steps)
+    check_steps(args.steps, args.life)
     factory = runtime_factory(args.runtime)  # a bad --runtime is exit 2, not a violation
     t0 = time.perf_counter()
     try:
@@ -33,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
             args.steps,
             args.seed,
             faults=not args.no_faults,
+            life=args.life,
             log=lambda m: print(m, file=sys.stderr) if not args.json else None,
         )
     except Exception as exc:  # the contract was broken, or the runtime crashed: the notes hold the program
@@ -45,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "steps": totals["steps"],
         "examples": totals["examples"],
+        "life_steps": totals["life steps"],
         "seconds": round(seconds, 1),
         "steps_per_second": round(totals["steps"] / seconds, 1),
         "violations": 0,
