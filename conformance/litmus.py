@@ -235,20 +235,25 @@ def _accepted_hard_claim(t: Run, rt) -> None:
 @scenario(
     "materialization_failure",
     ("RKC-RT-2", "RKC-INV-5"),
-    "a corrupt host copy fails the restore: the claim fails closed and the request recomputes",
+    "a corrupt host copy of any block of a chain fails its restore: the claim fails closed and the "
+    "request recomputes",
     U=8,
     host_blocks=4,
     needs=("host_tier", "owner_ops", "host_fault"),
 )
 def _materialization_failure(t: Run, rt) -> None:
-    P = t.tokens(2, 1)
-    rt.submit_claim("c", P, tiers=("device", "host"), policy=POLICY.offload)
-    _warm(rt, "warm", P)
-    rt.offload_claim("c")
-    rt.inject_host_fault(rt.block_hashes(P)[0])
-    t.expect(rt.submit_request("r", P).outcome == "admit", "request admitted")
-    t.expect(rt.claim_state("c") == STATE.failed, "claim failed closed")
-    t.verifies(P, "the request recomputed correct KV")
+    """One claim per block position of a 2-block chain, that block's host copy corrupt: a
+    runtime that verifies all but one position fails (a fault hits anything it could)."""
+    for i in range(2):
+        cid, P = f"c{i}", t.tokens(2, 1 + i)
+        rt.submit_claim(cid, P, tiers=("device", "host"), policy=POLICY.offload)
+        _warm(rt, f"warm{i}", P)
+        rt.offload_claim(cid)
+        rt.inject_host_fault(rt.block_hashes(P)[i])
+        t.expect(rt.submit_request(f"r{i}", P).outcome == "admit", f"request r{i} admitted")
+        t.expect(rt.claim_state(cid) == STATE.failed, f"claim {cid} (block {i} corrupt) failed closed")
+        t.verifies(P, f"r{i} recomputed correct KV")
+        rt.finish(f"r{i}")
     t.expect(not t.seq_of(kind="claim", event=EVENT.restore), "no restore event")
 
 

@@ -26,13 +26,16 @@ HUNT = settings(
 SEEDS = (0, 1, 2)  # fixed: deterministic in CI; three hunts so one unlucky search is not a verdict
 # Subtle mutants and where the machine now looks: negative priorities, a partial tail after
 # a hit, a fault on any block of a chain, decode into a claim-blocked pool, whole-state
-# comparison around rejected calls.
+# comparison around rejected calls, the block table and hits compared every step. The slow
+# leak (`leak_every_nth`) needs a long-lived example: `tests/test_life.py`.
 CAUGHT_SUBTLE = (
     "clamped_priority",
     "partial_tail_after_hit",
     "verify_all_but_last",
     "decode_waits_on_claims",
     "rejection_touches_lru",
+    "vanishing_cache",
+    "under_reported_hits",
 )
 HUNTED = {**MUTANTS, **{name: SUBTLE[name] for name in CAUGHT_SUBTLE}}
 
