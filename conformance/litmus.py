@@ -235,8 +235,7 @@ def _accepted_hard_claim(t: Run, rt) -> None:
 @scenario(
     "materialization_failure",
     ("RKC-RT-2", "RKC-INV-5"),
-    "a corrupt host copy of any block of a chain fails its restore: the claim fails closed and the "
-    "request recomputes",
+    "a corrupt host copy of any block of a chain fails its restore: the claim fails closed and the request recomputes",
     U=8,
     host_blocks=4,
     needs=("host_tier", "owner_ops", "host_fault"),

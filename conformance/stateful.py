@@ -153,17 +153,10 @@ class ContractMachine(RuleBasedStateMachine):
             return unique_tokens(self.serial, self.rt.U + 1, self.rt.B)
         shared = shared % (self.rt.U // 3 + 1)
         tail = tail % (self.rt.U - shared + 1)
-        extra = self._extra(extra, shared + tail)
+        extra %= self.rt.B
         if shared + tail == 0 and not extra:
             tail = 1
         return family_tokens(family, shared, self.rt.B) + unique_tokens(self.serial, tail, self.rt.B, extra)
-
-    def _extra(self, extra: int, blocks: int) -> int:
-        """Tokens past `blocks` whole blocks: `extra` modulo B, but none where admitting the
-        prompt would need a yield or find no free block, which the oracle cannot yet follow
-        for a partial last block (it counts that block as taken before making room for it)."""
-        counts = self.model.counts()
-        return extra % self.rt.B if counts.free and counts.free + counts.cached > blocks + 1 else 0
 
     def _lru_evicted(self) -> None:
         """Hand the model the cached blocks the runtime's LRU evicted since the last check,
@@ -305,7 +298,7 @@ class ContractMachine(RuleBasedStateMachine):
         """The usual pattern: a claimed prefix is computed (materializing it) or reused (a hit),
         then a tail that may end mid-block (`extra` modulo B tokens)."""
         self.serial += 1
-        extra = self._extra(extra, len(self.tokens[claim]) // self.rt.B + tail)
+        extra %= self.rt.B
         return self._submit(self.tokens[claim] + unique_tokens(self.serial, tail, self.rt.B, extra))
 
     @precondition(lambda self: self.model.counts().protected > 0)

@@ -12,7 +12,7 @@ from functools import lru_cache
 from itertools import combinations
 from typing import Hashable, Mapping
 
-from kvclaims.errors import InvalidInput
+from kvclaims.errors import InconsistentCounts, InvalidInput
 from kvclaims.spec import Spec, load
 from kvclaims.spec.expr import to_python
 
@@ -31,7 +31,7 @@ class PoolCounts:
     def __post_init__(self) -> None:
         parts = (self.free, self.cached, self.yielding, self.active, self.protected)
         if min(parts) < 0 or sum(parts) != self.U:
-            raise InvalidInput(f"inconsistent pool counts {self}: classes must be >= 0 and sum to U")
+            raise InconsistentCounts(f"inconsistent pool counts {self}: classes must be >= 0 and sum to U")
 
 
 @dataclass(frozen=True)

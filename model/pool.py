@@ -84,12 +84,13 @@ class ModelRequest:
     decision: Decision | None = None
     orphaned: set[str] = field(default_factory=set)  # its blocks that are not the indexed copy
     restored: set[str] = field(default_factory=set)  # its blocks a claim's restore filled: not computed
-    admitting: bool = False  # while room is made it holds only its hits
+    admitting: bool = False  # while admission makes room and takes its new blocks: it holds only its hits
 
     @property
     def partial(self) -> int:
-        """Its unhashed last block, allocated while it runs."""
-        return self.blocks - len(self.chain) if self.status == STATUS.running else 0
+        """Its unhashed last block, allocated while it runs. Admission takes it with the request's
+        other new blocks, so until they are taken (`admitting`) it is still to come, not held."""
+        return self.blocks - len(self.chain) if self.status == STATUS.running and not self.admitting else 0
 
     @property
     def held(self) -> set[str]:
@@ -302,11 +303,13 @@ class PoolModel:
         if d.outcome == "admit":
             if request_id in self.waiting:
                 self.waiting.remove(request_id)
+            # Its A = blocks - hits new blocks, a partial last one among them, are made room for
+            # and taken as the decision counted them: none of them is allocated yet.
             r.status, r.hits, r.admitting, r.epoch = STATUS.running, hits, True, self.epoch
             self._make_room(r.blocks - hits)
+            self._take_lru(request_id, r.blocks - hits)
             r.admitting = False
             self._restore_for(r)
-            self._take_lru(request_id, r.blocks - hits - r.partial)
             self._recomputed(request_id, set(r.chain[hits:]) & self.resident)
             self.resident |= set(r.chain)
             for c in self._in(*self._hittable):

@@ -184,3 +184,148 @@ def test_write_no_admit_keeps_what_a_restore_brought_back():
     m.demote("c")
     m.finish("r", admit=False)
     assert m.resident == {"a"}
+
+
+class Lockstep:
+    """The reference runtime and the oracle driven by the same calls; after each, the same
+    decision, statuses, claim states, block table and class counts. The oracle adopts the
+    runtime's LRU choices from its trace, as the stateful machine feeds them."""
+
+    def __init__(self, U, B, R=0):
+        from kvclaims.refimpl.adapter import RefimplAdapter
+
+        self.rt = RefimplAdapter(U=U, B=B, R=R)
+        self.m = AdoptingPool(U, R, profile=self.rt.profile)
+        self.pos = 0
+
+    def _lru_evicted(self):
+        groups, pending = {}, []
+        for rec in self.rt.trace.records[self.pos :]:
+            if rec["kind"] == "block_evict" and rec["reason"] == "lru":
+                pending += rec["blocks"]
+            elif rec["kind"] in ("request_admit", "request_grow") and pending:
+                groups[rec["request"]], pending = pending, []
+        self.pos = len(self.rt.trace.records)
+        self.m.lru_evicted(groups)
+
+    def request(self, rid, tokens):
+        got = self.rt.submit_request(rid, tokens)
+        self._lru_evicted()
+        B = self.rt.B
+        want = self.m.submit_request(rid, tuple(self.rt.block_hashes(tokens)), -(-len(tokens) // B))
+        assert got == want
+        self.same()
+        return got
+
+    def finish(self, rid):
+        self.rt.finish(rid)
+        self.m.finish(rid)
+        self.same()
+
+    def claim(self, cid, tokens, **terms):
+        got = self.rt.submit_claim(cid, tokens, **terms)
+        assert self.m.submit_claim(ClaimTerms(cid, tuple(self.rt.block_hashes(tokens)), **terms)) == got
+        self.same()
+        return got
+
+    def step(self):
+        self.rt.step()
+        self._lru_evicted()
+        self.m.step()
+        self.same()
+
+    def same(self):
+        rt, m = self.rt, self.m
+        assert {r: rt.request_status(r) for r in m.requests} == {r: q.status for r, q in m.requests.items()}
+        assert {c: rt.claim_state(c) for c in m.claims} == {c: k.state for c, k in m.claims.items()}
+        assert rt.resident() == m.resident
+        assert rt.counts() == m.counts()
+
+
+def warm(pool, *prompts):
+    for i, tokens in enumerate(prompts):
+        assert pool.request(f"warm{i}", tokens).outcome == "admit"
+        pool.finish(f"warm{i}")
+
+
+def test_a_prompt_shorter_than_a_block_beside_an_unmaterialized_claim():
+    """The reported case: U=1, B=2, a 1-block hard claim (accepted: its block is not resident,
+    so nothing is protected), then a 1-token prompt. It needs A = 1 block and the one block is
+    free, so the contract admits; the oracle counted the partial block as taken before making
+    room for it, and found no room."""
+    pool = Lockstep(U=1, B=2)
+    assert pool.claim("c", [1, 2]) == "accepted"
+    assert pool.request("r", [5]).outcome == "admit"
+    assert pool.m.counts() == PoolCounts(U=1, free=0, cached=0, yielding=0, active=1, protected=0)
+
+
+@pytest.mark.parametrize("U", [1, 2, 5])
+def test_a_one_token_prompt_in_a_free_pool(U):
+    pool = Lockstep(U=U, B=2)
+    assert pool.request("r", [5]).outcome == "admit"
+    assert pool.m.counts().active == 1 and pool.m.counts().free == U - 1
+
+
+def test_a_partial_tail_after_a_prefix_hit():
+    """One block hits, the partial tail takes the last free block."""
+    pool = Lockstep(U=2, B=2)
+    warm(pool, [1, 2])
+    assert pool.request("r", [1, 2, 3]).outcome == "admit"
+    assert pool.m.requests["r"].hits == 1 and pool.m.counts().active == 2
+
+
+@pytest.mark.parametrize(
+    "U, prompt",
+    [(1, [7]), (2, [7, 8, 9]), (3, [1, 2, 9])],
+    ids=["one-token-pool-of-one", "block-and-a-half-pool-of-two", "hit-then-partial-pool-of-three"],
+)
+def test_a_partial_block_when_the_pool_is_exactly_full(U, prompt):
+    """Every block is cached (or hit), and the prompt needs exactly the rest of the pool, its
+    last block partial: the LRU evicts for it, nothing is left free."""
+    pool = Lockstep(U=U, B=2)
+    warm(pool, list(range(1, 2 * U + 1)))
+    assert pool.m.counts().cached == U
+    assert pool.request("r", prompt).outcome == "admit"
+    assert pool.m.counts().free == 0
+
+
+def test_a_partial_block_with_no_room_waits_then_is_admitted():
+    """A partial block that does not fit waits, and is admitted once a block is free."""
+    pool = Lockstep(U=1, B=2)
+    assert pool.request("r1", [5]).outcome == "admit"
+    assert pool.request("r2", [6]).outcome == "wait"
+    pool.finish("r1")
+    pool.step()
+    assert pool.m.requests["r2"].status == "running"
+
+
+def test_a_partial_block_that_needs_a_claim_to_yield():
+    """The partial block is one of the blocks the free ones and a soft claim's yield cover."""
+    pool = Lockstep(U=3, B=2)
+    warm(pool, [1, 2])
+    assert pool.claim("soft", [1, 2], strength="soft", policy="demote") == "materialized"
+    assert pool.request("r", [9] * 5).outcome == "admit"
+    assert pool.m.events[-1] == ("soft", "demote")
+
+
+def test_a_partial_block_yields_exactly_one_claim_of_two():
+    """Two 1-block soft claims and one free block; a prompt of a block and a half needs one
+    yield, not two (counting its partial block twice demoted both)."""
+    pool = Lockstep(U=3, B=2)
+    warm(pool, [1, 2], [3, 4])
+    pool.claim("a", [1, 2], strength="soft", policy="demote", priority=0)
+    pool.claim("b", [3, 4], strength="soft", policy="demote", priority=1)
+    assert pool.request("r", [9, 9, 9]).outcome == "admit"
+    assert [c.state for _, c in sorted(pool.m.claims.items())] == ["demoted", "materialized"]
+
+
+def test_a_request_may_take_its_own_unhit_cached_block():
+    """Admission takes its new blocks holding only its hits: a cached block of its chain past a
+    gap (not a hit) is the LRU's to evict, as in the runtime, which computes it again."""
+    m = PoolModel(2)
+    m.submit_request("warm", ("a", "b"))
+    m.finish("warm")
+    m.evict_blocks({"a"})
+    assert m.submit_request("r", ("a", "b")).outcome == "admit"
+    assert m.resident == {"a", "b"} and not m.orphans
+    assert m.counts() == PoolCounts(U=2, free=0, cached=0, yielding=0, active=2, protected=0)
