@@ -194,8 +194,11 @@ class ContractMachine(RuleBasedStateMachine):
             "trace": len(rt.trace_lines(self.trace_pos)),
             "block table": frozenset(rt.resident()),
             "counts": rt.counts(),
-            "claim states": tuple((c, rt.claim_state(c)) for c in sorted(self.model.claims)),
-            "request statuses": tuple((r, rt.request_status(r)) for r in sorted(self.model.requests)),
+            # Settled ones can change only with an event the checker rejects (or the digest shows).
+            "claim states": tuple((c, rt.claim_state(c)) for c in self.model.claims if c not in self.settled["claims"]),
+            "request statuses": tuple(
+                (r, rt.request_status(r)) for r in self.model.requests if r not in self.settled["requests"]
+            ),
         }
         if self._can("state_digest"):
             assert isinstance(rt, DigestsState), "a runtime with state_digest has state_digest()"
@@ -226,7 +229,8 @@ class ContractMachine(RuleBasedStateMachine):
 
     @rule(claim=claims)
     def duplicate_claim(self, claim: str) -> None:
-        self._rejected(DuplicateId, lambda: self.rt.submit_claim(claim, self.tokens[claim]), f"duplicate claim {claim}")
+        tokens = self._tokens_of(claim)
+        self._rejected(DuplicateId, lambda: self.rt.submit_claim(claim, tokens), f"duplicate claim {claim}")
 
     @rule(claim=consumes(claims))
     def release_claim(self, claim: str) -> None:
@@ -278,7 +282,7 @@ class ContractMachine(RuleBasedStateMachine):
 
     def _warm(self, claim: str) -> None:
         """Compute the claim's prefix in a request that ends, so the claim can materialize."""
-        rid = self._submit(self.tokens[claim])
+        rid = self._submit(self._tokens_of(claim))
         if self.model.requests[rid].status == STATUS.running:
             self.finish(rid, admit=True)
         self.contract_holds()
@@ -299,7 +303,7 @@ class ContractMachine(RuleBasedStateMachine):
         then a tail that may end mid-block (`extra` modulo B tokens)."""
         self.serial += 1
         extra %= self.rt.B
-        return self._submit(self.tokens[claim] + unique_tokens(self.serial, tail, self.rt.B, extra))
+        return self._submit(self._tokens_of(claim) + unique_tokens(self.serial, tail, self.rt.B, extra))
 
     @precondition(lambda self: self.model.counts().protected > 0)
     @rule(target=requests)
@@ -567,7 +571,7 @@ class ContractMachine(RuleBasedStateMachine):
     def _grow_stale(self, index: int) -> None:
         """A request running across the invalidation computes one more block: it must index
         none of it (RKC-INV-6)."""
-        stale = [r for r, m in sorted(self.model.requests.items()) if m.status == STATUS.running]
+        stale = sorted(self.model.running)
         if stale and self._can("decode"):
             self._grow(stale[index % len(stale)], self.rt.B)
 
@@ -609,16 +613,23 @@ class ContractMachine(RuleBasedStateMachine):
     def _check_content(self) -> None:
         """RKC-RT-2, where the runtime can show KV content: every materialized claim's blocks
         hold its tokens' KV (a claim a request carried claims the prompt's full blocks)."""
-        for rid, r in self.model.requests.items():
-            if r.claim is not None and r.claim_outcome == APPLIED:
-                self.tokens.setdefault(r.claim.id, self.prompts[rid][: len(r.claim.chain) * self.rt.B])
         rt = self.rt
         if not self._can("verify_content"):
             return
         assert isinstance(rt, VerifiesContent), "a runtime with verify_content has verify_prefix(tokens)"
         for cid in self.model.materialized_chains():
-            if not rt.verify_prefix(self.tokens[cid]):
+            if not rt.verify_prefix(self._tokens_of(cid)):
                 raise ContractViolation(f"RKC-RT-2: claim {cid} is materialized but its KV is not its tokens'")
+
+    def _tokens_of(self, claim: str) -> list[int]:
+        """A claim's prefix tokens; a claim a request carried claims its prompt's full blocks
+        (looked up when first needed: the model applies it at the request's admission)."""
+        if claim not in self.tokens:
+            B = self.rt.B
+            for rid, r in self.model.requests.items():
+                if r.claim is not None and r.claim_outcome == APPLIED:
+                    self.tokens.setdefault(r.claim.id, self.prompts[rid][: len(r.claim.chain) * B])
+        return self.tokens[claim]
 
     def _check_claims(self) -> None:
         """Every claim's state is the model's; one that yielded (or not) out of turn under

@@ -436,7 +436,8 @@ class ClaimBook:
         unprotected = {cid for ids in held.values() for cid in ids if self.claims[cid].state not in self.protected}
         assert not unprotected, f"claims {unprotected} hold blocks in an unprotected state"
         total, per_tenant = ReserveLedger(), {tenant: ReserveLedger() for tenant in self._tenant_ledgers}
-        for cid, c in self.claims.items():
+        for cid in live:  # an ended claim reserves nothing
+            c = self.claims[cid]
             total.moved(c, None)
             per_tenant.setdefault(self.entries[cid].tenant, ReserveLedger()).moved(c, None)
         assert self.ledger.names == total.names, "the reserve ledger drifted from the claims"

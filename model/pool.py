@@ -122,6 +122,11 @@ class PoolModel:
         self.corrupt_host: set[str] = set()
         self.claims: dict[str, ModelClaim] = {}
         self.requests: dict[str, ModelRequest] = {}
+        # What can still change, so a long life's thousands of ended claims and requests
+        # cost nothing per step: claims not known to be terminal (pruned as `_in` meets
+        # them), and the running requests.
+        self._live: dict[str, ModelClaim] = {}
+        self.running: dict[str, ModelRequest] = {}
         self.waiting: list[str] = []
         self.events: list[tuple[str, str]] = []  # (claim_id, event), in order
         self.epoch = 0  # operator actions of the spec's [invalidation] so far
@@ -132,14 +137,17 @@ class PoolModel:
 
     # --- what the contract says about blocks ----------------------------------
     def _in(self, *states: str) -> list[ModelClaim]:
-        return [c for _, c in sorted(self.claims.items()) if c.state in states]
+        """Claims in `states`, by id."""
+        for cid in [cid for cid, c in self._live.items() if c.fsm.terminal]:
+            del self._live[cid]
+        return [c for _, c in sorted(self._live.items()) if c.state in states]
 
     @property
     def _protected_state(self) -> str:
         return self.spec.lifecycle.protected[0]
 
     def _running_hashes(self) -> set[str]:
-        return {h for r in self.requests.values() for h in r.held}
+        return {h for r in self.running.values() for h in r.held}
 
     def counts(self, own: frozenset[str] = frozenset(), private: int = 0) -> PoolCounts:
         """Classes by precedence; `own` (a deciding request's indexed blocks) and its
@@ -153,7 +161,7 @@ class PoolModel:
             n[
                 "protected" if h in blocking else "active" if h in held else "yielding" if h in yielding else "cached"
             ] += 1
-        unindexed = len(self.orphans) + sum(r.partial for r in self.requests.values())
+        unindexed = len(self.orphans) + sum(r.partial for r in self.running.values())
         n["active"] += unindexed - private
         return PoolCounts(U=self.U - len(own) - private, free=self.U - len(self.resident) - unindexed, **n)
 
@@ -180,7 +188,7 @@ class PoolModel:
         self.events.append((c.terms.id, event))
 
     def _fits_reserve(self, terms: ClaimTerms) -> bool:
-        ctx = reserve_context(terms.chain, self.claims.values())
+        ctx = reserve_context(terms.chain, self._live.values())
         return accepts(terms.hard, ctx["new_blocks"], ctx["reserved"], self.U, self.R, self.spec)
 
     def submit_claim(self, terms: ClaimTerms) -> str:
@@ -188,7 +196,7 @@ class PoolModel:
             raise DuplicateId(f"claim {terms.id!r} already exists")
         ok = self._fits_reserve(terms)
         c = ModelClaim(terms, self.lifecycle.claim(terms.id), None if terms.ttl is None else self.time + terms.ttl)
-        self.claims[terms.id] = c
+        self.claims[terms.id] = self._live[terms.id] = c
         self._fire(c, EVENT.accept if ok else EVENT.refuse)
         if ok:
             self._materialize_ready()
@@ -306,6 +314,7 @@ class PoolModel:
             # Its A = blocks - hits new blocks, a partial last one among them, are made room for
             # and taken as the decision counted them: none of them is allocated yet.
             r.status, r.hits, r.admitting, r.epoch = STATUS.running, hits, True, self.epoch
+            self.running[request_id] = r
             self._make_room(r.blocks - hits)
             self._take_lru(request_id, r.blocks - hits)
             r.admitting = False
@@ -458,6 +467,7 @@ class PoolModel:
         if r.status not in allowed:
             raise InvalidInput(f"request {request_id!r} is {r.status}")
         r.status = status
+        self.running.pop(request_id, None)
         r.orphaned.clear()
         self._let_go(request_id)
 
@@ -510,7 +520,7 @@ class PoolModel:
     def _orphan(self, hashes: set[str]) -> None:
         """Dropped blocks that running requests still hold stay allocated, unindexed."""
         action = next(self._actions)
-        for rid, r in self.requests.items():
+        for rid, r in self.running.items():
             for h in hashes & r.held:
                 self.orphans.setdefault((action, h), set()).add(rid)
                 r.orphaned.add(h)
