@@ -62,7 +62,7 @@ def live(factory: Factory, steps: int, seed_value: int, *, log: Callable[[str], 
     """Drive one runtime made by `factory` for at least `steps` steps; returns the counts
     `fuzz` reports. Raises the failure that ended the life, with notes naming the program
     file."""
-    life, totals = Life(), Counter()
+    life, totals = Life(), Counter[str]()
     Machine = life_machine(factory, life, totals)
     stretch = 0
     while totals["steps"] < steps and life.failure is None:
@@ -92,14 +92,14 @@ def life_machine(factory: Factory, life: Life, totals: Counter) -> type[Contract
     attrs: dict[str, Any] = {name: _guarded(f, life) for name, f in _steps(base)}
     fresh: set[str] = set()
 
-    def __init__(machine: ContractMachine) -> None:
+    def __init__(machine: Any) -> None:
         base.__init__(machine)
         machine.skipped, machine.calls = False, []
         fresh.update(vars(machine))
         if life.state is not None:
             vars(machine).update(life.state)
 
-    def teardown(machine: ContractMachine) -> None:
+    def teardown(machine: Any) -> None:
         if machine.skipped:
             return
         if hasattr(machine, "rt"):
@@ -112,7 +112,7 @@ def life_machine(factory: Factory, life: Life, totals: Counter) -> type[Contract
             life.state = {k: v for k, v in vars(machine).items() if k not in fresh}
 
     @initialize(go=st.integers(0, 2**16))
-    def stretch(machine: ContractMachine, go: int) -> None:
+    def stretch(machine: Any, go: int) -> None:
         """Hypothesis' simplest example (go=0) is skipped: it starts from the same state as
         the next, which continues the life."""
         machine.skipped = go == 0
@@ -174,7 +174,7 @@ def _guarded(f: Any, life: Life) -> Any:
     start = marker == INITIALIZE_RULE_MARKER
 
     @functools.wraps(f)
-    def guarded(machine: ContractMachine, *args: Any, **kwargs: Any) -> Any:
+    def guarded(machine: Any, *args: Any, **kwargs: Any) -> Any:
         if life.depth:  # a rule calling another: part of the outer step
             return f(machine, *args, **kwargs)
         if life.failure is not None or machine.skipped or (start and life.state is not None):

@@ -280,6 +280,23 @@ class ContractMachine(RuleBasedStateMachine):
             self._inject_host_fault(chain[fault % len(chain)])
         self.owner_op(claim, EVENT.restore)
 
+    @precondition(lambda self: self._can("owner_ops") and self._can("host_fault") and self._can("host_tier"))
+    @rule(
+        target=claims,
+        family=st.integers(0, 2),
+        blocks=st.integers(1, 64),
+        strength=st.sampled_from(["hard", "soft"]),
+        fault=st.none() | st.integers(0, 10**6),
+    )
+    def host_roundtrip(self, family: int, blocks: int, strength: str, fault: int | None) -> str:
+        """`offload_roundtrip` on a fresh host-tier claim: one drawn from the bundle has mostly
+        ended or never materialized, so the round trip rarely got past its first step (0
+        restores in 5,000 steps; with this rule, tens)."""
+        terms = {"strength": strength, "policy": POLICY.offload, "tiers": ("device", "host"), "ttl": None}
+        claim = self._claim(family, blocks, terms)
+        self.offload_roundtrip(claim, fault)
+        return claim
+
     def _warm(self, claim: str) -> None:
         """Compute the claim's prefix in a request that ends, so the claim can materialize."""
         rid = self._submit(self._tokens_of(claim))

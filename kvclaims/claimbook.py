@@ -428,7 +428,7 @@ class ClaimBook:
         assert all(cid in self._by_tail.get(self.claims[cid].chain[-1], ()) for cid in live), "tail index lost a claim"
         due = {cid: self.claims[cid].deadline for cid in live if self.claims[cid].deadline is not None}
         assert self._deadlines == due, f"deadline index {self._deadlines} != live claims' deadlines {due}"
-        held = {}
+        held: dict[Hashable, set[str]] = {}
         for cid, entry in self.entries.items():
             for b in entry.blocks:
                 held.setdefault(self.side.block_id(b), set()).add(cid)
