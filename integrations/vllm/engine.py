@@ -63,10 +63,14 @@ def engine_kwargs(
     max_model_len: int = 2560,
     scheduler: str = SCHEDULER,
     model: str | None = None,
+    async_scheduling: bool = False,
     **kvclaims: Any,
 ) -> dict[str, Any]:
     """``LLM``/``EngineArgs`` keyword arguments for the tiny model (or another local `model`
-    directory). Any prompt's prefill is one engine step (the batch budget is the model length)."""
+    directory). Any prompt's prefill is one engine step (the batch budget is the model length).
+    vLLM turns `async_scheduling` off on CPU (`vllm/platforms/cpu.py`) unless a test process
+    undoes that (`tests/test_vllm_async.py`); where it stays on, the integration's scheduler
+    is `AsyncClaimsScheduler`."""
     kw: dict[str, Any] = dict(
         model=model or str(tiny_model_dir()),
         skip_tokenizer_init=True,
@@ -77,7 +81,7 @@ def engine_kwargs(
         max_num_batched_tokens=max_model_len,
         dtype="float32",
         enforce_eager=True,
-        async_scheduling=False,
+        async_scheduling=async_scheduling,
     )
     if integration:
         kw.update(scheduler_cls=scheduler, additional_config={"kvclaims": kvclaims})

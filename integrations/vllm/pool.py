@@ -107,6 +107,7 @@ class PoolView:
         self.bp = kv_cache_manager.block_pool
         self.B = block_size
         self.withheld: list[KVCacheBlock] = []
+        self.unready: set[str] = set()  # hashes indexed by a step whose output is still due
         self._hash_fn = get_hash_fn_by_name(hash_algo)
         self._log = IndexLog.of(self.bp)
         self._log.drain()  # earlier changes are not this view's
@@ -178,6 +179,10 @@ class PoolView:
         return found[0] if found else None
 
     def resident(self, chain: Sequence[BlockHash]) -> list[KVCacheBlock] | None:
+        """The chain's indexed blocks, or None if one is missing or its KV is still being
+        computed (`unready`: async scheduling indexes blocks when it schedules them)."""
+        if self.unready and not self.unready.isdisjoint(map(hexid, chain)):
+            return None
         blocks = []
         for h in chain:
             b = self.block(h)

@@ -25,6 +25,7 @@ with nothing applied and nothing traced; the HTTP front end
 
 from __future__ import annotations
 
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs, FinishReason
 from vllm.v1.request import Request, RequestStatus
@@ -66,8 +67,6 @@ def settings(vllm_config) -> dict:
     for key in ("tenant_header", "quota"):
         if key in cfg and not cfg.get("tenants"):
             raise BadArgument(f"kvclaims.{key}", "needs kvclaims.tenants=true (claims that belong to tenants)")
-    if vllm_config.scheduler_config.async_scheduling:
-        raise InvalidInput("kvclaims needs async_scheduling=False (--no-async-scheduling)")
     if not vllm_config.cache_config.enable_prefix_caching:
         raise InvalidInput("kvclaims needs prefix caching (enable_prefix_caching=True)")
     PoolView.check_model(vllm_config)
@@ -86,7 +85,15 @@ def settings(vllm_config) -> dict:
 
 
 class ClaimsScheduler(Scheduler):
+    """vLLM's `Scheduler` with claims; under async scheduling, `AsyncClaimsScheduler` (vLLM
+    builds the class it is given, so the choice is made here, from the config)."""
+
     tick_per_step = True  # TTLs count engine steps (a test harness may drive the clock itself)
+
+    def __new__(cls, vllm_config, *args, **kwargs):
+        if vllm_config.scheduler_config.async_scheduling and not issubclass(cls, AsyncScheduler):
+            cls = _async_variant(cls)
+        return super().__new__(cls)
 
     def __init__(self, vllm_config, *args, **kwargs) -> None:
         cfg = settings(vllm_config)
@@ -376,13 +383,15 @@ class ClaimsScheduler(Scheduler):
                 note["claim_refusals"] = refused
         return note
 
-    def _sync(self, reason: str, **store_fields) -> None:
-        """Write vLLM's own KV events since the last call into the trace."""
+    def _sync(self, reason: str, **store_fields) -> list[str]:
+        """Write vLLM's own KV events since the last call into the trace; returns the hashes
+        stored."""
         stored, removed = self.pool.drain_events()
         if removed:
             self.trace.emit("block_evict", blocks=removed, tier="device", reason=reason)
         if stored:
             self.trace.emit("block_store", blocks=stored, tier="device", **store_fields)
+        return stored
 
     # ------------------------------------------------------------------ claims, in process
     def submit_claim(self, op: ClaimOp, tokens: list[int], tenant: str = ANONYMOUS) -> str:
@@ -466,3 +475,45 @@ def _judged(field: str, check, *args) -> None:
     except KVClaimsError as exc:
         exc.field = field
         raise
+
+
+class AsyncClaimsScheduler(ClaimsScheduler, AsyncScheduler):
+    """Claims under vLLM's async scheduling, where step N+1 is scheduled before step N's
+    output arrives. vLLM indexes a prefill's blocks when it schedules them
+    (`KVCacheManager.allocate_slots`), so until that step's output is processed their KV is
+    still being computed: the blocks a step indexed stay `unready` to the claim book (no
+    claim materializes over them) until `update_from_output` for that step."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._scheduling: list[str] | None = None  # hashes indexed so far by the step being scheduled
+        self._in_flight: dict[int, list[str]] = {}  # id(scheduler output) -> hashes it indexed
+        super().__init__(*args, **kwargs)
+
+    def _sync(self, reason: str, **store_fields) -> list[str]:
+        stored = super()._sync(reason, **store_fields)
+        if self._scheduling is not None:
+            self._scheduling += stored
+        return stored
+
+    def schedule(self, *args, **kwargs):
+        self._scheduling = []
+        try:
+            out = super().schedule(*args, **kwargs)
+        finally:
+            batch, self._scheduling = self._scheduling, None
+        if batch:  # a step that indexed something computes it: its output will come back
+            self._in_flight[id(out)] = batch
+            self.pool.unready.update(batch)
+        return out
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        self._in_flight.pop(id(scheduler_output), None)
+        self.pool.unready = {h for batch in self._in_flight.values() for h in batch}
+        return super().update_from_output(scheduler_output, model_runner_output)
+
+
+def _async_variant(cls: type[ClaimsScheduler]) -> type:
+    """`cls` (ClaimsScheduler or a subclass) over vLLM's AsyncScheduler."""
+    if cls is ClaimsScheduler:
+        return AsyncClaimsScheduler
+    return type(f"Async{cls.__name__}", (cls, AsyncClaimsScheduler), {})
