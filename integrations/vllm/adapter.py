@@ -17,10 +17,12 @@ What vLLM fixes, the adapter reports rather than hides:
 - **Logical time.** A protocol `step` is one clock tick (TTLs run out) followed by
   one engine step per waiting request, in order; submitting a request is one
   engine step that does not tick. A running request has run its prefill and is
-  then kept out of the schedule (see `harness`), so it holds exactly its prompt's
-  blocks until it is finished.
-- **Capabilities.** `evict_blocks`, `reset_cache` and `request_claims` (a claim carried
-  as the request's `kvclaims_*` arguments, applied at admission). The reset is the contract's:
+  then kept out of the schedule (see `harness`) but for a `decode`, so it holds
+  exactly its tokens' blocks until it is finished.
+- **Capabilities.** `evict_blocks`, `reset_cache`, `request_claims` (a claim carried
+  as the request's `kvclaims_*` arguments, applied at admission), `decode` (the tokens
+  given replace what vLLM samples; growth is decided by `ClaimsScheduler.growth`) and
+  `check_valid`. The reset is the contract's:
   claims holding blocks are harmed, then every indexed block leaves vLLM's prefix
   cache through its `BlockPool.evict_blocks` (the invalid-KV path), and running
   requests keep their blocks unindexed; vLLM's own `reset_prefix_cache` refuses
@@ -88,7 +90,7 @@ def shared_engine() -> VllmEngine:
 
 
 class VllmAdapter:
-    capabilities = frozenset({"evict_blocks", "reset_cache", "request_claims", "check_valid"})
+    capabilities = frozenset({"evict_blocks", "reset_cache", "request_claims", "check_valid", "decode"})
     # vLLM's own ways where the contract leaves it free (`RuntimeProfile` names their sources).
     profile = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True, takes_cached_while_free=True)
     enforce = True
@@ -157,7 +159,7 @@ class VllmAdapter:
         check_tokens(tokens, f"request {request_id!r}", "tokens", None)
         ops = {} if claim is None else self._carried(request_id, tokens, claim)
         try:
-            self.engine.submit_request(request_id, self._ids(tokens), max_tokens=2, ignore_eos=True, **ops)
+            self.engine.submit_request(request_id, self._ids(tokens), max_tokens=MODEL_LEN, ignore_eos=True, **ops)
         except ValueError as exc:  # vLLM's own input checks (prompt past the model length)
             raise InvalidInput(f"request {request_id!r}: {exc}") from None
         if claim is not None:
@@ -219,6 +221,30 @@ class VllmAdapter:
             if rec["kind"] == "request_admit" and rec["request"] == request_id:
                 return len(rec["hit_blocks"])
         raise InvalidInput(f"request {request_id!r} was not admitted")
+
+    def decode(self, request_id: str, tokens: Sequence[int]) -> Decision:
+        """The running request generates `tokens`, decided as vLLM's growth is under claims
+        (`ClaimsScheduler.growth`): admitted, one engine step computes them (the token its
+        last step sampled is replaced by `tokens[0]`: the protocol names what it generates);
+        a growth that must wait leaves it unchanged; a claim-blocked or too-large one ends it
+        refused, with attribution."""
+        self._require(request_id, STATUS.running)
+        check_tokens(tokens, f"request {request_id!r}", "tokens", None)
+        req = self.sched.requests[self.engine.internal[request_id]]
+        A, d = self.sched.growth(req, len(tokens))
+        if d is not None and d.outcome == "wait":
+            return d
+        if d is not None and d.outcome != "admit":
+            self.sched._refuse(req, d)
+            self._step_for(request_id)
+            return d
+        _generated(req, self._ids(tokens), self.B)
+        self.sched.growing = request_id
+        try:
+            self.engine.step()
+        finally:
+            self.sched.growing = None
+        return Decision("admit")
 
     def finish(self, request_id: str, admit: bool = True) -> None:
         """End a running request as if it completed; admit=False is write no-admit."""
@@ -289,6 +315,19 @@ class VllmAdapter:
             assert b.ref_cnt >= held, f"block {b.block_id}: {held} claims hold it, ref_cnt {b.ref_cnt}"
         unreferenced = sum(b.ref_cnt == 0 and not b.is_null and b.block_id not in withheld for b in bp.blocks)
         assert bp.get_num_free_blocks() == unreferenced, f"free queue {bp.get_num_free_blocks()} != {unreferenced}"
+
+
+def _generated(req: Any, tokens: list[int], B: int) -> None:
+    """`tokens` as what `req` generated since its last computed token: they replace the
+    one token vLLM sampled there (not computed yet, so not cached; its block's hash, if it
+    completed one, is recomputed)."""
+    pos = req.num_computed_tokens
+    assert req.num_tokens == pos + 1, f"{req.request_id}: one sampled token past the computed ones"
+    del req.block_hashes[pos // B :]
+    req._output_token_ids[-1] = req._all_token_ids[-1] = tokens[0]
+    req._output_token_ids.extend(tokens[1:])
+    req._all_token_ids.extend(tokens[1:])
+    req.update_block_hashes()
 
 
 class StockVllmAdapter(VllmAdapter):

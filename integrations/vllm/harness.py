@@ -5,8 +5,9 @@ is decided when it is submitted, holds its prompt's blocks until the test
 finishes it, and waiting requests are retried, in order, each on the pool as
 the previous one left it, when the logical clock ticks. vLLM's scheduler
 batches all of that, so this subclass narrows each engine step to one waiting
-request (`only`) and keeps running requests out of the schedule (they neither
-decode nor grow), and the clock ticks only when the adapter says so. Claims,
+request (`only`) and keeps running requests out of the schedule, but for the one the
+adapter decodes into (`growing`: it computes the tokens the adapter gave it, nothing
+else), and the clock ticks only when the adapter says so. Claims,
 arbitration, holds and the trace are the integration's own, unchanged.
 """
 
@@ -23,9 +24,12 @@ class HarnessScheduler(ClaimsScheduler):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.only: str | None = None  # the one waiting request the next step may schedule
+        self.growing: str | None = None  # the one running request the next step may schedule
 
     def schedule(self, *args, **kwargs):
-        running, self.running = self.running, []
+        running = self.running
+        self.running = [r for r in running if r.request_id == self.growing]
+        running = [r for r in running if r.request_id != self.growing]
         queued = list(self.waiting)
         others = [r for r in queued if r.request_id != self.only]
         self.waiting.remove_requests(others)

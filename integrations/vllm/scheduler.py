@@ -226,11 +226,51 @@ class ClaimsScheduler(Scheduler):
             self.tick()  # (a step that only delivers rejections is no tick: they change nothing)
         if self.book.enforce:
             self._arbitrate()
+            self._arbitrate_growth()
+        held = {r.request_id: self._blocks_of(r) for r in self.running}
         out = super().schedule(*args, **kwargs)
         self._sync("lru")
         for new in out.scheduled_new_reqs:
             self._admitted(self.requests[new.req_id], out.num_scheduled_tokens[new.req_id])
+        for rid, before in held.items():
+            grown = rid in self.requests and self._blocks_of(self.requests[rid]) - before
+            if grown > 0:
+                self.trace.emit("request_grow", request=rid, tokens=out.num_scheduled_tokens[rid], new_blocks=grown)
         return out
+
+    def _blocks_of(self, request: Request) -> int:
+        return len(self.kv_cache_manager.get_blocks(request.request_id).blocks[0])
+
+    def growth(self, request: Request, tokens: int) -> tuple[int, Decision | None]:
+        """The new blocks `request` (running) needs to compute `tokens` more, and the
+        contract's decision on them when free and cached blocks alone cannot give them
+        (None: they can, or it needs none). Changes nothing."""
+        rid, B = request.request_id, self.block_size
+        A = -(-(request.num_computed_tokens + tokens) // B) - self._blocks_of(request)
+        if A <= 0 or A <= self.pool.evictable():
+            return A, None
+        own = {b.block_id for b in self.kv_cache_manager.get_blocks(rid).blocks[0]}
+        counts, blocking = self.pool.classes(self.book.holders, self.book.blocking_ids(), own)
+        return A, decide(A, counts, blocking, self.book.spec)
+
+    def _arbitrate_growth(self) -> None:
+        """Running requests about to compute into new blocks, decided by the same predicate
+        as admission: yielding claims give way first; a claim-blocked or too-large growth
+        ends the request refused, with attribution (never a wait on claims); one that must
+        wait is left to vLLM (it preempts, as stock). Free while no claim holds blocks."""
+        if not self.book.holding():
+            return
+        for request in list(self.running):
+            new = request.num_tokens_with_spec + request.num_output_placeholders - request.num_computed_tokens
+            A, d = self.growth(request, new)
+            if d is None or d.outcome == "wait":
+                continue
+            if d.outcome == "admit":
+                own = {b.block_id for b in self.kv_cache_manager.get_blocks(request.request_id).blocks[0]}
+                counts = self.pool.classes(self.book.holders, self.book.blocking_ids(), own)[0]
+                self._make_room(A - counts.free - counts.cached, own)
+            else:
+                self._refuse(request, d)
 
     def tick(self) -> None:
         """One step of the logical clock: TTLs run out."""
