@@ -21,7 +21,8 @@ What vLLM fixes, the adapter reports rather than hides:
   exactly its tokens' blocks until it is finished.
 - **Capabilities.** `evict_blocks`, `reset_cache`, `request_claims` (a claim carried
   as the request's `kvclaims_*` arguments, applied at admission), `decode` (the tokens
-  given replace what vLLM samples; growth is decided by `ClaimsScheduler.growth`) and
+  given replace what vLLM samples; growth is decided by `ClaimsScheduler.growth`),
+  `device_fault` (the block's KV is corrupted in vLLM's cache tensors and reported) and
   `check_valid`. The reset is the contract's:
   claims holding blocks are harmed, then every indexed block leaves vLLM's prefix
   cache through its `BlockPool.evict_blocks` (the invalid-KV path), and running
@@ -90,7 +91,7 @@ def shared_engine() -> VllmEngine:
 
 
 class VllmAdapter:
-    capabilities = frozenset({"evict_blocks", "reset_cache", "request_claims", "check_valid", "decode"})
+    capabilities = frozenset({"evict_blocks", "reset_cache", "request_claims", "check_valid", "decode", "device_fault"})
     # vLLM's own ways where the contract leaves it free (`RuntimeProfile` names their sources).
     profile = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True, takes_cached_while_free=True)
     enforce = True
@@ -291,6 +292,14 @@ class VllmAdapter:
         if not hashes or gone:
             raise UnknownId(f"not resident on the device: {gone or 'no blocks given'}")
         self.sched.evict_blocks(self.sched.pool.copies(hashes))
+
+    def inject_device_fault(self, h: str) -> None:
+        """Corrupt the resident block `h` (every indexed copy) in vLLM's KV cache tensors
+        and report it: claims holding it fail, then it leaves the prefix cache."""
+        check_hash("inject_device_fault", "block", h)
+        if h not in self.resident():
+            raise UnknownId(f"block {h!r} is not resident on the device")
+        self.engine.inject_device_fault(self.sched.pool.copies([h]))
 
     # --- observation --------------------------------------------------------------------
     def resident(self) -> set[str]:

@@ -221,6 +221,17 @@ class VllmEngine:
         blocks = [s.pool.block(h) for h in s.pool.chain(list(tokens))]
         s.evict_blocks({b.block_id for b in blocks if b is not None})
 
+    def inject_device_fault(self, block_ids: set[int]) -> None:
+        """Corrupt the KV of these device blocks in every layer of the model runner's cache
+        (in process: the worker is this process), then report them to the scheduler as a
+        device fault (`ClaimsScheduler.fail_blocks`)."""
+        s = self._claims()
+        runner = self.engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+        ids = sorted(block_ids)
+        for layer in runner.kv_caches:
+            layer[ids] += 1.0
+        s.fail_blocks(set(ids))
+
     @property
     def trace(self) -> list[dict[str, Any]]:
         return self._claims().trace.records

@@ -469,6 +469,16 @@ class ClaimsScheduler(Scheduler):
         self._invalidate("evict_blocks", blocks=self.pool.cached_hashes(block_ids))
         self._drop(block_ids, "invalid_load")
 
+    def fail_blocks(self, block_ids: set[int], reason: str = "device_fault") -> None:
+        """Device blocks whose KV is known corrupt (an injected or detected device fault):
+        claims holding one fail closed (`fail`, the contract's answer to a device fault),
+        then the blocks leave the prefix cache; a request still holding one keeps it,
+        unindexed, and indexes nothing more (a new epoch)."""
+        self._invalidate("inject_device_fault", blocks=self.pool.cached_hashes(block_ids))
+        self.book.end_holders(block_ids, EVENT.fail, reason)
+        self.kv_cache_manager.evict_blocks(block_ids)
+        self._sync(reason)
+
     def drop_prefix_cache(self) -> None:
         """The contract's prefix-cache reset (weights changed): every claim holding blocks is
         harmed, then every indexed block leaves the prefix cache, through the same eviction
