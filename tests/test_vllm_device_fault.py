@@ -33,7 +33,7 @@ def test_device_fault_fails_the_claim_and_is_never_served(report):
     if report:
         e.inject_device_fault(faulty)
     else:  # the seeded bug: KV corrupted, nobody told
-        runner = e.engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+        runner = e._core.model_executor.driver_worker.worker.model_runner
         for layer in runner.kv_caches:
             layer[sorted(faulty)] += 1.0
     replay = e.run("replay", PREFIX + [3], max_tokens=8)

@@ -112,6 +112,7 @@ class VllmEngine:
         core = self.engine.engine_core
         assert isinstance(core, InprocClient), "VLLM_ENABLE_V1_MULTIPROCESSING=0 gives an in-process engine core"
         self.scheduler = core.engine_core.scheduler
+        self._core = core.engine_core  # the engine core, in this process (its worker too)
         self.B = self.engine.vllm_config.cache_config.block_size
         self.internal: dict[str, str] = {}  # our request id -> vLLM's internal one
         self.results: dict[str, Result] = {}
@@ -226,7 +227,7 @@ class VllmEngine:
         (in process: the worker is this process), then report them to the scheduler as a
         device fault (`ClaimsScheduler.fail_blocks`)."""
         s = self._claims()
-        runner = self.engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+        runner = self._core.model_executor.driver_worker.worker.model_runner
         ids = sorted(block_ids)
         for layer in runner.kv_caches:
             layer[ids] += 1.0
