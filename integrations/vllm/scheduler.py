@@ -239,7 +239,9 @@ class ClaimsScheduler(Scheduler):
         return out
 
     def _blocks_of(self, request: Request) -> int:
-        return len(self.kv_cache_manager.get_blocks(request.request_id).blocks[0])
+        """How many blocks `request` holds (one KV cache group: `PoolView.check_groups`),
+        read off the coordinator's own list: it runs for every running request each step."""
+        return len(self.kv_cache_manager.coordinator.get_blocks(request.request_id)[0])
 
     def growth(self, request: Request, tokens: int) -> tuple[int, Decision | None]:
         """The new blocks `request` (running) needs to compute `tokens` more, and the
