@@ -337,3 +337,17 @@ def test_the_host_tier_is_pinned_only_for_cuda(device):
     rt = Runtime(8, 4, host_blocks=2, device=device)
     assert rt.host.kv.is_pinned() == (device == "cuda")
     assert not Runtime(8, 4, host_blocks=0, device=device).host.kv.is_pinned()
+
+
+def test_offloads_one_block_at_a_time_keep_separate_host_slots():
+    """Two 1-block claims offloaded in turn take two host slots: the second offload must not
+    overwrite the first one's copy (a free-list slice that keeps a taken slot would)."""
+    rt = Runtime(8, 4, host_blocks=4)
+    for cid, seed in (("a", 1), ("b", 2)):
+        P = tokens(1, seed)
+        rt.submit_claim(cid, P, tiers=("device", "host"), policy="offload")
+        rt.submit_request(f"w{cid}", P)
+        rt.finish(f"w{cid}")
+        rt.offload_claim(cid)
+    assert len(rt.host.free) == 2
+    assert rt.restore_claim("a") == "materialized" and rt.restore_claim("b") == "materialized"
