@@ -77,7 +77,7 @@ def submit(
         strength=op.strength,
         priority=op.priority,
         ttl=op.ttl,
-        tiers=("device",),
+        tiers=op.tiers,
         policy=op.policy,
         tenant=tenant,
         record={"request": request, "tenant": tenant},

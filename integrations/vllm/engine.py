@@ -55,6 +55,22 @@ class Result:
         return "refused" in self.kvclaims
 
 
+def host_tier(cpu_bytes: int, load_failure_policy: str = "recompute") -> dict[str, Any]:
+    """vLLM's ``kv_transfer_config`` that switches the claims host tier on
+    (`kvclaims.vllm.hosttier`): `cpu_bytes` of host memory for block copies (vLLM sizes
+    the tier from it), and what vLLM does with a request whose load fails its check
+    ("recompute": the bad copy is dropped and the request recomputes; "fail": it ends
+    with an error)."""
+    module = "kvclaims.vllm.hosttier"
+    return {
+        "kv_connector": "ClaimsOffloadingConnector",
+        "kv_connector_module_path": module,
+        "kv_role": "kv_both",
+        "kv_load_failure_policy": load_failure_policy,
+        "kv_connector_extra_config": {"spec_name": "ClaimsHostSpec", "spec_module_path": module, "cpu_bytes_to_use": cpu_bytes},
+    }
+
+
 def engine_kwargs(
     *,
     integration: bool = True,
@@ -64,13 +80,15 @@ def engine_kwargs(
     scheduler: str = SCHEDULER,
     model: str | None = None,
     async_scheduling: bool = False,
+    host_bytes: int = 0,
+    load_failure_policy: str = "recompute",
     **kvclaims: Any,
 ) -> dict[str, Any]:
     """``LLM``/``EngineArgs`` keyword arguments for the tiny model (or another local `model`
     directory). Any prompt's prefill is one engine step (the batch budget is the model length).
     vLLM turns `async_scheduling` off on CPU (`vllm/platforms/cpu.py`) unless a test process
     undoes that (`tests/test_vllm_async.py`); where it stays on, the integration's scheduler
-    is `AsyncClaimsScheduler`."""
+    is `AsyncClaimsScheduler`. `host_bytes` > 0 switches the claims host tier on (`host_tier`)."""
     kw: dict[str, Any] = dict(
         model=model or str(tiny_model_dir()),
         skip_tokenizer_init=True,
@@ -83,6 +101,8 @@ def engine_kwargs(
         enforce_eager=True,
         async_scheduling=async_scheduling,
     )
+    if host_bytes:
+        kw["kv_transfer_config"] = host_tier(host_bytes, load_failure_policy)
     if integration:
         kw.update(scheduler_cls=scheduler, additional_config={"kvclaims": kvclaims})
     elif kvclaims:
@@ -177,6 +197,17 @@ class VllmEngine:
                 return self.results[request_id]
             self.step()
         raise TimeoutError(f"request {request_id!r} did not finish in {max_steps} steps")
+
+    def settle(self, max_steps: int = 100) -> int:
+        """Step while vLLM still has work with no request to schedule (a connector's
+        store in flight: the host tier stores a block one step after it is computed);
+        returns the steps taken."""
+        core = self._core
+        for n in range(max_steps):
+            if core.scheduler.has_unfinished_requests() or not core.scheduler.has_requests():
+                return n
+            self.step()
+        raise TimeoutError(f"the engine still had work after {max_steps} steps")
 
     def run(self, request_id: str, tokens: Sequence[int], **kw: Any) -> Result:
         self.submit_request(request_id, tokens, **kw)

@@ -32,12 +32,14 @@ from vllm.v1.request import Request, RequestStatus
 from vllm.version import __version__ as vllm_version
 
 from kvclaims.claimbook import ClaimBook, Quota
-from kvclaims.errors import BadArgument, InvalidInput, KVClaimsError
+from kvclaims.errors import BadArgument, GuardRejected, InvalidInput, KVClaimsError, NoRoom, UnknownId
 from kvclaims.model.claim import Claim
 from kvclaims.model.feasibility import Decision, decide
 from kvclaims.spec import load
 from kvclaims.trace import TraceWriter, open_trace_file
 from kvclaims.vllm.claims import VllmSide, check_new, submit
+from kvclaims.vllm.host import VllmHostSide
+from kvclaims.vllm.hosttier import ClaimsConnectorScheduler
 from kvclaims.vllm.metrics import ClaimMetrics
 from kvclaims.vllm.pool import PoolView, hexid
 from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, rejection, server_key
@@ -111,6 +113,7 @@ class ClaimsScheduler(Scheduler):
         self.pool = PoolView(self.kv_cache_manager, self.block_size, self.hash_algo)
         self.pool.withhold(withhold)
         self.trace = trace
+        tier = self.host_connector()
         self.trace.emit(
             "runtime",
             runtime="vllm",
@@ -118,7 +121,7 @@ class ClaimsScheduler(Scheduler):
             U=self.pool.U,
             B=self.block_size,
             R=reserve,
-            host_blocks=0,
+            host_blocks=tier.host._num_chunks if tier else 0,
             enforce=enforce,
         )
         if not 0 <= reserve < self.pool.U:
@@ -135,6 +138,8 @@ class ClaimsScheduler(Scheduler):
             quota=self.quota,
             observer=self.metrics,
         )
+        self.host: VllmHostSide | None = VllmHostSide(self, tier) if tier else None
+        self.book.host = self.host
         self.ops: dict[str, RequestOps] = {}
         self.notes: dict[str, dict] = {}  # request -> what its final output reports
         self.hit_blocks: dict[str, int] = {}
@@ -145,6 +150,12 @@ class ClaimsScheduler(Scheduler):
         self.epoch = 0
         self.admitted_epoch: dict[str, int] = {}
         self._guard_caching()
+
+    def host_connector(self) -> ClaimsConnectorScheduler | None:
+        """The claims host tier's connector half, when the engine runs it
+        (`kvclaims.vllm.hosttier`); None: no host tier, claims stay on the device."""
+        half = getattr(self.connector, "connector_scheduler", None)
+        return half if isinstance(half, ClaimsConnectorScheduler) else None
 
     def _guard_caching(self) -> None:
         """Route vLLM's block caching (`KVCacheCoordinator.cache_blocks`, which both
@@ -197,6 +208,7 @@ class ClaimsScheduler(Scheduler):
 
     def _check_ops(self, ops: RequestOps, request: Request) -> None:
         if ops.claim:
+            self.check_tiers(ops.claim)
             _judged(PREFIX + "claim", check_new, self.book, self.block_size, ops.claim, len(request.block_hashes))
         for cid in ops.release:
             _judged(PREFIX + EVENT.release, self.book.check_event, cid, EVENT.release, ops.tenant)
@@ -436,6 +448,15 @@ class ClaimsScheduler(Scheduler):
         return stored
 
     # ------------------------------------------------------------------ claims, in process
+    def check_tiers(self, op: ClaimOp) -> None:
+        """A claim may name the host tier only when the engine runs the claims host tier."""
+        if "host" in op.tiers and self.host is None:
+            raise BadArgument(
+                PREFIX + "policy",
+                f"claim {op.claim_id!r}: 'offload' needs the claims host tier: start vLLM with "
+                "the kv_transfer_config of kvclaims.vllm.hosttier (integrations/vllm/README.md)",
+            )
+
     def submit_claim(self, op: ClaimOp, tokens: list[int], tenant: str = ANONYMOUS) -> str:
         """Claim `tokens`, a whole-block prefix, directly (no request); returns the claim's state."""
         bad = [i for i, t in enumerate(tokens) if type(t) is not int or not 0 <= t < self.vocab]
@@ -444,17 +465,44 @@ class ClaimsScheduler(Scheduler):
                 "tokens", f"tokens[{bad[0]}] is {tokens[bad[0]]!r}; expected a token id in [0, {self.vocab})"
             )
         chain = self.pool.chain(tokens)
+        self.check_tiers(op)
         check_new(self.book, self.block_size, op, len(chain), prefix=len(tokens))
         return submit(self.book, op, chain, tenant=tenant)
 
     def release_claim(self, claim_id: str, tenant: str = ANONYMOUS) -> None:
         self.book.end(self.book.check_event(claim_id, EVENT.release, tenant), EVENT.release, reason="owner")
 
+    def demote_claim(self, claim_id: str, tenant: str = ANONYMOUS) -> None:
+        self.book.demote(self.book.check_event(claim_id, EVENT.demote, tenant), reason="owner")
+
+    def offload_claim(self, claim_id: str, tenant: str = ANONYMOUS) -> None:
+        """The owner offloads its claim: its blocks' verified host copies are pinned and
+        its device blocks go. Raises GuardRejected (the claim names no host tier) or NoRoom
+        (a block has no verified host copy yet: vLLM stores a prompt's blocks one engine
+        step after computing them), nothing changed."""
+        c = self.book.check_event(claim_id, EVENT.offload, tenant)
+        if not c.host_allowed:
+            raise GuardRejected(claim_id, c.state, EVENT.offload, "host_allowed")
+        if self.host is None or not self.host.room(c):
+            raise NoRoom(f"claim {claim_id!r}: not every block of its chain has a verified host copy yet")
+        self.book.offload(c, reason="owner")
+
+    def inject_host_fault(self, h: str) -> None:
+        """Corrupt the host copy of block `h` (hex, as traced) that an offloaded claim pins;
+        detected when a load checks it. Raises UnknownId when no claim pins such a copy."""
+        key = self.host.pinned_key(h) if self.host else None
+        if key is None:
+            raise UnknownId(f"block {h!r} is not in the host tier")
+        self.trace.emit("operator", action="inject_host_fault", blocks=[h])
+        self.host.connector.corrupt(key)
+
     # ------------------------------------------------------------------ operator actions
     def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
-        """Claims holding blocks are harmed first, and only when the reset will happen."""
+        """Claims with resident state (device or host) are harmed first, and only when the
+        reset will happen."""
         if reset_running_requests or not self._requests_hold_blocks():
             self._invalidate("reset_prefix_cache")
+            self._harm_offloaded("reset_prefix_cache")
             self.book.end_holders(set(self.book.holders), EVENT.harm, "reset_prefix_cache")
         cached = self.pool.cached_hashes()
         ok = super().reset_prefix_cache(reset_running_requests, reset_connector)
@@ -487,7 +535,14 @@ class ClaimsScheduler(Scheduler):
         as invalid KV; a running request keeps its blocks, unindexed. (vLLM's own
         `reset_prefix_cache` instead refuses while requests hold blocks, or preempts them.)"""
         self._invalidate("reset_prefix_cache")
+        self._harm_offloaded("reset_prefix_cache")
         self._drop({b.block_id for b in self.pool.bp.blocks if b.block_hash is not None}, "reset_prefix_cache")
+        if self.host:  # the host copies hold KV of the old weights too
+            self.connector.reset_cache()
+
+    def _harm_offloaded(self, reason: str) -> None:
+        if self.host:
+            self.book.end_all([c.id for c in self.host.offloaded_claims()], EVENT.harm, reason)
 
     def _invalidate(self, action: str, **fields) -> None:
         """Announce an operator action of the spec's [invalidation]: a new epoch begins, and
@@ -501,7 +556,19 @@ class ClaimsScheduler(Scheduler):
         self.kv_cache_manager.evict_blocks(block_ids)
         self._sync(reason)
 
+    def _update_waiting_for_remote_kv(self, request: Request) -> None:
+        """A load from the host tier completed: offloaded claims it brought back are
+        restored before the request is admitted (their `restore` precedes its `hit`)."""
+        failed = request.request_id in self.failed_recving_kv_req_ids
+        super()._update_waiting_for_remote_kv(request)
+        if self.host and not failed:
+            self.host.restore_for(request)
+
     def _handle_invalid_blocks(self, invalid_block_ids: set[int], num_scheduled_tokens):
+        if self.host:  # a failed restore: the claims owning the chain fail first
+            for request in self.kv_holding_waiting:
+                if request.status == RequestStatus.WAITING_FOR_REMOTE_KVS:
+                    self.host.load_failed(request, invalid_block_ids)
         claimed = invalid_block_ids & set(self.book.holders)
         if claimed:  # fail closed even under the recompute policy
             self.evict_blocks(claimed)

@@ -49,6 +49,7 @@ class ClaimOp:
     priority: int = 0
     ttl: int | None = None  # engine steps
     policy: str = POLICY.refuse
+    tiers: tuple[str, ...] = ("device",)  # ("device", "host") with policy offload
 
 
 @dataclass(frozen=True)
@@ -151,16 +152,12 @@ def _claim(raw: Mapping[str, Any]) -> ClaimOp:
     claim_id, blocks = _name(raw["claim"], "claim"), _int(raw, "blocks", range(1, INT32))
     strength, policy = raw.get("strength", "hard"), raw.get("policy")
     priority, ttl = _int(raw, "priority") or 0, _int(raw, "ttl")
-    if policy == POLICY.offload:
-        raise BadArgument(
-            PREFIX + "policy",
-            "'offload' needs a host tier, and claims made through vLLM stay on the device tier (use 'demote')",
-        )
+    tiers = ("device", "host") if policy == POLICY.offload else ("device",)
     try:
-        _, policy = check_terms(f"claim {claim_id!r}", strength, priority, ttl, ("device",), policy)
+        tiers, policy = check_terms(f"claim {claim_id!r}", strength, priority, ttl, tiers, policy)
     except InvalidField as exc:
         raise BadArgument(PREFIX + exc.field, exc.problem) from None
-    return ClaimOp(claim_id, blocks, strength, priority, ttl, policy)
+    return ClaimOp(claim_id, blocks, strength, priority, ttl, policy, tuple(tiers))
 
 
 def _release(raw: Mapping[str, Any]) -> tuple[str, ...]:

@@ -1,0 +1,183 @@
+"""Claims over vLLM's host tier (`kvclaims.vllm.hosttier`): the claim book's `HostSide`.
+
+A claim's host copy is vLLM's own: the connector offers every computed prompt block to
+the host, and the store completes one engine step after the compute. So a claim's
+checksums are those its blocks' copies were stored with (recorded at materialization
+when the copy already exists, else bound when it completes), and the claim may offload
+only once every block of its chain has a verified copy there (`room`); until then
+pressure demotes it, as for a claim with no host tier. An offloaded claim pins its
+chunks, so vLLM's host LRU cannot drop them while it is offloaded.
+
+Restore is vLLM's load path: a request whose prompt starts with an offloaded claim's
+chain loads the missing blocks from the host (the worker copies only blocks whose
+checksum matches). When the load completes, the claim is restored (`block_restore`,
+`restore`) and holds its blocks again, before the request is admitted, so its `hit`
+follows. When a block fails its check, vLLM's invalid-KV-load path runs and the claim
+owning the chain fails closed first (`fail`, reason ``checksum_mismatch``): the bad
+blocks were never indexed, so nothing reuses them, and the bad copy is dropped from the
+host so a retry recomputes (`hosttier.ClaimsConnectorScheduler`).
+
+The trace shows the claim-visible host tier, as the reference runtime's: copies enter
+with a claim's `block_offload` and leave (`block_evict`, tier ``host``) when no claim
+pins them any more; vLLM's unclaimed host cache is not traced.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from vllm.v1.core import kv_cache_utils as kvu
+from vllm.v1.core.kv_cache_utils import KVCacheBlock
+from vllm.v1.kv_offload.base import OffloadKey, make_offload_key
+from vllm.v1.request import Request
+
+from kvclaims.errors import NoRoom
+from kvclaims.model.claim import Claim
+from kvclaims.model.names import EVENT
+from kvclaims.vllm.hosttier import ClaimsConnectorScheduler
+from kvclaims.vllm.pool import GROUP, hexid
+
+if TYPE_CHECKING:
+    from kvclaims.vllm.scheduler import ClaimsScheduler
+
+
+class VllmHostSide:
+    """The book's `HostSide` over the claims host manager (scheduler process)."""
+
+    def __init__(self, sched: ClaimsScheduler, connector: ClaimsConnectorScheduler) -> None:
+        self.sched, self.connector, self.manager = sched, connector, connector.host
+        self.manager.listener = self
+        self.pinned: dict[str, list[OffloadKey]] = {}  # offloaded claim -> the keys it pins
+        self.protected = sched.book.protected
+        self.offloaded_states = sched.book.spec.lifecycle.dests(EVENT.offload)
+
+    @property
+    def capacity(self) -> int:
+        """Host chunks (= blocks): vLLM's sizing from ``cpu_bytes_to_use``."""
+        return self.manager._num_chunks
+
+    def _keys(self, c: Claim) -> list[OffloadKey]:
+        return [make_offload_key(h, GROUP) for h in self.sched.book.entries[c.id].key]
+
+    # ------------------------------------------------------------------ HostSide
+    def digests(self, blocks: Sequence[KVCacheBlock]) -> list[str]:
+        """The checksums of the blocks' host copies, "" where none is stored yet."""
+        out = []
+        for b in blocks:
+            assert b.block_hash is not None, f"block {b.block_id} is not indexed"
+            out.append(self.manager.digest.get(make_offload_key(kvu.get_block_hash(b.block_hash), GROUP), ""))
+        return out
+
+    def room(self, c: Claim) -> bool:
+        """Every block of `c` has a verified host copy bound to the claim."""
+        if not c.checksums or not all(c.checksums.values()):
+            return False
+        return all(self.manager.ready(k) for k in self._keys(c))
+
+    def copy_out(self, c: Claim, blocks: Sequence[KVCacheBlock]) -> dict[str, str]:
+        """The copies exist already (vLLM stored them): pin them for `c` and return their
+        checksums. Raises NoRoom, nothing pinned, when one is missing."""
+        keys = self._keys(c)
+        missing = [h for h, k in zip(c.chain, keys) if not self.manager.ready(k)]
+        if missing:
+            raise NoRoom(f"claim {c.id!r}: no verified host copy of blocks {missing}")
+        self.manager.pin(keys)
+        self.pinned[c.id] = keys
+        return {h: self.manager.digest[k] for h, k in zip(c.chain, keys)}
+
+    def offloaded(self, c: Claim) -> None:
+        """The device copies nothing else references leave the prefix cache, so a reuse
+        loads them through the connector."""
+        blocks = self.sched.pool.resident(self.sched.book.entries[c.id].key) or []
+        ids = {b.block_id for b in blocks if b.ref_cnt == 0}
+        if ids:
+            self.sched.kv_cache_manager.evict_blocks(ids)
+        self.sched._sync(EVENT.offload)
+
+    def drop(self, c: Claim, reason: str) -> None:
+        """`c` unpins its copies; those no other claim pins leave the traced host tier
+        (they stay in vLLM's host cache, unclaimed, but for a failed claim's, which go)."""
+        keys = self.pinned.pop(c.id, None)
+        if keys is None:
+            return
+        self.manager.unpin(keys)
+        gone = [h for h, k in zip(c.chain, keys) if k not in self.manager.pins]
+        if reason == EVENT.fail:
+            self.manager.invalidate(keys)
+        if gone:
+            self.sched.trace.emit("block_evict", blocks=gone, tier="host", reason=reason)
+
+    # ------------------------------------------------------------------ HostListener
+    def host_stored(self, keys: list[OffloadKey]) -> None:
+        """Copies completed: bind their checksums to materialized claims that materialized
+        before them (a claim's checksum of a block, once bound, never changes)."""
+        stored = set(keys)
+        for c in self.sched.book.in_states(*self.protected):
+            if c.checksums and not all(c.checksums.values()):
+                for h, k in zip(c.chain, self._keys(c)):
+                    if not c.checksums[h] and k in stored:
+                        c.checksums[h] = self.manager.digest[k]
+
+    def host_evicted(self, keys: list[OffloadKey]) -> None:
+        """vLLM's host LRU took unpinned copies: nothing a claim relies on (pins)."""
+        assert not set(keys) & self.manager.pins.keys(), "a pinned host copy was evicted"
+
+    # ------------------------------------------------------------------ claims
+    def restore_for(self, request: Request) -> None:
+        """A load for `request` completed: offloaded claims whose chain its prompt starts
+        with, and whose blocks it loaded, are restored and hold their blocks again."""
+        loaded = set(self.connector.loading.pop(request.request_id, ()))
+        if not loaded:
+            return
+        book, hashes = self.sched.book, request.block_hashes
+        for c in book.in_states(*self.offloaded_states):
+            chain = book.entries[c.id].key
+            keys = self._keys(c)
+            if list(hashes[: len(chain)]) != list(chain) or loaded.isdisjoint(keys):
+                continue
+            blocks = self.sched.pool.resident(chain)
+            if blocks is None or not book.restore_fits(c):
+                continue
+            arrived = {h: self.manager.digest.get(k, "") for h, k in zip(c.chain, keys)}
+            if not book.matches(arrived, c):
+                book.end(c, EVENT.fail, reason="checksum_mismatch")
+                continue
+            restored = [h for h, k in zip(c.chain, keys) if k in loaded]
+            self.sched.trace.emit("block_restore", claim=c.id, blocks=restored, tier="device")
+            book.fire(c, EVENT.restore, {"arrived": arrived})
+            book.hold(c, blocks)
+            self.drop(c, EVENT.restore)
+
+    def load_failed(self, request: Request, invalid_block_ids: set[int]) -> None:
+        """Blocks `request` was loading failed their check: every offloaded claim whose
+        chain has one of them fails closed (vLLM then truncates or fails the request)."""
+        self.connector.loading.pop(request.request_id, None)
+        ids = self.sched.kv_cache_manager.get_block_ids(request.request_id)[GROUP]
+        bad = {hexid(request.block_hashes[i]) for i, b in enumerate(ids) if b in invalid_block_ids and i < len(request.block_hashes)}
+        book = self.sched.book
+        for c in book.in_states(*self.offloaded_states):
+            if bad.intersection(c.chain):
+                book.end(c, EVENT.fail, reason="checksum_mismatch")
+
+    def pinned_key(self, h: str) -> OffloadKey | None:
+        """The host key of block `h` (hex) if an offloaded claim pins its copy."""
+        book = self.sched.book
+        for cid, keys in self.pinned.items():
+            for hh, k in zip(book.claims[cid].chain, keys):
+                if hh == h:
+                    return k
+        return None
+
+    def offloaded_claims(self) -> list[Claim]:
+        return self.sched.book.in_states(*self.offloaded_states)
+
+    def check_valid(self) -> None:
+        """Each offloaded claim pins exactly its chain; pins are the manager's references."""
+        self.manager.check_valid()
+        expected: dict[OffloadKey, int] = {}
+        for c in self.offloaded_claims():
+            assert self.pinned.get(c.id) == self._keys(c), f"offloaded claim {c.id} does not pin its chain"
+        for keys in self.pinned.values():
+            for k in keys:
+                expected[k] = expected.get(k, 0) + 1
+        assert expected == self.manager.pins, "host pins differ from the offloaded claims' chains"
