@@ -48,9 +48,9 @@ from typing import Any, Mapping, Sequence
 from vllm.v1.request import RequestStatus
 
 from kvclaims.conformance.adapter import RuntimeProfile
-from kvclaims.model.names import STATUS
+from kvclaims.model.names import EVENT, STATUS
 from kvclaims.model.terms import APPLIED, NOT_APPLIED, PENDING
-from kvclaims.errors import DuplicateId, InvalidField, InvalidInput, UnknownId
+from kvclaims.errors import DuplicateId, InvalidField, InvalidInput, NoRoom, UnknownId
 from kvclaims.model.feasibility import Decision, PoolCounts
 
 # The protocol's input rules are the reference runtime's: one rule set, so a bad call
@@ -72,6 +72,9 @@ from kvclaims.vllm.pool import hexid
 from kvclaims.vllm.xargs import RequestOps, parse, to_xargs
 
 ENGINE_U, MODEL_LEN = 80, 2560  # the largest pool and prompt any instance may ask for
+RESTORE = "kvclaims-restore:"  # the id of a request `restore_claim` makes, before a counter
+MAX_LOAD_STEPS = 4  # a host-tier load completes within the step that issues it (copies are synchronous)
+HOST_BYTES = 16 << 20  # the host tier's memory: 512 blocks of the tiny model (32 KiB each)
 HARNESS = "kvclaims.vllm.harness.HarnessScheduler"
 LIVE = {
     RequestStatus.RUNNING: STATUS.running,
@@ -86,12 +89,26 @@ def shared_engine() -> VllmEngine:
     """The process's one harness engine, started on first use."""
     global _engine
     if _engine is None:
-        _engine = VllmEngine(U=ENGINE_U, max_model_len=MODEL_LEN, scheduler=HARNESS)
+        _engine = VllmEngine(
+            U=ENGINE_U, max_model_len=MODEL_LEN, scheduler=HARNESS, host_bytes=HOST_BYTES, host_tier="claims"
+        )
     return _engine
 
 
 class VllmAdapter:
-    capabilities = frozenset({"evict_blocks", "reset_cache", "request_claims", "check_valid", "decode", "device_fault"})
+    capabilities = frozenset(
+        {
+            "evict_blocks",
+            "reset_cache",
+            "request_claims",
+            "check_valid",
+            "decode",
+            "device_fault",
+            "host_tier",
+            "host_fault",
+            "owner_ops",
+        }
+    )
     # vLLM's own ways where the contract leaves it free (`RuntimeProfile` names their sources).
     profile = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True, takes_cached_while_free=True)
     enforce = True
@@ -102,9 +119,11 @@ class VllmAdapter:
         assert isinstance(sched, HarnessScheduler), f"the shared engine runs {HARNESS}, not {type(sched)}"
         self.sched = sched
         self.engine.clear()
-        self.sched.restart(U=U, reserve=R, enforce=self.enforce)
-        self.U, self.B, self.R = self.sched.pool.U, self.sched.block_size, R
-        self.host_blocks = 0  # no host tier: scenarios that need one are not applicable
+        check_int("runtime", "host_blocks", host_blocks, 0, self.sched.host_connector().host.capacity)
+        self.sched.restart(U=U, reserve=R, enforce=self.enforce, host_blocks=host_blocks)
+        self.U, self.B, self.R, self.host_blocks = self.sched.pool.U, self.sched.block_size, R, host_blocks
+        self.prefixes: dict[str, list[int]] = {}  # claim -> the tokens it claims (for restore_claim)
+        self.restores = 0
         self.ended: dict[str, str] = {}  # finished or aborted through the protocol
         self.outcomes: dict[str, str] = {}  # request -> what became of the claim it carries
 
@@ -133,11 +152,11 @@ class VllmAdapter:
         tiers, policy = claim_terms(
             self.sched.book.claims, self.U, self.B, None, claim_id, prefix, strength, priority, ttl, tiers, policy
         )
-        if tiers != ("device",):
-            raise InvalidInput(f"claim {claim_id!r}: vLLM here has no host tier (tiers {tiers})")
-        op = parse(to_xargs(claim_id, strength=strength, priority=priority, ttl=ttl, policy=policy)).claim
+        op = parse(to_xargs(claim_id, strength=strength, priority=priority, ttl=ttl, policy=policy, tiers=tiers)).claim
         assert op is not None, "to_xargs(claim_id, ...) always carries a claim"
-        return self.sched.submit_claim(op, self._ids(prefix))
+        state = self.sched.submit_claim(op, self._ids(prefix))
+        self.prefixes[claim_id] = list(prefix)
+        return state
 
     def release_claim(self, claim_id: str) -> None:
         check_id(claim_id, "claim")
@@ -146,6 +165,41 @@ class VllmAdapter:
     def claim_state(self, claim_id: str) -> str:
         check_id(claim_id, "claim")
         return self.sched.book.get(claim_id).state
+
+    # --- owner operations ---------------------------------------------------------------
+    def demote_claim(self, claim_id: str) -> None:
+        check_id(claim_id, "claim")
+        self.sched.demote_claim(claim_id)
+
+    def offload_claim(self, claim_id: str) -> None:
+        """The claim's verified host copies are pinned and its device blocks go (vLLM made
+        the copies when the prefix was computed; `_step_for` lets them complete)."""
+        check_id(claim_id, "claim")
+        self.sched.offload_claim(claim_id)
+
+    def restore_claim(self, claim_id: str) -> str:
+        """vLLM restores through its load path only, for a request: a minimal request for
+        the claim's prefix loads it and ends (it is in the trace, under an id of its own).
+        Checked first as the reference runtime checks: the claim is offloaded (else
+        IllegalTransition), the device has room for its missing blocks (else NoRoom) and the
+        reserve allows it back (else InvalidInput). Returns the claim's state: materialized,
+        or failed when a copy failed its check."""
+        check_id(claim_id, "claim")
+        book = self.sched.book
+        c = book.check_event(claim_id, EVENT.restore)
+        chain = book.entries[claim_id].key
+        resident = [b for b in map(self.sched.pool.block, chain) if b is not None]
+        missing = len(chain) - len(resident)
+        if missing > self.sched.pool.evictable(resident):
+            raise NoRoom(f"claim {claim_id!r}: no room on the device for {missing} blocks")
+        if not book.restore_fits(c):
+            raise InvalidInput(f"claim {claim_id!r}: restoring would exceed the reserve")
+        self.restores += 1
+        rid = f"{RESTORE}{self.restores}:{claim_id}"
+        self.submit_request(rid, self.prefixes[claim_id])
+        if self.request_status(rid) == STATUS.running:
+            self.finish(rid)
+        return c.state
 
     # --- requests -----------------------------------------------------------------------
     def submit_request(
@@ -176,8 +230,8 @@ class VllmAdapter:
         """The protocol's checks of a carried claim, then vLLM's own limit (no host tier);
         its `to_xargs` keywords."""
         cid, terms = request_claim(self.sched.book.claims, self.U, self.B, None, request_id, tokens, claim)
-        if terms.pop("tiers") != ("device",):
-            raise InvalidInput(f"claim {cid!r}: vLLM here has no host tier")
+        blocks = terms.get("blocks") or len(tokens) // self.B
+        self.prefixes[cid] = list(tokens[: blocks * self.B])
         return {"claim": cid, **terms}
 
     def claim_outcome(self, request_id: str) -> str | None:
@@ -197,12 +251,23 @@ class VllmAdapter:
                 self.outcomes[rid] = NOT_APPLIED
 
     def _step_for(self, request_id: str) -> None:
+        """One engine step for the request alone (more while it loads from the host tier,
+        which admits it in the step after its load), then the steps that complete the
+        host tier's transfers (it stores a computed block one step later)."""
         self.sched.only = request_id
         try:
             self.engine.step()
+            for _ in range(MAX_LOAD_STEPS):
+                live = self.sched.requests.get(self.engine.internal[request_id])
+                if live is None or live.status != RequestStatus.WAITING_FOR_REMOTE_KVS:
+                    break
+                self.engine.step()
+            else:
+                raise AssertionError(f"request {request_id!r} still loading after {MAX_LOAD_STEPS} steps")
         finally:
             self.sched.only = None
             self._note_outcomes()
+        self.engine.settle()
 
     def request_status(self, request_id: str) -> str:
         check_id(request_id, "request")
@@ -301,6 +366,12 @@ class VllmAdapter:
             raise UnknownId(f"block {h!r} is not resident on the device")
         self.engine.inject_device_fault(self.sched.pool.copies([h]))
 
+    def inject_host_fault(self, h: str) -> None:
+        """Corrupt the host copy of block `h` that an offloaded claim pins (on the worker,
+        with the next engine step); a load checks it against its stored checksum."""
+        check_hash("inject_host_fault", "block", h)
+        self.sched.inject_host_fault(h)
+
     # --- observation --------------------------------------------------------------------
     def resident(self) -> set[str]:
         return set(self.sched.pool.cached_hashes())
@@ -319,6 +390,8 @@ class VllmAdapter:
         book, bp = self.sched.book, self.sched.pool.bp
         withheld = {b.block_id for b in self.sched.pool.withheld}
         book.check_valid()
+        if self.sched.host:
+            self.sched.host.check_valid()
         for b in bp.blocks:
             held = len(book.holders.get(b.block_id, ()))
             assert b.ref_cnt >= held, f"block {b.block_id}: {held} claims hold it, ref_cnt {b.ref_cnt}"

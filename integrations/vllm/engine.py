@@ -199,15 +199,13 @@ class VllmEngine:
         raise TimeoutError(f"request {request_id!r} did not finish in {max_steps} steps")
 
     def settle(self, max_steps: int = 100) -> int:
-        """Step while vLLM still has work with no request to schedule (a connector's
-        store in flight: the host tier stores a block one step after it is computed);
-        returns the steps taken."""
-        core = self._core
+        """Step while the host tier has a transfer in flight (it stores a block one step
+        after computing it; live requests also advance); returns the steps taken."""
         for n in range(max_steps):
-            if core.scheduler.has_unfinished_requests() or not core.scheduler.has_requests():
+            if not self._claims().transfers_pending():
                 return n
             self.step()
-        raise TimeoutError(f"the engine still had work after {max_steps} steps")
+        raise TimeoutError(f"the host tier still had transfers after {max_steps} steps")
 
     def run(self, request_id: str, tokens: Sequence[int], **kw: Any) -> Result:
         self.submit_request(request_id, tokens, **kw)
@@ -218,11 +216,18 @@ class VllmEngine:
             raise UnknownId(f"no request {request_id!r}")
         self.engine.abort_request([self.internal[request_id]], internal=True)
 
-    def clear(self) -> None:
-        """Abort every request still live and forget all ids: a fresh start for the next user."""
+    def clear(self, max_steps: int = 100) -> None:
+        """Abort every request still live and forget all ids: a fresh start for the next user.
+        Steps until the scheduler has nothing left (finished ids reported to the connector,
+        transfers complete), so a later request may reuse an id."""
         self.engine.abort_request(list(self.internal.values()), internal=True)
         self.internal.clear()
         self.results.clear()
+        for _ in range(max_steps):
+            if not self._core.scheduler.has_requests():
+                return
+            self.engine.step()
+        raise TimeoutError(f"the engine still had work after {max_steps} steps")
 
     # ------------------------------------------------------------------ claims and operators
     def _claims(self) -> ClaimsScheduler:

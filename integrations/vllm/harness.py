@@ -43,9 +43,10 @@ class HarnessScheduler(ClaimsScheduler):
                 if id(r) in still:
                     self.waiting.add_request(r)
 
-    def restart(self, *, U: int, reserve: int, enforce: bool) -> None:
-        """An empty pool of U blocks with a fresh claim registry and trace. Live requests
-        must have been aborted first (through the engine, so its own state goes too)."""
+    def restart(self, *, U: int, reserve: int, enforce: bool, host_blocks: int = 0) -> None:
+        """An empty pool of U blocks (and an empty host tier of `host_blocks`, when the
+        engine runs one) with a fresh claim registry and trace. Live requests must have
+        been aborted first (through the engine, so its own state goes too)."""
         if self.requests:
             raise InvalidInput(f"cannot restart with live requests {sorted(self.requests)}")
         self.book.close()
@@ -54,4 +55,10 @@ class HarnessScheduler(ClaimsScheduler):
             raise InvalidInput("the prefix cache could not be reset")
         if not 1 <= U <= self.pool.U:
             raise InvalidInput(f"U must be in 1..{self.pool.U} (the engine's pool), got {U}")
+        tier = self.host_connector()
+        if tier is not None:
+            self.connector.reset_cache()
+            tier.host.resize(host_blocks)
+        elif host_blocks:
+            raise InvalidInput("this engine has no host tier (start it with host_bytes)")
         self.start_claims(TraceWriter(), reserve=reserve, enforce=enforce, withhold=self.pool.U - U)

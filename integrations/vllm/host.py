@@ -168,6 +168,27 @@ class VllmHostSide:
                     return k
         return None
 
+    def claimed_keys(self, keys: list[OffloadKey]) -> list[OffloadKey]:
+        """`host_tier="claims"`: of the blocks vLLM offers the host, those of live claims
+        that name the host tier (the contract's host tier holds claims only)."""
+        book = self.sched.book
+        wanted = {
+            k for c in book.in_states(*book.spec.lifecycle.live) if c.host_allowed for k in self._keys(c)
+        }
+        return [k for k in keys if k in wanted]
+
+    def claims_only(self, request: Request, computed: int) -> int:
+        """`host_tier="claims"`: a request loads from the host only the whole chain of an
+        offloaded claim its prompt starts with (as the reference runtime restores);
+        tokens it may load past `computed`."""
+        book, hashes, B = self.sched.book, request.block_hashes, self.sched.block_size
+        best = 0
+        for c in self.offloaded_claims():
+            chain = book.entries[c.id].key
+            if len(chain) * B > best and list(hashes[: len(chain)]) == list(chain) and book.restore_fits(c):
+                best = len(chain) * B
+        return max(0, best - computed)
+
     def offloaded_claims(self) -> list[Claim]:
         return self.sched.book.in_states(*self.offloaded_states)
 

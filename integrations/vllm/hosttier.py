@@ -56,6 +56,7 @@ from vllm.v1.kv_offload.base import (
 from vllm.v1.kv_offload.cpu.common import CPULoadStoreSpec
 from vllm.v1.kv_offload.cpu.manager import CPUOffloadingManager
 from vllm.v1.kv_offload.cpu.spec import CPUOffloadingSpec
+from vllm.v1.request import Request
 
 from kvclaims.errors import InvalidInput
 from kvclaims.vllm.hostcopy import HostCopies
@@ -79,6 +80,7 @@ class ClaimsHostManager(CPUOffloadingManager):
         self.digest: dict[OffloadKey, str] = {}  # ready keys -> checksum taken at store
         self.pins: dict[OffloadKey, int] = {}  # keys pinned by claims -> how many pins
         self.listener: HostListener | None = None
+        self.store_only: Callable[[list[OffloadKey]], list[OffloadKey]] | None = None  # None: store any
         self.capacity = self._num_chunks  # what the spec sized (and the worker allocated)
 
     def ready(self, key: OffloadKey) -> bool:
@@ -87,7 +89,8 @@ class ClaimsHostManager(CPUOffloadingManager):
         return chunk is not None and chunk.is_ready and key in self.digest
 
     def prepare_store(self, keys, req_context):
-        out = super().prepare_store(keys, req_context)
+        keys = list(keys) if self.store_only is None else self.store_only(list(keys))
+        out = super().prepare_store(keys, req_context) or self._store_prefix(keys, req_context)
         if out is not None:
             for key in out.evicted_keys:
                 self.digest.pop(key, None)
@@ -96,6 +99,22 @@ class ClaimsHostManager(CPUOffloadingManager):
             if out.evicted_keys and self.listener:
                 self.listener.host_evicted(list(out.evicted_keys))
         return out
+
+    def _store_prefix(self, keys: list[OffloadKey], req_context):
+        """The longest prefix of an offer that fits. vLLM stores a request's offer all or
+        nothing; a claim's chain is a prompt's first blocks, so under host pressure this
+        still gives it its copies."""
+        room, new, cut = self._get_num_free_chunks() + self._num_evictable_cache_chunks, 0, 0
+        for i, key in enumerate(keys):
+            new += self._policy.get(key) is None
+            if new > room:
+                break
+            cut = i + 1
+        for n in range(cut, 0, -1):
+            out = super().prepare_store(keys[:n], req_context)
+            if out is not None:
+                return out
+        return None
 
     def stored(self, digests: dict[int, str]) -> None:
         """Checksums of chunks whose store completed (before `complete_store` marks them ready)."""
@@ -162,7 +181,7 @@ class ClaimsHostManager(CPUOffloadingManager):
         """Use `num_chunks` of the chunks the spec sized (a test harness's smaller host
         tier); only while the tier is empty."""
         assert not self._num_allocated_chunks and not self.pins, "resize of a host tier in use"
-        assert 0 < num_chunks <= self.capacity, (num_chunks, self.capacity)
+        assert 0 <= num_chunks <= self.capacity, (num_chunks, self.capacity)
         self._num_chunks = num_chunks
 
     def check_valid(self) -> None:
@@ -311,13 +330,21 @@ class ClaimsConnectorScheduler(OffloadingConnectorScheduler):
         self.host: ClaimsHostManager = self.manager
         self.loading: dict[str, list[OffloadKey]] = {}  # request -> keys of its load job
         self._corrupt: list[int] = []
-        self.on_failed_load: Callable[[list[OffloadKey]], None] | None = None
+        # Tokens a request may load from the host beyond what it computed (None: what
+        # vLLM's lookup finds): the claims side's `host_serves` setting.
+        self.load_limit: Callable[[Request, int], int] | None = None
 
     def corrupt(self, key: OffloadKey) -> None:
         """Corrupt the host copy of `key` on the worker, with the next step."""
         chunk = self.host._policy.get(key)
         assert chunk is not None and chunk.is_ready, f"no host copy of {key!r}"
         self._corrupt.append(chunk.chunk_id)
+
+    def get_num_new_matched_tokens(self, request, num_computed_tokens, max_num_new_tokens=None):
+        if self.load_limit is not None:
+            cap = self.load_limit(request, num_computed_tokens)
+            max_num_new_tokens = cap if max_num_new_tokens is None else min(cap, max_num_new_tokens)
+        return super().get_num_new_matched_tokens(request, num_computed_tokens, max_num_new_tokens)
 
     def update_state_after_alloc(self, request, blocks, num_external_tokens) -> None:
         before = set(self._current_batch_load_jobs)

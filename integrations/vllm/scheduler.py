@@ -45,7 +45,18 @@ from kvclaims.vllm.pool import PoolView, hexid
 from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, rejection, server_key
 from kvclaims.model.names import EVENT
 
-CONFIG_KEYS = {"reserve": int, "trace": str, "enforce": bool, "tenants": bool, "tenant_header": str, "quota": dict}
+CONFIG_KEYS = {
+    "reserve": int,
+    "trace": str,
+    "enforce": bool,
+    "tenants": bool,
+    "tenant_header": str,
+    "quota": dict,
+    "host_tier": str,
+}
+# What vLLM's host tier holds: every computed prompt block (vLLM's own), or only blocks of
+# claims that name the host tier, loaded back only for their whole chain (the contract's).
+HOST_TIERS = ("all", "claims")
 WAITING = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
 STOCK_CACHE_BLOCKS = "_kvclaims_cache_blocks"  # vLLM's own, kept on the coordinator we wrap
 
@@ -66,6 +77,8 @@ def settings(vllm_config) -> dict:
                 f"additional_config kvclaims.{key}={value!r}: expected one of "
                 f"{ {k: t.__name__ for k, t in CONFIG_KEYS.items()} }"
             )
+    if cfg.get("host_tier", "all") not in HOST_TIERS:
+        raise BadArgument("kvclaims.host_tier", f"must be one of {HOST_TIERS}, got {cfg['host_tier']!r}")
     for key in ("tenant_header", "quota"):
         if key in cfg and not cfg.get("tenants"):
             raise BadArgument(f"kvclaims.{key}", "needs kvclaims.tenants=true (claims that belong to tenants)")
@@ -106,10 +119,12 @@ class ClaimsScheduler(Scheduler):
         self.quota = Quota.parse(cfg["quota"]) if "quota" in cfg else Quota()
         PoolView.check_groups(self.kv_cache_manager)  # before a trace file exists: a refusal leaves none
         sink = open_trace_file(cfg["trace"], field="kvclaims.trace") if cfg.get("trace") else None
+        self.host_tier = cfg.get("host_tier", "all")
         self.start_claims(TraceWriter(sink), reserve=cfg.get("reserve", 0), enforce=cfg.get("enforce", True))
 
     def start_claims(self, trace: TraceWriter, *, reserve: int, enforce: bool, withhold: int = 0) -> None:
-        """A fresh claim registry and trace over the pool (less `withhold` blocks)."""
+        """A fresh claim registry and trace over the pool (less `withhold` blocks), with
+        the host tier when the engine runs it."""
         self.pool = PoolView(self.kv_cache_manager, self.block_size, self.hash_algo)
         self.pool.withhold(withhold)
         self.trace = trace
@@ -140,6 +155,8 @@ class ClaimsScheduler(Scheduler):
         )
         self.host: VllmHostSide | None = VllmHostSide(self, tier) if tier else None
         self.book.host = self.host
+        if tier and self.host and self.host_tier == "claims":
+            tier.load_limit, tier.host.store_only = self.host.claims_only, self.host.claimed_keys
         self.ops: dict[str, RequestOps] = {}
         self.notes: dict[str, dict] = {}  # request -> what its final output reports
         self.hit_blocks: dict[str, int] = {}
@@ -156,6 +173,12 @@ class ClaimsScheduler(Scheduler):
         (`kvclaims.vllm.hosttier`); None: no host tier, claims stay on the device."""
         half = getattr(self.connector, "connector_scheduler", None)
         return half if isinstance(half, ClaimsConnectorScheduler) else None
+
+    def transfers_pending(self) -> bool:
+        """Has the host tier a store or load in flight (it stores a block one engine step
+        after computing it)?"""
+        tier = self.host_connector()
+        return tier is not None and tier.has_pending_push_work()
 
     def _guard_caching(self) -> None:
         """Route vLLM's block caching (`KVCacheCoordinator.cache_blocks`, which both

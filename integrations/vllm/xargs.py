@@ -30,8 +30,8 @@ from kvclaims.model.checks import check_terms
 from kvclaims.model.names import POLICY
 
 PREFIX = "kvclaims_"
-KEYS = ("claim", "blocks", "strength", "priority", "ttl", "policy", "release", "no_admit", "tenant", "seal")
-CLAIM_TERMS = ("blocks", "strength", "priority", "ttl", "policy")
+KEYS = ("claim", "blocks", "strength", "priority", "ttl", "policy", "tiers", "release", "no_admit", "tenant", "seal")
+CLAIM_TERMS = ("blocks", "strength", "priority", "ttl", "policy", "tiers")
 # Claim ids and tenants: short, and free of the separators of a refusal's stop_reason.
 NAME = re.compile(r"[\w.@/+=~-]{1,256}", re.ASCII)
 INTEGER = re.compile(r"-?[0-9]+")
@@ -91,6 +91,7 @@ def to_xargs(
     priority: int | None = None,
     ttl: int | None = None,
     policy: str | None = None,
+    tiers: list[str] | tuple[str, ...] | None = None,
     release: str | list[str] | tuple[str, ...] = (),
     no_admit: bool = False,
     tenant: str | None = None,
@@ -105,6 +106,7 @@ def to_xargs(
         "priority": priority,
         "ttl": ttl,
         "policy": policy,
+        "tiers": list(tiers) if tiers is not None else None,
         "release": [release] if isinstance(release, str) else list(release) or None,
         "no_admit": no_admit or None,
         "tenant": tenant,
@@ -152,7 +154,8 @@ def _claim(raw: Mapping[str, Any]) -> ClaimOp:
     claim_id, blocks = _name(raw["claim"], "claim"), _int(raw, "blocks", range(1, INT32))
     strength, policy = raw.get("strength", "hard"), raw.get("policy")
     priority, ttl = _int(raw, "priority") or 0, _int(raw, "ttl")
-    tiers = ("device", "host") if policy == POLICY.offload else ("device",)
+    default = ["device", "host"] if policy == POLICY.offload else ["device"]
+    tiers = raw.get("tiers", default)  # (a JSON list)
     try:
         tiers, policy = check_terms(f"claim {claim_id!r}", strength, priority, ttl, tiers, policy)
     except InvalidField as exc:
