@@ -108,9 +108,10 @@ def check_admitted_hits(model: AdoptingPool, records: Iterable[Record]) -> list[
     """Each `request_admit` names the oracle's hits, in chain order (RKC-TR-8); returns the
     requests admitted."""
     admitted = []
+    own = model.profile.restore_requests
     for rec in records:
-        if rec.get("kind") != "request_admit":
-            continue
+        if rec.get("kind") != "request_admit" or (own and rec["request"].startswith(own)):
+            continue  # (a runtime's own restore request: the oracle follows its claim)
         rid = rec["request"]
         r = model.requests.get(rid)
         want = [] if r is None else list(r.chain[: r.hits])

@@ -60,6 +60,7 @@ from kvclaims.errors import (
     InconsistentCounts,
     InvalidInput,
     KVClaimsError,
+    NoRoom,
     UnknownId,
 )
 from kvclaims.model.adoption import AdoptingPool
@@ -159,11 +160,13 @@ class ContractMachine(RuleBasedStateMachine):
         return family_tokens(family, shared, self.rt.B) + unique_tokens(self.serial, tail, self.rt.B, extra)
 
     def _lru_evicted(self) -> None:
-        """Hand the model the cached blocks the runtime's LRU evicted since the last check,
-        before it replays the operation: in order, by the admission or growth they made
-        room for (the `request_admit` or `request_grow` record that follows them)."""
+        """Hand the model what it adopts from the runtime's trace since the last check, before
+        it replays the operation: the cached blocks the runtime's LRU evicted, in order, by
+        the admission or growth they made room for (the `request_admit` or `request_grow`
+        record that follows them), and the claims it demoted."""
         groups: dict[str, list[str]] = {}
         pending: list[str] = []
+        demoted: list[str] = []
         for _, rec in read_lines(self.rt.trace_lines(self.trace_pos)):
             if not isinstance(rec, dict):
                 continue
@@ -171,7 +174,10 @@ class ContractMachine(RuleBasedStateMachine):
                 pending += rec.get("blocks", [])
             elif rec.get("kind") in ("request_admit", "request_grow") and pending:
                 groups[rec["request"]], pending = pending, []
+            elif rec.get("kind") == "claim" and rec.get("event") == EVENT.demote:
+                demoted.append(rec["claim"])
         self.model.lru_evicted(groups)
+        self.model.demoted(demoted)
 
     def _rejected(self, error: type[KVClaimsError], fn: Callable[[], object], what: str) -> None:
         """`fn` must raise `error` and leave the runtime exactly as it was (RKC-RT-4)."""
@@ -182,10 +188,13 @@ class ContractMachine(RuleBasedStateMachine):
             pass
         else:
             raise ContractViolation(f"RKC-RT-4: {what} was accepted; expected {error.__name__}")
+        self._unchanged(before, f"rejected {what}")
+
+    def _unchanged(self, before: dict[str, object], what: str) -> None:
         after = self._snapshot()
         changed = [part for part in before if before[part] != after[part]]
         if changed:
-            raise ContractViolation(f"RKC-RT-4: rejected {what} changed the runtime's {', '.join(changed)}")
+            raise ContractViolation(f"RKC-RT-4: {what} changed the runtime's {', '.join(changed)}")
 
     def _snapshot(self) -> dict[str, object]:
         """What a rejected call must leave as it was; all of it where the runtime can digest it."""
@@ -261,7 +270,14 @@ class ContractMachine(RuleBasedStateMachine):
         if refusal:
             self._rejected(ERRORS[refusal], lambda: call(claim), f"{op} of claim {claim}")
             return
-        call(claim)
+        if op == EVENT.offload and self.model.profile.copies_with_compute:
+            before = self._snapshot()  # the runtime may have no complete host copy: its NoRoom
+            try:
+                call(claim)
+            except NoRoom:
+                return self._unchanged(before, f"rejected offload of claim {claim} (no complete host copy)")
+        else:
+            call(claim)
         getattr(self.model, op)(claim)
         got, want = self.rt.claim_state(claim), self.model.claims[claim].state
         if op == EVENT.restore and got != want:

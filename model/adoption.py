@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Collection, Mapping, Sequence
 
 from kvclaims.model.feasibility import PoolCounts
-from kvclaims.model.pool import ModelRequest, PoolModel
+from kvclaims.model.pool import ModelClaim, ModelRequest, PoolModel
 from kvclaims.model.profile import RuntimeProfile
 
 
@@ -41,6 +41,7 @@ class AdoptingPool(PoolModel):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._lru: dict[str, deque[str]] = {}  # the operation's LRU evictions, per admission
+        self._no_copy: set[str] = set()  # claims the runtime demoted for want of a host copy
         self.copies: dict[str, set[str]] = {}  # running request -> hashes it keeps a second copy of
 
     # --- from every runtime: what its LRU took, and its block table ---------------
@@ -73,7 +74,20 @@ class AdoptingPool(PoolModel):
             self._silent_reuses(counts)
         return TableDiff(frozenset(resident - self.resident), frozenset(self.resident - resident))
 
+    def demoted(self, claim_ids: Collection[str]) -> None:
+        """Before an operation is replayed: the claims its trace demotes. Under
+        `copies_with_compute` a claim that could have offloaded but was demoted had no
+        complete host copy, which only the runtime knows."""
+        self._no_copy = set(claim_ids) if self.profile.copies_with_compute else set()
+
     # --- under the profile -------------------------------------------------------
+    def _host_room(self, c: ModelClaim) -> bool:
+        return super()._host_room(c) and c.terms.id not in self._no_copy
+
+    def _offload_fails(self, c: ModelClaim) -> bool:
+        """Under `copies_with_compute` a shared copy's corruption is found when it is loaded
+        back, not when this claim offloads."""
+        return not self.profile.copies_with_compute and super()._offload_fails(c)
     def _hits(self, r: ModelRequest) -> int:
         """Under `recomputes_last_block` a prompt whose every block is cached (none partial)
         hits all but its last."""

@@ -227,10 +227,14 @@ class PoolModel:
     def offload(self, claim_id: str) -> None:
         self._offload(self.claim(claim_id))
 
+    def _offload_fails(self, c: ModelClaim) -> bool:
+        """Copies are verified on the way out: a corrupt host copy it would share fails it."""
+        return bool(set(c.terms.chain) & self.corrupt_host)
+
     def _offload(self, c: ModelClaim) -> None:
-        """Copies are verified on the way out: a corrupt host copy it would share fails it.
-        Its device blocks leave that no running request or other claim holds."""
-        if set(c.terms.chain) & self.corrupt_host:
+        """Offload `c`, or fail it closed (`_offload_fails`). Its device blocks leave that no
+        running request or other claim holds."""
+        if self._offload_fails(c):
             self._fire(c, EVENT.fail)
             self._drop_host(c)
             return

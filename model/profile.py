@@ -32,3 +32,20 @@ class RuntimeProfile:
     free blocks first). vLLM: free and cached blocks wait in one LRU queue
     (`FreeKVCacheBlockQueue`, vllm/v1/core/kv_cache_utils.py) whose head
     `BlockPool.get_new_blocks` pops (vllm/v1/core/block_pool.py)."""
+
+    copies_with_compute: bool = False
+    """A claim's host copy is made when a request computes or reuses its blocks, complete an
+    engine step later, not when the claim offloads: a claim whose copy is not complete cannot
+    offload (it demotes under pressure; an owner's offload raises NoRoom), which only the
+    runtime knows; and a copy is checked against the checksum it was stored with when it is
+    loaded back, not when another claim that shares it offloads. vLLM:
+    `OffloadingConnectorScheduler._build_store_jobs` offers the computed prompt blocks and
+    `complete_store` comes with the next step's output
+    (vllm/distributed/kv_transfer/kv_connector/v1/offloading/scheduler.py)."""
+
+    restore_requests: str = ""
+    """An owner's restore runs as a request of the runtime's own for the claim's prefix,
+    whose id starts with this (empty: restores need none); the oracle follows the claim, not
+    that request. vLLM loads from its host tier only for a request
+    (`OffloadingConnectorScheduler.update_state_after_alloc`)."""
+

@@ -72,7 +72,7 @@ from kvclaims.vllm.pool import hexid
 from kvclaims.vllm.xargs import RequestOps, parse, to_xargs
 
 ENGINE_U, MODEL_LEN = 80, 2560  # the largest pool and prompt any instance may ask for
-RESTORE = "kvclaims-restore:"  # the id of a request `restore_claim` makes, before a counter
+
 MAX_LOAD_STEPS = 4  # a host-tier load completes within the step that issues it (copies are synchronous)
 HOST_BYTES = 16 << 20  # the host tier's memory: 512 blocks of the tiny model (32 KiB each)
 HARNESS = "kvclaims.vllm.harness.HarnessScheduler"
@@ -110,7 +110,13 @@ class VllmAdapter:
         }
     )
     # vLLM's own ways where the contract leaves it free (`RuntimeProfile` names their sources).
-    profile = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True, takes_cached_while_free=True)
+    profile = RuntimeProfile(
+        recomputes_last_block=True,
+        keeps_duplicate_copies=True,
+        takes_cached_while_free=True,
+        copies_with_compute=True,
+        restore_requests="kvclaims-restore:",
+    )
     enforce = True
 
     def __init__(self, U: int, B: int = 32, R: int = 0, host_blocks: int = 0) -> None:
@@ -194,11 +200,15 @@ class VllmAdapter:
             raise NoRoom(f"claim {claim_id!r}: no room on the device for {missing} blocks")
         if not book.restore_fits(c):
             raise InvalidInput(f"claim {claim_id!r}: restoring would exceed the reserve")
+        if not missing:
+            self.sched.host.restore(c, set())
+            return c.state
         self.restores += 1
-        rid = f"{RESTORE}{self.restores}:{claim_id}"
+        rid = f"{self.profile.restore_requests}{self.restores}:{claim_id}"
+        self.sched.restoring[rid] = claim_id
         self.submit_request(rid, self.prefixes[claim_id])
         if self.request_status(rid) == STATUS.running:
-            self.finish(rid)
+            self.finish(rid, admit=False)  # what it recomputes after a failed load is not cached
         return c.state
 
     # --- requests -----------------------------------------------------------------------

@@ -127,37 +127,50 @@ class VllmHostSide:
         """A load for `request` completed: offloaded claims whose chain its prompt starts
         with, and whose blocks it loaded, are restored and hold their blocks again."""
         loaded = set(self.connector.loading.pop(request.request_id, ()))
-        if not loaded:
-            return
+        for c in self._restorable(request):
+            if not loaded.isdisjoint(self._keys(c)):
+                self.restore(c, loaded)
+
+    def _restorable(self, request: Request) -> list[Claim]:
+        """The offloaded claims `request` would restore: those whose chain its prompt starts
+        with, or only the one an owner's restore request is for."""
         book, hashes = self.sched.book, request.block_hashes
-        for c in book.in_states(*self.offloaded_states):
-            chain = book.entries[c.id].key
-            keys = self._keys(c)
-            if list(hashes[: len(chain)]) != list(chain) or loaded.isdisjoint(keys):
-                continue
-            blocks = self.sched.pool.resident(chain)
-            if blocks is None or not book.restore_fits(c):
-                continue
-            arrived = {h: self.manager.digest.get(k, "") for h, k in zip(c.chain, keys)}
-            if not book.matches(arrived, c):
-                book.end(c, EVENT.fail, reason="checksum_mismatch")
-                continue
-            restored = [h for h, k in zip(c.chain, keys) if k in loaded]
-            self.sched.trace.emit("block_restore", claim=c.id, blocks=restored, tier="device")
-            book.fire(c, EVENT.restore, {"arrived": arrived})
-            book.hold(c, blocks)
-            self.drop(c, EVENT.restore)
+        only = self.sched.restoring.get(request.request_id)
+        return [
+            c
+            for c in book.in_states(*self.offloaded_states)
+            if (only is None or c.id == only) and list(hashes[: len(c.chain)]) == list(book.entries[c.id].key)
+        ]
+
+    def restore(self, c: Claim, loaded: set[OffloadKey]) -> None:
+        """`c`'s chain is resident again, the blocks of `loaded` copied back from the host
+        (each checked against its stored checksum by the worker): `c` is restored and
+        holds it, or fails closed if a checksum is not the claim's. Nothing happens while
+        its chain is not wholly resident or the reserve does not allow it back."""
+        book, keys = self.sched.book, self._keys(c)
+        blocks = self.sched.pool.resident(book.entries[c.id].key)
+        if blocks is None or not book.restore_fits(c):
+            return
+        arrived = {h: self.manager.digest.get(k, "") for h, k in zip(c.chain, keys)}
+        if not book.matches(arrived, c):
+            book.end(c, EVENT.fail, reason="checksum_mismatch")
+            return
+        restored = [h for h, k in zip(c.chain, keys) if k in loaded]
+        self.sched.trace.emit("block_restore", claim=c.id, blocks=restored, tier="device")
+        book.fire(c, EVENT.restore, {"arrived": arrived})
+        book.hold(c, blocks)
+        self.drop(c, EVENT.restore)
 
     def load_failed(self, request: Request, invalid_block_ids: set[int]) -> None:
         """Blocks `request` was loading failed their check: every offloaded claim whose
         chain has one of them fails closed (vLLM then truncates or fails the request)."""
         self.connector.loading.pop(request.request_id, None)
         ids = self.sched.kv_cache_manager.get_block_ids(request.request_id)[GROUP]
-        bad = {hexid(request.block_hashes[i]) for i, b in enumerate(ids) if b in invalid_block_ids and i < len(request.block_hashes)}
-        book = self.sched.book
-        for c in book.in_states(*self.offloaded_states):
+        hashes = request.block_hashes
+        bad = {hexid(hashes[i]) for i, b in enumerate(ids[: len(hashes)]) if b in invalid_block_ids}
+        for c in self._restorable(request):
             if bad.intersection(c.chain):
-                book.end(c, EVENT.fail, reason="checksum_mismatch")
+                self.sched.book.end(c, EVENT.fail, reason="checksum_mismatch")
 
     def pinned_key(self, h: str) -> OffloadKey | None:
         """The host key of block `h` (hex) if an offloaded claim pins its copy."""

@@ -160,6 +160,8 @@ class ClaimsScheduler(Scheduler):
         self.ops: dict[str, RequestOps] = {}
         self.notes: dict[str, dict] = {}  # request -> what its final output reports
         self.hit_blocks: dict[str, int] = {}
+        self.local_hits: dict[str, int] = {}  # request that loaded from the host -> its device hits
+        self.restoring: dict[str, str] = {}  # an owner's restore request -> the claim it restores
         self.waited: set[str] = set()
         self.closing: dict[str, tuple[Request, str]] = {}  # finished by us: output still due
         # Invalidation epochs (the spec's [invalidation]): a request admitted before the
@@ -384,12 +386,14 @@ class ClaimsScheduler(Scheduler):
     def _admitted(self, request: Request, scheduled: int) -> None:
         rid, B = request.request_id, self.block_size
         hits = (request.num_computed_tokens - scheduled) // B
+        hits = min(hits, self.local_hits.pop(rid, hits))
         self.hit_blocks[rid] = hits
         hit_hashes = [hexid(h) for h in request.block_hashes[:hits]]
         self.admitted_epoch[rid] = self.epoch
         total = len(self.kv_cache_manager.get_blocks(rid).blocks[0])
         self.trace.emit("request_admit", request=rid, hit_blocks=hit_hashes, new_blocks=total - hits)
-        self.book.hits(hit_hashes, rid)
+        if rid not in self.restoring:  # (an owner's restore reuses nothing for itself)
+            self.book.hits(hit_hashes, rid)
         self._apply_ops(request)
 
     def _free_request(self, request: Request, delay_free_blocks: bool = False):
@@ -410,7 +414,7 @@ class ClaimsScheduler(Scheduler):
                 self.trace.emit("request_finish", request=rid, admit=not no_admit)
                 if no_admit:
                     self._drop_computed(request)
-        for table in (self.ops, self.hit_blocks, self.admitted_epoch):
+        for table in (self.ops, self.hit_blocks, self.admitted_epoch, self.local_hits, self.restoring):
             table.pop(rid, None)
         self.waited.discard(rid)
         return super()._free_request(request, delay_free_blocks)
@@ -582,7 +586,11 @@ class ClaimsScheduler(Scheduler):
     def _update_waiting_for_remote_kv(self, request: Request) -> None:
         """A load from the host tier completed: offloaded claims it brought back are
         restored before the request is admitted (their `restore` precedes its `hit`)."""
-        failed = request.request_id in self.failed_recving_kv_req_ids
+        rid = request.request_id
+        failed = rid in self.failed_recving_kv_req_ids
+        if self.host:  # loaded blocks are restored, not hits (as for every runtime)
+            loaded = len(self.host.connector.loading.get(rid, ()))
+            self.local_hits[rid] = request.num_computed_tokens // self.block_size - (0 if failed else loaded)
         super()._update_waiting_for_remote_kv(request)
         if self.host and not failed:
             self.host.restore_for(request)
