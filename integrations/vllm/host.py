@@ -86,10 +86,11 @@ class VllmHostSide:
         return {h: self.manager.digest[k] for h, k in zip(c.chain, keys)}
 
     def offloaded(self, c: Claim) -> None:
-        """The device copies nothing else references leave the prefix cache, so a reuse
-        loads them through the connector."""
-        blocks = self.sched.pool.resident(self.sched.book.entries[c.id].key) or []
-        ids = {b.block_id for b in blocks if b.ref_cnt == 0}
+        """The device copies (second copies too) nothing else references leave the prefix
+        cache, so a reuse loads them through the connector; but for those the request
+        that made `c` yield is about to reuse."""
+        pool = self.sched.pool
+        ids = {i for i in pool.copies(c.chain) if pool.bp.blocks[i].ref_cnt == 0} - self.sched.reusing
         if ids:
             self.sched.kv_cache_manager.evict_blocks(ids)
         self.sched._sync(EVENT.offload)

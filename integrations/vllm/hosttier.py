@@ -329,6 +329,7 @@ class ClaimsConnectorScheduler(OffloadingConnectorScheduler):
             )
         self.host: ClaimsHostManager = self.manager
         self.loading: dict[str, list[OffloadKey]] = {}  # request -> keys of its load job
+        self.local: dict[str, int] = {}  # request -> tokens it had in the device cache when it began loading
         self._corrupt: list[int] = []
         # Tokens a request may load from the host beyond what it computed (None: what
         # vLLM's lookup finds): the claims side's `host_serves` setting.
@@ -352,6 +353,7 @@ class ClaimsConnectorScheduler(OffloadingConnectorScheduler):
         for job in set(self._current_batch_load_jobs) - before:
             chunks = self._current_batch_load_jobs[job].src_spec.block_ids.tolist()  # type: ignore[attr-defined]
             self.loading[request.request_id] = [self.host.chunk_key[c] for c in chunks]
+            self.local[request.request_id] = self._req_status[request.request_id].num_locally_computed_tokens
 
     def build_connector_meta(self, scheduler_output):
         meta = super().build_connector_meta(scheduler_output)
@@ -384,6 +386,7 @@ class ClaimsConnectorScheduler(OffloadingConnectorScheduler):
 
     def request_finished(self, request, *args, **kwargs):
         self.loading.pop(request.request_id, None)
+        self.local.pop(request.request_id, None)
         return super().request_finished(request, *args, **kwargs)
 
 

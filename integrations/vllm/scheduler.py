@@ -160,6 +160,7 @@ class ClaimsScheduler(Scheduler):
         self.ops: dict[str, RequestOps] = {}
         self.notes: dict[str, dict] = {}  # request -> what its final output reports
         self.hit_blocks: dict[str, int] = {}
+        self.reusing: set[int] = set()  # while room is made: the deciding request's hits (kept by an offload)
         self.local_hits: dict[str, int] = {}  # request that loaded from the host -> its device hits
         self.restoring: dict[str, str] = {}  # an owner's restore request -> the claim it restores
         self.waited: set[str] = set()
@@ -358,11 +359,15 @@ class ClaimsScheduler(Scheduler):
                 for b in blocks
             )
 
-        for c in self.book.yielding(frees):
-            if need <= 0:
-                return
-            need -= sum(b.ref_cnt == 1 and b.block_id not in own for b in self.book.entries[c.id].blocks)
-            self.book.give_way(c)
+        self.reusing = own
+        try:
+            for c in self.book.yielding(frees):
+                if need <= 0:
+                    return
+                need -= sum(b.ref_cnt == 1 and b.block_id not in own for b in self.book.entries[c.id].blocks)
+                self.book.give_way(c)
+        finally:
+            self.reusing = set()
 
     def _refuse(self, request: Request, d: Decision) -> None:
         rid = request.request_id
@@ -588,9 +593,8 @@ class ClaimsScheduler(Scheduler):
         restored before the request is admitted (their `restore` precedes its `hit`)."""
         rid = request.request_id
         failed = rid in self.failed_recving_kv_req_ids
-        if self.host:  # loaded blocks are restored, not hits (as for every runtime)
-            loaded = len(self.host.connector.loading.get(rid, ()))
-            self.local_hits[rid] = request.num_computed_tokens // self.block_size - (0 if failed else loaded)
+        if self.host:  # loaded blocks (even those a failed load kept) are restored, not hits
+            self.local_hits[rid] = self.host.connector.local.pop(rid, 0) // self.block_size
         super()._update_waiting_for_remote_kv(request)
         if self.host and not failed:
             self.host.restore_for(request)
