@@ -38,7 +38,9 @@ def test_http_style_values():
         ({"kvclaims_clam": "c"}, "kvclaims_clam"),
         ({"kvclaims_claim": ""}, "kvclaims_claim"),
         ({"kvclaims_claim": "c", "kvclaims_strength": "firm"}, "kvclaims_strength"),
-        ({"kvclaims_claim": "c", "kvclaims_policy": "offload"}, "kvclaims_policy"),
+        ({"kvclaims_claim": "c", "kvclaims_policy": "offload", "kvclaims_tiers": ["device"]}, "kvclaims_policy"),
+        ({"kvclaims_claim": "c", "kvclaims_tiers": ["host"]}, "kvclaims_tiers"),
+        ({"kvclaims_claim": "c", "kvclaims_tiers": "device"}, "kvclaims_tiers"),
         ({"kvclaims_claim": "c", "kvclaims_strength": "soft", "kvclaims_policy": "refuse"}, "kvclaims_policy"),
         ({"kvclaims_claim": "c", "kvclaims_blocks": 0}, "kvclaims_blocks"),
         ({"kvclaims_claim": "c", "kvclaims_ttl": True}, "kvclaims_ttl"),
@@ -99,5 +101,6 @@ def test_to_xargs_round_trips_and_validates():
     assert x == {"kvclaims_claim": "c", "kvclaims_blocks": 4, "kvclaims_strength": "soft", "kvclaims_release": ["old"]}
     assert parse(x).claim == ClaimOp("c", blocks=4, strength="soft", policy="demote")
     assert to_xargs() == {}
+    assert parse(to_xargs("c", policy="offload")).claim.tiers == ("device", "host")
     with pytest.raises(InvalidInput):
-        to_xargs("c", policy="offload")
+        to_xargs("c", policy="offload", tiers=["device"])

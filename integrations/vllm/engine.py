@@ -125,7 +125,14 @@ class VllmEngine:
             from kvclaims.vllm.scheduler import settings as checked
 
             checked(config)
+        from vllm.distributed.kv_transfer import kv_transfer_state
+
+        # vLLM keeps the worker's KV connector in one process-wide slot and builds it only
+        # while the slot is empty; each engine here keeps its own and puts it in place
+        # whenever it steps (`step`), so engines with and without a host tier coexist.
+        kv_transfer_state._KV_CONNECTOR_AGENT = None
         self.engine = LLMEngine.from_vllm_config(config, disable_log_stats=args.disable_log_stats)
+        self._kv_agent = kv_transfer_state._KV_CONNECTOR_AGENT
         _ENGINES.append(self.engine)
         from vllm.v1.engine.core_client import InprocClient
 
@@ -170,8 +177,10 @@ class VllmEngine:
     def step(self) -> list[Result]:
         """One engine step; returns the requests that finished in it."""
         done = []
+        from vllm.distributed.kv_transfer import kv_transfer_state
         from vllm.outputs import RequestOutput
 
+        kv_transfer_state._KV_CONNECTOR_AGENT = self._kv_agent
         for out in self.engine.step():
             assert isinstance(out, RequestOutput), "a generative model's engine returns RequestOutputs"
             if out.finished:
@@ -222,11 +231,11 @@ class VllmEngine:
         transfers complete), so a later request may reuse an id."""
         self.engine.abort_request(list(self.internal.values()), internal=True)
         self.internal.clear()
-        self.results.clear()
         for _ in range(max_steps):
             if not self._core.scheduler.has_requests():
+                self.results.clear()
                 return
-            self.engine.step()
+            self.step()
         raise TimeoutError(f"the engine still had work after {max_steps} steps")
 
     # ------------------------------------------------------------------ claims and operators
