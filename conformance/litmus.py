@@ -335,7 +335,9 @@ def _reconstruction(t: Run, rt) -> None:
         for rid, toks in (("w", t.tokens(6, 5)), ("blocked", t.tokens(9, 6)), ("huge", t.tokens(11, 7)))
     }
     rt.step()
-    t.expect(rt.decode("w", list(range(1, rt.B + 2))).outcome == "admit", "w grows by two blocks into the expired claim's")
+    t.expect(
+        rt.decode("w", list(range(1, rt.B + 2))).outcome == "admit", "w grows by two blocks into the expired claim's"
+    )
     said["cut"] = rt.submit_request("cut", t.tokens(1, 8))
     t.expect(said["cut"].outcome == "wait", "cut waits")
     rt.abort("cut")

@@ -88,6 +88,7 @@ class AdoptingPool(PoolModel):
         """Under `copies_with_compute` a shared copy's corruption is found when it is loaded
         back, not when this claim offloads."""
         return not self.profile.copies_with_compute and super()._offload_fails(c)
+
     def _hits(self, r: ModelRequest) -> int:
         """Under `recomputes_last_block` a prompt whose every block is cached (none partial)
         hits all but its last."""

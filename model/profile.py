@@ -48,4 +48,3 @@ class RuntimeProfile:
     whose id starts with this (empty: restores need none); the oracle follows the claim, not
     that request. vLLM loads from its host tier only for a request
     (`OffloadingConnectorScheduler.update_state_after_alloc`)."""
-

@@ -49,6 +49,8 @@ class Result:
     num_cached_tokens: int
     kvclaims: dict[str, Any] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)  # the tokens it generated
+    logprobs: list[float] = field(default_factory=list)  # of each generated token (greedy: its best)
+    steps: int = 0  # engine steps from its submission to its end
 
     @property
     def refused(self) -> bool:
@@ -67,7 +69,11 @@ def host_tier(cpu_bytes: int, load_failure_policy: str = "recompute") -> dict[st
         "kv_connector_module_path": module,
         "kv_role": "kv_both",
         "kv_load_failure_policy": load_failure_policy,
-        "kv_connector_extra_config": {"spec_name": "ClaimsHostSpec", "spec_module_path": module, "cpu_bytes_to_use": cpu_bytes},
+        "kv_connector_extra_config": {
+            "spec_name": "ClaimsHostSpec",
+            "spec_module_path": module,
+            "cpu_bytes_to_use": cpu_bytes,
+        },
     }
 
 
@@ -142,6 +148,8 @@ class VllmEngine:
         self._core = core.engine_core  # the engine core, in this process (its worker too)
         self.B = self.engine.vllm_config.cache_config.block_size
         self.internal: dict[str, str] = {}  # our request id -> vLLM's internal one
+        self.steps = 0  # engine steps so far
+        self.submitted: dict[str, int] = {}  # request -> the step count when it was submitted
         self.results: dict[str, Result] = {}
 
     # ------------------------------------------------------------------ requests
@@ -167,12 +175,14 @@ class VllmEngine:
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=0.0,
+            logprobs=0,  # the generated token's own
             ignore_eos=ignore_eos,
             extra_args=extra_args if extra_args is not None else to_xargs(**ops) or None,
         )
         self.internal[request_id] = self.engine.add_request(
             request_id, TokensPrompt(prompt_token_ids=list(tokens)), params
         )
+        self.submitted[request_id] = self.steps
 
     def step(self) -> list[Result]:
         """One engine step; returns the requests that finished in it."""
@@ -181,6 +191,7 @@ class VllmEngine:
         from vllm.outputs import RequestOutput
 
         kv_transfer_state._KV_CONNECTOR_AGENT = self._kv_agent
+        self.steps += 1
         for out in self.engine.step():
             assert isinstance(out, RequestOutput), "a generative model's engine returns RequestOutputs"
             if out.finished:
@@ -192,6 +203,8 @@ class VllmEngine:
                     out.num_cached_tokens or 0,
                     (out.kv_transfer_params or {}).get("kvclaims", {}),
                     list(c.token_ids),
+                    [d[t].logprob for t, d in zip(c.token_ids, c.logprobs or [])],
+                    self.steps - self.submitted.get(out.request_id, self.steps),
                 )
                 self.results[out.request_id] = r
                 done.append(r)
@@ -231,6 +244,7 @@ class VllmEngine:
         transfers complete), so a later request may reuse an id."""
         self.engine.abort_request(list(self.internal.values()), internal=True)
         self.internal.clear()
+        self.submitted.clear()
         for _ in range(max_steps):
             if not self._core.scheduler.has_requests():
                 self.results.clear()

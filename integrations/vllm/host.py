@@ -186,9 +186,7 @@ class VllmHostSide:
         """`host_tier="claims"`: of the blocks vLLM offers the host, those of live claims
         that name the host tier (the contract's host tier holds claims only)."""
         book = self.sched.book
-        wanted = {
-            k for c in book.in_states(*book.spec.lifecycle.live) if c.host_allowed for k in self._keys(c)
-        }
+        wanted = {k for c in book.in_states(*book.spec.lifecycle.live) if c.host_allowed for k in self._keys(c)}
         return [k for k in keys if k in wanted]
 
     def claims_only(self, request: Request, computed: int) -> int:

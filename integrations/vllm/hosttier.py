@@ -230,9 +230,13 @@ class ClaimsHostSpec(CPUOffloadingSpec):
     def __init__(self, config) -> None:
         super().__init__(config)
         if self.blocks_per_chunk != 1:
-            raise InvalidInput(f"the claims host tier stores one block per chunk; got blocks_per_chunk={self.blocks_per_chunk}")
+            raise InvalidInput(
+                f"the claims host tier stores one block per chunk; got blocks_per_chunk={self.blocks_per_chunk}"
+            )
         if config.parallel.world_size != 1:
-            raise InvalidInput(f"the claims host tier needs one worker (tensor parallel size 1), got {config.parallel.world_size}")
+            raise InvalidInput(
+                f"the claims host tier needs one worker (tensor parallel size 1), got {config.parallel.world_size}"
+            )
 
     def get_manager(self) -> ClaimsHostManager:
         if not self._manager:
@@ -324,8 +328,8 @@ class ClaimsConnectorScheduler(OffloadingConnectorScheduler):
     def _adopt(self) -> None:
         if not isinstance(self.manager, ClaimsHostManager):
             raise InvalidInput(
-                "ClaimsOffloadingConnector needs the claims host tier's spec: "
-                'kv_connector_extra_config {"spec_name": "ClaimsHostSpec", "spec_module_path": "kvclaims.vllm.hosttier"}'
+                "ClaimsOffloadingConnector needs the claims host tier's spec: kv_connector_extra_config "
+                '{"spec_name": "ClaimsHostSpec", "spec_module_path": "kvclaims.vllm.hosttier"}'
             )
         self.host: ClaimsHostManager = self.manager
         self.loading: dict[str, list[OffloadKey]] = {}  # request -> keys of its load job
@@ -399,7 +403,10 @@ class ClaimsOffloadingConnector(OffloadingConnector):
 
     def __init__(self, vllm_config, role: KVConnectorRole, kv_cache_config) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
-        for half, cls in ((self.connector_scheduler, ClaimsConnectorScheduler), (self.connector_worker, ClaimsConnectorWorker)):
+        for half, cls in (
+            (self.connector_scheduler, ClaimsConnectorScheduler),
+            (self.connector_worker, ClaimsConnectorWorker),
+        ):
             if half is not None:
                 half.__class__ = cls
                 half._adopt()

@@ -1,10 +1,16 @@
-"""The paper's probe on a real vLLM engine, three ways.
+"""The paper's probe on a real vLLM engine, four ways.
 
 Pool: U=80 usable blocks of 32 tokens. A 60-block resident prefix is computed
 and replayed (its hit is the replay's ``num_cached_tokens``), then a 70-block
 unrelated prefill arrives (60 + 70 > 80), then the resident is replayed again.
 Legs: stock vLLM; the integration with write no-admit on the prefill and no
-claim; the integration with a hard claim on the resident prefix.
+claim; the integration with a hard claim on the resident prefix; and the
+follow-up paper's witness (arXiv 2606.01387), a restore failure through vLLM's own
+offload/load path: the claim has policy ``offload`` on the claims host tier, the
+prefill's pressure offloads it, its first block's host copy is corrupted, and the
+replay's load fails its check, so the claim fails closed (``fail``,
+``checksum_mismatch``) before any of those blocks is reused and the replay
+recomputes: its tokens and logprobs are the cold run's.
 """
 
 from __future__ import annotations
@@ -15,9 +21,17 @@ from kvclaims.vllm.engine import VllmEngine
 
 U, B, RESIDENT, ACTIVE = 80, 32, 60, 70
 CLAIM = "resident"
+OFFLOADED = "resident-offload"  # the restore-failure leg's claim (a claim id is never reused)
 PREFIX = [3 + i % 500 for i in range(RESIDENT * B)]  # token ids < the tiny vocab (512)
 PREFILL = [5 + (7 * i) % 400 for i in range(ACTIVE * B)]  # shares no block with PREFIX
-LEGS = {"stock": "stock vLLM", "no_admit": "stock + write no-admit", "hard_claim": "hard claims"}
+LEGS = {
+    "stock": "stock vLLM",
+    "no_admit": "stock + write no-admit",
+    "hard_claim": "hard claims",
+    "restore_failure": "offload, corrupt copy",
+}
+HOST_BYTES = 8 << 20  # the claims engine's host tier: 256 blocks of the tiny model
+MAX_STEPS = 200  # a replay that has not finished by then is a livelock
 
 
 def leg(engine: VllmEngine, name: str, *, claim: bool = False, no_admit: bool = False) -> dict[str, Any]:
@@ -49,13 +63,65 @@ def leg(engine: VllmEngine, name: str, *, claim: bool = False, no_admit: bool = 
     }
 
 
+def restore_failure(engine: VllmEngine, name: str = "restore_failure", claim: str = OFFLOADED) -> dict[str, Any]:
+    """The restore-failure leg on `engine` (it runs the claims host tier). Besides the
+    probe's numbers: the replay's outcome, whether its output equals the cold run's, the
+    engine steps it took, and whether the claim's `fail` came before any of its blocks
+    was stored again. `claim` is the claim's id (an id is never reused)."""
+    if not engine.reset_cache():
+        raise RuntimeError("the prefix cache could not be reset: requests still hold blocks")
+    sched, start = engine.scheduler, len(engine.trace)
+    cold = engine.run(f"{name}-resident", PREFIX + [1], max_tokens=4, claim=claim, policy="offload")
+    before = engine.run(f"{name}-replay1", PREFIX + [2]).num_cached_tokens
+    engine.settle()  # the host copies complete one step after the compute
+    active = engine.run(f"{name}-prefill", PREFILL)
+    offloaded = engine.claim_state(claim)
+    sched.inject_host_fault(sched.book.claims[claim].chain[0])  # the first block: stock vLLM livelocks here
+    engine.submit_request(f"{name}-replay2", PREFIX + [1], max_tokens=4)
+    replay = engine.finish(f"{name}-replay2", max_steps=MAX_STEPS)
+    records = engine.trace[start:]
+    fail = [r["seq"] for r in records if r["kind"] == "claim" and r["claim"] == claim and r["event"] == "fail"]
+    chain = set(sched.book.claims[claim].chain)
+    reuse = [
+        r["seq"]
+        for r in records
+        if r["kind"] == "block_store" and r.get("request") == f"{name}-replay2" and chain & set(r["blocks"])
+    ]
+    return {
+        "leg": name,
+        "label": LEGS["restore_failure"],
+        "replay_cached_tokens_before": before,
+        "prefill": {
+            "finish_reason": active.finish_reason,
+            "refused": active.kvclaims.get("refused"),
+            "blocking_claims": active.kvclaims.get("blocking_claims", []),
+            "claim_after": offloaded,
+        },
+        "replay_cached_tokens_after": replay.num_cached_tokens if replay.finish_reason != "error" else 0,
+        "resident_blocks_lost": RESIDENT,
+        "claim_state": engine.claim_state(claim),
+        "replay": {
+            "finish_reason": replay.finish_reason,
+            "equals_cold": (replay.token_ids, replay.logprobs) == (cold.token_ids, cold.logprobs),
+            "steps": replay.steps,
+            "fail_before_reuse": bool(fail) and all(fail[0] < s for s in reuse),
+        },
+    }
+
+
 def run_probe(stock: VllmEngine, claims: VllmEngine) -> dict[str, Any]:
+    """`claims` runs the claims host tier (`VllmEngine(host_bytes=HOST_BYTES)`)."""
     return {
         "U": U,
         "B": B,
         "resident_blocks": RESIDENT,
         "prefill_blocks": ACTIVE,
-        "legs": [leg(stock, "stock"), leg(claims, "no_admit", no_admit=True), leg(claims, "hard_claim", claim=True)],
+        "legs": [
+            leg(stock, "stock"),
+            leg(claims, "no_admit", no_admit=True),
+            leg(claims, "hard_claim", claim=True),
+            restore_failure(claims),
+        ],
     }
 
 
@@ -65,7 +131,15 @@ def table(result: dict[str, Any]) -> str:
     def prefill(p: dict) -> str:
         if p["refused"]:
             return f"refused ({p['refused']}: {', '.join(p['blocking_claims'])})"
-        return "admitted"
+        return f"admitted (claim {p['claim_after']})" if p.get("claim_after") else "admitted"
+
+    def replay(lg: dict) -> str:
+        r = lg.get("replay")
+        if r is None:
+            return "-"
+        same = "= cold" if r["equals_cold"] else "!= cold"
+        order = "fail first" if r["fail_before_reuse"] else "REUSED BEFORE FAIL"
+        return f"{r['finish_reason']}, {same}, {r['steps']} steps, {order}"
 
     rows = [
         ("", [lg["label"] for lg in legs]),
@@ -74,6 +148,7 @@ def table(result: dict[str, Any]) -> str:
         ("replay cached tokens, after", [str(lg["replay_cached_tokens_after"]) for lg in legs]),
         ("resident blocks lost", [str(lg["resident_blocks_lost"]) for lg in legs]),
         ("claim state", [lg["claim_state"] or "-" for lg in legs]),
+        ("replay after a corrupt restore", [replay(lg) for lg in legs]),
     ]
     w0 = max(len(r[0]) for r in rows)
     ws = [max(len(r[1][i]) for r in rows) for i in range(len(legs))]

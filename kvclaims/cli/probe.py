@@ -1,4 +1,5 @@
-"""`kvclaims probe --runtime vllm [--json]`: the paper's probe on a real vLLM engine, three ways.
+"""`kvclaims probe --runtime vllm [--json]`: the paper's probe on a real vLLM engine, four ways
+(the fourth: a restore failure through vLLM's offload/load path, the follow-up paper's witness).
 
 Builds the tiny local model on first use (cached outside the repository) and two
 in-process engines: stock vLLM, and vLLM with the integration switched on.
@@ -19,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kvclaims.vllm.engine import VllmEngine
-    from kvclaims.vllm.probe import run_probe, table
+    from kvclaims.vllm.probe import HOST_BYTES, run_probe, table
 
-    result = run_probe(VllmEngine(integration=False), VllmEngine())
+    result = run_probe(VllmEngine(integration=False), VllmEngine(host_bytes=HOST_BYTES))
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0
