@@ -175,12 +175,14 @@ class ChecksItself(Protocol):  # check_valid
 # Runtimes by short name, resolved by import at load time: the toolkit imports no runtime.
 SHORTCUTS = {
     "refimpl": "kvclaims.refimpl.adapter:RefimplAdapter",
-    "vllm": "kvclaims.vllm.adapter:VllmAdapter",
-}  # a real in-process vLLM engine
+    "vllm": "kvclaims.vllm.adapter:VllmAdapter",  # a real in-process vLLM engine
+    "vllm-async": "kvclaims.vllm.adapter:AsyncVllmAdapter",  # the same, async scheduling on
+}
 
 
 def load_adapter(name: str, **kwargs: Any) -> RuntimeAdapter:
-    """`refimpl`, `vllm`, or `MODULE:CLASS` for any class implementing the protocol.
+    """A name of `SHORTCUTS` (`refimpl`, `vllm`, `vllm-async`), or `MODULE:CLASS` for any class
+    implementing the protocol.
 
     kwargs are the pool's shape (U, B, R, host_blocks) and are passed to the class. A keyword
     the class does not take, or one it needs and was not given, is a `BadArgument` naming it.
@@ -193,7 +195,7 @@ def load_adapter(name: str, **kwargs: Any) -> RuntimeAdapter:
         except (ImportError, AttributeError) as exc:
             raise InvalidInput(f"cannot load runtime {name!r}: {exc}") from None
     else:
-        raise InvalidInput(f"runtime must be 'refimpl', 'vllm' or MODULE:CLASS, got {name!r}")
+        raise InvalidInput(f"runtime must be one of {sorted(SHORTCUTS)} or MODULE:CLASS, got {name!r}")
     try:
         runtime = cls(**kwargs)
     except TypeError as exc:

@@ -16,19 +16,19 @@ from hypothesis.stateful import run_state_machine_as_test  # noqa: E402
 
 from kvclaims.conformance.litmus import SCENARIOS, run_scenario  # noqa: E402
 from kvclaims.conformance.stateful import machine_for  # noqa: E402
-from kvclaims.vllm.adapter import StockVllmAdapter, VllmAdapter  # noqa: E402
+from kvclaims.vllm.adapter import AsyncVllmAdapter, StockVllmAdapter, VllmAdapter  # noqa: E402
 
 
+@pytest.mark.parametrize("adapter", [VllmAdapter, AsyncVllmAdapter], ids=["sync", "async"])
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_litmus_on_vllm(name):
-    """Every applicable scenario passes on the real engine and its trace passes the checker;
-    the rest are not applicable, with the capability named."""
-    result = run_scenario(name, VllmAdapter)
+def test_litmus_on_vllm(name, adapter):
+    """Every scenario passes on the real engine, with vLLM's async scheduling off and on
+    (host tier, owner operations, decode and faults included), and its trace passes the
+    checker."""
+    assert SCENARIOS[name].needs <= adapter.capabilities
+    result = run_scenario(name, adapter)
     assert result.report.ok, result.failures
-    if SCENARIOS[name].needs <= VllmAdapter.capabilities:
-        assert result.status == "passed", result.failures
-    else:
-        assert result.status == "not_applicable" and "the runtime lacks" in result.reason
+    assert result.status == "passed", result.failures
 
 
 def test_stock_vllm_fails_the_hard_claim_scenario():
@@ -64,6 +64,30 @@ def test_stateful_contract_on_vllm():
         ),
     )
     assert sum(steps) >= 1000, steps
+
+
+def test_stateful_contract_on_vllm_async():
+    """The same machine with vLLM's async scheduling on (fewer examples: each operation
+    waits out the step in flight), derandomized: no contract violation."""
+    steps = []
+
+    class Counted(machine_for(AsyncVllmAdapter)):
+        def teardown(self) -> None:
+            steps.append(self.steps)
+
+    run_state_machine_as_test(
+        Counted,
+        settings=settings(
+            max_examples=20,
+            stateful_step_count=30,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            phases=[Phase.generate, Phase.shrink],
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+    assert sum(steps) >= 300, steps
 
 
 def _replay(program):

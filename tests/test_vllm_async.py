@@ -1,7 +1,8 @@
 """Claims under vLLM's async scheduling, on the real engine (CPU).
 
 vLLM turns async scheduling off on its CPU platform (`vllm/platforms/cpu.py`,
-`CpuPlatform.check_and_update_config`); these tests undo that for this process only, so
+`CpuPlatform.check_and_update_config`); `VllmEngine(async_scheduling=True)` undoes that for
+this process only (`kvclaims.vllm.engine.keep_async_on_cpu`), so
 the integration meets `AsyncScheduler` as it does on a GPU: step N+1 is scheduled before
 step N's output is processed, and a prefill's blocks are indexed when they are scheduled.
 """
@@ -17,35 +18,13 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-c
 from kvclaims.conformance.checker import check_lines  # noqa: E402
 from kvclaims.model.names import STATE  # noqa: E402
 from kvclaims.vllm import probe  # noqa: E402
-from kvclaims.vllm.engine import ENV, VllmEngine  # noqa: E402
+from kvclaims.vllm.engine import VllmEngine  # noqa: E402
 
 B = 32
 
 
 @pytest.fixture(scope="module")
-def async_on_cpu():
-    """vLLM's CPU platform keeps async scheduling as asked, for this module's engines."""
-    import os
-
-    for key, value in ENV.items():
-        os.environ.setdefault(key, value)
-    from vllm.platforms import current_platform
-
-    platform = type(current_platform)
-    stock = platform.__dict__["check_and_update_config"]
-
-    def keep_async(cls, vllm_config):
-        wanted = vllm_config.scheduler_config.async_scheduling
-        stock.__func__(cls, vllm_config)
-        vllm_config.scheduler_config.async_scheduling = wanted
-
-    platform.check_and_update_config = classmethod(keep_async)
-    yield
-    platform.check_and_update_config = stock
-
-
-@pytest.fixture(scope="module")
-def engine(async_on_cpu):
+def engine():
     from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 
     from kvclaims.vllm.scheduler import AsyncClaimsScheduler
@@ -93,7 +72,7 @@ def test_a_claim_waits_for_its_prefix_kv_in_flight(engine, fenced, monkeypatch):
 
 
 @pytest.mark.obligation("RKC-PROBE-1")
-def test_probe_under_async_scheduling(engine, async_on_cpu):
+def test_probe_under_async_scheduling(engine):
     """The paper's probe, both integration legs, on the async scheduler: write no-admit
     alone loses the resident prefix; a hard claim refuses the prefill with attribution and
     keeps every block; the trace checks clean."""
@@ -103,3 +82,16 @@ def test_probe_under_async_scheduling(engine, async_on_cpu):
     assert held["prefill"]["refused"] == "refuse_blocked" and held["prefill"]["blocking_claims"] == [probe.CLAIM]
     assert held["resident_blocks_lost"] == 0 and held["replay_cached_tokens_after"] == probe.RESIDENT * B
     _checked(engine)
+
+
+@pytest.mark.obligation("RKC-RT-2")
+def test_restore_failure_under_async_scheduling():
+    """The host tier under async scheduling, where vLLM defers freeing a finished request's
+    blocks while a step may still write them: the restore-failure leg fails the claim before
+    reuse, the replay recomputes a cold run's output, and the trace checks clean."""
+    e = VllmEngine(host_bytes=probe.HOST_BYTES, async_scheduling=True)
+    assert e.scheduler.defer_block_free, "vLLM defers frees with a connector under async scheduling"
+    leg = probe.restore_failure(e)
+    assert leg["prefill"]["claim_after"] == "offloaded" and leg["claim_state"] == "failed"
+    assert leg["replay"]["fail_before_reuse"] and leg["replay"]["equals_cold"]
+    _checked(e)

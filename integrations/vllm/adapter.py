@@ -73,7 +73,7 @@ from kvclaims.vllm.xargs import RequestOps, parse, to_xargs
 
 ENGINE_U, MODEL_LEN = 80, 2560  # the largest pool and prompt any instance may ask for
 
-MAX_LOAD_STEPS = 4  # a host-tier load completes within the step that issues it (copies are synchronous)
+MAX_LOAD_STEPS = 8  # a host-tier load completes within the step that issues it (copies are synchronous)
 HOST_BYTES = 16 << 20  # the host tier's memory: 512 blocks of the tiny model (32 KiB each)
 HARNESS = "kvclaims.vllm.harness.HarnessScheduler"
 LIVE = {
@@ -82,17 +82,22 @@ LIVE = {
     RequestStatus.PREEMPTED: STATUS.waiting,
 }
 
-_engine: VllmEngine | None = None
+_engines: dict[bool, VllmEngine] = {}
 
 
-def shared_engine() -> VllmEngine:
-    """The process's one harness engine, started on first use."""
-    global _engine
-    if _engine is None:
-        _engine = VllmEngine(
-            U=ENGINE_U, max_model_len=MODEL_LEN, scheduler=HARNESS, host_bytes=HOST_BYTES, host_tier="claims"
+def shared_engine(async_scheduling: bool = False) -> VllmEngine:
+    """The process's harness engine (one with vLLM's async scheduling, one without), started
+    on first use."""
+    if async_scheduling not in _engines:
+        _engines[async_scheduling] = VllmEngine(
+            U=ENGINE_U,
+            max_model_len=MODEL_LEN,
+            scheduler=HARNESS,
+            host_bytes=HOST_BYTES,
+            host_tier="claims",
+            async_scheduling=async_scheduling,
         )
-    return _engine
+    return _engines[async_scheduling]
 
 
 class VllmAdapter:
@@ -118,9 +123,10 @@ class VllmAdapter:
         restore_requests="kvclaims-restore:",
     )
     enforce = True
+    async_scheduling = False
 
     def __init__(self, U: int, B: int = 32, R: int = 0, host_blocks: int = 0) -> None:
-        self.engine = shared_engine()
+        self.engine = shared_engine(self.async_scheduling)
         sched = self.engine.scheduler
         assert isinstance(sched, HarnessScheduler), f"the shared engine runs {HARNESS}, not {type(sched)}"
         self.sched = sched
@@ -276,6 +282,7 @@ class VllmAdapter:
                 raise AssertionError(f"request {request_id!r} still loading after {MAX_LOAD_STEPS} steps")
         finally:
             self.sched.only = None
+            self.engine.drain()
             self._note_outcomes()
         self.engine.settle()
 
@@ -320,6 +327,7 @@ class VllmAdapter:
             self.engine.step()
         finally:
             self.sched.growing = None
+            self.engine.drain()
         return Decision("admit")
 
     def finish(self, request_id: str, admit: bool = True) -> None:
@@ -420,6 +428,15 @@ def _generated(req: Any, tokens: list[int], B: int) -> None:
     req._output_token_ids.extend(tokens[1:])
     req._all_token_ids.extend(tokens[1:])
     req.update_block_hashes()
+
+
+class AsyncVllmAdapter(VllmAdapter):
+    """The same engine with vLLM's async scheduling on, the default on GPUs: a step's output
+    is processed while the next is scheduled, and the integration runs as
+    `AsyncClaimsScheduler` (on CPU, `VllmEngine` undoes vLLM's override in this process).
+    Each operation steps until no step that computes is in flight (`VllmEngine.drain`)."""
+
+    async_scheduling = True
 
 
 class StockVllmAdapter(VllmAdapter):

@@ -116,6 +116,28 @@ def engine_kwargs(
     return kw
 
 
+def keep_async_on_cpu() -> None:
+    """vLLM turns async scheduling off on its CPU platform (`vllm/platforms/cpu.py`,
+    `CpuPlatform.check_and_update_config`); after this call, in this process, an engine keeps
+    it as asked, so the integration meets vLLM's `AsyncScheduler` as it does on a GPU, where
+    async scheduling is the default. Idempotent; it changes nothing for an engine that does
+    not ask for async scheduling."""
+    from vllm.platforms import current_platform
+
+    platform = type(current_platform)
+    stock = platform.__dict__["check_and_update_config"]
+    if getattr(stock.__func__, "_kvclaims_keeps_async", False):
+        return
+
+    def keep_async(cls, vllm_config):
+        wanted = vllm_config.scheduler_config.async_scheduling
+        stock.__func__(cls, vllm_config)
+        vllm_config.scheduler_config.async_scheduling = wanted
+
+    keep_async._kvclaims_keeps_async = True  # type: ignore[attr-defined]
+    platform.check_and_update_config = classmethod(keep_async)
+
+
 class VllmEngine:
     def __init__(self, *, integration: bool = True, **settings: Any) -> None:
         for key, value in ENV.items():
@@ -123,6 +145,9 @@ class VllmEngine:
         if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
             raise InvalidInput("VllmEngine needs VLLM_ENABLE_V1_MULTIPROCESSING=0 (in-process scheduler)")
         from vllm import EngineArgs, LLMEngine
+
+        if settings.get("async_scheduling"):
+            keep_async_on_cpu()
 
         self.integration = integration
         args = EngineArgs(**engine_kwargs(integration=integration, **settings))
@@ -219,6 +244,17 @@ class VllmEngine:
                 return self.results[request_id]
             self.step()
         raise TimeoutError(f"request {request_id!r} did not finish in {max_steps} steps")
+
+    def drain(self, max_steps: int = 100) -> int:
+        """Under async scheduling a step's output is processed by a later step: step until
+        no step that computes anything is in flight; returns the steps taken (0 without
+        async scheduling)."""
+        queue = self._core.batch_queue
+        for n in range(max_steps):
+            if not queue or not any(out.total_num_scheduled_tokens for _, out, _ in queue):
+                return n
+            self.step()
+        raise TimeoutError(f"steps still in flight after {max_steps} steps")
 
     def settle(self, max_steps: int = 100) -> int:
         """Step while the host tier has a transfer in flight (it stores a block one step

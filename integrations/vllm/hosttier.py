@@ -81,6 +81,7 @@ class ClaimsHostManager(CPUOffloadingManager):
         self.pins: dict[OffloadKey, int] = {}  # keys pinned by claims -> how many pins
         self.listener: HostListener | None = None
         self.store_only: Callable[[list[OffloadKey]], list[OffloadKey]] | None = None  # None: store any
+        self.stores_from: Callable[[str], bool] | None = None  # may this request store? (None: any)
         self.capacity = self._num_chunks  # what the spec sized (and the worker allocated)
 
     def ready(self, key: OffloadKey) -> bool:
@@ -90,6 +91,8 @@ class ClaimsHostManager(CPUOffloadingManager):
 
     def prepare_store(self, keys, req_context):
         keys = list(keys) if self.store_only is None else self.store_only(list(keys))
+        if self.stores_from is not None and not self.stores_from(req_context.req_id):
+            keys = []  # (its KV may rest on KV declared invalid)
         out = super().prepare_store(keys, req_context) or self._store_prefix(keys, req_context)
         if out is not None:
             for key in out.evicted_keys:
@@ -199,11 +202,11 @@ class TorchHostWorker(OffloadingWorker):
     def __init__(self, copies: HostCopies) -> None:
         self.copies = copies
         self.finished: list[TransferResult] = []
-        self.digests: dict[int, str] = {}  # chunk -> checksum, stored since the last report
+        self.digests: dict[int, dict[int, str]] = {}  # store job -> chunk -> checksum, since the last report
         self.failed: dict[int, tuple[list[int], list[int]]] = {}  # load job -> (chunks, device blocks)
 
     def submit_store(self, job_id: int, src_spec: GPULoadStoreSpec, dst_spec: CPULoadStoreSpec) -> bool:
-        self.digests.update(self.copies.store(src_spec.block_ids.tolist(), dst_spec.block_ids.tolist()))
+        self.digests[job_id] = self.copies.store(src_spec.block_ids.tolist(), dst_spec.block_ids.tolist())
         self.finished.append(TransferResult(job_id, True))
         return True
 
@@ -262,7 +265,7 @@ class ClaimsWorkerMeta(OffloadingWorkerMetadata):
     """vLLM's completion report plus what the tier adds: checksums of stored chunks and
     the chunks of failed loads, by job."""
 
-    digests: dict[int, str] = field(default_factory=dict)
+    digests: dict[int, dict[int, str]] = field(default_factory=dict)  # store job -> chunk -> checksum
     failed: dict[int, list[int]] = field(default_factory=dict)
 
     def aggregate(self, other):
@@ -335,6 +338,7 @@ class ClaimsConnectorScheduler(OffloadingConnectorScheduler):
         self.loading: dict[str, list[OffloadKey]] = {}  # request -> keys of its load job
         self.local: dict[str, int] = {}  # request -> tokens it had in the device cache when it began loading
         self._corrupt: list[int] = []
+        self.poisoned: set[int] = set()  # store jobs in flight at an invalidation: their copies are dropped
         # Tokens a request may load from the host beyond what it computed (None: what
         # vLLM's lookup finds): the claims side's `host_serves` setting.
         self.load_limit: Callable[[Request, int], int] | None = None
@@ -364,18 +368,35 @@ class ClaimsConnectorScheduler(OffloadingConnectorScheduler):
         meta.kvclaims_corrupt, self._corrupt = self._corrupt, []
         return meta
 
+    def poison_stores(self) -> None:
+        """KV was declared invalid (a device fault, a reset): the stores in flight may copy
+        it, so what they store is dropped when they complete, never loaded."""
+        self.poisoned |= {job for job, status in self._jobs.items() if status.is_store}
+
     def update_connector_output(self, connector_output) -> None:
         meta = connector_output.kv_connector_worker_meta
         failed: list[tuple[str, list[OffloadKey]]] = []
+        dropped: list[OffloadKey] = []
         if isinstance(meta, ClaimsWorkerMeta):
-            self.host.stored(meta.digests)
+            live = {job for job in meta.completed_jobs if job in self._jobs}  # (not from before a reset)
+            for job, digests in meta.digests.items():
+                if job in live - self.poisoned:
+                    self.host.stored(digests)
+            for job in live & self.poisoned:
+                dropped += self._jobs[job].keys
+            self.poisoned -= set(meta.completed_jobs)
             for job, chunks in meta.failed.items():
-                if job in self._jobs:  # (not one from before a reset)
+                if job in live:
                     failed.append((self._jobs[job].req_id, [self.host.chunk_key[c] for c in chunks]))
         super().update_connector_output(connector_output)
+        self.host.invalidate(dropped)
         for req_id, keys in failed:
             self.host.invalidate(keys)
             self._store_again(req_id, keys)
+
+    def reset_cache(self) -> None:
+        super().reset_cache()
+        self.poisoned.clear()
 
     def _store_again(self, req_id: str, keys: list[OffloadKey]) -> None:
         """A failed load had moved the request's store point past the chunks it loaded:

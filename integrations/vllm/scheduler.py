@@ -155,6 +155,8 @@ class ClaimsScheduler(Scheduler):
         )
         self.host: VllmHostSide | None = VllmHostSide(self, tier) if tier else None
         self.book.host = self.host
+        if tier:
+            tier.host.stores_from = self._stores
         if tier and self.host and self.host_tier == "claims":
             tier.load_limit, tier.host.store_only = self.host.claims_only, self.host.claimed_keys
         self.ops: dict[str, RequestOps] = {}
@@ -169,6 +171,7 @@ class ClaimsScheduler(Scheduler):
         # latest one indexes nothing more (RKC-INV-6).
         self.epoch = 0
         self.admitted_epoch: dict[str, int] = {}
+        self.stale: set[str] = set()  # admitted before the latest invalidation, until the connector forgets them
         self._guard_caching()
 
     def host_connector(self) -> ClaimsConnectorScheduler | None:
@@ -182,6 +185,14 @@ class ClaimsScheduler(Scheduler):
         after computing it)?"""
         tier = self.host_connector()
         return tier is not None and tier.has_pending_push_work()
+
+    def _stores(self, request_id: str) -> bool:
+        """May the request's blocks go to the host tier? Not a stale one's (RKC-INV-6), which
+        the connector offers until it forgets the request, after vLLM frees it."""
+        if self.stale:
+            tier = self.host_connector()
+            self.stale &= self.requests.keys() | (tier._req_status.keys() if tier else set())
+        return request_id not in self.stale
 
     def _guard_caching(self) -> None:
         """Route vLLM's block caching (`KVCacheCoordinator.cache_blocks`, which both
@@ -582,6 +593,10 @@ class ClaimsScheduler(Scheduler):
         assert action in self.book.spec.invalidations, action
         self.trace.emit("operator", action=action, **fields)
         self.epoch += 1
+        self.stale |= self.admitted_epoch.keys()
+        tier = self.host_connector()
+        if tier is not None:  # and none of them, nor a store in flight, puts KV on the host
+            tier.poison_stores()
 
     def _drop(self, block_ids: set[int], reason: str) -> None:
         self.book.end_holders(block_ids, EVENT.harm, reason)
