@@ -305,7 +305,7 @@ def binary(tmp_path):
 CLI = {  # argv -> what the one line on stderr says (exit 2)
     "fuzz negative steps": (["fuzz", "--steps", "-1"], "--steps: must be at least 1, got -1"),
     "fuzz zero steps": (["fuzz", "--steps", "0"], "--steps: must be at least 1"),
-    "fuzz unknown runtime": (["fuzz", "--runtime", "nope"], "runtime must be one of ['refimpl', 'vllm', 'vllm-async'] or MODULE:CLASS"),
+    "fuzz unknown runtime": (["fuzz", "--runtime", "nope"], "runtime must be one of ['refimpl', 'vllm', 'vllm-async']"),
     "fuzz missing module": (["fuzz", "--runtime", "no_such_module:X"], "No module named 'no_such_module'"),
     "fuzz missing class": (["fuzz", "--runtime", "json:Nope"], "has no attribute 'Nope'"),
     "fuzz class that takes no shape": (
