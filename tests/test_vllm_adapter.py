@@ -66,30 +66,6 @@ def test_stateful_contract_on_vllm():
     assert sum(steps) >= 1000, steps
 
 
-def test_stateful_contract_on_vllm_async():
-    """The same machine with vLLM's async scheduling on (fewer examples: each operation
-    waits out the step in flight), derandomized: no contract violation."""
-    steps = []
-
-    class Counted(machine_for(AsyncVllmAdapter)):
-        def teardown(self) -> None:
-            steps.append(self.steps)
-
-    run_state_machine_as_test(
-        Counted,
-        settings=settings(
-            max_examples=20,
-            stateful_step_count=30,
-            derandomize=True,
-            database=None,
-            deadline=None,
-            phases=[Phase.generate, Phase.shrink],
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        ),
-    )
-    assert sum(steps) >= 300, steps
-
-
 def _replay(program):
     state = VllmMachine()
     program(state)

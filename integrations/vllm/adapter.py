@@ -131,7 +131,9 @@ class VllmAdapter:
         assert isinstance(sched, HarnessScheduler), f"the shared engine runs {HARNESS}, not {type(sched)}"
         self.sched = sched
         self.engine.clear()
-        check_int("runtime", "host_blocks", host_blocks, 0, self.sched.host_connector().host.capacity)
+        tier = self.sched.host_connector()
+        assert tier is not None, "the harness engine runs the claims host tier"
+        check_int("runtime", "host_blocks", host_blocks, 0, tier.host.capacity)
         self.sched.restart(U=U, reserve=R, enforce=self.enforce, host_blocks=host_blocks)
         self.U, self.B, self.R, self.host_blocks = self.sched.pool.U, self.sched.block_size, R, host_blocks
         self.prefixes: dict[str, list[int]] = {}  # claim -> the tokens it claims (for restore_claim)
@@ -206,6 +208,7 @@ class VllmAdapter:
             raise NoRoom(f"claim {claim_id!r}: no room on the device for {missing} blocks")
         if not book.restore_fits(c):
             raise InvalidInput(f"claim {claim_id!r}: restoring would exceed the reserve")
+        assert self.sched.host is not None, "the harness engine runs the claims host tier"
         if not missing:
             self.sched.host.restore(c, set())
             return c.state

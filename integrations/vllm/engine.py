@@ -135,7 +135,7 @@ def keep_async_on_cpu() -> None:
         vllm_config.scheduler_config.async_scheduling = wanted
 
     keep_async._kvclaims_keeps_async = True  # type: ignore[attr-defined]
-    platform.check_and_update_config = classmethod(keep_async)
+    setattr(platform, "check_and_update_config", classmethod(keep_async))
 
 
 class VllmEngine:
@@ -228,7 +228,7 @@ class VllmEngine:
                     out.num_cached_tokens or 0,
                     (out.kv_transfer_params or {}).get("kvclaims", {}),
                     list(c.token_ids),
-                    [d[t].logprob for t, d in zip(c.token_ids, c.logprobs or [])],
+                    [d[t].logprob for t, d in zip(c.token_ids, c.logprobs or []) if d is not None],
                     self.steps - self.submitted.get(out.request_id, self.steps),
                 )
                 self.results[out.request_id] = r
@@ -289,6 +289,11 @@ class VllmEngine:
         raise TimeoutError(f"the engine still had work after {max_steps} steps")
 
     # ------------------------------------------------------------------ claims and operators
+    @property
+    def claims(self) -> ClaimsScheduler:
+        """The engine's claims scheduler (raises InvalidInput on stock vLLM)."""
+        return self._claims()
+
     def _claims(self) -> ClaimsScheduler:
         from kvclaims.vllm.scheduler import ClaimsScheduler
 

@@ -57,7 +57,7 @@ class HarnessScheduler(ClaimsScheduler):
             raise InvalidInput(f"U must be in 1..{self.pool.U} (the engine's pool), got {U}")
         tier = self.host_connector()
         if tier is not None:
-            self.connector.reset_cache()
+            tier.reset_cache()
             tier.host.resize(host_blocks)
         elif host_blocks:
             raise InvalidInput("this engine has no host tier (start it with host_bytes)")

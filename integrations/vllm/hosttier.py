@@ -37,7 +37,7 @@ integration requires; anything else is refused at start.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterable
+from typing import Callable, Collection, Iterable, Protocol
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole
 from vllm.distributed.kv_transfer.kv_connector.v1.offloading.common import OffloadingWorkerMetadata
@@ -51,6 +51,7 @@ from vllm.v1.kv_offload.base import (
     OffloadKey,
     OffloadingEvent,
     OffloadingWorker,
+    ReqContext,
     TransferResult,
 )
 from vllm.v1.kv_offload.cpu.common import CPULoadStoreSpec
@@ -62,7 +63,10 @@ from kvclaims.errors import InvalidInput
 from kvclaims.vllm.hostcopy import HostCopies
 
 
-class HostListener:
+PIN = ReqContext(req_id="kvclaims:pin")  # what a pin passes for a request (its bookkeeping reads none)
+
+
+class HostListener(Protocol):
     """What the claims scheduler is told by the manager (same process)."""
 
     def host_stored(self, keys: list[OffloadKey]) -> None: ...
@@ -153,9 +157,9 @@ class ClaimsHostManager(CPUOffloadingManager):
     def _ref(self, key: OffloadKey, delta: int) -> None:
         """The reference bookkeeping of `prepare_load` / `complete_load`, for a pin."""
         if delta > 0:
-            self._prepare_load([key], None, record_access=False)
+            self._prepare_load([key], PIN, record_access=False)
         else:
-            self.complete_load([key], None)
+            self.complete_load([key], PIN)
 
     def invalidate(self, keys: Collection[OffloadKey]) -> list[OffloadKey]:
         """Drop copies known bad; returns those dropped. A key that is pinned or being
@@ -205,12 +209,14 @@ class TorchHostWorker(OffloadingWorker):
         self.digests: dict[int, dict[int, str]] = {}  # store job -> chunk -> checksum, since the last report
         self.failed: dict[int, tuple[list[int], list[int]]] = {}  # load job -> (chunks, device blocks)
 
-    def submit_store(self, job_id: int, src_spec: GPULoadStoreSpec, dst_spec: CPULoadStoreSpec) -> bool:
+    def submit_store(self, job_id: int, src_spec: LoadStoreSpec, dst_spec: LoadStoreSpec) -> bool:
+        assert isinstance(src_spec, GPULoadStoreSpec) and isinstance(dst_spec, CPULoadStoreSpec)
         self.digests[job_id] = self.copies.store(src_spec.block_ids.tolist(), dst_spec.block_ids.tolist())
         self.finished.append(TransferResult(job_id, True))
         return True
 
-    def submit_load(self, job_id: int, src_spec: CPULoadStoreSpec, dst_spec: GPULoadStoreSpec) -> bool:
+    def submit_load(self, job_id: int, src_spec: LoadStoreSpec, dst_spec: LoadStoreSpec) -> bool:
+        assert isinstance(src_spec, CPULoadStoreSpec) and isinstance(dst_spec, GPULoadStoreSpec)
         chunks, blocks = src_spec.block_ids.tolist(), dst_spec.block_ids.tolist()
         bad = self.copies.load(chunks, blocks, src_spec.expected)  # type: ignore[attr-defined]
         if bad:
@@ -430,7 +436,7 @@ class ClaimsOffloadingConnector(OffloadingConnector):
         ):
             if half is not None:
                 half.__class__ = cls
-                half._adopt()
+                cls._adopt(half)  # type: ignore[arg-type]
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         w = self.connector_worker

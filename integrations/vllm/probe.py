@@ -70,7 +70,7 @@ def restore_failure(engine: VllmEngine, name: str = "restore_failure", claim: st
     was stored again. `claim` is the claim's id (an id is never reused)."""
     if not engine.reset_cache():
         raise RuntimeError("the prefix cache could not be reset: requests still hold blocks")
-    sched, start = engine.scheduler, len(engine.trace)
+    sched, start = engine.claims, len(engine.trace)
     cold = engine.run(f"{name}-resident", PREFIX + [1], max_tokens=4, claim=claim, policy="offload")
     before = engine.run(f"{name}-replay1", PREFIX + [2]).num_cached_tokens
     engine.settle()  # the host copies complete one step after the compute

@@ -534,7 +534,7 @@ class ClaimsScheduler(Scheduler):
         """Corrupt the host copy of block `h` (hex, as traced) that an offloaded claim pins;
         detected when a load checks it. Raises UnknownId when no claim pins such a copy."""
         key = self.host.pinned_key(h) if self.host else None
-        if key is None:
+        if self.host is None or key is None:
             raise UnknownId(f"block {h!r} is not in the host tier")
         self.trace.emit("operator", action="inject_host_fault", blocks=[h])
         self.host.connector.corrupt(key)
@@ -581,7 +581,7 @@ class ClaimsScheduler(Scheduler):
         self._harm_offloaded("reset_prefix_cache")
         self._drop({b.block_id for b in self.pool.bp.blocks if b.block_hash is not None}, "reset_prefix_cache")
         if self.host:  # the host copies hold KV of the old weights too
-            self.connector.reset_cache()
+            self.host.connector.reset_cache()
 
     def _harm_offloaded(self, reason: str) -> None:
         if self.host:
