@@ -111,10 +111,10 @@ class AdoptingPool(PoolModel):
         super()._end_request(request_id, allowed, status)
         self.copies.pop(request_id, None)
 
-    def _no_admit(self, h: str) -> None:
+    def _unindex(self, h: str) -> None:
         """Where a running request keeps a second copy of `h`, the hash stays indexed in it."""
         if not self._promote(h):
-            super()._no_admit(h)
+            super()._unindex(h)
 
     def _promote(self, h: str) -> bool:
         """The indexed copy of `h` left; a running request's second copy (if any) is now it."""

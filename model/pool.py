@@ -241,7 +241,10 @@ class PoolModel:
         self._fire(c, EVENT.offload)
         self.host |= set(c.terms.chain)
         held = self._running_hashes()
-        self.resident -= {h for h in c.terms.chain if h not in held and not self._held_by_other(h, c)}
+        for h in sorted(
+            {h for h in c.terms.chain if h in self.resident and h not in held and not self._held_by_other(h, c)}
+        ):
+            self._unindex(h)
 
     def restore_refusal(self, claim_id: str) -> str | None:
         """Why an owner's restore must be rejected (no device room, or the reserve), or None."""
@@ -442,10 +445,10 @@ class PoolModel:
         )
         self._end_request(request_id, (STATUS.running,), STATUS.finished)
         for h in sorted(computed - self._running_hashes() - self._claimed()):
-            self._no_admit(h)
+            self._unindex(h)
 
-    def _no_admit(self, h: str) -> None:
-        """Write no-admit drops the indexed copy of `h`."""
+    def _unindex(self, h: str) -> None:
+        """The indexed copy of `h` leaves the table (write no-admit, an offload)."""
         self.resident.discard(h)
 
     def abort(self, request_id: str) -> None:

@@ -317,7 +317,10 @@ CLI = {  # argv -> what the one line on stderr says (exit 2)
     "litmus not an adapter": (["litmus", "--runtime", "json:JSONDecoder"], "cannot build 'json:JSONDecoder'"),
     "litmus unknown device": (["litmus", "--device", "nodev"], "device 'nodev' cannot hold the KV pool"),
     "conform zero steps": (["conform", "--steps", "0"], "--steps: must be at least 1"),
-    "conform unknown runtime": (["conform", "--runtime", "nope"], "runtime must be 'refimpl'"),
+    "conform unknown runtime": (
+        ["conform", "--runtime", "nope"],
+        "runtime must be one of ['refimpl', 'vllm', 'vllm-async']",
+    ),
     "check missing file": (["check", "{tmp}/missing.jsonl"], "missing.jsonl"),
     "docs missing file": (["docs", "{tmp}/missing.md"], "No such file or directory"),
     "docs not text": (["docs", "{binary}"], "not UTF-8 text"),

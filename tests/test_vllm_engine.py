@@ -16,7 +16,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-c
 
 from kvclaims.conformance.checker import check_lines  # noqa: E402
 from kvclaims.vllm.engine import VllmEngine  # noqa: E402
-from kvclaims.vllm.probe import CLAIM, PREFILL, PREFIX, leg, run_probe  # noqa: E402
+from kvclaims.vllm.probe import CLAIM, CLAIMS_ENGINE, PREFILL, PREFIX, leg, run_probe  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def stock():
 
 @pytest.fixture(scope="module")
 def claims():
-    return VllmEngine()
+    return VllmEngine(**CLAIMS_ENGINE)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def kinds(engine: VllmEngine, start: int) -> list[tuple]:
 
 
 @pytest.mark.obligation("RKC-PROBE-1")
-def test_probe_three_ways(stock, claims):  # RKC-PROBE-1 on the real scheduler
+def test_probe_four_ways(stock, claims):  # RKC-PROBE-1 on the real scheduler
     legs = {lg["leg"]: lg for lg in run_probe(stock, claims)["legs"]}
     for name in ("stock", "no_admit"):
         assert legs[name]["replay_cached_tokens_before"] == 1920
@@ -54,6 +54,9 @@ def test_probe_three_ways(stock, claims):  # RKC-PROBE-1 on the real scheduler
     assert hard["replay_cached_tokens_before"] == hard["replay_cached_tokens_after"] == 1920
     assert hard["prefill"] == {"finish_reason": "abort", "refused": "refuse_blocked", "blocking_claims": [CLAIM]}
     assert hard["claim_state"] == "materialized" and hard["resident_blocks_lost"] == 0
+    failed = legs["restore_failure"]
+    assert failed["prefill"]["claim_after"] == "offloaded" and failed["claim_state"] == "failed"
+    assert failed["replay"]["fail_before_reuse"] and failed["replay"]["equals_cold"]
     report = check(claims)
     assert report.ok, report.violations
 
@@ -138,4 +141,5 @@ def test_probe_cli_json():
     ).stdout
     legs = {lg["leg"]: lg for lg in json.loads(out)["legs"]}
     assert [legs[n]["replay_cached_tokens_after"] for n in ("stock", "no_admit", "hard_claim")] == [320, 320, 1920]
+    assert legs["restore_failure"]["replay"]["fail_before_reuse"] and legs["restore_failure"]["replay"]["equals_cold"]
     assert legs["hard_claim"]["prefill"]["blocking_claims"] == [CLAIM]

@@ -458,7 +458,7 @@ def test_connector_scheduler_needs_the_claims_manager():
         half.corrupt(K[0])
     full(half.host)
     half.corrupt(K[1])
-    assert half._corrupt == [half.host._policy.get(K[1]).chunk_id]
+    assert half.host.corrupting == [half.host._policy.get(K[1]).chunk_id]
 
 
 # --------------------------------------------------------------------------- the spec
@@ -620,7 +620,7 @@ def test_a_host_fault_on_a_copy_no_claim_pins_is_unknown(tier):
     for bad in (hexid(h), "0" * 16, ""):
         with pytest.raises(UnknownId):
             s.inject_host_fault(bad)
-    assert len(e.trace) == start and s.host.connector._corrupt == []
+    assert len(e.trace) == start and s.host.manager.corrupting == []
     assert s.host.manager.pins == pins and s.host.pinned == pinned
     e.release_claim("pinned")
     s.host.check_valid()

@@ -69,18 +69,21 @@ class VllmHostSide:
         return out
 
     def room(self, c: Claim) -> bool:
-        """Every block of `c` has a verified host copy bound to the claim."""
+        """Every block of `c` has a verified host copy of the claim's own KV: stored with the
+        checksum the claim recorded. (A copy stored from another request's second copy of a
+        block may differ in its last bits, a recomputed block's floating-point noise: it is
+        no copy of this claim's KV, so the claim cannot offload yet; nothing fails.)"""
         if not c.checksums or not all(c.checksums.values()):
             return False
-        return all(self.manager.ready(k) for k in self._keys(c))
+        digest = self.manager.digest
+        return all(self.manager.ready(k) and digest[k] == c.checksums[h] for h, k in zip(c.chain, self._keys(c)))
 
     def copy_out(self, c: Claim, blocks: Sequence[KVCacheBlock]) -> dict[str, str]:
         """The copies exist already (vLLM stored them): pin them for `c` and return their
         checksums. Raises NoRoom, nothing pinned, when one is missing."""
         keys = self._keys(c)
-        missing = [h for h, k in zip(c.chain, keys) if not self.manager.ready(k)]
-        if missing:
-            raise NoRoom(f"claim {c.id!r}: no verified host copy of blocks {missing}")
+        if not self.room(c):
+            raise NoRoom(f"claim {c.id!r}: not every block has a verified host copy of its KV")
         self.manager.pin(keys)
         self.pinned[c.id] = keys
         return {h: self.manager.digest[k] for h, k in zip(c.chain, keys)}
@@ -96,15 +99,16 @@ class VllmHostSide:
         self.sched._sync(EVENT.offload)
 
     def drop(self, c: Claim, reason: str) -> None:
-        """`c` unpins its copies; those no other claim pins leave the traced host tier
-        (they stay in vLLM's host cache, unclaimed, but for a failed claim's, which go)."""
+        """`c` unpins its copies; those no other claim pins leave the traced host tier. They
+        stay in vLLM's host cache, unclaimed, but for a failed claim's and those a fault was
+        injected into (a released copy's fault goes with it, as in the reference runtime)."""
         keys = self.pinned.pop(c.id, None)
         if keys is None:
             return
         self.manager.unpin(keys)
         gone = [h for h, k in zip(c.chain, keys) if k not in self.manager.pins]
-        if reason == EVENT.fail:
-            self.manager.invalidate(keys)
+        unpinned = [k for k in keys if k not in self.manager.pins]
+        self.manager.invalidate([k for k in unpinned if reason == EVENT.fail or k in self.manager.faulted])
         if gone:
             self.sched.trace.emit("block_evict", blocks=gone, tier="host", reason=reason)
 
@@ -197,9 +201,23 @@ class VllmHostSide:
         best = 0
         for c in self.offloaded_claims():
             chain = book.entries[c.id].key
-            if len(chain) * B > best and list(hashes[: len(chain)]) == list(chain) and book.restore_fits(c):
+            if (
+                len(chain) * B > best
+                and list(hashes[: len(chain)]) == list(chain)
+                and book.restore_fits(c)
+                and self.sched.pool.resident(chain) is None  # (a resident chain restores from the device)
+            ):
                 best = len(chain) * B
         return max(0, best - computed)
+
+    def restore_resident(self, request: Request, hits: int) -> None:
+        """`host_tier="claims"`: offloaded claims whose chain `request` extends past its hits
+        and whose blocks are all on the device come back from there, as the reference
+        runtime restores them (no load)."""
+        book = self.sched.book
+        for c in self._restorable(request):
+            if len(c.chain) > hits and self.sched.pool.resident(book.entries[c.id].key) is not None:
+                self.restore(c, set())
 
     def offloaded_claims(self) -> list[Claim]:
         return self.sched.book.in_states(*self.offloaded_states)

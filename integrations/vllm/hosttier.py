@@ -87,6 +87,8 @@ class ClaimsHostManager(CPUOffloadingManager):
         self.store_only: Callable[[list[OffloadKey]], list[OffloadKey]] | None = None  # None: store any
         self.stores_from: Callable[[str], bool] | None = None  # may this request store? (None: any)
         self.capacity = self._num_chunks  # what the spec sized (and the worker allocated)
+        self.corrupting: list[int] = []  # chunks a fault injection corrupts with the next step
+        self.faulted: set[OffloadKey] = set()  # keys whose copy a fault was injected into
 
     def ready(self, key: OffloadKey) -> bool:
         """Is a verified copy of `key` on the host (stored, checksum known)?"""
@@ -101,6 +103,7 @@ class ClaimsHostManager(CPUOffloadingManager):
         if out is not None:
             for key in out.evicted_keys:
                 self.digest.pop(key, None)
+                self.faulted.discard(key)
             assert isinstance(out.store_spec, CPULoadStoreSpec)
             self.chunk_key.update(zip(out.store_spec.block_ids.tolist(), out.keys_to_store))
             if out.evicted_keys and self.listener:
@@ -122,6 +125,12 @@ class ClaimsHostManager(CPUOffloadingManager):
             if out is not None:
                 return out
         return None
+
+    def _free_chunk(self, chunk) -> None:
+        """A chunk whose copy goes is no fault's target any more (its next copy is intact)."""
+        super()._free_chunk(chunk)
+        if chunk.chunk_id in self.corrupting:
+            self.corrupting.remove(chunk.chunk_id)
 
     def stored(self, digests: dict[int, str]) -> None:
         """Checksums of chunks whose store completed (before `complete_store` marks them ready)."""
@@ -173,6 +182,7 @@ class ClaimsHostManager(CPUOffloadingManager):
             self._num_evictable_cache_chunks -= 1
             self._free_chunk(chunk)
             self.digest.pop(key, None)
+            self.faulted.discard(key)
             gone.append(key)
         if gone and self.events is not None:
             self.events.append(OffloadingEvent(keys=gone, medium=self.medium, removed=True))
@@ -183,6 +193,8 @@ class ClaimsHostManager(CPUOffloadingManager):
         self.chunk_key.clear()
         self.digest.clear()
         self.pins.clear()
+        self.corrupting.clear()
+        self.faulted.clear()
 
     def resize(self, num_chunks: int) -> None:
         """Use `num_chunks` of the chunks the spec sized (a test harness's smaller host
@@ -343,7 +355,6 @@ class ClaimsConnectorScheduler(OffloadingConnectorScheduler):
         self.host: ClaimsHostManager = self.manager
         self.loading: dict[str, list[OffloadKey]] = {}  # request -> keys of its load job
         self.local: dict[str, int] = {}  # request -> tokens it had in the device cache when it began loading
-        self._corrupt: list[int] = []
         self.poisoned: set[int] = set()  # store jobs in flight at an invalidation: their copies are dropped
         # Tokens a request may load from the host beyond what it computed (None: what
         # vLLM's lookup finds): the claims side's `host_serves` setting.
@@ -353,7 +364,8 @@ class ClaimsConnectorScheduler(OffloadingConnectorScheduler):
         """Corrupt the host copy of `key` on the worker, with the next step."""
         chunk = self.host._policy.get(key)
         assert chunk is not None and chunk.is_ready, f"no host copy of {key!r}"
-        self._corrupt.append(chunk.chunk_id)
+        self.host.corrupting.append(chunk.chunk_id)
+        self.host.faulted.add(key)
 
     def get_num_new_matched_tokens(self, request, num_computed_tokens, max_num_new_tokens=None):
         if self.load_limit is not None:
@@ -371,7 +383,7 @@ class ClaimsConnectorScheduler(OffloadingConnectorScheduler):
 
     def build_connector_meta(self, scheduler_output):
         meta = super().build_connector_meta(scheduler_output)
-        meta.kvclaims_corrupt, self._corrupt = self._corrupt, []
+        meta.kvclaims_corrupt, self.host.corrupting = self.host.corrupting, []
         return meta
 
     def poison_stores(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvclaims.model.names import EVENT, POLICY
 from kvclaims.vllm.engine import VllmEngine
 
 U, B, RESIDENT, ACTIVE = 80, 32, 60, 70
@@ -31,6 +32,9 @@ LEGS = {
     "restore_failure": "offload, corrupt copy",
 }
 HOST_BYTES = 8 << 20  # the claims engine's host tier: 256 blocks of the tiny model
+# The claims engine's host tier holds claims only: vLLM's own host cache of every computed
+# block would bring the evicted resident back and hide what write no-admit alone does.
+CLAIMS_ENGINE: dict[str, Any] = {"host_bytes": HOST_BYTES, "host_tier": "claims"}
 MAX_STEPS = 200  # a replay that has not finished by then is a livelock
 
 
@@ -71,7 +75,7 @@ def restore_failure(engine: VllmEngine, name: str = "restore_failure", claim: st
     if not engine.reset_cache():
         raise RuntimeError("the prefix cache could not be reset: requests still hold blocks")
     sched, start = engine.claims, len(engine.trace)
-    cold = engine.run(f"{name}-resident", PREFIX + [1], max_tokens=4, claim=claim, policy="offload")
+    cold = engine.run(f"{name}-resident", PREFIX + [1], max_tokens=4, claim=claim, policy=POLICY.offload)
     before = engine.run(f"{name}-replay1", PREFIX + [2]).num_cached_tokens
     engine.settle()  # the host copies complete one step after the compute
     active = engine.run(f"{name}-prefill", PREFILL)
@@ -80,7 +84,7 @@ def restore_failure(engine: VllmEngine, name: str = "restore_failure", claim: st
     engine.submit_request(f"{name}-replay2", PREFIX + [1], max_tokens=4)
     replay = engine.finish(f"{name}-replay2", max_steps=MAX_STEPS)
     records = engine.trace[start:]
-    fail = [r["seq"] for r in records if r["kind"] == "claim" and r["claim"] == claim and r["event"] == "fail"]
+    fail = [r["seq"] for r in records if r["kind"] == "claim" and r["claim"] == claim and r["event"] == EVENT.fail]
     chain = set(sched.book.claims[claim].chain)
     reuse = [
         r["seq"]
@@ -110,7 +114,7 @@ def restore_failure(engine: VllmEngine, name: str = "restore_failure", claim: st
 
 
 def run_probe(stock: VllmEngine, claims: VllmEngine) -> dict[str, Any]:
-    """`claims` runs the claims host tier (`VllmEngine(host_bytes=HOST_BYTES)`)."""
+    """`claims` runs the claims host tier (`VllmEngine(**CLAIMS_ENGINE)`)."""
     return {
         "U": U,
         "B": B,

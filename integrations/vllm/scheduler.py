@@ -162,6 +162,7 @@ class ClaimsScheduler(Scheduler):
         self.ops: dict[str, RequestOps] = {}
         self.notes: dict[str, dict] = {}  # request -> what its final output reports
         self.hit_blocks: dict[str, int] = {}
+        self._admitting: set[str] = set()  # admitted by the step being scheduled
         self.reusing: set[int] = set()  # while room is made: the deciding request's hits (kept by an offload)
         self.local_hits: dict[str, int] = {}  # request that loaded from the host -> its device hits
         self.restoring: dict[str, str] = {}  # an owner's restore request -> the claim it restores
@@ -277,15 +278,31 @@ class ClaimsScheduler(Scheduler):
             self._arbitrate()
             self._arbitrate_growth()
         held = {r.request_id: self._blocks_of(r) for r in self.running}
+        self._admitting = set()
         out = super().schedule(*args, **kwargs)
-        self._sync("lru")
-        for new in out.scheduled_new_reqs:
-            self._admitted(self.requests[new.req_id], out.num_scheduled_tokens[new.req_id])
+        self._admit_new(out, advanced=True)
         for rid, before in held.items():
             grown = rid in self.requests and self._blocks_of(self.requests[rid]) - before
             if grown > 0:
                 self.trace.emit("request_grow", request=rid, tokens=out.num_scheduled_tokens[rid], new_blocks=grown)
         return out
+
+    def _build_kv_connector_meta(self, connector, scheduler_output):
+        """The step's admissions apply before the connector plans its stores, so the blocks
+        of a claim a request carries are claimed when vLLM offers them to the host tier."""
+        self._admit_new(scheduler_output, advanced=False)
+        return super()._build_kv_connector_meta(connector, scheduler_output)
+
+    def _admit_new(self, out, *, advanced: bool) -> None:
+        """Trace and apply the admissions of the step `out` schedules (once a step), after the
+        evictions that made room for them; `advanced`: vLLM has counted their scheduled tokens
+        as computed."""
+        self._sync("lru")
+        for new in out.scheduled_new_reqs:
+            if new.req_id not in self._admitting:
+                self._admitting.add(new.req_id)
+                scheduled = out.num_scheduled_tokens[new.req_id]
+                self._admitted(self.requests[new.req_id], scheduled if advanced else 0)
 
     def _blocks_of(self, request: Request) -> int:
         """How many blocks `request` holds (one KV cache group: `PoolView.check_groups`),
@@ -399,15 +416,19 @@ class ClaimsScheduler(Scheduler):
         self.closing[request.request_id] = (request, stop_reason)
         self.finish_requests(request.request_id, RequestStatus.FINISHED_ABORTED)
 
-    def _admitted(self, request: Request, scheduled: int) -> None:
+    def _admitted(self, request: Request, counted: int) -> None:
+        """`request` is admitted; of its computed tokens, `counted` are scheduled this step
+        (not hits)."""
         rid, B = request.request_id, self.block_size
-        hits = (request.num_computed_tokens - scheduled) // B
+        hits = (request.num_computed_tokens - counted) // B
         hits = min(hits, self.local_hits.pop(rid, hits))
         self.hit_blocks[rid] = hits
         hit_hashes = [hexid(h) for h in request.block_hashes[:hits]]
         self.admitted_epoch[rid] = self.epoch
         total = len(self.kv_cache_manager.get_blocks(rid).blocks[0])
         self.trace.emit("request_admit", request=rid, hit_blocks=hit_hashes, new_blocks=total - hits)
+        if self.host and self.host_tier == "claims" and rid not in self.restoring:
+            self.host.restore_resident(request, hits)
         if rid not in self.restoring:  # (an owner's restore reuses nothing for itself)
             self.book.hits(hit_hashes, rid)
         self._apply_ops(request)

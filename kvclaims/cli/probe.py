@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kvclaims.vllm.engine import VllmEngine
-    from kvclaims.vllm.probe import HOST_BYTES, run_probe, table
+    from kvclaims.vllm.probe import CLAIMS_ENGINE, run_probe, table
 
-    result = run_probe(VllmEngine(integration=False), VllmEngine(host_bytes=HOST_BYTES))
+    result = run_probe(VllmEngine(integration=False), VllmEngine(**CLAIMS_ENGINE))
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0

