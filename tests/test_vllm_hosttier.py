@@ -638,6 +638,10 @@ def test_an_offload_claim_without_the_host_tier_is_rejected(plain):
     assert len(e.trace) == start
     with pytest.raises(UnknownId):
         e.claim_state("nohost")
+    # A claim naming the host tier under another policy: the error names the tiers it gave.
+    with pytest.raises(BadArgument, match=r"tiers \['device', 'host'\] needs the claims host tier") as caught:
+        e.submit_claim("nohost", prompt(5), policy="demote", tiers=("device", "host"))
+    assert caught.value.field == "kvclaims_tiers" and len(e.trace) == start
 
 
 def _drop_pinned(host, key):

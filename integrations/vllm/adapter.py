@@ -22,14 +22,16 @@ What vLLM fixes, the adapter reports rather than hides:
 - **Capabilities.** `evict_blocks`, `reset_cache`, `request_claims` (a claim carried
   as the request's `kvclaims_*` arguments, applied at admission), `decode` (the tokens
   given replace what vLLM samples; growth is decided by `ClaimsScheduler.growth`),
-  `device_fault` (the block's KV is corrupted in vLLM's cache tensors and reported) and
-  `check_valid`. The reset is the contract's:
-  claims holding blocks are harmed, then every indexed block leaves vLLM's prefix
-  cache through its `BlockPool.evict_blocks` (the invalid-KV path), and running
-  requests keep their blocks unindexed; vLLM's own `reset_prefix_cache` refuses
-  while requests hold blocks (withheld blocks count) or preempts them. Not
-  applicable: the CPU backend has no host tier, KV content cannot be compared with
-  tokens, and vLLM has no owner-side demote or offload.
+  `device_fault` (the block's KV is corrupted in vLLM's cache tensors and reported),
+  `host_tier`, `owner_ops` and `host_fault` (the claims host tier under vLLM's
+  OffloadingConnector, `kvclaims.vllm.hosttier`, holding claims only as the contract's
+  does: `host_tier="claims"`; an owner's restore is a request of its own for the claim's
+  prefix, the only way vLLM loads from its host tier) and `check_valid`. The reset is the
+  contract's: claims with resident state are harmed, then every indexed block leaves
+  vLLM's prefix cache through its `BlockPool.evict_blocks` (the invalid-KV path), and
+  running requests keep their blocks unindexed; vLLM's own `reset_prefix_cache` refuses
+  while requests hold blocks (withheld blocks count) or preempts them. Not applicable:
+  KV content cannot be compared with tokens.
 - **Bad input.** Every call is checked by the same rules as the reference runtime's before
   anything reaches the engine (`kvclaims.conformance.rejections`: the same typed error for the same
   bad call, nothing changed, nothing traced); then what only vLLM refuses (a host tier,
@@ -246,8 +248,7 @@ class VllmAdapter:
         return Decision({STATUS.running: "admit", STATUS.waiting: "wait"}[status])
 
     def _carried(self, request_id: str, tokens: Sequence[int], claim) -> dict[str, Any]:
-        """The protocol's checks of a carried claim, then vLLM's own limit (no host tier);
-        its `to_xargs` keywords."""
+        """The protocol's checks of a carried claim; its `to_xargs` keywords."""
         cid, terms = request_claim(self.sched.book.claims, self.U, self.B, None, request_id, tokens, claim)
         blocks = terms.get("blocks") or len(tokens) // self.B
         self.prefixes[cid] = list(tokens[: blocks * self.B])

@@ -43,7 +43,7 @@ from kvclaims.vllm.hosttier import ClaimsConnectorScheduler
 from kvclaims.vllm.metrics import ClaimMetrics
 from kvclaims.vllm.pool import PoolView, hexid
 from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, rejection, server_key
-from kvclaims.model.names import EVENT
+from kvclaims.model.names import EVENT, POLICY
 
 CONFIG_KEYS = {
     "reserve": int,
@@ -515,10 +515,12 @@ class ClaimsScheduler(Scheduler):
     def check_tiers(self, op: ClaimOp) -> None:
         """A claim may name the host tier only when the engine runs the claims host tier."""
         if "host" in op.tiers and self.host is None:
+            field = "policy" if op.policy == POLICY.offload else "tiers"
             raise BadArgument(
-                PREFIX + "policy",
-                f"claim {op.claim_id!r}: 'offload' needs the claims host tier: start vLLM with "
-                "the kv_transfer_config of kvclaims.vllm.hosttier (integrations/vllm/README.md)",
+                PREFIX + field,
+                f"claim {op.claim_id!r}: {field} {op.policy if field == 'policy' else list(op.tiers)!r} needs "
+                "the claims host tier: start vLLM with the kv_transfer_config of kvclaims.vllm.hosttier "
+                "(integrations/vllm/README.md)",
             )
 
     def submit_claim(self, op: ClaimOp, tokens: list[int], tenant: str = ANONYMOUS) -> str:
