@@ -78,3 +78,22 @@ def test_an_intact_restore_serves_the_offloaded_prefix():
     kinds = [(r["kind"], r.get("event"), r.get("request")) for r in e.trace]
     assert kinds.index(("claim", "restore", None)) < kinds.index(("request_admit", None, "replay"))
     _clean(e)
+
+
+def test_the_seeded_bug_a_worker_that_skips_the_check_serves_corrupt_kv(monkeypatch):
+    """The seeded bug these tests catch: a host tier whose worker copies every block back
+    without checking it. The claim is then restored over the corrupt copy and the replay is
+    not a cold run's: what `test_a_corrupt_restore_fails_the_claim_first_and_is_never_served`
+    rules out."""
+    from kvclaims.vllm.hostcopy import HostCopies
+
+    stock = HostCopies.load
+
+    def unchecked(self, chunks, blocks, expected):
+        return stock(self, chunks, blocks, [self.digest(c) for c in chunks])
+
+    monkeypatch.setattr(HostCopies, "load", unchecked)
+    e = VllmEngine(host_bytes=probe.HOST_BYTES)
+    leg = probe.restore_failure(e, "seeded", claim="seeded")
+    assert leg["claim_state"] == STATE.materialized, "restored over the corrupt copy"
+    assert not leg["replay"]["equals_cold"], "corrupt KV served"
