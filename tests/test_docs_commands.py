@@ -349,7 +349,8 @@ def doc_server(tmp_path_factory):
     from vllm_server import serve
 
     p = plan()
-    for server in serve(tmp_path_factory, *p.args, env=p.env, **p.kvclaims):
+    testing = {"fault_injection": True} if p.host_tier else {}  # (not in the docs: a test's operator hook)
+    for server in serve(tmp_path_factory, *p.args, env=p.env, **p.kvclaims, **testing):
         yield server, p
 
 
@@ -388,6 +389,27 @@ def test_doc_servers_answer_and_run_the_host_tier(doc_server):
     assert server.metrics("kvclaims_claims")["materialized"] == 1
     events = server.metrics("kvclaims_claim_events_total")
     assert events["offload"] == 1 and events["restore"] == 1, events
+
+    # The follow-up paper's witness over HTTP: pressure offloads the claim again, an operator
+    # corrupts its first block's host copy, and the replay's load fails its check: the claim
+    # fails closed before any of its blocks is stored again, and the replay is answered.
+    status, body = server.complete([t + 1 for t in PREFILL], key=key)  # another 70-block prefill
+    assert status == 200 and server.metrics("kvclaims_claims")["offloaded"] == 1, body
+    submit = next(r for r in server.records() if r["kind"] == "claim_submit" and r["claim"] == "sys")
+    status, body = server.complete([9], key=key, kvclaims_inject_host_fault=submit["blocks"][0])
+    assert status == 200 and body["choices"][0]["stop_reason"] == "kvclaims:fault_injected", body
+    status, body = server.complete(prefix + [2], key=key)
+    assert status == 200 and body["choices"][0]["finish_reason"] == "length", body
+    assert server.metrics("kvclaims_claims")["failed"] == 1
+    records = server.records()
+    fault = max(r["seq"] for r in records if r["kind"] == "operator" and r["action"] == "inject_host_fault")
+    fail = [r["seq"] for r in records if r["kind"] == "claim" and r["claim"] == "sys" and r["event"] == "fail"]
+    stored = [
+        r["seq"]
+        for r in records
+        if r["kind"] == "block_store" and r["seq"] > fault and set(r["blocks"]) & set(submit["blocks"])
+    ]
+    assert fail and stored and fail[0] < min(stored), (fail, stored)
 
     report = check_file(server.trace)
     assert report.ok, report.violations

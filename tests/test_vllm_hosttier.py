@@ -638,6 +638,10 @@ def test_an_offload_claim_without_the_host_tier_is_rejected(plain):
     assert len(e.trace) == start
     with pytest.raises(UnknownId):
         e.claim_state("nohost")
+    # An operator's host fault carried by a request is refused unless fault injection is on.
+    refused = e.run("fault-off", [9], extra_args={"kvclaims_inject_host_fault": "00"})
+    assert refused.stop_reason == "kvclaims:rejected:BadArgument" and len(e.trace) == start
+    assert refused.kvclaims["field"] == "kvclaims_inject_host_fault"
     # A claim naming the host tier under another policy: the error names the tiers it gave.
     with pytest.raises(BadArgument, match=r"tiers \['device', 'host'\] needs the claims host tier") as caught:
         e.submit_claim("nohost", prompt(5), policy="demote", tiers=("device", "host"))

@@ -40,6 +40,8 @@ def test_http_style_values():
         ({"kvclaims_claim": "c", "kvclaims_strength": "firm"}, "kvclaims_strength"),
         ({"kvclaims_claim": "c", "kvclaims_policy": "offload", "kvclaims_tiers": ["device"]}, "kvclaims_policy"),
         ({"kvclaims_claim": "c", "kvclaims_tiers": ["host"]}, "kvclaims_tiers"),
+        ({"kvclaims_inject_host_fault": 5}, "kvclaims_inject_host_fault"),
+        ({"kvclaims_claim": "c", "kvclaims_inject_host_fault": "ab"}, "kvclaims_inject_host_fault"),
         ({"kvclaims_claim": "c", "kvclaims_tiers": "device"}, "kvclaims_tiers"),
         ({"kvclaims_claim": "c", "kvclaims_strength": "soft", "kvclaims_policy": "refuse"}, "kvclaims_policy"),
         ({"kvclaims_claim": "c", "kvclaims_blocks": 0}, "kvclaims_blocks"),

@@ -53,6 +53,7 @@ CONFIG_KEYS = {
     "tenant_header": str,
     "quota": dict,
     "host_tier": str,
+    "fault_injection": bool,
 }
 # What vLLM's host tier holds: every computed prompt block (vLLM's own), or only blocks of
 # claims that name the host tier, loaded back only for their whole chain (the contract's).
@@ -120,6 +121,7 @@ class ClaimsScheduler(Scheduler):
         PoolView.check_groups(self.kv_cache_manager)  # before a trace file exists: a refusal leaves none
         sink = open_trace_file(cfg["trace"], field="kvclaims.trace") if cfg.get("trace") else None
         self.host_tier = cfg.get("host_tier", "all")
+        self.fault_injection = cfg.get("fault_injection", False)
         self.start_claims(TraceWriter(sink), reserve=cfg.get("reserve", 0), enforce=cfg.get("enforce", True))
 
     def start_claims(self, trace: TraceWriter, *, reserve: int, enforce: bool, withhold: int = 0) -> None:
@@ -225,6 +227,8 @@ class ClaimsScheduler(Scheduler):
         super().add_request(request)
         try:
             ops = self._vet(request)
+            if ops.inject_host_fault is not None:
+                return self._operator_fault(request, ops.inject_host_fault)
         except KVClaimsError as exc:  # rejected: nothing applied, nothing traced (RKC-RT-4)
             self.notes[rid] = rejection(exc)
             return self._close(request, f"kvclaims:rejected:{type(exc).__name__}")
@@ -235,6 +239,20 @@ class ClaimsScheduler(Scheduler):
             blocks=[hexid(h) for h in request.block_hashes],
         )
         self.ops[rid] = ops
+
+    def _operator_fault(self, request: Request, h: str) -> None:
+        """A request carrying an operator's host fault (testing, with
+        ``kvclaims.fault_injection``): the fault is injected and the request ends unrun
+        (``stop_reason`` ``kvclaims:fault_injected``). Raises BadArgument when fault
+        injection is off, UnknownId when no offloaded claim pins a copy of block `h`."""
+        if not self.fault_injection:
+            raise BadArgument(
+                PREFIX + "inject_host_fault",
+                "fault injection is off: it is for tests (start with additional_config kvclaims.fault_injection=true)",
+            )
+        self.inject_host_fault(h)
+        self.notes[request.request_id] = {"fault_injected": h}
+        self._close(request, "kvclaims:fault_injected")
 
     def _vet(self, request: Request) -> RequestOps:
         """The request's claim operations, checked against the book as it stands: all of

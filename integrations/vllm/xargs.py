@@ -30,7 +30,20 @@ from kvclaims.model.checks import check_terms
 from kvclaims.model.names import POLICY
 
 PREFIX = "kvclaims_"
-KEYS = ("claim", "blocks", "strength", "priority", "ttl", "policy", "tiers", "release", "no_admit", "tenant", "seal")
+KEYS = (
+    "claim",
+    "blocks",
+    "strength",
+    "priority",
+    "ttl",
+    "policy",
+    "tiers",
+    "release",
+    "no_admit",
+    "tenant",
+    "seal",
+    "inject_host_fault",
+)
 CLAIM_TERMS = ("blocks", "strength", "priority", "ttl", "policy", "tiers")
 # Claim ids and tenants: short, and free of the separators of a refusal's stop_reason.
 NAME = re.compile(r"[\w.@/+=~-]{1,256}", re.ASCII)
@@ -58,6 +71,7 @@ class RequestOps:
     release: tuple[str, ...] = ()
     no_admit: bool = False  # write no-admit: the blocks it computes are not cached
     tenant: str = ANONYMOUS  # who owns the claims it makes and may release
+    inject_host_fault: str | None = None  # an operator's fault (testing): corrupt this block's host copy
 
 
 def parse(extra_args: Mapping[str, Any] | None, *, tenant_key: bytes | None = None) -> RequestOps:
@@ -80,7 +94,13 @@ def parse(extra_args: Mapping[str, Any] | None, *, tenant_key: bytes | None = No
         raise BadArgument(PREFIX + "no_admit", "a request cannot claim its prefix and refuse to cache it")
     if claim and claim.claim_id in release:
         raise BadArgument(PREFIX + "release", f"claim {claim.claim_id!r} is made and released by one request")
-    return RequestOps(claim, release, no_admit, _tenant(raw, tenant_key, claim is not None or bool(release)))
+    fault = raw.get("inject_host_fault")
+    if fault is not None and (not isinstance(fault, str) or not fault or claim or release or no_admit):
+        raise BadArgument(
+            PREFIX + "inject_host_fault", "must be a block hash (hex, as traced), in a request of its own"
+        )
+    tenant = _tenant(raw, tenant_key, claim is not None or bool(release))
+    return RequestOps(claim, release, no_admit, tenant, fault)
 
 
 def to_xargs(
