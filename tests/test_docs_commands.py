@@ -124,7 +124,6 @@ def _probe_json(out: str) -> None:
         assert legs["restore_failure"]["replay"]["equals_cold"], legs["restore_failure"]
 
 
-SHORT = "shortened from 1000 steps (minutes on CI's 2 cores); the soaks run it long (RESULTS.md)"
 SERVER = "python -m vllm.entrypoints.openai.api_server"
 CLAIMS_FLAGS = (
     "--scheduler-cls kvclaims.vllm.scheduler.ClaimsScheduler --middleware kvclaims.vllm.frontend.ClaimsMiddleware"
@@ -179,10 +178,10 @@ TABLE: dict[str, Run | Serve | CI] = {
     ),
     "kvclaims litmus --runtime vllm": Run(("kvclaims", "litmus", "--runtime", "vllm"), timeout=300, vllm=True),
     "kvclaims fuzz --runtime vllm --steps 1000": Run(
-        ("kvclaims", "fuzz", "--runtime", "vllm", "--steps", "100"), timeout=300, vllm=True, why=SHORT
+        ("kvclaims", "fuzz", "--runtime", "vllm", "--steps", "1000"), timeout=300, vllm=True
     ),
     "kvclaims conform --runtime vllm --steps 1000": Run(
-        ("kvclaims", "conform", "--runtime", "vllm", "--steps", "100"), timeout=300, vllm=True, why=SHORT
+        ("kvclaims", "conform", "--runtime", "vllm", "--steps", "1000"), timeout=300, vllm=True
     ),
     "kvclaims litmus --runtime kvclaims.vllm.adapter:StockVllmAdapter": Run(
         ("kvclaims", "litmus", "--runtime", "kvclaims.vllm.adapter:StockVllmAdapter"),

@@ -51,11 +51,6 @@ class VllmHostSide:
         self.protected = sched.book.protected
         self.offloaded_states = sched.book.spec.lifecycle.dests(EVENT.offload)
 
-    @property
-    def capacity(self) -> int:
-        """Host chunks (= blocks): vLLM's sizing from ``cpu_bytes_to_use``."""
-        return self.manager._num_chunks
-
     def _keys(self, c: Claim) -> list[OffloadKey]:
         return [make_offload_key(h, GROUP) for h in self.sched.book.entries[c.id].key]
 

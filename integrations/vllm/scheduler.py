@@ -157,10 +157,11 @@ class ClaimsScheduler(Scheduler):
         )
         self.host: VllmHostSide | None = VllmHostSide(self, tier) if tier else None
         self.book.host = self.host
-        if tier:
-            tier.host.stores_from = self._stores
-        if tier and self.host and self.host_tier == "claims":
-            tier.load_limit, tier.host.store_only = self.host.claims_only, self.host.claimed_keys
+        if self.host:
+            self.host.manager.stores_from = self._stores
+            if self.host_tier == "claims":
+                self.host.connector.load_limit = self.host.claims_only
+                self.host.manager.store_only = self.host.claimed_keys
         self.ops: dict[str, RequestOps] = {}
         self.notes: dict[str, dict] = {}  # request -> what its final output reports
         self.hit_blocks: dict[str, int] = {}
