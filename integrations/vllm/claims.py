@@ -64,11 +64,18 @@ def check_new(book: ClaimBook, B: int, op: ClaimOp, full_blocks: int, prefix: in
 
 
 def submit(
-    book: ClaimBook, op: ClaimOp, chain: list[BlockHash], *, request: str | None = None, tenant: str = ANONYMOUS
+    book: ClaimBook,
+    op: ClaimOp,
+    chain: list[BlockHash],
+    *,
+    request: str | None = None,
+    tenant: str = ANONYMOUS,
+    deadline: float | None = None,
 ) -> str:
     """Submit `op` on `chain` (vLLM's hashes of the prompt's full blocks, cut to
     `op.blocks`); returns the claim's state. Its claim_submit record names the request
-    that carried it (None: made in process) and its tenant."""
+    that carried it (None: made in process), its tenant and, with a wall-clock TTL, the
+    TTL and its `deadline` (Unix seconds)."""
     chain = chain[: op.blocks] if op.blocks else chain
     return book.submit(
         op.claim_id,
@@ -80,5 +87,6 @@ def submit(
         tiers=op.tiers,
         policy=op.policy,
         tenant=tenant,
-        record={"request": request, "tenant": tenant},
+        record={"request": request, "tenant": tenant}
+        | ({"ttl_s": op.ttl_s, "deadline": deadline} if op.ttl_s is not None else {}),
     )

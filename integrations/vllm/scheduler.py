@@ -32,7 +32,7 @@ from vllm.v1.request import Request, RequestStatus
 from vllm.version import __version__ as vllm_version
 
 from kvclaims.claimbook import ClaimBook, Quota
-from kvclaims.errors import BadArgument, GuardRejected, InvalidInput, KVClaimsError, NoRoom, UnknownId
+from kvclaims.errors import BadArgument, GuardRejected, InvalidInput, KVClaimsError, NoRoom, NotOwner, UnknownId
 from kvclaims.model.claim import Claim
 from kvclaims.model.feasibility import Decision, decide
 from kvclaims.spec import load
@@ -42,7 +42,9 @@ from kvclaims.vllm.host import VllmHostSide
 from kvclaims.vllm.hosttier import ClaimsConnectorScheduler
 from kvclaims.vllm.metrics import ClaimMetrics
 from kvclaims.vllm.pool import PoolView, hexid
-from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, rejection, server_key
+from kvclaims.vllm.queries import answer
+from kvclaims.vllm.wallclock import WallClock
+from kvclaims.vllm.xargs import ALL, ANONYMOUS, PREFIX, ClaimOp, RequestOps, parse, rejection, server_key
 from kvclaims.model.names import EVENT, POLICY
 
 CONFIG_KEYS = {
@@ -122,6 +124,7 @@ class ClaimsScheduler(Scheduler):
         sink = open_trace_file(cfg["trace"], field="kvclaims.trace") if cfg.get("trace") else None
         self.host_tier = cfg.get("host_tier", "all")
         self.fault_injection = cfg.get("fault_injection", False)
+        self.dp_rank = vllm_config.parallel_config.data_parallel_index
         self.start_claims(TraceWriter(sink), reserve=cfg.get("reserve", 0), enforce=cfg.get("enforce", True))
 
     def start_claims(self, trace: TraceWriter, *, reserve: int, enforce: bool, withhold: int = 0) -> None:
@@ -162,6 +165,7 @@ class ClaimsScheduler(Scheduler):
             if self.host_tier == "claims":
                 self.host.connector.load_limit = self.host.claims_only
                 self.host.manager.store_only = self.host.claimed_keys
+        self.wall = WallClock()
         self.ops: dict[str, RequestOps] = {}
         self.notes: dict[str, dict] = {}  # request -> what its final output reports
         self.hit_blocks: dict[str, int] = {}
@@ -230,6 +234,8 @@ class ClaimsScheduler(Scheduler):
             ops = self._vet(request)
             if ops.inject_host_fault is not None:
                 return self._operator_fault(request, ops.inject_host_fault)
+            if ops.query is not None:
+                return self._control(request, ops)
         except KVClaimsError as exc:  # rejected: nothing applied, nothing traced (RKC-RT-4)
             self.notes[rid] = rejection(exc)
             return self._close(request, f"kvclaims:rejected:{type(exc).__name__}")
@@ -238,8 +244,28 @@ class ClaimsScheduler(Scheduler):
             request=rid,
             tokens=request.num_prompt_tokens,
             blocks=[hexid(h) for h in request.block_hashes],
+            **({"client": ops.client} if ops.client else {}),
         )
         self.ops[rid] = ops
+
+    def _control(self, request: Request, ops: RequestOps) -> None:
+        """A control request (``kvclaims_query``, as the HTTP front end's claim endpoints send):
+        claims past their wall-clock deadline expire, its releases (checked with the request)
+        apply at once, unless the claim has just expired, and it ends unrun (``stop_reason``
+        ``kvclaims:query``) with the answer. Nothing of the request itself is traced, and the
+        logical clock does not move. Raises UnknownId or NotOwner for a claim the tenant
+        cannot read, nothing changed."""
+        if ops.query != ALL and self.book.entries[self.book.get(ops.query).id].tenant != ops.tenant:
+            raise NotOwner(f"claim {ops.query!r} belongs to another tenant; only its owner may read it")
+        self.expire_wall()
+        for cid in ops.release:
+            if EVENT.release in self.book.claims[cid].fsm.allowed():
+                self.book.end(self.book.claims[cid], EVENT.release, reason="owner")
+        note = answer(self.book, self.wall, ops.query or ALL, ops.tenant, self.dp_rank)
+        if ops.release:
+            note["released"] = {cid: self.book.claims[cid].state for cid in ops.release}
+        self.notes[request.request_id] = {"answer": note}
+        self._close(request, "kvclaims:query")
 
     def _operator_fault(self, request: Request, h: str) -> None:
         """A request carrying an operator's host fault (testing, with
@@ -287,8 +313,16 @@ class ClaimsScheduler(Scheduler):
         for cid in ops.release:
             self.book.end(self.book.claims[cid], EVENT.release, reason="owner", request=rid)
         if ops.claim:
-            submit(self.book, ops.claim, list(request.block_hashes), request=rid, tenant=ops.tenant)
+            self._submit(ops.claim, list(request.block_hashes), request=rid, tenant=ops.tenant)
         self.notes[rid] = {"claims": ids}
+
+    def _submit(self, op: ClaimOp, chain: list, *, request: str | None, tenant: str) -> str:
+        """Submit `op` on `chain`, with its wall-clock deadline when it has one; its state."""
+        deadline = None if op.ttl_s is None else self.wall.now() + op.ttl_s
+        state = submit(self.book, op, chain, request=request, tenant=tenant, deadline=deadline)
+        if deadline is not None:
+            self.wall.add(op.claim_id, deadline)
+        return state
 
     def schedule(self, *args, **kwargs):
         if self.tick_per_step and (self.requests or not self.closing):
@@ -360,9 +394,16 @@ class ClaimsScheduler(Scheduler):
                 self._refuse(request, d)
 
     def tick(self) -> None:
-        """One step of the logical clock: TTLs run out."""
+        """One step of the logical clock: TTLs run out, in steps and in seconds."""
         self.trace.time += 1
         self.book.expire(self.trace.time)
+        self.expire_wall()
+
+    def expire_wall(self) -> None:
+        """Claims past their wall-clock deadline expire (`kvclaims.vllm.wallclock`), by id."""
+        claims = self.book.claims
+        for cid, deadline in self.wall.due(lambda c: EVENT.expire not in claims[c].fsm.allowed()):
+            self.book.end(claims[cid], EVENT.expire, reason="ttl", deadline=deadline)
 
     def _arbitrate(self) -> None:
         """Decide every fresh waiting request with the contract's predicate. With no claim
@@ -552,7 +593,7 @@ class ClaimsScheduler(Scheduler):
         chain = self.pool.chain(tokens)
         self.check_tiers(op)
         check_new(self.book, self.block_size, op, len(chain), prefix=len(tokens))
-        return submit(self.book, op, chain, tenant=tenant)
+        return self._submit(op, chain, request=None, tenant=tenant)
 
     def release_claim(self, claim_id: str, tenant: str = ANONYMOUS) -> None:
         self.book.end(self.book.check_event(claim_id, EVENT.release, tenant), EVENT.release, reason="owner")

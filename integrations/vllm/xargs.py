@@ -36,6 +36,7 @@ KEYS = (
     "strength",
     "priority",
     "ttl",
+    "ttl_s",
     "policy",
     "tiers",
     "release",
@@ -43,12 +44,17 @@ KEYS = (
     "tenant",
     "seal",
     "inject_host_fault",
+    "query",
+    "client",
 )
-CLAIM_TERMS = ("blocks", "strength", "priority", "ttl", "policy", "tiers")
+CLAIM_TERMS = ("blocks", "strength", "priority", "ttl", "ttl_s", "policy", "tiers")
 # Claim ids and tenants: short, and free of the separators of a refusal's stop_reason.
 NAME = re.compile(r"[\w.@/+=~-]{1,256}", re.ASCII)
 INTEGER = re.compile(r"-?[0-9]+")
 INT32 = 2**31  # block counts are 32-bit, as priorities and TTLs are (`kvclaims.model.terms`)
+TTL_S = 2**31  # wall-clock TTLs (seconds) lie in (0, 2**31), as step TTLs do
+ALL = "*"  # a query for every claim the tenant owns (no claim id has a "*")
+CLIENT_ID = re.compile(r"[\x21-\x7e]{1,256}", re.ASCII)  # printable, no spaces: an id a client's logs can join on
 KEY_ENV = "KVCLAIMS_TENANT_KEY"
 
 
@@ -63,6 +69,7 @@ class ClaimOp:
     ttl: int | None = None  # engine steps
     policy: str = POLICY.refuse
     tiers: tuple[str, ...] = ("device",)  # ("device", "host") with policy offload
+    ttl_s: float | None = None  # wall-clock seconds (`kvclaims.vllm.wallclock`)
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ class RequestOps:
     no_admit: bool = False  # write no-admit: the blocks it computes are not cached
     tenant: str = ANONYMOUS  # who owns the claims it makes and may release
     inject_host_fault: str | None = None  # an operator's fault (testing): corrupt this block's host copy
+    query: str | None = None  # a control request: read this claim (or ALL: list the tenant's), release at once, run nothing
+    client: str | None = None  # the request id its client sees (set by the front end), traced beside vLLM's
 
 
 def parse(extra_args: Mapping[str, Any] | None, *, tenant_key: bytes | None = None) -> RequestOps:
@@ -99,8 +108,12 @@ def parse(extra_args: Mapping[str, Any] | None, *, tenant_key: bytes | None = No
         raise BadArgument(
             PREFIX + "inject_host_fault", "must be a block hash (hex, as traced), in a request of its own"
         )
-    tenant = _tenant(raw, tenant_key, claim is not None or bool(release))
-    return RequestOps(claim, release, no_admit, tenant, fault)
+    query = _query(raw, claim is not None or no_admit or fault is not None)
+    client = raw.get("client")
+    if client is not None and (not isinstance(client, str) or not CLIENT_ID.fullmatch(client)):
+        raise BadArgument(PREFIX + "client", f"expected 1 to 256 printable characters without spaces, got {client!r}")
+    tenant = _tenant(raw, tenant_key, claim is not None or bool(release) or query is not None)
+    return RequestOps(claim, release, no_admit, tenant, fault, query, client)
 
 
 def to_xargs(
@@ -110,10 +123,13 @@ def to_xargs(
     strength: str | None = None,
     priority: int | None = None,
     ttl: int | None = None,
+    ttl_s: float | None = None,
     policy: str | None = None,
     tiers: list[str] | tuple[str, ...] | None = None,
     release: str | list[str] | tuple[str, ...] = (),
     no_admit: bool = False,
+    query: str | None = None,
+    client: str | None = None,
     tenant: str | None = None,
     tenant_key: bytes | None = None,
 ) -> dict[str, Any]:
@@ -125,10 +141,13 @@ def to_xargs(
         "strength": strength,
         "priority": priority,
         "ttl": ttl,
+        "ttl_s": ttl_s,
         "policy": policy,
         "tiers": list(tiers) if tiers is not None else None,
         "release": [release] if isinstance(release, str) else list(release) or None,
         "no_admit": no_admit or None,
+        "query": query,
+        "client": client,
         "tenant": tenant,
         "seal": seal(tenant_key, tenant) if tenant is not None and tenant_key else None,
     }
@@ -180,7 +199,33 @@ def _claim(raw: Mapping[str, Any]) -> ClaimOp:
         tiers, policy = check_terms(f"claim {claim_id!r}", strength, priority, ttl, tiers, policy)
     except InvalidField as exc:
         raise BadArgument(PREFIX + exc.field, exc.problem) from None
-    return ClaimOp(claim_id, blocks, strength, priority, ttl, policy, tuple(tiers))
+    return ClaimOp(claim_id, blocks, strength, priority, ttl, policy, tuple(tiers), _seconds(raw))
+
+
+def _seconds(raw: Mapping[str, Any]) -> float | None:
+    """``kvclaims_ttl_s``: a wall-clock TTL in seconds, a number in (0, 2**31) (digits in a
+    string taken, as for the integers)."""
+    value = raw.get("ttl_s")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            pass
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < TTL_S:
+        raise BadArgument(PREFIX + "ttl_s", f"expected seconds, a number in (0, {TTL_S}), got {raw['ttl_s']!r}")
+    return float(value)
+
+
+def _query(raw: Mapping[str, Any], other_ops: bool) -> str | None:
+    """``kvclaims_query``: a claim id, or ``"*"`` for every claim of the tenant. A control
+    request reads (and may release) and runs nothing, so it carries no other operation."""
+    if "query" not in raw:
+        return None
+    if other_ops:
+        raise BadArgument(PREFIX + "query", "a query runs nothing: it carries no claim, no_admit or fault")
+    return ALL if raw["query"] == ALL else _name(raw["query"], "query")
 
 
 def _release(raw: Mapping[str, Any]) -> tuple[str, ...]:
