@@ -79,7 +79,7 @@ class RequestOps:
     no_admit: bool = False  # write no-admit: the blocks it computes are not cached
     tenant: str = ANONYMOUS  # who owns the claims it makes and may release
     inject_host_fault: str | None = None  # an operator's fault (testing): corrupt this block's host copy
-    query: str | None = None  # a control request: read this claim (or ALL: list the tenant's), release at once, run nothing
+    query: str | None = None  # control request: read this claim (ALL: list), release at once, run nothing
     client: str | None = None  # the request id its client sees (set by the front end), traced beside vLLM's
 
 
