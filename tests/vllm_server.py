@@ -63,6 +63,19 @@ class Server:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
 
+    def call(
+        self, method: str, path: str, *, key: str | None = None, timeout: float = 60
+    ) -> tuple[int, dict[str, Any]]:
+        """`method` on `path` with no body (the claim endpoints); the status and the JSON answer."""
+        req = urllib.request.Request(
+            self.base + path, method=method, headers={"authorization": f"Bearer {key}"} if key else {}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
     def complete(
         self, prompt: list[int], *, key: str | None = None, headers: dict[str, str] | None = None, **xargs: Any
     ) -> tuple[int, dict[str, Any]]:
@@ -81,9 +94,13 @@ class Server:
         return {m[1]: float(m[2]) for m in re.finditer(rf'^{name}{{\w+="([^"]*)"}} (\S+)$', text, re.M)}
 
 
-def serve(tmp_path_factory, *args: str, env: dict[str, str] | None = None, **kvclaims: Any) -> Iterator[Server]:
+def serve(
+    tmp_path_factory, *args: str, env: dict[str, str] | None = None, trace: str = "trace.jsonl", **kvclaims: Any
+) -> Iterator[Server]:
     """Start a server (the probe's pool: 80 blocks of 32 tokens) with these
-    ``additional_config["kvclaims"]`` settings, extra CLI `args` and `env`; stop it after."""
+    ``additional_config["kvclaims"]`` settings, extra CLI `args` and `env`, its trace at
+    `trace` in a fresh directory (``{dp_rank}`` in it: one per data-parallel rank); stop it
+    after."""
     tmp = tmp_path_factory.mktemp("vllm-server")
     (tmp / "prom").mkdir()
     model, port = str(tiny_model_dir()), _port()
@@ -124,7 +141,7 @@ def serve(tmp_path_factory, *args: str, env: dict[str, str] | None = None, **kvc
         "--middleware",
         MIDDLEWARE,
         "--additional-config",
-        json.dumps({"kvclaims": {"trace": str(tmp / "trace.jsonl"), **kvclaims}}),
+        json.dumps({"kvclaims": {"trace": str(tmp / trace), **kvclaims}}),
         *args,
     ]
     log_path = tmp / "server.log"
@@ -133,7 +150,7 @@ def serve(tmp_path_factory, *args: str, env: dict[str, str] | None = None, **kvc
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, base, log_path)
-        yield Server(base, model, tmp / "trace.jsonl")
+        yield Server(base, model, tmp / trace)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -56,10 +56,12 @@ CONFIG_KEYS = {
     "quota": dict,
     "host_tier": str,
     "fault_injection": bool,
+    "refusal_status": int,
 }
 # What vLLM's host tier holds: every computed prompt block (vLLM's own), or only blocks of
 # claims that name the host tier, loaded back only for their whole chain (the contract's).
 HOST_TIERS = ("all", "claims")
+REFUSAL_STATUSES = {200, *range(400, 600)}  # the front end's answer to a refused request (200: vLLM's own)
 WAITING = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
 STOCK_CACHE_BLOCKS = "_kvclaims_cache_blocks"  # vLLM's own, kept on the coordinator we wrap
 
@@ -82,6 +84,10 @@ def settings(vllm_config) -> dict:
             )
     if cfg.get("host_tier", "all") not in HOST_TIERS:
         raise BadArgument("kvclaims.host_tier", f"must be one of {HOST_TIERS}, got {cfg['host_tier']!r}")
+    if cfg.get("refusal_status", 200) not in REFUSAL_STATUSES:
+        raise BadArgument(
+            "kvclaims.refusal_status", f"an HTTP status for refusals, 200 or 400-599, got {cfg['refusal_status']!r}"
+        )
     for key in ("tenant_header", "quota"):
         if key in cfg and not cfg.get("tenants"):
             raise BadArgument(f"kvclaims.{key}", "needs kvclaims.tenants=true (claims that belong to tenants)")
