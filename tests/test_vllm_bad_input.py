@@ -66,12 +66,11 @@ def test_malformed_arguments_are_400_naming_the_field(server, xargs, field):
 
 
 def test_one_claim_one_sequence(server):
-    """A claim applies to one prompt's prefix and reports in the response body: a batch or
-    n > 1 would run it once per sequence, and a stream has no body to report in."""
+    """A claim applies to one prompt's prefix: a batch or n > 1 would run it once per
+    sequence. (A stream reports it in its last chunk: `test_vllm_deploy`.)"""
     for body, field in (
         ({"prompt": [prompt(2, 1), prompt(2, 2)]}, "prompt"),
         ({"prompt": prompt(2, 1), "n": 2}, "n"),
-        ({"prompt": prompt(2, 1), "stream": True}, "stream"),
     ):
         before = server.records()
         status, answer = server.post({**body, "max_tokens": 1, "vllm_xargs": {"kvclaims_claim": "c"}})

@@ -95,15 +95,22 @@ class Server:
 
 
 def serve(
-    tmp_path_factory, *args: str, env: dict[str, str] | None = None, trace: str = "trace.jsonl", **kvclaims: Any
+    tmp_path_factory,
+    *args: str,
+    env: dict[str, str] | None = None,
+    trace: str = "trace.jsonl",
+    model: Path | None = None,
+    **kvclaims: Any,
 ) -> Iterator[Server]:
     """Start a server (the probe's pool: 80 blocks of 32 tokens) with these
     ``additional_config["kvclaims"]`` settings, extra CLI `args` and `env`, its trace at
     `trace` in a fresh directory (``{dp_rank}`` in it: one per data-parallel rank); stop it
-    after."""
+    after. `model`: a model directory with a tokenizer (`demo_model_dir`; default: the
+    tiny model, served without one)."""
     tmp = tmp_path_factory.mktemp("vllm-server")
     (tmp / "prom").mkdir()
-    model, port = str(tiny_model_dir()), _port()
+    tokenizer = model is not None
+    model, port = str(model or tiny_model_dir()), _port()
     env = {
         **os.environ,
         "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -121,7 +128,7 @@ def serve(
         str(port),
         "--model",
         model,
-        "--skip-tokenizer-init",
+        *([] if tokenizer else ["--skip-tokenizer-init"]),
         "--enable-prefix-caching",
         "--block-size",
         "32",

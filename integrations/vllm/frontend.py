@@ -49,6 +49,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kvclaims.errors import BadArgument, KVClaimsError
+from kvclaims.model.names import EVENT, STATE
 from kvclaims.vllm.control import Control
 from kvclaims.vllm.outcomes import Outcomes
 from kvclaims.vllm.routing import Routes
@@ -57,7 +58,7 @@ from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, RequestOps, parse, rejection,
 
 PATHS = {"/v1/completions": "cmpl", "/v1/chat/completions": "chatcmpl"}
 CLAIMS = "/v1/kvclaims/"
-LIVE = ("accepted", "materialized")  # the states a request's new claim can be in when it is answered
+LIVE = (STATE.accepted, STATE.materialized)  # the states a request's new claim can be in when it is answered
 RANK_HEADER = "x-data-parallel-rank"  # vLLM's (`OpenAIServing._get_data_parallel_rank`)
 
 
@@ -208,7 +209,9 @@ async def _route(front: Front, payload: dict, ops: RequestOps | None, headers: H
     ranks = {await _rank_of(front, cid, tenant) for cid in ids}
     known = {r for r in ranks if r is not None}
     if len(known) > 1:
-        raise BadArgument(PREFIX + "release", "these claims live on different data-parallel ranks: one request each")
+        raise BadArgument(
+            PREFIX + EVENT.release, "these claims live on different data-parallel ranks: one request each"
+        )
     if known:
         rank = known.pop()
     else:
@@ -269,7 +272,7 @@ def _learn(front: Front, ops: RequestOps | None, rank: int | None, outcomes: dic
     if ops.claim and note.get("type") != "DuplicateId" and states.get(ops.claim.claim_id) not in LIVE:
         front.routes.forget(ops.claim.claim_id)  # (a duplicate id names someone's live claim)
     for cid in ops.release:
-        if states.get(cid) == "released":
+        if states.get(cid) == STATE.released:
             front.routes.forget(cid)
 
 

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
+from kvclaims.model.names import EVENT, STATE
 from kvclaims.vllm.streams import error_response
 from kvclaims.vllm.xargs import ALL
 
@@ -57,14 +58,14 @@ async def _one(front: Front, send: Send, claim: str, tenant: str, release: bool)
     from kvclaims.vllm.frontend import _rank_of
 
     rank = await _rank_of(front, claim, tenant)
-    note = await front.control.ask(rank, claim, tenant, **({"release": claim} if release else {}))
+    note = await front.control.ask(rank, claim, tenant, **({EVENT.release: claim} if release else {}))
     if "answer" not in note:
         status = STATUS.get(note.get("type", ""), note.get("status", 400))
         return await error_response(
             send, status, {"message": note.get("error", "no answer"), "type": note.get("type"), "param": "claim"}
         )
     (info,) = note["answer"]["claims"]
-    if release and info["state"] == "released":
+    if release and info["state"] == STATE.released:
         front.routes.forget(claim)
     await _json(send, 200, info)
 

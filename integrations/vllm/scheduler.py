@@ -268,8 +268,6 @@ class ClaimsScheduler(Scheduler):
             if EVENT.release in self.book.claims[cid].fsm.allowed():
                 self.book.end(self.book.claims[cid], EVENT.release, reason="owner")
         note = answer(self.book, self.wall, ops.query or ALL, ops.tenant, self.dp_rank)
-        if ops.release:
-            note["released"] = {cid: self.book.claims[cid].state for cid in ops.release}
         self.notes[request.request_id] = {"answer": note}
         self._close(request, "kvclaims:query")
 
