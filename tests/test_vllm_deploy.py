@@ -41,10 +41,8 @@ def complete(server, prompt, key=ALICE, **kw):
     return client(server, key).completions.create(
         model=server.model,
         prompt=prompt,
-        max_tokens=1,
-        temperature=0,
         extra_body={"vllm_xargs": xargs} if xargs else None,
-        **rest,
+        **{"max_tokens": 1, "temperature": 0, **rest},
     )
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
@@ -71,7 +70,7 @@ async def _one(front: Front, send: Send, claim: str, tenant: str, release: bool)
 
 
 async def _events(front: Front, scope: Scope, receive: Receive, send: Send, tenant: str) -> None:
-    from kvclaims.vllm.events import ClaimEvents
+    from kvclaims.vllm.events import ClaimEvents, trace_paths
 
     trace = front.cfg.get("trace")
     if not trace:
@@ -87,8 +86,7 @@ async def _events(front: Front, scope: Scope, receive: Receive, send: Send, tena
     query = parse_qs(scope.get("query_string", b"").decode())
     claims = set(query["claim"]) if "claim" in query else None
     replay = query.get("replay", ["0"])[0] in ("1", "true")
-    size = front.control.size
-    paths = [Path(trace.replace("{dp_rank}", str(r))) for r in range(size)]
+    paths = trace_paths(trace, front.control.size)
     await send(
         {
             "type": "http.response.start",
