@@ -95,6 +95,15 @@ class AdoptingPool(PoolModel):
         hits = super()._hits(r)
         return hits - 1 if self.profile.recomputes_last_block and 0 < hits == r.blocks else hits
 
+    def _reused(self, r: ModelRequest, hits: int) -> frozenset[str]:
+        """Under `recomputes_last_block` the last block of a prompt whose every block is cached
+        is computed again only for the last token's logits: a claim on exactly that prompt
+        is reused all the same (its replay is a hit)."""
+        if self.profile.recomputes_last_block and 0 < hits == r.blocks - 1 == len(r.chain) - 1:
+            if super()._hits(r) == r.blocks:
+                return frozenset(r.chain)
+        return super()._reused(r, hits)
+
     def _recomputed(self, request_id: str, hashes: set[str]) -> None:
         """Still the request's own blocks, but indexed as second copies where the runtime keeps them."""
         super()._recomputed(request_id, hashes)

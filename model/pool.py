@@ -309,10 +309,15 @@ class PoolModel:
             hits += 1
         return hits
 
+    def _reused(self, r: ModelRequest, hits: int) -> frozenset[str]:
+        """The blocks whose KV the request reuses when it hits `hits`: a claim whose whole
+        chain is among them gets a hit."""
+        return frozenset(r.chain[:hits])
+
     def _try_admit(self, request_id: str) -> Decision:
         r = self.requests[request_id]
         hits = self._hits(r)
-        own = frozenset(r.chain[:hits])
+        own, reused = frozenset(r.chain[:hits]), self._reused(r, hits)
         d = decide(r.blocks - hits, self.counts(own), self.blocking_sets(own), self.spec)
         r.decision = d
         if d.outcome == "admit":
@@ -329,7 +334,7 @@ class PoolModel:
             self._recomputed(request_id, set(r.chain[hits:]) & self.resident)
             self.resident |= set(r.chain)
             for c in self._in(*self._hittable):
-                if set(c.terms.chain) <= own:
+                if set(c.terms.chain) <= reused:
                     self._fire(c, EVENT.hit)
             self._materialize_ready()
             if r.claim is not None:

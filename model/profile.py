@@ -17,8 +17,9 @@ class RuntimeProfile:
 
     recomputes_last_block: bool = False
     """A prompt whose every block is cached still computes its last block, to get its last
-    token's logits, so that block is no hit. vLLM: `KVCacheManager.get_computed_blocks`
-    caps a hit at `num_tokens - 1` tokens (vllm/v1/core/kv_cache_manager.py)."""
+    token's logits, so that block is no hit; a claim on exactly that prompt is still reused
+    (its replay is the claim's ``hit``). vLLM: `KVCacheManager.get_computed_blocks` caps a
+    hit at `num_tokens - 1` tokens (vllm/v1/core/kv_cache_manager.py)."""
 
     keeps_duplicate_copies: bool = False
     """A block computed while its hash is indexed is indexed too, as a second copy that can

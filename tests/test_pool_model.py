@@ -103,6 +103,19 @@ def test_a_recomputed_last_block_is_no_hit_but_a_second_copy(profile, hits, copi
     assert m.requests["replay"].hits == hits and m.copies == copies
 
 
+@pytest.mark.parametrize("profile", [RuntimeProfile(), VLLM])
+def test_replaying_exactly_a_claimed_prompt_is_the_claims_hit(profile):
+    """A recomputed last block is no request hit, but the claim on exactly that prompt is
+    reused all the same (vLLM's server did not count it: the issue's input); a prompt that
+    extends a claimed prefix whose last block is gone is no claim hit."""
+    m = AdoptingPool(80, 10, profile=profile)
+    m.submit_request("warm", SYS)
+    m.finish("warm")
+    m.submit_claim(ClaimTerms("sys", SYS))
+    m.submit_request("replay", SYS)
+    assert ("sys", "hit") in m.events
+
+
 @pytest.mark.parametrize("profile, adopted", [(VLLM, True), (FREE_FIRST, False)])
 def test_a_silently_reused_original_is_adopted_from_the_counts(profile, adopted):
     """A runtime that may take cached blocks while free ones remain can reuse an original whose

@@ -133,3 +133,15 @@ def test_trace_carries_the_client_request_id(engine, clock):
     assert submit["request"] != "cmpl-mine-0"  # vLLM's own id, beside it
     with pytest.raises(BadArgument, match="kvclaims_client"):
         parse({"kvclaims_client": "has space"})
+
+
+def test_replaying_exactly_the_claimed_prompt_is_a_hit(engine, clock):
+    """The issue's input: a replay of exactly the claimed (whole-block) prompt was no `hit`,
+    because vLLM computes its last block again for the last token's logits. The claim is
+    reused all the same; a prompt that only starts with a claimed prefix whose last block
+    is not cached is still no hit."""
+    engine.run("mk-exact", PREFIX, claim="exact")
+    engine.run("replay-exact", PREFIX)
+    hits = [r for r in engine.trace if r["kind"] == "claim" and r["claim"] == "exact" and r["event"] == "hit"]
+    assert len(hits) == 1
+    engine.release_claim("exact")

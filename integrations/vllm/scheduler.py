@@ -177,6 +177,7 @@ class ClaimsScheduler(Scheduler):
         self.hit_blocks: dict[str, int] = {}
         self._admitting: set[str] = set()  # admitted by the step being scheduled
         self.reusing: set[int] = set()  # while room is made: the deciding request's hits (kept by an offload)
+        self.last_cached: dict[str, bool] = {}  # request -> was its whole-block prompt cached when first allocated
         self.local_hits: dict[str, int] = {}  # request that loaded from the host -> its device hits
         self.restoring: dict[str, str] = {}  # an owner's restore request -> the claim it restores
         self.waited: set[str] = set()
@@ -227,6 +228,8 @@ class ClaimsScheduler(Scheduler):
         rid = request.request_id
         if self.admitted_epoch.get(rid, self.epoch) != self.epoch:
             return
+        if rid not in self.last_cached:
+            self.last_cached[rid] = self._whole_prompt_cached(request)
         self._stock_cache_blocks(request, num_computed_tokens)
         self._sync("lru", request=rid)
 
@@ -494,8 +497,26 @@ class ClaimsScheduler(Scheduler):
         if self.host and self.host_tier == "claims" and rid not in self.restoring:
             self.host.restore_resident(request, hits)
         if rid not in self.restoring:  # (an owner's restore reuses nothing for itself)
-            self.book.hits(hit_hashes, rid)
+            self.book.hits(hit_hashes + self._recomputed_last(request, hits), rid)
         self._apply_ops(request)
+
+    def _whole_prompt_cached(self, request: Request) -> bool:
+        """Was every block of a whole-block prompt cached when it was first allocated for?"""
+        hashes = request.block_hashes
+        return (
+            bool(hashes)
+            and request.num_prompt_tokens == len(hashes) * self.block_size
+            and self.pool.resident(hashes) is not None
+        )
+
+    def _recomputed_last(self, request: Request, hits: int) -> list[str]:
+        """vLLM computes a whole-block prompt's last block again for its last token's logits
+        (a hit is capped at ``num_tokens - 1`` tokens): when that block was cached, a claim
+        on exactly the prompt is still reused (`RuntimeProfile.recomputes_last_block`)."""
+        hashes = request.block_hashes
+        if hits and hits == len(hashes) - 1 and self.last_cached.get(request.request_id):
+            return [hexid(hashes[-1])]
+        return []
 
     def _free_request(self, request: Request, delay_free_blocks: bool = False):
         rid = request.request_id
@@ -515,7 +536,14 @@ class ClaimsScheduler(Scheduler):
                 self.trace.emit("request_finish", request=rid, admit=not no_admit)
                 if no_admit:
                     self._drop_computed(request)
-        for table in (self.ops, self.hit_blocks, self.admitted_epoch, self.local_hits, self.restoring):
+        for table in (
+            self.ops,
+            self.hit_blocks,
+            self.admitted_epoch,
+            self.local_hits,
+            self.restoring,
+            self.last_cached,
+        ):
             table.pop(rid, None)
         self.waited.discard(rid)
         return super()._free_request(request, delay_free_blocks)
