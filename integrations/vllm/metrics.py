@@ -3,19 +3,26 @@
 The scheduler runs in vLLM's engine-core process, the HTTP server in another.
 Prometheus' multiprocess mode joins them: start the server with
 ``PROMETHEUS_MULTIPROC_DIR`` set to an empty directory, and vLLM's ``/metrics``
-(which then reads that directory) includes these series. In-process (offline
+(which then reads that directory) includes these series; without it they are
+out of reach, and the engine core says so once (`unjoined`). In-process (offline
 ``LLM``) they land in the default registry. Metric objects are created once
 per process, since a registry rejects duplicate names.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import os
 from functools import lru_cache
 
 from prometheus_client import Counter, Gauge
 
 from kvclaims.spec import Spec
 from kvclaims.model.names import EVENT
+
+log = logging.getLogger(__name__)
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @lru_cache(maxsize=1)
@@ -33,8 +40,31 @@ def _series() -> tuple[Gauge, Counter, Counter, Counter, Counter]:
     )
 
 
+def unjoined() -> str | None:
+    """Why these series cannot reach any ``/metrics``, if they cannot: in a child process
+    (vLLM's engine core, under its server or a multiprocess ``LLM``) without Prometheus'
+    multiprocess directory they stay in that process's own registry, which nothing reads.
+    In-process they are in the default registry, and readable."""
+    if os.environ.get(MULTIPROC_DIR) or multiprocessing.parent_process() is None:
+        return None
+    return (
+        f"kvclaims: {MULTIPROC_DIR} is not set, so the claim metrics (kvclaims_*) stay in vLLM's "
+        f"engine-core process (pid {os.getpid()}) and never reach the server's /metrics; start the "
+        f"server with {MULTIPROC_DIR} set to an empty directory, e.g. {MULTIPROC_DIR}=$(mktemp -d)"
+    )
+
+
+@lru_cache(maxsize=1)
+def _warn_if_unjoined() -> None:
+    """Once per process: an engine may be rebuilt (a test, a reset), the advice is the same."""
+    problem = unjoined()
+    if problem:
+        log.warning(problem)
+
+
 class ClaimMetrics:
     def __init__(self, spec: Spec) -> None:
+        _warn_if_unjoined()
         self.claims, self.events, self.refusals, self.harms, self.claim_refusals = _series()
         self.count = dict.fromkeys(spec.lifecycle.states, 0)  # claims by state, kept as they move
         for s in self.count:
