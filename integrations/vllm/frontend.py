@@ -174,7 +174,7 @@ class ClaimsMiddleware:
             send,
             front.outcomes,
             [f"{kind}-{base}-{i}" for i in range(prompts)] if kind == "cmpl" else [f"{kind}-{base}"],
-            n=payload.get("n") if isinstance(payload.get("n"), int) and payload["n"] > 0 else 1,
+            n=_choices(payload),
             chat=kind == "chatcmpl",
             refusal_status=front.cfg.get("refusal_status", 200),
             finished=lambda outcomes: _learn(front, ops, rank, outcomes),
@@ -212,6 +212,7 @@ async def _route(front: Front, payload: dict, ops: RequestOps | None, headers: H
         raise BadArgument(
             PREFIX + EVENT.release, "these claims live on different data-parallel ranks: one request each"
         )
+    rank: int | None
     if known:
         rank = known.pop()
     else:
@@ -274,6 +275,12 @@ def _learn(front: Front, ops: RequestOps | None, rank: int | None, outcomes: dic
     for cid in ops.release:
         if states.get(cid) == STATE.released:
             front.routes.forget(cid)
+
+
+def _choices(payload: dict) -> int:
+    """``n``, the completions per prompt (vLLM answers a bad one with its own 400)."""
+    n = payload.get("n")
+    return n if type(n) is int and n > 0 else 1
 
 
 def _prompts(payload: dict) -> int:

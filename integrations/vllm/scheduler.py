@@ -264,13 +264,14 @@ class ClaimsScheduler(Scheduler):
         ``kvclaims:query``) with the answer. Nothing of the request itself is traced, and the
         logical clock does not move. Raises UnknownId or NotOwner for a claim the tenant
         cannot read, nothing changed."""
-        if ops.query != ALL and self.book.entries[self.book.get(ops.query).id].tenant != ops.tenant:
+        query = ops.query or ALL
+        if query != ALL and self.book.entries[self.book.get(query).id].tenant != ops.tenant:
             raise NotOwner(f"claim {ops.query!r} belongs to another tenant; only its owner may read it")
         self.expire_wall()
         for cid in ops.release:
             if EVENT.release in self.book.claims[cid].fsm.allowed():
                 self.book.end(self.book.claims[cid], EVENT.release, reason="owner")
-        note = answer(self.book, self.wall, ops.query or ALL, ops.tenant, self.dp_rank)
+        note = answer(self.book, self.wall, query, ops.tenant, self.dp_rank)
         self.notes[request.request_id] = {"answer": note}
         self._close(request, "kvclaims:query")
 

@@ -56,7 +56,7 @@ class Answer:
         self.held: list[bytes] | None = []  # the stream's head, until it is sent (then None)
         self.pending = ""  # an SSE event not yet complete
         self.body: list[bytes] = []
-        self.ended: set[int] = set()  # choices whose finish went out
+        self.ended: set[Any] = set()  # choices whose finish went out
         self.shape: dict[str, Any] = {"model": model}  # id, created, model of the stream's chunks
 
     async def __call__(self, message: Message) -> None:
@@ -143,8 +143,11 @@ class Answer:
         return True
 
     def _last_chunk(self, index: int, note: dict[str, Any]) -> dict[str, Any]:
-        choice = {"index": index, "logprobs": None, **note}
-        choice |= {"delta": {}} if self.chat else {"text": ""}
+        choice: dict[str, Any] = {"index": index, "logprobs": None, **note}
+        if self.chat:
+            choice["delta"] = {}
+        else:
+            choice["text"] = ""
         return {
             "id": self.shape.get("id", self.ids[0].rsplit("-", 1)[0] if not self.chat else self.ids[0]),
             "object": "chat.completion.chunk" if self.chat else "text_completion",
@@ -183,7 +186,7 @@ class Answer:
 
     def _outcomes(self, keep: bool = False) -> dict[int, dict[str, Any]]:
         """Every choice's kept outcome, by choice index (forgotten there unless `keep`)."""
-        out = {}
+        out: dict[int, dict[str, Any]] = {}
         for p, rid in enumerate(self.ids):
             kept = self.outcomes.kept.get(rid, {}) if keep else self.outcomes.take(rid)
             out |= {p * self.n + i: o for i, o in kept.items()}
