@@ -173,6 +173,19 @@ def _refused(out: str) -> None:
     assert _claims(out) == {"refused": "refuse_blocked", "blocking_claims": ["sys"]}
 
 
+def _read(out: str) -> None:
+    claim = json.loads(out)
+    assert (claim["claim"], claim["state"], claim["blocks"], claim["holding"]) == ("sys", "materialized", 60, True)
+
+
+def _streamed_refusal(out: str) -> None:
+    chunks = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: {")]
+    (choice,) = chunks[-1]["choices"]
+    assert choice["finish_reason"] == "abort" and choice["stop_reason"] == "kvclaims:refuse_blocked:sys"
+    assert choice["kvclaims"] == {"refused": "refuse_blocked", "blocking_claims": ["sys"]}
+    assert out.rstrip().endswith("data: [DONE]")
+
+
 def _released(out: str) -> None:
     assert _claims(out) == {"claims": {"sys": "released"}}
 
@@ -182,7 +195,10 @@ def _ran(out: str) -> None:
 
 
 def _claim_metrics(out: str) -> None:
-    shown = {'kvclaims_claims{state="released"} 1.0', 'kvclaims_request_refusals_total{reason="refuse_blocked"} 1.0'}
+    shown = {
+        'kvclaims_claims{dp_rank="0",state="released"} 1.0',
+        'kvclaims_request_refusals_total{dp_rank="0",reason="refuse_blocked"} 2.0',  # (plain and streamed)
+    }
     assert shown <= set(out.splitlines())
 
 
@@ -234,6 +250,9 @@ TABLE: dict[str, Run | Serve | CI | Quickstart | GpuForm] = {
         (_claimed,)
     ),
     QUICKSTART_CURL + """'{"max_tokens": 1, "prompt": $PROMPT}'""": Quickstart((_replayed,)),
+    "curl -s -w '\\n' http://127.0.0.1:$PORT/v1/kvclaims/claims/sys": Quickstart((_read,)),
+    "curl -sN $URL -H 'content-type: application/json' -d "
+    + """'{"max_tokens": 1, "stream": true, "prompt": $PREFILL}'""": Quickstart((_streamed_refusal,)),
     QUICKSTART_CURL + """'{"max_tokens": 1, "prompt": $PREFILL}'""": Quickstart((_refused, _ran)),
     QUICKSTART_CURL + """'{"max_tokens": 1, "prompt": [3], "vllm_xargs": {"kvclaims_release": "sys"}}'""": Quickstart(
         (_released,)
@@ -242,6 +261,20 @@ TABLE: dict[str, Run | Serve | CI | Quickstart | GpuForm] = {
     "kill %1": Quickstart(),
     "kvclaims check claims.jsonl": Quickstart((_trace_clean,)),
     "PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) vllm serve $MODEL " + QUICKSTART_FLAGS: GpuForm(),
+    # integrations/vllm/README.md: Data parallel
+    "PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) "
+    + SERVER
+    + " --model ... --enable-prefix-caching --data-parallel-size 2 "
+    + CLAIMS_FLAGS
+    + """ --additional-config '{"kvclaims": {"trace": "/var/log/claims-{dp_rank}.jsonl"}}'""": CI(
+        "a second engine core per server; tests/test_vllm_dp.py starts this server (on loopback, with the "
+        "tests' pool and a temporary trace per rank) and drives it",
+        ("tests/test_vllm_dp.py", '"--data-parallel-size", "2", trace="trace{dp_rank}.jsonl"'),
+    ),
+    "kvclaims check /var/log/claims-0.jsonl '&&' kvclaims check /var/log/claims-1.jsonl": CI(
+        "tests/test_vllm_dp.py checks each rank's trace of that server the same way",
+        ("tests/test_vllm_dp.py", "report = check_file(path)"),
+    ),
     # integrations/vllm/README.md: servers
     "PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) "
     + SERVER

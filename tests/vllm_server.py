@@ -91,7 +91,12 @@ class Server:
         by its label value."""
         with urllib.request.urlopen(self.base + "/metrics", timeout=10) as r:
             text = r.read().decode()
-        return {m[1]: float(m[2]) for m in re.finditer(rf'^{name}{{\w+="([^"]*)"}} (\S+)$', text, re.M)}
+        out: dict[str, float] = {}
+        for m in re.finditer(rf"^{name}{{([^}}]*)}} (\S+)$", text, re.M):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m[1]))
+            key = next(v for k, v in labels.items() if k != "dp_rank")
+            out[key] = out.get(key, 0.0) + float(m[2])  # (summed over the ranks)
+        return out
 
 
 def serve(

@@ -23,20 +23,21 @@ from kvclaims.model.names import EVENT
 
 log = logging.getLogger(__name__)
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+RANK = "dp_rank"  # every series is per data-parallel engine (0 without data parallelism)
 
 
 @lru_cache(maxsize=1)
 def _series() -> tuple[Gauge, Counter, Counter, Counter, Counter]:
     return (
-        Gauge("kvclaims_claims", "Resident KV claims by lifecycle state", ["state"], multiprocess_mode="livesum"),
-        Counter("kvclaims_claim_events", "Claim lifecycle events", ["event"]),
-        Counter("kvclaims_request_refusals", "Requests refused by the feasibility predicate", ["reason"]),
+        Gauge("kvclaims_claims", "Resident KV claims by lifecycle state", ["state", RANK], multiprocess_mode="livesum"),
+        Counter("kvclaims_claim_events", "Claim lifecycle events", ["event", RANK]),
+        Counter("kvclaims_request_refusals", "Requests refused by the feasibility predicate", ["reason", RANK]),
         Counter(
             "kvclaims_claim_harms",
             "Claims whose resident state an operator action or an invalid KV load removed (harm/fail events)",
-            ["event", "reason"],
+            ["event", "reason", RANK],
         ),
-        Counter("kvclaims_claim_refusals", "Claims refused at submission (refuse events)", ["reason"]),
+        Counter("kvclaims_claim_refusals", "Claims refused at submission (refuse events)", ["reason", RANK]),
     )
 
 
@@ -63,22 +64,23 @@ def _warn_if_unjoined() -> None:
 
 
 class ClaimMetrics:
-    def __init__(self, spec: Spec) -> None:
+    def __init__(self, spec: Spec, rank: int = 0) -> None:
         _warn_if_unjoined()
         self.claims, self.events, self.refusals, self.harms, self.claim_refusals = _series()
+        self.rank = str(rank)
         self.count = dict.fromkeys(spec.lifecycle.states, 0)  # claims by state, kept as they move
         for s in self.count:
-            self.claims.labels(state=s).set(0)
+            self.claims.labels(state=s, dp_rank=self.rank).set(0)
 
     def added(self, state: str) -> None:
         self._move(None, state)
 
     def event(self, event: str, reason: str | None, before: str, after: str) -> None:
-        self.events.labels(event=event).inc()
+        self.events.labels(event=event, dp_rank=self.rank).inc()
         if event in (EVENT.harm, EVENT.fail):
-            self.harms.labels(event=event, reason=reason or "").inc()
+            self.harms.labels(event=event, reason=reason or "", dp_rank=self.rank).inc()
         elif event == EVENT.refuse:
-            self.claim_refusals.labels(reason=reason or "").inc()
+            self.claim_refusals.labels(reason=reason or "", dp_rank=self.rank).inc()
         self._move(before, after)
 
     def _move(self, before: str | None, after: str) -> None:
@@ -88,7 +90,7 @@ class ClaimMetrics:
         for s, d in ((before, -1), (after, 1)):
             if s is not None:
                 self.count[s] += d
-                self.claims.labels(state=s).set(self.count[s])
+                self.claims.labels(state=s, dp_rank=self.rank).set(self.count[s])
 
     def refusal(self, reason: str) -> None:
-        self.refusals.labels(reason=reason).inc()
+        self.refusals.labels(reason=reason, dp_rank=self.rank).inc()

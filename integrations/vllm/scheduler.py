@@ -153,7 +153,7 @@ class ClaimsScheduler(Scheduler):
         if not 0 <= reserve < self.pool.U:
             raise InvalidInput(f"kvclaims reserve must satisfy 0 <= R < U={self.pool.U}, got {reserve}")
         spec = load()
-        self.metrics = ClaimMetrics(spec)
+        self.metrics = ClaimMetrics(spec, getattr(self, "dp_rank", 0))
         self.book = ClaimBook(
             spec,
             self.trace,
