@@ -225,6 +225,22 @@ def test_cli_check_exit_codes_and_json(tmp_path, capsys):
     assert main(["check", str(tmp_path / "missing.jsonl")]) == 2
 
 
+def test_cli_checks_several_traces_each_on_its_own(tmp_path, capsys):
+    """One trace per engine (vLLM's data-parallel ranks): each checked on its own, one verdict."""
+    good, bad = tmp_path / "rank0.jsonl", tmp_path / "rank1.jsonl"
+    good.write_text("\n".join(trace(*MATERIALIZED)) + "\n")
+    bad.write_text("\n".join(trace(*MATERIALIZED)[:2] + ["garbage"]) + "\n")
+    other = tmp_path / "rank2.jsonl"
+    other.write_text(good.read_text())
+    assert main(["check", str(good), str(other)]) == 0
+    assert capsys.readouterr().out.count("0 violations") == 2
+    assert main(["check", str(good), str(bad), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and out["files"][str(good)]["ok"] is True
+    assert out["files"][str(bad)]["violations"][0]["line"] == 3
+    assert main(["check", str(good), "-"]) == 2
+
+
 def test_compiled_table_is_the_lifecycle_machine():
     """The checker's (state, event) -> state table replays exactly as the `transitions` machine
     built from the same spec, for every pair (guards are the trace's, so unchecked)."""

@@ -271,9 +271,9 @@ TABLE: dict[str, Run | Serve | CI | Quickstart | GpuForm] = {
         "tests' pool and a temporary trace per rank) and drives it",
         ("tests/test_vllm_dp.py", '"--data-parallel-size", "2", trace="trace{dp_rank}.jsonl"'),
     ),
-    "kvclaims check /var/log/claims-0.jsonl '&&' kvclaims check /var/log/claims-1.jsonl": CI(
-        "tests/test_vllm_dp.py checks each rank's trace of that server the same way",
-        ("tests/test_vllm_dp.py", "report = check_file(path)"),
+    "kvclaims check /var/log/claims-0.jsonl /var/log/claims-1.jsonl": CI(
+        "tests/test_vllm_dp.py checks that server's two rank traces with this command",
+        ("tests/test_vllm_dp.py", 'main(["check", *map(str, traces(server))])'),
     ),
     # integrations/vllm/README.md: servers
     "PROMETHEUS_MULTIPROC_DIR=$(mktemp -d) "

