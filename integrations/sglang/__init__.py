@@ -1,0 +1,1 @@
+"""SGLang's radix cache under the adapter protocol (`kvclaims.sglang`): stock, and with claims."""
