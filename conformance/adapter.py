@@ -177,6 +177,8 @@ SHORTCUTS = {
     "refimpl": "kvclaims.refimpl.adapter:RefimplAdapter",
     "vllm": "kvclaims.vllm.adapter:VllmAdapter",  # a real in-process vLLM engine
     "vllm-async": "kvclaims.vllm.adapter:AsyncVllmAdapter",  # the same, async scheduling on
+    "sglang": "kvclaims.sglang.adapter:SglangAdapter",  # SGLang's own radix cache, claims enforced
+    "sglang-stock": "kvclaims.sglang.adapter:StockSglangAdapter",  # the same, claims only witnessed
 }
 
 

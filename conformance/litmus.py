@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from kvclaims.conformance.adapter import reference_runtime
+from kvclaims.conformance.adapter import profile_of, reference_runtime
 from kvclaims.conformance.checker import Report, check_lines
 from kvclaims.trace import read_lines
 from kvclaims.model.names import EVENT, POLICY, STATE, STATUS
@@ -202,10 +202,14 @@ def _write_no_admit(t: Run, rt) -> None:
     t.expect(rt.submit_request("big", t.tokens(70, 2)).outcome == "admit", "prefill admitted")
     rt.finish("big", admit=False)
     lru = [r for r in t.records() if r["kind"] == "block_evict" and r["reason"] == "lru"]
-    t.expect(sum(len(r["blocks"]) for r in lru) == 50, "50 resident blocks evicted")
-    t.expect(rt.counts().free == 70, "no-admit blocks freed, not cached")
+    evicted = sum(len(r["blocks"]) for r in lru)
+    if profile_of(rt).evicts_whole_nodes:  # whole tree nodes: at least the 50 it needs, at most all
+        t.expect(50 <= evicted <= 60, f"50 to 60 resident blocks evicted (got {evicted})")
+    else:
+        t.expect(evicted == 50, "50 resident blocks evicted")
+    t.expect(rt.counts().free == 80 - (60 - evicted), "no-admit blocks freed, not cached")
     rt.submit_request("replay", P)
-    t.expect(rt.hit_blocks("replay") == 10, "replay hits only 10 blocks")
+    t.expect(rt.hit_blocks("replay") == 60 - evicted, f"replay hits only the {60 - evicted} blocks left")
 
 
 @scenario(

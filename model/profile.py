@@ -21,6 +21,14 @@ class RuntimeProfile:
     (its replay is the claim's ``hit``). vLLM: `KVCacheManager.get_computed_blocks` caps a
     hit at `num_tokens - 1` tokens (vllm/v1/core/kv_cache_manager.py)."""
 
+    evicts_whole_nodes: bool = False
+    """LRU eviction frees whole nodes of a radix tree, and may free more cached blocks than an
+    admission needs (a 60-block prefix in one node goes whole for a 50-block shortfall). The
+    oracle adopts every eviction the trace reports for an admission anyway; litmus expects
+    at least what is needed. SGLang: `UnifiedRadixCache.evict_for_alloc` evicts LRU leaves
+    whole, for the new pages plus a spare page per request (sglang/srt/mem_cache/allocation.py,
+    `alloc_paged_token_slots_extend`)."""
+
     keeps_duplicate_copies: bool = False
     """A block computed while its hash is indexed is indexed too, as a second copy that can
     outlive the first (the plain behaviour keeps it unindexed, its request's own). Dropping

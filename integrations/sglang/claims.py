@@ -64,6 +64,8 @@ class RadixClaims:
         self.trace.emit("runtime", runtime="sglang", U=U, B=B, R=R, host_blocks=0, enforce=enforce)
         self.book = ClaimBook(self.spec, self.trace, SglangSide(self.pool), U=U, R=R, enforce=enforce)
         self.running: dict[str, Running] = {}
+        self.waited: set[str] = set()  # requests whose wait is traced
+        self.resident: set[str] = set()  # the tree's pages by hash, from SGLang's KV events
 
     # --- claims ----------------------------------------------------------------------------
     def submit_claim(self, claim_id: str, tokens: Sequence[int], **terms: Any) -> str:
@@ -90,9 +92,23 @@ class RadixClaims:
     # --- requests --------------------------------------------------------------------------
     def submit_request(self, rid: str, tokens: Sequence[int]) -> Decision:
         """Decide the request, then let SGLang allocate and compute it (admitted), or not."""
+        self.trace.emit("request_submit", request=rid, tokens=len(tokens), blocks=self.pool.page_hashes(tokens))
+        return self.retry(rid, tokens)
+
+    def retry(self, rid: str, tokens: Sequence[int]) -> Decision:
+        """Decide a submitted request (again, when it waited): the contract's predicate on the
+        pool's classes while claims hold pages, else SGLang's own allocation, whose "out of
+        memory" is a wait (SGLang's scheduler leaves such a request waiting)."""
         pool, B = self.pool, self.pool.B
         chain = pool.page_hashes(tokens)
-        self.trace.emit("request_submit", request=rid, tokens=len(tokens), blocks=chain)
+        if -(-len(tokens) // B) > pool.U:  # larger than the pool: decided without SGLang
+            d = (
+                decide(-(-len(tokens) // B), self.classes()[0], None, self.spec)
+                if self.book.enforce
+                else Decision("wait")
+            )
+            return self._not_admitted(rid, d, -(-len(tokens) // B))
+        whole = len(tokens) == len(chain) * B and pool.match(tokens)[0] == len(chain)
         r = pool.admit(rid, tokens)
         A = -(-len(tokens) // B) - r.hits
         hit_pages = set(pool.path_pages(r.req.last_node))
@@ -101,27 +117,56 @@ class RadixClaims:
             d = decide(A, counts, blocking, self.spec)
             if d.outcome != "admit":
                 pool.drop_admission(r)
-                if d.outcome == "wait":
-                    self.trace.emit("request_wait", request=rid, new_blocks=A)
-                else:
-                    self.trace.emit(
-                        "request_refuse", request=rid, reason=d.outcome, blocking_claims=list(d.blocking_claims)
-                    )
-                return d
+                return self._not_admitted(rid, d, A)
             self._make_room(A - counts.free - counts.cached, hit_pages)
-        pool.prefill(r)
+        try:
+            pool.prefill(r)
+        except RuntimeError as exc:
+            if "out of memory" not in str(exc):
+                raise
+            pool.drop_admission(r)
+            return self._not_admitted(rid, Decision("wait"), A)
         self._sync("lru", request=rid)
         self.trace.emit("request_admit", request=rid, hit_blocks=chain[: r.hits], new_blocks=A)
-        self.book.hits(chain[: r.hits], rid)
+        # a whole-page prompt computes its last page again for its last token's logits: a
+        # claim on exactly that prompt is reused all the same (`recomputes_last_block`)
+        self.book.hits(chain if whole and r.hits == len(chain) - 1 else chain[: r.hits], rid)
         self.book.materialize_ready()
         self.running[rid] = r
+        self.waited.discard(rid)
         return Decision("admit")
 
+    def _not_admitted(self, rid: str, d: Decision, A: int) -> Decision:
+        if d.outcome != "wait":
+            self.waited.discard(rid)
+            self.trace.emit("request_refuse", request=rid, reason=d.outcome, blocking_claims=list(d.blocking_claims))
+        elif rid not in self.waited:
+            self.waited.add(rid)
+            self.trace.emit("request_wait", request=rid, new_blocks=A)
+        return d
+
     def finish(self, rid: str, admit: bool = True) -> None:
-        self.pool.release(self.running.pop(rid), keep=admit)
+        """The request ends; `admit=False` is write no-admit: the pages it computed leave the
+        tree unless a claim or another request holds them."""
+        r = self.running.pop(rid)
+        self.pool.release(r)
         self.trace.emit("request_finish", request=rid, admit=admit)
-        self._sync("no_admit")
+        if not admit:
+            held = set(self.book.holders) | self._running_pages()
+            self.pool.drop_own(r, keep=held)
+            self._sync("no_admit")
         self.book.materialize_ready()
+
+    def abort(self, rid: str) -> None:
+        """A running request is aborted: what it computed stays cached, as SGLang keeps it."""
+        self.pool.release(self.running.pop(rid))
+        self.trace.emit("request_abort", request=rid)
+        self.book.materialize_ready()
+
+    def tick(self) -> None:
+        """One step of the logical clock: TTLs run out."""
+        self.trace.time += 1
+        self.book.expire(self.trace.time)
 
     def _make_room(self, need: int, own: set[int]) -> None:
         """Yielding claims give way in the book's order until `need` more pages are evictable."""
@@ -139,10 +184,27 @@ class RadixClaims:
     def _sync(self, reason: str, **fields: Any) -> None:
         """SGLang's KV events since the last call, into the trace: removals first."""
         stored, removed = self.pool.events()
+        self.resident.difference_update(removed)
+        self.resident.update(stored)
         if removed:
             self.trace.emit("block_evict", blocks=removed, tier="device", reason=reason)
         if stored:
             self.trace.emit("block_store", blocks=stored, tier="device", **fields)
+
+    def check_valid(self) -> None:
+        """The claim book's indexes, and SGLang's cache as the book relies on it: the pages its
+        KV events say are in the tree are the tree's; every page is free, in the tree or a
+        running request's; SGLang's locked tokens cover every claim-held page (raises
+        AssertionError naming what drifted)."""
+        self.book.check_valid()
+        pool, tree, running = self.pool, self.pool.tree_pages(), self._running_pages()
+        assert len(self.resident) == len(tree), f"KV events say {len(self.resident)} pages, the tree has {len(tree)}"
+        assert pool.free_pages() + len(tree | running) == pool.U, (
+            f"{pool.free_pages()} free + {len(tree | running)} used != {pool.U} pages"
+        )
+        held = set(self.book.holders)
+        assert held <= tree, f"claim-held pages outside the tree: {sorted(held - tree)}"
+        assert pool.cache.protected_size() // pool.B >= len(held), "a claim-held page is not locked"
 
     # --- the pool's classes -------------------------------------------------------------------
     def _running_pages(self) -> set[int]:

@@ -212,6 +212,21 @@ class RadixPool:
             req.skip_radix_cache_insert = True
         release_kv_cache(req, self.cache, checkpoint=keep)
 
+    def drop_own(self, r: Running, keep: set[int]) -> None:
+        """Write no-admit: the tree's leaves past the request's prefix hit that it computed go,
+        deepest first, through SGLang's own leaf eviction; a leaf with a page in `keep` (held
+        by a claim or a running request) stays, and so does everything above it."""
+        hit_tokens = r.hits * self.B
+        (path,) = self.cache.tree_core.collect_path_info([r.req.last_node])
+        tracker: dict[Any, int] = {c: 0 for c in self.cache.tree_components}
+        for node in reversed(list(path)):
+            if node.path_start < hit_tokens or node.num_children:
+                return
+            pages = set(self.path_pages(node.node_id)[node.path_start // self.B :])
+            if pages & keep:
+                return
+            self.cache._evict_device_leaf(node.node_id, tracker)
+
     def drop_admission(self, r: Running) -> None:
         """Undo `admit` for a request that is not allocated for (refused, or waiting)."""
         self.cache.unlock(r.req.lock)

@@ -1,0 +1,170 @@
+"""SGLang as a runtime under test: the adapter protocol (`kvclaims.conformance.adapter`) over
+SGLang's own radix cache, allocator and KV pool (`kvclaims.sglang.radix`), with the
+contract enforced (`SglangAdapter`, ``--runtime sglang``) or claims only witnessed
+(`StockSglangAdapter`, ``--runtime sglang-stock``).
+
+    kvclaims litmus --runtime sglang
+    kvclaims fuzz --runtime sglang --steps 1000
+
+What SGLang fixes, the adapter reports rather than hides:
+
+- **Pages.** A block is one of SGLang's pages (``page_size`` = `B`, any size), named by
+  its chain hash (``get_hash_str``, its KV events' ids); its pages 1..U are the pool.
+- **Eviction.** SGLang evicts whole unlocked LRU leaves, and asks one spare page per
+  request on top of the new pages: it may evict more cached pages than a request needs.
+  Its trace says which; the oracle adopts them (the contract leaves that to the runtime).
+- **Indexing.** A prefill's pages enter the tree when computed (SGLang's checkpoint of a
+  running request), so they are reusable while it runs, as the contract's are. A hit is
+  capped at the prompt length minus one token (``Req.init_next_round_input``): a
+  whole-page prompt computes its last page again (`RuntimeProfile.recomputes_last_block`).
+- **Write no-admit.** The request's own leaves past its prefix hit leave the tree when it
+  ends (SGLang's leaf eviction, ``UnifiedRadixCache._evict_device_leaf``), unless a claim
+  or another request holds them.
+- **Logical time.** `step` ticks the clock (TTLs) and retries waiting requests in order.
+- **Capabilities.** `check_valid` and `verify_content` (the KV pool holds values derived
+  from each token and position). Not yet: a host tier (SGLang's HiCache), owner
+  operations, decode, operator actions and carried claims: scenarios needing them are
+  not applicable.
+- **Bad input.** Every call is checked by the reference runtime's rules first
+  (`kvclaims.model.checks`): the same typed error for the same bad call, nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+from kvclaims.errors import DuplicateId, InvalidField, InvalidInput, UnknownId
+from kvclaims.model.checks import MAX_TICKS, check_id, check_int, check_tokens
+from kvclaims.model.feasibility import Decision, PoolCounts
+from kvclaims.model.names import EVENT, STATUS
+from kvclaims.model.profile import RuntimeProfile
+from kvclaims.sglang.claims import RadixClaims
+
+
+class SglangAdapter:
+    capabilities = frozenset({"check_valid", "verify_content"})
+    profile = RuntimeProfile(recomputes_last_block=True, evicts_whole_nodes=True)
+    enforce = True
+
+    def __init__(self, U: int, B: int = 16, R: int = 0, host_blocks: int = 0) -> None:
+        check_int("runtime", "U", U, 1, 1 << 20)
+        check_int("runtime", "B", B, 1, 1 << 12)
+        check_int("runtime", "host_blocks", host_blocks, 0, 1 << 20)  # (no host tier: none are used)
+        self.rt = RadixClaims(U, B, R, enforce=self.enforce)
+        self.U, self.B, self.R, self.host_blocks = U, B, R, 0
+        self.status: dict[str, str] = {}
+        self.hits: dict[str, int] = {}
+        self.waiting: dict[str, list[int]] = {}
+
+    # --- claims ----------------------------------------------------------------------------
+    def block_hashes(self, tokens: Sequence[int]) -> list[str]:
+        return self.rt.pool.page_hashes(list(tokens))
+
+    def submit_claim(
+        self,
+        claim_id: str,
+        prefix: Sequence[int],
+        *,
+        strength: str = "hard",
+        priority: int = 0,
+        ttl: int | None = None,
+        tiers: Sequence[str] = ("device",),
+        policy: str | None = None,
+    ) -> str:
+        return self.rt.submit_claim(
+            claim_id, prefix, strength=strength, priority=priority, ttl=ttl, tiers=tiers, policy=policy
+        )
+
+    def release_claim(self, claim_id: str) -> None:
+        book = self.rt.book
+        book.end(book.check_event(claim_id, EVENT.release), EVENT.release, reason="owner")
+
+    def claim_state(self, claim_id: str) -> str:
+        return self.rt.book.get(claim_id).state
+
+    # --- requests --------------------------------------------------------------------------
+    def submit_request(self, request_id: str, tokens: Sequence[int]) -> Decision:
+        check_id(request_id, "request")
+        if request_id in self.status:
+            raise DuplicateId(f"request {request_id!r} already exists")
+        check_tokens(tokens, f"request {request_id!r}", "tokens", None)
+        d = self.rt.submit_request(request_id, list(tokens))
+        self._decided(request_id, list(tokens), d)
+        return d
+
+    def _decided(self, request_id: str, tokens: list[int], d: Decision) -> None:
+        if d.outcome == "admit":
+            self.status[request_id] = STATUS.running
+            self.hits[request_id] = self.rt.running[request_id].hits
+            self.waiting.pop(request_id, None)
+        elif d.outcome == "wait":
+            self.status[request_id] = STATUS.waiting
+            self.waiting[request_id] = tokens
+        else:
+            self.status[request_id] = STATUS.refused
+            self.waiting.pop(request_id, None)
+
+    def request_status(self, request_id: str) -> str:
+        check_id(request_id, "request")
+        if request_id not in self.status:
+            raise UnknownId(f"no request {request_id!r}")
+        return self.status[request_id]
+
+    def hit_blocks(self, request_id: str) -> int:
+        self.request_status(request_id)
+        if request_id not in self.hits:
+            raise InvalidInput(f"request {request_id!r} was not admitted")
+        return self.hits[request_id]
+
+    def finish(self, request_id: str, admit: bool = True) -> None:
+        self._require(request_id, STATUS.running)
+        if not isinstance(admit, bool):
+            raise InvalidField(f"request {request_id!r}", "admit", f"must be a bool, got {admit!r}")
+        self.rt.finish(request_id, admit=admit)
+        self.status[request_id] = STATUS.finished
+
+    def abort(self, request_id: str) -> None:
+        self._require(request_id, STATUS.waiting, STATUS.running)
+        if self.status[request_id] == STATUS.running:
+            self.rt.abort(request_id)
+        else:
+            del self.waiting[request_id]
+            self.rt.trace.emit("request_abort", request=request_id)
+        self.status[request_id] = STATUS.aborted
+
+    def _require(self, request_id: str, *statuses: str) -> None:
+        status = self.request_status(request_id)
+        if status not in statuses:
+            raise InvalidInput(f"request {request_id!r} is {status}")
+
+    def step(self, ticks: int = 1) -> None:
+        check_int("step", "ticks", ticks, 1, MAX_TICKS)
+        for _ in range(ticks):
+            self.rt.tick()
+            for rid, tokens in list(self.waiting.items()):
+                self._decided(rid, tokens, self.rt.retry(rid, tokens))
+
+    # --- observation -----------------------------------------------------------------------
+    def resident(self) -> set[str]:
+        return set(self.rt.resident)
+
+    def counts(self) -> PoolCounts:
+        return self.rt.classes()[0]
+
+    def trace_lines(self, start: int = 0) -> list[str]:
+        return [json.dumps(r) for r in self.rt.trace.records[start:]]
+
+    def verify_prefix(self, tokens: Sequence[int]) -> bool:
+        """Does the device KV of the resident pages of `tokens` hold exactly their KV?"""
+        pages, node = self.rt.pool.match(list(tokens))
+        return pages > 0 and self.rt.pool.verify(list(tokens), self.rt.pool.path_pages(node))
+
+    def check_valid(self) -> None:
+        self.rt.check_valid()
+
+
+class StockSglangAdapter(SglangAdapter):
+    """Stock SGLang: claims are recorded and traced but hold nothing."""
+
+    enforce = False
