@@ -122,7 +122,7 @@ class RadixClaims:
         try:
             pool.prefill(r)
         except RuntimeError as exc:
-            if "out of memory" not in str(exc):
+            if "out of memory" not in str(exc).lower():
                 raise
             pool.drop_admission(r)
             return self._not_admitted(rid, Decision("wait"), A)
@@ -130,7 +130,7 @@ class RadixClaims:
         self.trace.emit("request_admit", request=rid, hit_blocks=chain[: r.hits], new_blocks=A)
         # a whole-page prompt computes its last page again for its last token's logits: a
         # claim on exactly that prompt is reused all the same (`recomputes_last_block`)
-        self.book.hits(chain if whole and r.hits == len(chain) - 1 else chain[: r.hits], rid)
+        self.book.hits(chain if whole and 0 < r.hits == len(chain) - 1 else chain[: r.hits], rid)
         self.book.materialize_ready()
         self.running[rid] = r
         self.waited.discard(rid)

@@ -25,9 +25,12 @@ of its KV events), and what enters and leaves the tree comes from its KV events
 
 from __future__ import annotations
 
+import io
+import logging
 from array import array
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -186,7 +189,8 @@ class RadixPool:
             hisparse_coordinator=None,
         )
         try:
-            out, _, _ = alloc_for_extend(batch)
+            with _quiet(logging.getLogger("sglang.srt.mem_cache.allocation")), redirect_stdout(io.StringIO()):
+                out, _, _ = alloc_for_extend(batch)
         except RuntimeError:
             if req.kv.req_pool_idx is not None:
                 self.r2t.free(req)
@@ -217,13 +221,16 @@ class RadixPool:
         deepest first, through SGLang's own leaf eviction; a leaf with a page in `keep` (held
         by a claim or a running request) stays, and so does everything above it."""
         hit_tokens = r.hits * self.B
-        (path,) = self.cache.tree_core.collect_path_info([r.req.last_node])
         tracker: dict[Any, int] = {c: 0 for c in self.cache.tree_components}
-        for node in reversed(list(path)):
+        while True:
+            _, last = self.match(list(r.req.origin_input_ids))  # its deepest node left
+            path = list(self.cache.tree_core.collect_path_info([last])[0])
+            if not path:  # (the root: nothing of it is left)
+                return
+            node = path[-1]
             if node.path_start < hit_tokens or node.num_children:
                 return
-            pages = set(self.path_pages(node.node_id)[node.path_start // self.B :])
-            if pages & keep:
+            if set(self.path_pages(last)[node.path_start // self.B :]) & keep:
                 return
             self.cache._evict_device_leaf(node.node_id, tracker)
 
@@ -253,6 +260,18 @@ def kv_value(token: int, pos: int, layer: int) -> torch.Tensor:
     position and layer, so KV reused from another prefix does not verify."""
     base = torch.arange(HEAD_DIM, dtype=torch.float32) * 1e-3
     return (base + float(token % 100_003) + pos * 1e-2 + layer * 1e3).reshape(1, HEAD_DIM)
+
+
+@contextmanager
+def _quiet(log: logging.Logger) -> Iterator[None]:
+    """SGLang logs its "out of memory" (and prints the whole tree) before it raises; the
+    caller turns that into a wait (as SGLang's scheduler does), so they say nothing new."""
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 class _Batch:
