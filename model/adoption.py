@@ -105,7 +105,10 @@ class AdoptingPool(PoolModel):
         return super()._reused(r, hits)
 
     def _recomputed(self, request_id: str, hashes: set[str]) -> None:
-        """Still the request's own blocks, but indexed as second copies where the runtime keeps them."""
+        """Still the request's own blocks, but indexed as second copies where the runtime keeps
+        them; given back at once where it shares the indexed copy (`shares_recomputed`)."""
+        if self.profile.shares_recomputed:
+            return
         super()._recomputed(request_id, hashes)
         if self.profile.keeps_duplicate_copies and hashes:
             self.copies.setdefault(request_id, set()).update(hashes)

@@ -29,6 +29,14 @@ class RuntimeProfile:
     whole, for the new pages plus a spare page per request (sglang/srt/mem_cache/allocation.py,
     `alloc_paged_token_slots_extend`)."""
 
+    shares_recomputed: bool = False
+    """A block a request computes again while its hash is indexed is given back at once, the
+    request holding the indexed copy instead (the plain behaviour: the new copy stays the
+    request's own, unindexed, until it ends). SGLang: the checkpoint of a computed prefill
+    inserts it into the radix tree, whose `insert` finds the key and frees the duplicate
+    pages, the request's row now pointing at the tree's (sglang/srt/mem_cache/common.py
+    `checkpoint_kv_cache`)."""
+
     keeps_duplicate_copies: bool = False
     """A block computed while its hash is indexed is indexed too, as a second copy that can
     outlive the first (the plain behaviour keeps it unindexed, its request's own). Dropping

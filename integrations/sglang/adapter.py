@@ -44,7 +44,7 @@ from kvclaims.sglang.claims import RadixClaims
 
 class SglangAdapter:
     capabilities = frozenset({"check_valid", "verify_content"})
-    profile = RuntimeProfile(recomputes_last_block=True, evicts_whole_nodes=True)
+    profile = RuntimeProfile(recomputes_last_block=True, evicts_whole_nodes=True, shares_recomputed=True)
     enforce = True
 
     def __init__(self, U: int, B: int = 16, R: int = 0, host_blocks: int = 0) -> None:

@@ -125,6 +125,7 @@ class RadixClaims:
             if "out of memory" not in str(exc).lower():
                 raise
             pool.drop_admission(r)
+            self._sync("lru")  # (SGLang evicted what it could before it gave up)
             return self._not_admitted(rid, Decision("wait"), A)
         self._sync("lru", request=rid)
         self.trace.emit("request_admit", request=rid, hit_blocks=chain[: r.hits], new_blocks=A)
@@ -169,16 +170,20 @@ class RadixClaims:
         self.book.expire(self.trace.time)
 
     def _make_room(self, need: int, own: set[int]) -> None:
-        """Yielding claims give way in the book's order until `need` more pages are evictable."""
-        running = self._running_pages()
+        """Yielding claims give way in the book's order until `need` more pages are evictable.
+        A claim's page is freed by its demotion only if no request (running, or the deciding
+        one's hits, `own`) and no other claim holds it."""
+        running, holders, blocking = self._running_pages(), self.book.holders, self.book.blocking_ids()
 
         def frees(c: Claim, blocks: Sequence[int]) -> bool:
-            return any(b not in own and b not in running for b in blocks)
+            return any(b not in own and b not in running and not holders[b] & blocking for b in blocks)
 
         for c in self.book.yielding(frees):
             if need <= 0:
                 return
-            need -= sum(1 for b in self.book.entries[c.id].blocks if b not in own and b not in running)
+            need -= sum(
+                b not in own and b not in running and holders[b] == {c.id} for b in self.book.entries[c.id].blocks
+            )
             self.book.give_way(c)
 
     def _sync(self, reason: str, **fields: Any) -> None:
