@@ -90,6 +90,7 @@ def test_rejections_change_nothing():
 # vLLM's recomputed last blocks and second copies, but free blocks taken first; and vLLM's own.
 FREE_FIRST = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True)
 VLLM = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True, takes_cached_while_free=True)
+SGLANG = RuntimeProfile(recomputes_last_block=True, evicts_whole_nodes=True, shares_recomputed=True)
 
 
 @pytest.mark.parametrize("profile, hits, copies", [(RuntimeProfile(), 60, {}), (VLLM, 59, {"replay": {SYS[-1]}})])
@@ -114,6 +115,17 @@ def test_replaying_exactly_a_claimed_prompt_is_the_claims_hit(profile):
     m.submit_claim(ClaimTerms("sys", SYS))
     m.submit_request("replay", SYS)
     assert ("sys", "hit") in m.events
+
+
+def test_a_shared_recomputed_copy_is_given_back():
+    """A runtime that shares a recomputed block's indexed copy (SGLang's tree insert) gives
+    the new copy back at once: the request holds the indexed one; plainly it keeps its own."""
+    for profile, free in ((RuntimeProfile(recomputes_last_block=True), 0), (SGLANG, 1)):
+        m = AdoptingPool(2, profile=profile)
+        m.submit_claim(ClaimTerms("c", ("a",)))
+        m.submit_request("first", ("a",))
+        m.submit_request("replay", ("a",))
+        assert (m.counts().free, m.counts().protected) == (free, 1), profile
 
 
 @pytest.mark.parametrize("profile, adopted", [(VLLM, True), (FREE_FIRST, False)])
