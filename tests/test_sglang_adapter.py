@@ -9,8 +9,6 @@ import pytest
 
 pytest.importorskip("sglang", reason="SGLang is not installed (./dev test installs the sglang extra)")
 
-from hypothesis import HealthCheck, Phase, settings  # noqa: E402
-from hypothesis.stateful import run_state_machine_as_test  # noqa: E402
 
 from kvclaims.conformance.litmus import SCENARIOS, run_scenario  # noqa: E402
 from kvclaims.conformance.rejections import run_all as run_rejections  # noqa: E402
@@ -50,27 +48,9 @@ def test_bad_input_is_rejected_as_the_reference_runtime_rejects_it():
 SglangMachine = machine_for(SglangAdapter)
 
 
-def test_stateful_contract_on_sglang():
+def test_stateful_contract_on_sglang(stateful_steps):
     """At least 1,000 checked steps, derandomized: no contract violation."""
-    steps = []
-
-    class Counted(SglangMachine):
-        def teardown(self) -> None:
-            steps.append(self.steps)
-
-    run_state_machine_as_test(
-        Counted,
-        settings=settings(
-            max_examples=60,
-            stateful_step_count=30,
-            derandomize=True,
-            database=None,
-            deadline=None,
-            phases=[Phase.generate, Phase.shrink],
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        ),
-    )
-    assert sum(steps) >= 1000, steps
+    assert stateful_steps(SglangAdapter, max_examples=60) >= 1000
 
 
 def _replay(program) -> None:

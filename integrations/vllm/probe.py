@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvclaims.columns import columns
+
 from kvclaims.model.names import EVENT, POLICY
 from kvclaims.vllm.engine import VllmEngine
 
@@ -154,11 +156,8 @@ def table(result: dict[str, Any]) -> str:
         ("claim state", [lg["claim_state"] or "-" for lg in legs]),
         ("replay after a corrupt restore", [replay(lg) for lg in legs]),
     ]
-    w0 = max(len(r[0]) for r in rows)
-    ws = [max(len(r[1][i]) for r in rows) for i in range(len(legs))]
     head = (
         f"The paper's probe on vLLM: U={result['U']} blocks of {result['B']} tokens, "
         f"a {result['resident_blocks']}-block resident prefix, a {result['prefill_blocks']}-block prefill"
     )
-    lines = [head] + ["  ".join([r[0].ljust(w0), *(c.ljust(w) for c, w in zip(r[1], ws))]).rstrip() for r in rows]
-    return "\n".join(lines)
+    return columns(head, rows)
