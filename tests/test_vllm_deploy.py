@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -17,11 +19,13 @@ openai = pytest.importorskip("openai", reason="the openai client is not installe
 httpx = pytest.importorskip("httpx")
 
 from kvclaims.conformance.checker import check_file  # noqa: E402
+from kvclaims.vllm.frontend import printable  # noqa: E402
 from kvclaims.vllm.model_dir import demo_model_dir  # noqa: E402
 from kvclaims.vllm.probe import PREFILL, PREFIX  # noqa: E402
 from vllm_server import serve  # noqa: E402
 
 ALICE, BOB = "sk-alice", "sk-bob"
+AUTH = {"authorization": f"Bearer {ALICE}"}
 SMALL = [7 + i % 300 for i in range(4 * 32)]  # 4 blocks, shares no block with PREFIX or PREFILL
 
 
@@ -149,6 +153,69 @@ def test_trace_carries_the_client_request_id(server):
     assert submit["request"].startswith("cmpl-my-req-1-0")  # vLLM's own: the prompt's index, a random suffix
     anonymous = complete(server, SMALL + [5])
     assert [r for r in server.records() if r["kind"] == "request_submit" and r.get("client") == anonymous.id]
+
+
+def test_a_refused_echo_with_logprobs_is_the_refusal_not_a_500(server):
+    """The tester's input: vLLM's serving code indexes the prompt logprobs a refused prompt
+    never got (echo with logprobs) and answered 500; streamed, an error event and then the
+    refusal. The answer is the refusal, streamed or not."""
+    complete(server, PREFIX + [6], kvclaims_claim="echoed")
+    body = {"prompt": PREFILL, "max_tokens": 1, "echo": True, "logprobs": 1}
+    status, answer = server.post(body, key=ALICE)
+    assert status == 200, answer
+    (choice,) = answer["choices"]
+    assert choice["finish_reason"] == "abort" and choice["stop_reason"] == "kvclaims:refuse_blocked:echoed"
+    events = _stream(server, {**body, "stream": True})
+    assert not [e for e in events if "error" in e], events
+    assert events[-1]["choices"][0]["stop_reason"] == "kvclaims:refuse_blocked:echoed"
+    assert server.call("DELETE", "/v1/kvclaims/claims/echoed", key=ALICE)[0] == 200
+
+
+@pytest.mark.parametrize("request_id", ["order 42", "caf\u00e9", "x" * 300])
+def test_any_x_request_id_is_taken(server, request_id):
+    """The tester's input: a header with a space, non-ASCII or over 256 characters made an
+    ordinary request a 400 (or a silent abort). Any header is taken; the trace's client id is
+    the one the client sees, percent-encoded where it is not printable ASCII."""
+    raw = request_id.encode("utf-8").decode("latin-1")  # (what an HTTP header carries: bytes)
+    req = urllib.request.Request(
+        server.base + "/v1/completions",
+        data=json.dumps({"prompt": SMALL + [8], "max_tokens": 1}).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {ALICE}", "x-request-id": raw},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        answer = json.loads(r.read())
+    assert answer["choices"][0]["finish_reason"] == "length"
+    clients = [r.get("client") for r in server.records() if r["kind"] == "request_submit"]
+    assert printable("cmpl-" + raw) in clients
+
+
+def test_refusals_and_rejections_say_not_to_retry(server):
+    """The `openai` client retries 409 and 5xx unless told not to: a claim's outcome is the
+    same on a retry."""
+    req = urllib.request.Request(server.base + "/v1/kvclaims/claims/nope", headers={"authorization": f"Bearer {ALICE}"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 404 and err.value.headers["x-should-retry"] == "false"
+
+
+def test_claim_endpoints_answer_wrong_methods_and_bad_ids(server):
+    req = urllib.request.Request(server.base + "/v1/kvclaims/claims", method="POST", headers=AUTH)
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 405 and err.value.headers["allow"] == "GET"
+    status, error = server.call("GET", "/v1/kvclaims/events?claim=%C3%A9", key=ALICE)
+    assert status == 400 and error["error"]["param"] == "claim" and "kvclaims_" not in error["error"]["message"]
+
+
+def _stream(server, body) -> list[dict]:
+    req = urllib.request.Request(
+        server.base + "/v1/completions",
+        data=json.dumps({"model": server.model, **body}).encode(),
+        headers={"content-type": "application/json", **AUTH},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        text = r.read().decode()
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
 
 
 def test_the_trace_checks(server):

@@ -153,7 +153,7 @@ class RadixClaims:
         self.pool.release(r)
         self.trace.emit("request_finish", request=rid, admit=admit)
         if not admit:
-            held = set(self.book.holders) | self._running_pages()
+            held = self._claimed_pages() | self._running_pages()
             self.pool.drop_own(r, keep=held)
             self._sync("no_admit")
         self.book.materialize_ready()
@@ -207,11 +207,15 @@ class RadixClaims:
         assert pool.free_pages() + len(tree | running) == pool.U, (
             f"{pool.free_pages()} free + {len(tree | running)} used != {pool.U} pages"
         )
-        held = set(self.book.holders)
+        held = self._claimed_pages()
         assert held <= tree, f"claim-held pages outside the tree: {sorted(held - tree)}"
         assert pool.cache.protected_size() // pool.B >= len(held), "a claim-held page is not locked"
 
     # --- the pool's classes -------------------------------------------------------------------
+    def _claimed_pages(self) -> set[int]:
+        """Pages claims hold (the book's block ids are SGLang's page numbers here)."""
+        return {int(page) for page in self.book.holders}  # type: ignore[call-overload]
+
     def _running_pages(self) -> set[int]:
         return {p for r in self.running.values() for p in r.pages}
 

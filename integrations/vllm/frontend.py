@@ -42,6 +42,7 @@ import hashlib
 import json
 import time
 import uuid
+from urllib.parse import quote
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,7 @@ from kvclaims.vllm.control import Control
 from kvclaims.vllm.outcomes import Outcomes
 from kvclaims.vllm.routing import Routes
 from kvclaims.vllm.streams import Answer, error_response
-from kvclaims.vllm.xargs import ANONYMOUS, PREFIX, RequestOps, parse, rejection, seal, server_key
+from kvclaims.vllm.xargs import ANONYMOUS, CLIENT_ID, PREFIX, RequestOps, parse, rejection, seal, server_key
 
 PATHS = {"/v1/completions": "cmpl", "/v1/chat/completions": "chatcmpl"}
 CLAIMS = "/v1/kvclaims/"
@@ -88,6 +89,7 @@ class Front:
     routes: Routes
     engine: Any
     api_keys: list[str]
+    served_model: str
 
     @classmethod
     def of(cls, app: Any) -> Front:
@@ -112,6 +114,7 @@ class Front:
                 Routes(size, config.cache_config.block_size),
                 engine,
                 api_keys,
+                _served(config.model_config),
             )
             app.state.kvclaims_front = front
         return front
@@ -157,10 +160,11 @@ class ClaimsMiddleware:
         except KVClaimsError as exc:
             return await _error(send, rejection(exc))
         base = headers.get("x-request-id") or uuid.uuid4().hex
+        client_id = f"{PATHS[path]}-{base}"
         kind = PATHS[path]
         xargs = payload.setdefault("vllm_xargs", {}) if isinstance(payload.get("vllm_xargs", {}), dict) else None
         if xargs is not None:
-            xargs[PREFIX + "client"] = f"{kind}-{base}"
+            xargs[PREFIX + "client"] = printable(client_id)
         try:
             rank = await _route(front, payload, ops, headers)
         except KVClaimsError as exc:
@@ -178,9 +182,23 @@ class ClaimsMiddleware:
             chat=kind == "chatcmpl",
             refusal_status=front.cfg.get("refusal_status", 200),
             finished=lambda outcomes: _learn(front, ops, rank, outcomes),
-            model=str(payload.get("model", "")),
+            model=str(payload.get("model") or front.served_model),
+            client_id=client_id,
         )
-        await self.app(scope, _replay(body, receive), answer)
+        try:
+            await self.app(scope, _replay(body, receive), answer)
+        except Exception:
+            if not await answer.recover():
+                raise
+
+
+def printable(client_id: str) -> str:
+    """The client's id as the trace can hold it (`xargs.CLIENT_ID`): as it is when it is
+    printable ASCII without spaces, else its bytes percent-encoded (an ``X-Request-Id`` is
+    any header value), cut at 256 characters."""
+    if CLIENT_ID.fullmatch(client_id):
+        return client_id
+    return quote(client_id.encode("latin-1", "replace"), safe="")[:256]
 
 
 def _claim_args(payload: dict, front: Front, headers: Headers) -> RequestOps | None:
@@ -277,6 +295,12 @@ def _learn(front: Front, ops: RequestOps | None, rank: int | None, outcomes: dic
             front.routes.forget(cid)
 
 
+def _served(model_config: Any) -> str:
+    """The name the server answers as (``--served-model-name``, else the model path)."""
+    name = model_config.served_model_name or model_config.model
+    return str(name[0] if isinstance(name, list) else name)
+
+
 def _choices(payload: dict) -> int:
     """``n``, the completions per prompt (vLLM answers a bad one with its own 400)."""
     n = payload.get("n")
@@ -354,7 +378,7 @@ def _with_headers(scope: Scope, length: int, request_id: str, rank: int | None) 
     data-parallel rank when routed."""
     drop = {b"content-length", b"x-request-id"} | ({RANK_HEADER.encode()} if rank is not None else set())
     headers = [(k, v) for k, v in scope["headers"] if k.lower() not in drop]
-    headers += [(b"content-length", str(length).encode()), (b"x-request-id", request_id.encode())]
+    headers += [(b"content-length", str(length).encode()), (b"x-request-id", request_id.encode("latin-1"))]
     if rank is not None:
         headers.append((RANK_HEADER.encode(), str(rank).encode()))
     return {**scope, "headers": headers}

@@ -27,12 +27,14 @@ from starlette.types import Receive, Scope, Send
 
 from kvclaims.model.names import EVENT, STATE
 from kvclaims.vllm.streams import error_response
-from kvclaims.vllm.xargs import ALL
+from kvclaims.vllm.xargs import ALL, NAME
 
 if TYPE_CHECKING:
     from kvclaims.vllm.frontend import Front
 
 STATUS = {"UnknownId": 404, "NotOwner": 403}
+LIVENESS_S = 1.0  # how often an open event stream looks whether the engines are still up
+METHODS = {"claims": "GET", "events": "GET", "claims/": "GET, DELETE"}
 
 
 async def serve_claims(front: Front, scope: Scope, receive: Receive, send: Send, rest: str) -> None:
@@ -48,14 +50,20 @@ async def serve_claims(front: Front, scope: Scope, receive: Receive, send: Send,
         return await _json(send, 200, {"object": "list", "data": data})
     if rest.startswith("claims/") and method in ("GET", "DELETE"):
         return await _one(front, send, unquote(rest.removeprefix("claims/")), tenant, release=method == "DELETE")
+    allowed = METHODS.get(rest) or (METHODS["claims/"] if rest.startswith("claims/") else None)
+    if allowed:
+        error = {"message": f"{method} is not allowed on /v1/kvclaims/{rest}: {allowed}", "type": "MethodNotAllowed"}
+        return await error_response(send, 405, {**error, "param": None}, [(b"allow", allowed.encode())])
     await error_response(
-        send, 404, {"message": f"no such endpoint: {method} /v1/kvclaims/{rest}", "type": "NotFound", "param": None}
+        send, 404, {"message": f"no such endpoint: /v1/kvclaims/{rest}", "type": "NotFound", "param": None}
     )
 
 
 async def _one(front: Front, send: Send, claim: str, tenant: str, release: bool) -> None:
     from kvclaims.vllm.frontend import _rank_of
 
+    if not NAME.fullmatch(claim):
+        return await error_response(send, 400, _bad_id(claim))
     rank = await _rank_of(front, claim, tenant)
     note = await front.control.ask(rank, claim, tenant, **({EVENT.release: claim} if release else {}))
     if "answer" not in note:
@@ -85,6 +93,9 @@ async def _events(front: Front, scope: Scope, receive: Receive, send: Send, tena
         )
     query = parse_qs(scope.get("query_string", b"").decode())
     claims = set(query["claim"]) if "claim" in query else None
+    bad = sorted(c for c in claims or () if not NAME.fullmatch(c))
+    if bad:
+        return await error_response(send, 400, _bad_id(bad[0]))
     replay = query.get("replay", ["0"])[0] in ("1", "true")
     paths = trace_paths(trace, front.control.size)
     await send(
@@ -96,17 +107,31 @@ async def _events(front: Front, scope: Scope, receive: Receive, send: Send, tena
     )
     stream = ClaimEvents(paths).stream(tenant, replay=replay, claims=claims)
     gone = asyncio.ensure_future(_disconnect(receive))
+    nxt: asyncio.Future | None = None
     try:
-        while True:
-            nxt = asyncio.ensure_future(anext(stream))
-            await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not nxt.done():
-                nxt.cancel()
+        while not front.engine.errored:  # (the server is shutting down: the stream ends)
+            nxt = nxt or asyncio.ensure_future(anext(stream))
+            await asyncio.wait({nxt, gone}, timeout=LIVENESS_S, return_when=asyncio.FIRST_COMPLETED)
+            if gone.done():
                 return
-            await send({"type": "http.response.body", "body": nxt.result(), "more_body": True})
+            if nxt.done():
+                await send({"type": "http.response.body", "body": nxt.result(), "more_body": True})
+                nxt = None
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         gone.cancel()
+        if nxt is not None:
+            nxt.cancel()
+            await asyncio.gather(nxt, return_exceptions=True)  # (it has stopped before the stream closes)
         await stream.aclose()
+
+
+def _bad_id(claim: str) -> dict[str, Any]:
+    return {
+        "message": f"claim ids are 1 to 256 ASCII letters, digits or ._@/+=~-, got {claim!r}",
+        "type": "BadArgument",
+        "param": "claim",
+    }
 
 
 async def _disconnect(receive: Receive) -> None:

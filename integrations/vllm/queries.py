@@ -26,7 +26,7 @@ def claim_info(book: ClaimBook, wall: WallClock, claim_id: str, rank: int) -> di
         "holding": bool(entry.blocks) and c.state in book.protected,
         "ttl_steps_left": None if c.deadline is None or c.fsm.terminal else max(0, c.deadline - book.trace.time),
         "ttl_s_left": None if c.fsm.terminal else wall.left(c.id),
-        "deadline": None if c.fsm.terminal else wall.deadlines.get(c.id),
+        "deadline": wall.history.get(c.id),
         "refusal": entry.refusal,
         "dp_rank": rank,
     }

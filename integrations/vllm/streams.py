@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from starlette.types import Message, Send
 
@@ -48,8 +48,11 @@ class Answer:
         refusal_status: int,
         finished: Finished,
         model: str = "",
+        client_id: str = "",
     ) -> None:
+        self.client_id = client_id
         self.send, self.outcomes, self.ids, self.n, self.chat = send, outcomes, ids, n, chat
+        self.sent = False  # has any of the answer gone out?
         self.refusal_status, self.finished = refusal_status, finished
         self.start: Message | None = None
         self.stream = False
@@ -74,22 +77,60 @@ class Answer:
             await self._whole(b"".join(self.body))
 
     # ------------------------------------------------------------------ whole responses
-    async def _whole(self, body: bytes) -> None:
+    async def recover(self) -> bool:
+        """vLLM's serving code raised before answering. When the integration ended every
+        choice unrun, that is a failure on a request that did not run (echo with logprobs
+        indexes the prompt logprobs a refused prompt never got): answer its outcome instead
+        (True). False: not that, or part of an answer went out already; the caller re-raises."""
+        if self.sent or not self._decided(self._outcomes(keep=True)):
+            return False
+        self.start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+        await self._whole(b"", unrun=True)
+        return True
+
+    async def _whole(self, body: bytes, unrun: bool = False) -> None:
         assert self.start is not None
-        doc = _json(body) if self.start["status"] == 200 else None
+        outcomes = self._outcomes()
+        self.finished(outcomes)
+        doc = self._unrun(outcomes) if unrun else _json(body) if self.start["status"] == 200 else None
         if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
             return await self._pass(body)
-        outcomes = self._outcomes()
         error = self._error(outcomes, any(_text(c) for c in doc["choices"]))
         if error:
+            self.sent = True
             return await error_response(self.send, *error)
         for choice in doc["choices"]:
             if isinstance(choice, dict) and choice.get("index") in outcomes:
                 choice["kvclaims"] = outcomes[choice["index"]]["kvclaims"]
         await self._pass(json.dumps(doc).encode())
 
+    def _decided(self, outcomes: dict[int, dict[str, Any]]) -> bool:
+        """Did the integration end every choice unrun (refused or rejected)?"""
+        notes = [(outcomes.get(i) or {}).get("kvclaims") or {} for i in self._expected()]
+        return all("refused" in n or "status" in n for n in notes)
+
+    def _unrun(self, outcomes: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """The response body of a request whose every choice ended unrun."""
+        choices = []
+        for i in sorted(outcomes):
+            choice: dict[str, Any] = {"index": i, "logprobs": None, **outcomes[i]}
+            if self.chat:
+                choice["message"] = {"role": "assistant", "content": ""}
+            else:
+                choice["text"] = ""
+            choices.append(choice)
+        return {
+            "id": self.client_id,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.shape["model"],
+            "choices": choices,
+            "usage": None,
+        }
+
     async def _pass(self, body: bytes) -> None:
         assert self.start is not None
+        self.sent = True
         headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"]
         await self.send({**self.start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await self.send({"type": "http.response.body", "body": body})
@@ -110,6 +151,8 @@ class Answer:
         if self.held is None and data and _passes(data):
             return await self._out((event + "\n\n").encode())
         chunk = _json(data.encode()) if data and data != "[DONE]" else None
+        if isinstance(chunk, dict) and "error" in chunk and self._decided(self._outcomes(keep=True)):
+            return  # (vLLM's serving code failed on a choice the integration ended unrun: `recover`)
         if data == "[DONE]" or (isinstance(chunk, dict) and chunk.get("choices") == [] and chunk.get("usage")):
             if not await self._close():
                 return
@@ -132,6 +175,7 @@ class Answer:
         if self.held is not None:
             error = self._error(self._outcomes(keep=True), False)
             if error:
+                self.sent = True
                 await error_response(self.send, *error)
                 self.held, self.start = None, None
                 self.finished(self._outcomes())
@@ -151,7 +195,7 @@ class Answer:
         else:
             choice["text"] = ""
         return {
-            "id": self.shape.get("id", self.ids[0].rsplit("-", 1)[0] if not self.chat else self.ids[0]),
+            "id": self.shape.get("id", self.client_id),
             "object": "chat.completion.chunk" if self.chat else "text_completion",
             "created": self.shape.get("created", int(time.time())),
             "model": self.shape.get("model", ""),
@@ -160,6 +204,7 @@ class Answer:
 
     async def _flush(self) -> None:
         assert self.start is not None and self.held is not None
+        self.sent = True
         held, self.held = self.held, None
         await self.send(self.start)
         for body in held:
@@ -218,14 +263,23 @@ class Answer:
         }
 
 
-async def error_response(send: Send, status: int, error: dict[str, Any]) -> None:
-    """vLLM's own error body (``ErrorResponse``: message, type, param, code)."""
+async def error_response(
+    send: Send, status: int, error: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """vLLM's own error body (``ErrorResponse``: message, type, param, code). A claim's
+    refusal or rejection is the same on a retry, so it says ``x-should-retry: false``
+    (the `openai` client retries 409 and 5xx on its own otherwise)."""
     body = json.dumps({"error": {**error, "code": status}}).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-should-retry", b"false"),
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

@@ -23,10 +23,11 @@ class WallClock:
 
     def __init__(self, now: Callable[[], float] = time.time) -> None:
         self.now = now
-        self.deadlines: dict[str, float] = {}
+        self.deadlines: dict[str, float] = {}  # live claims' deadlines
+        self.history: dict[str, float] = {}  # every claim's deadline, ended or not (what a read reports)
 
     def add(self, claim_id: str, deadline: float) -> None:
-        self.deadlines[claim_id] = deadline
+        self.deadlines[claim_id] = self.history[claim_id] = deadline
 
     def due(self, ended: Callable[[str], bool]) -> list[tuple[str, float]]:
         """Claims whose deadline has passed, by id, with their deadlines, leaving the clock;
