@@ -21,10 +21,10 @@ What SGLang fixes, the adapter reports rather than hides:
   ends (SGLang's leaf eviction, ``UnifiedRadixCache._evict_device_leaf``), unless a claim
   or another request holds them.
 - **Logical time.** `step` ticks the clock (TTLs) and retries waiting requests in order.
-- **Capabilities.** `check_valid` and `verify_content` (the KV pool holds values derived
-  from each token and position). Not yet: a host tier (SGLang's HiCache), owner
-  operations, decode, operator actions and carried claims: scenarios needing them are
-  not applicable.
+- **Capabilities.** `check_valid`, `verify_content` (the KV pool holds values derived
+  from each token and position) and `request_claims` (a claim carried by a request,
+  applied at its admission). Not yet: a host tier (SGLang's HiCache), owner operations,
+  decode and operator actions: scenarios needing them are not applicable.
 - **Bad input.** Every call is checked by the reference runtime's rules first
   (`kvclaims.model.checks`): the same typed error for the same bad call, nothing changed.
 """
@@ -32,18 +32,19 @@ What SGLang fixes, the adapter reports rather than hides:
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from kvclaims.errors import DuplicateId, InvalidField, InvalidInput, UnknownId
-from kvclaims.model.checks import MAX_TICKS, check_id, check_int, check_tokens
+from kvclaims.model.checks import MAX_TICKS, check_id, check_int, check_tokens, request_claim
 from kvclaims.model.feasibility import Decision, PoolCounts
 from kvclaims.model.names import EVENT, STATUS
 from kvclaims.model.profile import RuntimeProfile
+from kvclaims.model.terms import APPLIED, NOT_APPLIED, PENDING
 from kvclaims.sglang.claims import RadixClaims
 
 
 class SglangAdapter:
-    capabilities = frozenset({"check_valid", "verify_content"})
+    capabilities = frozenset({"check_valid", "verify_content", "request_claims"})
     profile = RuntimeProfile(recomputes_last_block=True, evicts_whole_nodes=True, shares_recomputed=True)
     enforce = True
 
@@ -56,6 +57,8 @@ class SglangAdapter:
         self.status: dict[str, str] = {}
         self.hits: dict[str, int] = {}
         self.waiting: dict[str, list[int]] = {}
+        self.carried: dict[str, tuple[str, dict]] = {}  # request -> the claim it carries (id, terms)
+        self.outcomes: dict[str, str] = {}  # request -> what became of its claim
 
     # --- claims ----------------------------------------------------------------------------
     def block_hashes(self, tokens: Sequence[int]) -> list[str]:
@@ -84,11 +87,21 @@ class SglangAdapter:
         return self.rt.book.get(claim_id).state
 
     # --- requests --------------------------------------------------------------------------
-    def submit_request(self, request_id: str, tokens: Sequence[int]) -> Decision:
+    def submit_request(
+        self, request_id: str, tokens: Sequence[int], *, claim: Mapping[str, Any] | None = None
+    ) -> Decision:
+        """Queue the prompt and decide it now. `claim` (`{"id": ..., **claim terms}`) claims
+        the prompt's full pages: checked now, applied when the request is admitted if its id
+        is still free, else never (RKC-RT-8; `claim_outcome`)."""
         check_id(request_id, "request")
         if request_id in self.status:
             raise DuplicateId(f"request {request_id!r} already exists")
         check_tokens(tokens, f"request {request_id!r}", "tokens", None)
+        if claim is not None:
+            self.carried[request_id] = request_claim(
+                self.rt.book.claims, self.U, self.B, None, request_id, tokens, claim
+            )
+            self.outcomes[request_id] = PENDING
         d = self.rt.submit_request(request_id, list(tokens))
         self._decided(request_id, list(tokens), d)
         return d
@@ -98,12 +111,35 @@ class SglangAdapter:
             self.status[request_id] = STATUS.running
             self.hits[request_id] = self.rt.running[request_id].hits
             self.waiting.pop(request_id, None)
+            self._apply_claim(request_id, tokens)
         elif d.outcome == "wait":
             self.status[request_id] = STATUS.waiting
             self.waiting[request_id] = tokens
         else:
             self.status[request_id] = STATUS.refused
             self.waiting.pop(request_id, None)
+            self._never_applied(request_id)
+
+    def _apply_claim(self, request_id: str, tokens: list[int]) -> None:
+        """At admission the carried claim is submitted, if its id is still free."""
+        if request_id not in self.carried:
+            return
+        cid, terms = self.carried.pop(request_id)
+        if cid in self.rt.book.claims:
+            self.outcomes[request_id] = NOT_APPLIED
+            return
+        self.rt.submit_claim(cid, tokens[: len(tokens) - len(tokens) % self.B], **terms)
+        self.outcomes[request_id] = APPLIED
+
+    def _never_applied(self, request_id: str) -> None:
+        self.carried.pop(request_id, None)
+        if self.outcomes.get(request_id) == PENDING:
+            self.outcomes[request_id] = NOT_APPLIED
+
+    def claim_outcome(self, request_id: str) -> str | None:
+        """None (it carried no claim), pending, applied, or not applied."""
+        self.request_status(request_id)
+        return self.outcomes.get(request_id)
 
     def request_status(self, request_id: str) -> str:
         check_id(request_id, "request")
@@ -131,6 +167,7 @@ class SglangAdapter:
         else:
             del self.waiting[request_id]
             self.rt.trace.emit("request_abort", request=request_id)
+        self._never_applied(request_id)
         self.status[request_id] = STATUS.aborted
 
     def _require(self, request_id: str, *statuses: str) -> None:
