@@ -159,12 +159,8 @@ class ClaimsMiddleware:
             ops = _claim_args(payload, front, headers)
         except KVClaimsError as exc:
             return await _error(send, rejection(exc))
-        base = headers.get("x-request-id") or uuid.uuid4().hex
-        client_id = f"{PATHS[path]}-{base}"
-        kind = PATHS[path]
-        xargs = payload.setdefault("vllm_xargs", {}) if isinstance(payload.get("vllm_xargs", {}), dict) else None
-        if xargs is not None:
-            xargs[PREFIX + "client"] = printable(client_id)
+        kind, base = PATHS[path], headers.get("x-request-id") or uuid.uuid4().hex
+        _stamp_client(payload, f"{kind}-{base}")
         try:
             rank = await _route(front, payload, ops, headers)
         except KVClaimsError as exc:
@@ -173,23 +169,36 @@ class ClaimsMiddleware:
         scope = _with_headers(scope, len(body), base, rank)
         if ops and ops.claim and ops.claim.ttl_s is not None:
             front.control.tick_at(rank, time.time() + ops.claim.ttl_s)
-        prompts = _prompts(payload) if kind == "cmpl" else 1
-        answer = Answer(
-            send,
-            front.outcomes,
-            [f"{kind}-{base}-{i}" for i in range(prompts)] if kind == "cmpl" else [f"{kind}-{base}"],
-            n=_choices(payload),
-            chat=kind == "chatcmpl",
-            refusal_status=front.cfg.get("refusal_status", 200),
-            finished=lambda outcomes: _learn(front, ops, rank, outcomes),
-            model=str(payload.get("model") or front.served_model),
-            client_id=client_id,
-        )
+        answer = _answer(send, front, payload, kind, base, lambda outcomes: _learn(front, ops, rank, outcomes))
         try:
             await self.app(scope, _replay(body, receive), answer)
         except Exception:
             if not await answer.recover():
                 raise
+
+
+def _stamp_client(payload: dict, client_id: str) -> None:
+    """The id the client sees goes to the engine with the request (`kvclaims_client`)."""
+    xargs = payload.setdefault("vllm_xargs", {})
+    if isinstance(xargs, dict):
+        xargs[PREFIX + "client"] = printable(client_id)
+
+
+def _answer(send: Send, front: Front, payload: dict, kind: str, base: str, finished: Any) -> Answer:
+    """The response's rewriter: the engine ids of its choices are vLLM's (``cmpl-<id>-<prompt>``
+    per prompt of a completion, ``chatcmpl-<id>`` for a chat)."""
+    ids = [f"{kind}-{base}-{i}" for i in range(_prompts(payload))] if kind == "cmpl" else [f"{kind}-{base}"]
+    return Answer(
+        send,
+        front.outcomes,
+        ids,
+        n=_choices(payload),
+        chat=kind == "chatcmpl",
+        refusal_status=front.cfg.get("refusal_status", 200),
+        finished=finished,
+        model=str(payload.get("model") or front.served_model),
+        client_id=f"{kind}-{base}",
+    )
 
 
 def printable(client_id: str) -> str:
