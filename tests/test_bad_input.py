@@ -305,7 +305,10 @@ def binary(tmp_path):
 CLI = {  # argv -> what the one line on stderr says (exit 2)
     "fuzz negative steps": (["fuzz", "--steps", "-1"], "--steps: must be at least 1, got -1"),
     "fuzz zero steps": (["fuzz", "--steps", "0"], "--steps: must be at least 1"),
-    "fuzz unknown runtime": (["fuzz", "--runtime", "nope"], "runtime must be one of ['refimpl', 'vllm', 'vllm-async']"),
+    "fuzz unknown runtime": (
+        ["fuzz", "--runtime", "nope"],
+        "runtime must be one of ['refimpl', 'sglang', 'sglang-stock', 'vllm', 'vllm-async']",
+    ),
     "fuzz missing module": (["fuzz", "--runtime", "no_such_module:X"], "No module named 'no_such_module'"),
     "fuzz missing class": (["fuzz", "--runtime", "json:Nope"], "has no attribute 'Nope'"),
     "fuzz class that takes no shape": (
@@ -319,7 +322,7 @@ CLI = {  # argv -> what the one line on stderr says (exit 2)
     "conform zero steps": (["conform", "--steps", "0"], "--steps: must be at least 1"),
     "conform unknown runtime": (
         ["conform", "--runtime", "nope"],
-        "runtime must be one of ['refimpl', 'vllm', 'vllm-async']",
+        "runtime must be one of ['refimpl', 'sglang', 'sglang-stock', 'vllm', 'vllm-async']",
     ),
     "check missing file": (["check", "{tmp}/missing.jsonl"], "missing.jsonl"),
     "docs missing file": (["docs", "{tmp}/missing.md"], "No such file or directory"),
