@@ -83,6 +83,13 @@ class Reader:
         with pytest.raises(asyncio.CancelledError):
             await self.task
 
+    async def done(self, n: int) -> list[dict[str, Any]]:
+        """Once `n` messages came: every message when nothing more is coming, the reader closed."""
+        await self.wait(n)
+        got = await self.settle()
+        await self.close()
+        return got
+
 
 def parse(message: bytes) -> dict[str, Any]:
     """One SSE message: its `id`, `event` and `data` (parsed)."""
@@ -294,10 +301,7 @@ def test_the_claims_filter_keeps_only_the_named_claims(tmp_path):
         r = Reader(ClaimEvents([path], poll_s=POLL, keepalive_s=60).stream("alice", claims={"c2", "c3"}))
         for c in ("c1", "c2", "c3"):
             t.event(c, EVENT.accept, STATE.accepted)
-        await r.wait(1)
-        got = await r.settle()
-        await r.close()
-        return got
+        return await r.done(1)
 
     assert [(m["id"], m["data"]["claim"]) for m in run(main())] == [("0:4", "c2")]  # c3 is bob's
 
@@ -324,9 +328,7 @@ def test_malformed_lines_are_skipped(tmp_path):
         t.raw(json.dumps({**base, "seq": 10, "event": EVENT.hit, "ttl_s": float("nan")}) + "\n")
         seq = t.writer.seq
         t.event("c1", EVENT.accept, STATE.accepted)
-        await r.wait(1)
-        got = await r.settle()
-        await r.close()
+        got = await r.done(1)
         return got, seq
 
     got, seq = run(main())
@@ -343,10 +345,7 @@ def test_a_claim_submit_that_names_another_tenant_takes_the_claim_away(tmp_path)
         t.raw(json.dumps({"seq": 1, "kind": "claim_submit", "claim": "c1", "tenant": "bob"}) + "\n")  # malformed
         t.event("c1", EVENT.accept, STATE.accepted)
         t.submit("c2", tenant="alice")
-        await r.wait(1)
-        got = await r.settle()
-        await r.close()
-        return got
+        return await r.done(1)
 
     assert [(m["id"], m["data"]["claim"]) for m in run(main())] == [("0:3", "c2")]
 
@@ -365,10 +364,7 @@ def test_a_new_trace_at_the_path_is_read_from_its_start(tmp_path):
         t2 = Trace(path)
         t2.event("c1", EVENT.expire, STATE.expired)  # an unknown claim in the new trace: not alice's
         t2.submit("c9", tenant="alice")
-        await r.wait(2)
-        got = await r.settle()
-        await r.close()
-        return got
+        return await r.done(2)
 
     assert [(m["id"], m["event"], m["data"]["claim"]) for m in run(main())] == [
         ("0:1", EVENT.accept, "c1"),
