@@ -104,6 +104,22 @@ class AdoptingPool(PoolModel):
                 return frozenset(r.chain)
         return super()._reused(r, hits)
 
+    def _no_admit_drops(self, hashes: set[str]) -> set[str]:
+        """In a radix tree (`keeps_parents`) a block stays while a block after it on a chain
+        that runs through it stays: write no-admit drops the rest."""
+        drops = super()._no_admit_drops(hashes)
+        if not self.profile.keeps_parents:
+            return drops
+        chains = [r.chain for r in self.requests.values()] + [c.terms.chain for c in self.claims.values()]
+        kept = True
+        while kept:
+            kept = False
+            for h in sorted(drops):
+                if any(h in ch and set(ch[ch.index(h) + 1 :]) & (self.resident - drops) for ch in chains):
+                    drops.discard(h)
+                    kept = True
+        return drops
+
     def _recomputed(self, request_id: str, hashes: set[str]) -> None:
         """Still the request's own blocks, but indexed as second copies where the runtime keeps
         them; given back at once where it shares the indexed copy (`shares_recomputed`)."""

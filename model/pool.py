@@ -449,8 +449,13 @@ class PoolModel:
             set(r.chain[r.hits :]) - r.orphaned - r.restored if r.status == STATUS.running and not admit else set()
         )
         self._end_request(request_id, (STATUS.running,), STATUS.finished)
-        for h in sorted(computed - self._running_hashes() - self._claimed()):
+        for h in sorted(self._no_admit_drops(computed - self._running_hashes() - self._claimed())):
             self._unindex(h)
+
+    def _no_admit_drops(self, hashes: set[str]) -> set[str]:
+        """Of the blocks a no-admit request computed, nobody else holding them, those that
+        leave the table: all of them."""
+        return hashes
 
     def _unindex(self, h: str) -> None:
         """The indexed copy of `h` leaves the table (write no-admit, an offload)."""

@@ -29,6 +29,12 @@ class RuntimeProfile:
     whole, for the new pages plus a spare page per request (sglang/srt/mem_cache/allocation.py,
     `alloc_paged_token_slots_extend`)."""
 
+    keeps_parents: bool = False
+    """Blocks form a radix tree: a block's KV is found only through the blocks before it, so
+    the table drops no block while a block after it (on a prefix through it) stays; write
+    no-admit keeps a computed block that a cached later block needs. SGLang: a radix node is
+    evicted only as a leaf (`UnifiedRadixCache._evict_device_leaf`)."""
+
     shares_recomputed: bool = False
     """A block a request computes again while its hash is indexed is given back at once, the
     request holding the indexed copy instead (the plain behaviour: the new copy stays the

@@ -90,7 +90,7 @@ def test_rejections_change_nothing():
 # vLLM's recomputed last blocks and second copies, but free blocks taken first; and vLLM's own.
 FREE_FIRST = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True)
 VLLM = RuntimeProfile(recomputes_last_block=True, keeps_duplicate_copies=True, takes_cached_while_free=True)
-SGLANG = RuntimeProfile(recomputes_last_block=True, evicts_whole_nodes=True, shares_recomputed=True)
+SGLANG = RuntimeProfile(recomputes_last_block=True, evicts_whole_nodes=True, shares_recomputed=True, keeps_parents=True)
 
 
 @pytest.mark.parametrize("profile, hits, copies", [(RuntimeProfile(), 60, {}), (VLLM, 59, {"replay": {SYS[-1]}})])
@@ -115,6 +115,18 @@ def test_replaying_exactly_a_claimed_prompt_is_the_claims_hit(profile):
     m.submit_claim(ClaimTerms("sys", SYS))
     m.submit_request("replay", SYS)
     assert ("sys", "hit") in m.events
+
+
+def test_no_admit_keeps_a_block_a_cached_later_block_needs_in_a_radix_tree():
+    """Plainly write no-admit drops what the request computed; in a radix tree (SGLang) a
+    block stays while a cached block after it on a prefix does."""
+    for profile, kept in ((RuntimeProfile(), set()), (SGLANG, {"b"})):
+        m = AdoptingPool(8, profile=profile)
+        m.submit_request("first", ("a", "b"))
+        m.submit_request("longer", ("a", "b", "c"))
+        m.finish("longer")
+        m.finish("first", admit=False)
+        assert m.resident & {"b"} == kept and "c" in m.resident, profile
 
 
 def test_a_shared_recomputed_copy_is_given_back():

@@ -116,3 +116,38 @@ def test_regression_a_recomputed_claimed_page_is_shared_not_held():
         state.contract_holds()
 
     _replay(program)
+
+
+def test_regression_no_admit_after_decode_drops_what_it_generated():
+    """fuzz --runtime sglang --seed 1 (with decode): a no-admit request's generated pages
+    were left in the tree (its own pages were looked up by its prompt alone)."""
+
+    def program(state):
+        state.start(U=2, B=1, reserve=0, host=0)
+        r = state.submit_request(extra=0, shape=(0, 0, 0, False))
+        state.decode(n=1, request=r)
+        state.contract_holds()
+        state.finish(admit=False, request=r)
+        state.contract_holds()
+
+    _replay(program)
+
+
+def test_regression_no_admit_keeps_a_page_a_cached_page_needs():
+    """fuzz --runtime sglang --seed 2: a radix tree cannot drop a node under which a cached
+    node stays, so write no-admit keeps it (profile keeps_parents)."""
+
+    def program(state):
+        state.start(U=6, B=1, reserve=5, host=0)
+        c0 = state.submit_claim(blocks=2, family=0, kwargs=HARD)
+        state.request_claimed_prefix(claim=c0, extra=0, tail=0)
+        c1 = state.submit_claim(blocks=1, family=0, kwargs=HARD)
+        r1 = state.request_claimed_prefix(claim=c1, extra=0, tail=0)
+        r2 = state.request_claimed_prefix(claim=c1, extra=0, tail=0)
+        r3 = state.request_claimed_prefix(claim=c1, extra=0, tail=1)
+        state.finish(admit=False, request=r2)
+        state.finish(admit=True, request=r3)
+        state.finish(admit=False, request=r1)
+        state.contract_holds()
+
+    _replay(program)

@@ -22,9 +22,11 @@ What SGLang fixes, the adapter reports rather than hides:
   or another request holds them.
 - **Logical time.** `step` ticks the clock (TTLs) and retries waiting requests in order.
 - **Capabilities.** `check_valid`, `verify_content` (the KV pool holds values derived
-  from each token and position) and `request_claims` (a claim carried by a request,
-  applied at its admission). Not yet: a host tier (SGLang's HiCache), owner operations,
-  decode and operator actions: scenarios needing them are not applicable.
+  from each token and position), `request_claims` (a claim carried by a request, applied
+  at its admission) and `decode` (generated tokens computed as SGLang computes a later
+  chunk: the row grows through the same allocation, then a checkpoint). Not yet: a host
+  tier (SGLang's HiCache), owner operations and operator actions: scenarios needing
+  them are not applicable.
 - **Bad input.** Every call is checked by the reference runtime's rules first
   (`kvclaims.model.checks`): the same typed error for the same bad call, nothing changed.
 """
@@ -44,8 +46,10 @@ from kvclaims.sglang.claims import RadixClaims
 
 
 class SglangAdapter:
-    capabilities = frozenset({"check_valid", "verify_content", "request_claims"})
-    profile = RuntimeProfile(recomputes_last_block=True, evicts_whole_nodes=True, shares_recomputed=True)
+    capabilities = frozenset({"check_valid", "verify_content", "request_claims", "decode"})
+    profile = RuntimeProfile(
+        recomputes_last_block=True, evicts_whole_nodes=True, shares_recomputed=True, keeps_parents=True
+    )
     enforce = True
 
     def __init__(self, U: int, B: int = 16, R: int = 0, host_blocks: int = 0) -> None:
@@ -152,6 +156,16 @@ class SglangAdapter:
         if request_id not in self.hits:
             raise InvalidInput(f"request {request_id!r} was not admitted")
         return self.hits[request_id]
+
+    def decode(self, request_id: str, tokens: Sequence[int]) -> Decision:
+        """The running request generates `tokens` (`RadixClaims.decode`): admitted, waiting
+        (unchanged), or refused, which ends it."""
+        self._require(request_id, STATUS.running)
+        check_tokens(tokens, f"request {request_id!r}", "tokens", None)
+        d = self.rt.decode(request_id, list(tokens))
+        if d.outcome not in ("admit", "wait"):
+            self.status[request_id] = STATUS.refused
+        return d
 
     def finish(self, request_id: str, admit: bool = True) -> None:
         self._require(request_id, STATUS.running)

@@ -146,6 +146,41 @@ class RadixClaims:
             self.trace.emit("request_wait", request=rid, new_blocks=A)
         return d
 
+    def decode(self, rid: str, tokens: Sequence[int]) -> Decision:
+        """The running request generates `tokens`: its new pages are decided as an admission
+        is, with every page it holds as its own. Admitted, SGLang computes them; a growth that
+        must wait leaves it as it was; a claim-blocked or too-large one ends it refused (what
+        it computed stays cached), never waiting on claims."""
+        pool, r = self.pool, self.running[rid]
+        A = -(-(r.req.extend_end + len(tokens)) // pool.B) - len(r.pages)
+        own = set(r.pages)
+        if self.book.enforce and (self.book.holding() or A > pool.U - len(own)):
+            counts, blocking = self.classes(own)
+            d = decide(A, counts, blocking, self.spec)
+            if d.outcome == "refuse_blocked" or d.outcome == "refuse_too_large":
+                self.trace.emit(
+                    "request_refuse", request=rid, reason=d.outcome, blocking_claims=list(d.blocking_claims)
+                )
+                pool.release(self.running.pop(rid))
+                self.book.materialize_ready()
+                return d
+            if d.outcome == "wait":
+                return d
+            self._make_room(A - counts.free - counts.cached, own)
+        try:
+            pool.extend(r, tokens)
+        except RuntimeError as exc:
+            if "out of memory" not in str(exc).lower():
+                raise
+            self._sync("lru")
+            return Decision("wait")
+        stored, removed = pool.events()
+        self._traced(removed, "lru")
+        self.trace.emit("request_grow", request=rid, tokens=len(tokens), new_blocks=A)
+        self._traced(stored, None, request=rid)
+        self.book.materialize_ready()
+        return Decision("admit")
+
     def finish(self, rid: str, admit: bool = True) -> None:
         """The request ends; `admit=False` is write no-admit: the pages it computed leave the
         tree unless a claim or another request holds them."""
@@ -189,12 +224,19 @@ class RadixClaims:
     def _sync(self, reason: str, **fields: Any) -> None:
         """SGLang's KV events since the last call, into the trace: removals first."""
         stored, removed = self.pool.events()
-        self.resident.difference_update(removed)
-        self.resident.update(stored)
-        if removed:
-            self.trace.emit("block_evict", blocks=removed, tier="device", reason=reason)
-        if stored:
-            self.trace.emit("block_store", blocks=stored, tier="device", **fields)
+        self._traced(removed, reason)
+        self._traced(stored, None, **fields)
+
+    def _traced(self, pages: list[str], evicted: str | None, **fields: Any) -> None:
+        """Pages the tree lost (`evicted`: why) or gained, into the trace and `resident`."""
+        if not pages:
+            return
+        if evicted:
+            self.resident.difference_update(pages)
+            self.trace.emit("block_evict", blocks=pages, tier="device", reason=evicted)
+        else:
+            self.resident.update(pages)
+            self.trace.emit("block_store", blocks=pages, tier="device", **fields)
 
     def check_valid(self) -> None:
         """The claim book's indexes, and SGLang's cache as the book relies on it: the pages its

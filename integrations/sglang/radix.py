@@ -45,6 +45,7 @@ class Running:
 
     req: Any
     hits: int
+    tokens: list[int]  # what it computes: its prompt, then what it generated
     pages: list[int] = field(default_factory=list)
 
 
@@ -166,7 +167,7 @@ class RadixPool:
         req.init_next_round_input(self.cache)
         req.extend_end = len(req.full_untruncated_fill_ids)
         req.lock = self.cache.lock(req.last_node)
-        return Running(req, req.prefix_len // self.B)
+        return Running(req, req.prefix_len // self.B, list(tokens))
 
     def prefill(self, r: Running) -> None:
         """SGLang's allocation for the request's new tokens (evicting as it does), their K and
@@ -188,11 +189,12 @@ class RadixPool:
             extend_num_tokens=req.extend_len,
             hisparse_coordinator=None,
         )
+        holds_row = req.kv.holds_kv
         try:
             with _quiet(logging.getLogger("sglang.srt.mem_cache.allocation")), redirect_stdout(io.StringIO()):
                 out, _, _ = alloc_for_extend(batch)
         except RuntimeError:
-            if req.kv.req_pool_idx is not None:
+            if req.kv.req_pool_idx is not None and not holds_row:
                 self.r2t.free(req)
             raise
         tokens = req.full_untruncated_fill_ids[req.prefix_len : seq]
@@ -203,6 +205,25 @@ class RadixPool:
                 self.kv.v_buffer[layer][loc] = -value
         checkpoint_kv_cache(req, self.cache)
         r.pages = (self.r2t.req_to_token[req.kv.req_pool_idx, :seq][:: self.B] // self.B).tolist()
+
+    def extend(self, r: Running, tokens: list[int]) -> None:
+        """The running request computes `tokens` more (generated ones), as SGLang computes a
+        later chunk of a prompt: the row it holds grows through the same allocation and the
+        new pages are checkpointed into the tree. Raises RuntimeError ("out of memory") with
+        the request as it was when the pool cannot cover them."""
+        req = r.req
+        r.tokens += tokens
+        req.output_ids.extend(tokens)
+        req.refresh_fill_ids()
+        req.extend_end = len(req.full_untruncated_fill_ids)
+        try:
+            self.prefill(r)
+        except RuntimeError:
+            del req.output_ids[len(req.output_ids) - len(tokens) :]
+            req.full_untruncated_fill_ids = req.origin_input_ids + req.output_ids
+            req.extend_end = req.prefix_len
+            del r.tokens[len(r.tokens) - len(tokens) :]
+            raise
 
     def release(self, r: Running, keep: bool = True) -> None:
         """The request ends: SGLang's release (`keep`: what it computed stays in the tree)."""
@@ -223,7 +244,7 @@ class RadixPool:
         hit_tokens = r.hits * self.B
         tracker: dict[Any, int] = {c: 0 for c in self.cache.tree_components}
         while True:
-            _, last = self.match(list(r.req.origin_input_ids))  # its deepest node left
+            _, last = self.match(r.tokens)  # its deepest node left
             path = list(self.cache.tree_core.collect_path_info([last])[0])
             if not path:  # (the root: nothing of it is left)
                 return
