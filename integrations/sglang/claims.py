@@ -168,7 +168,7 @@ class RadixClaims:
                 return d
             self._make_room(A - counts.free - counts.cached, own)
         try:
-            pool.extend(r, tokens)
+            pool.extend(r, list(tokens))
         except RuntimeError as exc:
             if "out of memory" not in str(exc).lower():
                 raise
