@@ -317,7 +317,7 @@ class PoolModel:
     def _try_admit(self, request_id: str) -> Decision:
         r = self.requests[request_id]
         hits = self._hits(r)
-        own, reused = frozenset(r.chain[:hits]), self._reused(r, hits)
+        own = frozenset(r.chain[:hits])
         d = decide(r.blocks - hits, self.counts(own), self.blocking_sets(own), self.spec)
         r.decision = d
         if d.outcome == "admit":
@@ -330,6 +330,7 @@ class PoolModel:
             self._make_room(r.blocks - hits)
             self._take_lru(request_id, r.blocks - hits)
             r.admitting = False
+            reused = self._reused(r, hits)  # (after making room: what the room took is not reused)
             self._restore_for(r)
             self._recomputed(request_id, set(r.chain[hits:]) & self.resident)
             self.resident |= set(r.chain)

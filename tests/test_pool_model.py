@@ -117,6 +117,19 @@ def test_replaying_exactly_a_claimed_prompt_is_the_claims_hit(profile):
     assert ("sys", "hit") in m.events
 
 
+def test_an_exact_replay_whose_last_block_made_room_is_no_claim_hit():
+    """Under `recomputes_last_block` the claim on exactly the prompt is reused only if its
+    last block is still cached once room is made for the replay."""
+    m = AdoptingPool(3, profile=VLLM)
+    m.submit_claim(ClaimTerms("c", ("a", "b"), strength="soft", policy="demote"))
+    m.submit_request("warm", ("a", "b"))
+    m.finish("warm")
+    m.submit_request("other", ("x",))
+    m.lru_evicted({"replay": ["b"]})  # the runtime's trace: room for the replay took b
+    m.submit_request("replay", ("a", "b"))
+    assert ("c", "hit") not in m.events
+
+
 def test_no_admit_keeps_a_block_a_cached_later_block_needs_in_a_radix_tree():
     """Plainly write no-admit drops what the request computed; in a radix tree (SGLang) a
     block stays while a cached block after it on a prefix does."""

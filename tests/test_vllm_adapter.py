@@ -55,6 +55,23 @@ def _replay(program):
 HARD = {"strength": "hard", "policy": "refuse", "tiers": ("device",), "priority": 0, "ttl": None}
 
 
+def test_regression_an_exact_replay_whose_last_block_made_room_is_no_hit():
+    """fuzz --runtime vllm --seed 2: a replay of exactly a demoted claim's prompt, whose last
+    block vLLM evicted to make room for it, reuses the claim's prefix only in part: no hit
+    (the oracle judged the replay's reuse before the room was made)."""
+
+    def program(state):
+        state.start(U=6, B=1, reserve=0, host=0)
+        c0 = state.host_roundtrip(blocks=1, family=0, fault=None, strength="hard")
+        state.contract_holds()
+        state.rivals(family=0, ranks=(0, 0), strength="soft")
+        state.contract_holds()
+        state.owner_op(claim=c0, op="demote", warm=True)
+        state.contract_holds()
+
+    _replay(program)
+
+
 def test_regression_no_admit_drops_an_original_a_duplicate_outlives():
     """vLLM keeps a recomputed last block as a second indexed copy; when write no-admit drops
     the original, the hash stays cached in that copy, with no eviction (fuzz, seed 2)."""

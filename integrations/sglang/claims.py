@@ -127,11 +127,15 @@ class RadixClaims:
             pool.drop_admission(r)
             self._sync("lru")  # (SGLang evicted what it could before it gave up)
             return self._not_admitted(rid, Decision("wait"), A)
-        self._sync("lru", request=rid)
+        stored, removed = pool.events()
+        self._traced(removed, "lru")
+        self._traced(stored, None, request=rid)
         self.trace.emit("request_admit", request=rid, hit_blocks=chain[: r.hits], new_blocks=A)
         # a whole-page prompt computes its last page again for its last token's logits: a
-        # claim on exactly that prompt is reused all the same (`recomputes_last_block`)
-        self.book.hits(chain if whole and 0 < r.hits == len(chain) - 1 else chain[: r.hits], rid)
+        # claim on exactly that prompt is reused all the same (`recomputes_last_block`),
+        # unless making room for it took that page
+        whole = whole and 0 < r.hits == len(chain) - 1 and chain[-1] not in removed
+        self.book.hits(chain if whole else chain[: r.hits], rid)
         self.book.materialize_ready()
         self.running[rid] = r
         self.waited.discard(rid)
