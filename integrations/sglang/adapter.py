@@ -176,11 +176,8 @@ class SglangAdapter:
 
     def abort(self, request_id: str) -> None:
         self._require(request_id, STATUS.waiting, STATUS.running)
-        if self.status[request_id] == STATUS.running:
-            self.rt.abort(request_id)
-        else:
-            del self.waiting[request_id]
-            self.rt.trace.emit("request_abort", request=request_id)
+        self.waiting.pop(request_id, None)
+        self.rt.abort(request_id)
         self._never_applied(request_id)
         self.status[request_id] = STATUS.aborted
 

@@ -161,7 +161,7 @@ class RadixClaims:
         if self.book.enforce and (self.book.holding() or A > pool.U - len(own)):
             counts, blocking = self.classes(own)
             d = decide(A, counts, blocking, self.spec)
-            if d.outcome == "refuse_blocked" or d.outcome == "refuse_too_large":
+            if d.outcome not in ("admit", "wait"):
                 self.trace.emit(
                     "request_refuse", request=rid, reason=d.outcome, blocking_claims=list(d.blocking_claims)
                 )
@@ -198,8 +198,11 @@ class RadixClaims:
         self.book.materialize_ready()
 
     def abort(self, rid: str) -> None:
-        """A running request is aborted: what it computed stays cached, as SGLang keeps it."""
-        self.pool.release(self.running.pop(rid))
+        """The request is aborted: a running one's computed pages stay cached, as SGLang
+        keeps them; a waiting one holds nothing."""
+        if rid in self.running:
+            self.pool.release(self.running.pop(rid))
+        self.waited.discard(rid)
         self.trace.emit("request_abort", request=rid)
         self.book.materialize_ready()
 

@@ -233,7 +233,7 @@ async def _route(front: Front, payload: dict, ops: RequestOps | None, headers: H
     ids = [ops.claim.claim_id] if ops and ops.claim else []
     ids += list(ops.release) if ops else []
     tenant = ops.tenant if ops else ANONYMOUS
-    ranks = {await _rank_of(front, cid, tenant) for cid in ids}
+    ranks = {await rank_of(front, cid, tenant) for cid in ids}
     known = {r for r in ranks if r is not None}
     if len(known) > 1:
         raise BadArgument(
@@ -258,7 +258,7 @@ async def _route(front: Front, payload: dict, ops: RequestOps | None, headers: H
     return rank
 
 
-async def _rank_of(front: Front, claim: str, tenant: str) -> int | None:
+async def rank_of(front: Front, claim: str, tenant: str) -> int | None:
     """The rank holding `claim`: known here, or found by asking every rank (a claim made
     through another API server process); None: no rank has it, or there is no data
     parallelism."""

@@ -60,11 +60,11 @@ async def serve_claims(front: Front, scope: Scope, receive: Receive, send: Send,
 
 
 async def _one(front: Front, send: Send, claim: str, tenant: str, release: bool) -> None:
-    from kvclaims.vllm.frontend import _rank_of
+    from kvclaims.vllm.frontend import rank_of
 
     if not NAME.fullmatch(claim):
         return await error_response(send, 400, _bad_id(claim))
-    rank = await _rank_of(front, claim, tenant)
+    rank = await rank_of(front, claim, tenant)
     note = await front.control.ask(rank, claim, tenant, **({EVENT.release: claim} if release else {}))
     if "answer" not in note:
         status = STATUS.get(note.get("type", ""), note.get("status", 400))
