@@ -104,10 +104,10 @@ class AdoptingPool(PoolModel):
                 return frozenset(r.chain)
         return super()._reused(r, hits)
 
-    def _no_admit_drops(self, hashes: set[str]) -> set[str]:
+    def _drops(self, hashes: set[str]) -> set[str]:
         """In a radix tree (`keeps_parents`) a block stays while a block after it on a chain
-        that runs through it stays: write no-admit drops the rest."""
-        drops = super()._no_admit_drops(hashes)
+        that runs through it stays: write no-admit and an offload drop the rest."""
+        drops = super()._drops(hashes)
         if not self.profile.keeps_parents:
             return drops
         chains = [r.chain for r in self.requests.values()] + [c.terms.chain for c in self.claims.values()]

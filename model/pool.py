@@ -242,7 +242,9 @@ class PoolModel:
         self.host |= set(c.terms.chain)
         held = self._running_hashes()
         for h in sorted(
-            {h for h in c.terms.chain if h in self.resident and h not in held and not self._held_by_other(h, c)}
+            self._drops(
+                {h for h in c.terms.chain if h in self.resident and h not in held and not self._held_by_other(h, c)}
+            )
         ):
             self._unindex(h)
 
@@ -450,12 +452,12 @@ class PoolModel:
             set(r.chain[r.hits :]) - r.orphaned - r.restored if r.status == STATUS.running and not admit else set()
         )
         self._end_request(request_id, (STATUS.running,), STATUS.finished)
-        for h in sorted(self._no_admit_drops(computed - self._running_hashes() - self._claimed())):
+        for h in sorted(self._drops(computed - self._running_hashes() - self._claimed())):
             self._unindex(h)
 
-    def _no_admit_drops(self, hashes: set[str]) -> set[str]:
-        """Of the blocks a no-admit request computed, nobody else holding them, those that
-        leave the table: all of them."""
+    def _drops(self, hashes: set[str]) -> set[str]:
+        """Of blocks nothing holds any more that leave the table (those a no-admit request
+        computed, an offloaded claim's), those that go: all of them."""
         return hashes
 
     def _unindex(self, h: str) -> None:

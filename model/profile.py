@@ -32,7 +32,7 @@ class RuntimeProfile:
     keeps_parents: bool = False
     """Blocks form a radix tree: a block's KV is found only through the blocks before it, so
     the table drops no block while a block after it (on a prefix through it) stays; write
-    no-admit keeps a computed block that a cached later block needs. SGLang: a radix node is
+    no-admit and an offload keep a block that a cached later block needs. SGLang: a radix node is
     evicted only as a leaf (`UnifiedRadixCache._evict_device_leaf`)."""
 
     shares_recomputed: bool = False

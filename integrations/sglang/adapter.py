@@ -24,9 +24,16 @@ What SGLang fixes, the adapter reports rather than hides:
 - **Capabilities.** `check_valid`, `verify_content` (the KV pool holds values derived
   from each token and position), `request_claims` (a claim carried by a request, applied
   at its admission) and `decode` (generated tokens computed as SGLang computes a later
-  chunk: the row grows through the same allocation, then a checkpoint). Not yet: a host
-  tier (SGLang's HiCache), owner operations and operator actions: scenarios needing
-  them are not applicable.
+  chunk: the row grows through the same allocation, then a checkpoint), and with
+  ``host_blocks`` > 0 SGLang's host tier, HiCache (`kvclaims.sglang.host`): ``host_tier``,
+  ``owner_ops`` and ``host_fault``. Stock SGLang has no claims to offload, so
+  ``sglang-stock`` lists none of these three.
+- **Not applicable.** SGLang flushes its cache only when no request is queued or running
+  (``Scheduler.flush_cache``: "Cache not flushed because there are pending requests"), so
+  a reset beside a running request cannot be expressed (``reset_cache``); and it has no
+  path that declares a device page's KV invalid while it stays allocated (vLLM's
+  connectors report invalid blocks; SGLang's tree drops a page only with the pages after
+  it), so neither ``evict_blocks`` nor ``device_fault``.
 - **Bad input.** Every call is checked by the reference runtime's rules first
   (`kvclaims.model.checks`): the same typed error for the same bad call, nothing changed.
 """
@@ -37,7 +44,7 @@ import json
 from typing import Any, Mapping, Sequence
 
 from kvclaims.errors import DuplicateId, InvalidField, InvalidInput, UnknownId
-from kvclaims.model.checks import MAX_TICKS, check_id, check_int, check_tokens, request_claim
+from kvclaims.model.checks import MAX_TICKS, check_hash, check_id, check_int, check_tokens, request_claim
 from kvclaims.model.feasibility import Decision, PoolCounts
 from kvclaims.model.names import EVENT, STATUS
 from kvclaims.model.profile import RuntimeProfile
@@ -45,8 +52,11 @@ from kvclaims.model.terms import APPLIED, NOT_APPLIED, PENDING
 from kvclaims.sglang.claims import RadixClaims
 
 
+HOST = frozenset({"host_tier", "owner_ops", "host_fault"})
+
+
 class SglangAdapter:
-    capabilities = frozenset({"check_valid", "verify_content", "request_claims", "decode"})
+    capabilities = frozenset({"check_valid", "verify_content", "request_claims", "decode"}) | HOST
     profile = RuntimeProfile(
         recomputes_last_block=True, evicts_whole_nodes=True, shares_recomputed=True, keeps_parents=True
     )
@@ -55,9 +65,10 @@ class SglangAdapter:
     def __init__(self, U: int, B: int = 16, R: int = 0, host_blocks: int = 0) -> None:
         check_int("runtime", "U", U, 1, 1 << 20)
         check_int("runtime", "B", B, 1, 1 << 12)
-        check_int("runtime", "host_blocks", host_blocks, 0, 1 << 20)  # (no host tier: none are used)
-        self.rt = RadixClaims(U, B, R, enforce=self.enforce)
-        self.U, self.B, self.R, self.host_blocks = U, B, R, 0
+        check_int("runtime", "host_blocks", host_blocks, 0, 1 << 20)
+        host_blocks = host_blocks if HOST <= self.capabilities else 0
+        self.rt = RadixClaims(U, B, R, host_blocks, enforce=self.enforce)
+        self.U, self.B, self.R, self.host_blocks = U, B, R, host_blocks
         self.status: dict[str, str] = {}
         self.hits: dict[str, int] = {}
         self.waiting: dict[str, list[int]] = {}
@@ -89,6 +100,25 @@ class SglangAdapter:
 
     def claim_state(self, claim_id: str) -> str:
         return self.rt.book.get(claim_id).state
+
+    # --- owner operations ------------------------------------------------------------------
+    def demote_claim(self, claim_id: str) -> None:
+        book = self.rt.book
+        book.demote(book.check_event(claim_id, EVENT.demote), reason="owner")
+
+    def offload_claim(self, claim_id: str) -> None:
+        self.rt.offload_claim(claim_id)
+
+    def restore_claim(self, claim_id: str) -> str:
+        return self.rt.restore_claim(claim_id)
+
+    def inject_host_fault(self, h: str) -> None:
+        """Corrupt the host copy of page `h` that an offloaded claim pins; a restore checks it."""
+        check_hash("inject_host_fault", "block", h)
+        if self.rt.host is None or h not in self.rt.host.owners:
+            raise UnknownId(f"block {h!r} is not in the host tier")
+        self.rt.trace.emit("operator", action="inject_host_fault", blocks=[h])
+        self.rt.host.corrupt(h)
 
     # --- requests --------------------------------------------------------------------------
     def submit_request(
@@ -213,6 +243,7 @@ class SglangAdapter:
 
 
 class StockSglangAdapter(SglangAdapter):
-    """Stock SGLang: claims are recorded and traced but hold nothing."""
+    """Stock SGLang: claims are recorded and traced but hold nothing (nothing to offload)."""
 
+    capabilities = SglangAdapter.capabilities - HOST
     enforce = False

@@ -20,11 +20,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from kvclaims.claimbook import ClaimBook
+from kvclaims.errors import GuardRejected, InvalidInput, NoRoom
 from kvclaims.model.checks import CLAIM_TERMS, claim_terms
 from kvclaims.model.claim import Claim
 from kvclaims.model.feasibility import Decision, PoolCounts, decide
 from kvclaims.spec import load as load_spec
 from kvclaims.trace import TraceWriter
+from kvclaims.model.names import EVENT
+from kvclaims.sglang.host import SglangHostSide
 from kvclaims.sglang.radix import RadixPool, Running
 
 
@@ -57,15 +60,21 @@ class SglangSide:
 class RadixClaims:
     """Claims over a `RadixPool` of `U` pages of `B` tokens with reserve `R`."""
 
-    def __init__(self, U: int, B: int = 16, R: int = 0, *, enforce: bool = True) -> None:
-        self.pool = RadixPool(U, B)
+    def __init__(self, U: int, B: int = 16, R: int = 0, host_blocks: int = 0, *, enforce: bool = True) -> None:
+        """`host_blocks` > 0: offloaded claims' copies in SGLang's host tier, that many pages."""
+        self.pool = RadixPool(U, B, host_pages=host_blocks)
         self.spec = load_spec()
         self.trace = TraceWriter()
-        self.trace.emit("runtime", runtime="sglang", U=U, B=B, R=R, host_blocks=0, enforce=enforce)
-        self.book = ClaimBook(self.spec, self.trace, SglangSide(self.pool), U=U, R=R, enforce=enforce)
+        self.trace.emit("runtime", runtime="sglang", U=U, B=B, R=R, host_blocks=host_blocks, enforce=enforce)
+        self.side = SglangSide(self.pool)
+        self.book = ClaimBook(self.spec, self.trace, self.side, U=U, R=R, enforce=enforce)
+        self.host = SglangHostSide(self, host_blocks) if host_blocks else None
+        self.book.host = self.host
+        self._offloaded = tuple(self.spec.lifecycle.dests(EVENT.offload))
         self.running: dict[str, Running] = {}
         self.waited: set[str] = set()  # requests whose wait is traced
         self.resident: set[str] = set()  # the tree's pages by hash, from SGLang's KV events
+        self.deciding: set[int] = set()  # while room is made: the deciding request's hit pages
 
     # --- claims ----------------------------------------------------------------------------
     def submit_claim(self, claim_id: str, tokens: Sequence[int], **terms: Any) -> str:
@@ -88,6 +97,33 @@ class RadixClaims:
             tiers=tiers,
             policy=policy,
         )
+
+    # --- owner operations --------------------------------------------------------------------
+    def offload_claim(self, claim_id: str) -> None:
+        """Checked as the reference runtime checks (IllegalTransition, GuardRejected without
+        the host tier among its tiers, NoRoom without host room), then offloaded."""
+        c = self.book.check_event(claim_id, EVENT.offload)
+        if not c.host_allowed:
+            raise GuardRejected(claim_id, c.state, EVENT.offload, "host_allowed")
+        if self.host is None or not self.host.room(c):
+            free = self.host.capacity - len(self.host.owners) if self.host else 0
+            raise NoRoom(f"claim {claim_id!r}: the host tier has {free} free blocks, too few for its {len(c.chain)}")
+        self.book.offload(c, reason="owner")
+
+    def restore_claim(self, claim_id: str) -> str:
+        """Bring an offloaded claim back (`SglangHostSide.restore`); returns its state. Checked
+        first: IllegalTransition, NoRoom (the device cannot take its missing pages), or
+        InvalidInput (the reserve)."""
+        c = self.book.check_event(claim_id, EVENT.restore)
+        assert self.host is not None, "only a host tier offloads"
+        have, node = self.pool.match(self.book.entries[claim_id].key)
+        counts = self.classes(set(self.pool.path_pages(node)) if have else set())[0]
+        if len(c.chain) - have > counts.free + counts.cached:
+            raise NoRoom(f"claim {claim_id!r}: no room on the device for {len(c.chain) - have} blocks")
+        if not self.book.restore_fits(c):
+            raise InvalidInput(f"claim {claim_id!r}: restoring would exceed the reserve")
+        self.host.restore(c)
+        return c.state
 
     # --- requests --------------------------------------------------------------------------
     def submit_request(self, rid: str, tokens: Sequence[int]) -> Decision:
@@ -119,17 +155,20 @@ class RadixClaims:
                 pool.drop_admission(r)
                 return self._not_admitted(rid, d, A)
             self._make_room(A - counts.free - counts.cached, hit_pages)
+        r, restoring = self._restore_for(r, chain)
         try:
             pool.prefill(r)
         except RuntimeError as exc:
             if "out of memory" not in str(exc).lower():
                 raise
             pool.drop_admission(r)
-            self._sync("lru")  # (SGLang evicted what it could before it gave up)
+            self.sync("lru")  # (SGLang evicted what it could before it gave up)
             return self._not_admitted(rid, Decision("wait"), A)
         stored, removed = pool.events()
         self._traced(removed, "lru")
         self._traced(stored, None, request=rid)
+        for c in restoring:  # (their last page is computed now)
+            self.host.finish(c)  # type: ignore[union-attr]
         self.trace.emit("request_admit", request=rid, hit_blocks=chain[: r.hits], new_blocks=A)
         # a whole-page prompt computes its last page again for its last token's logits: a
         # claim on exactly that prompt is reused all the same (`recomputes_last_block`),
@@ -140,6 +179,26 @@ class RadixClaims:
         self.running[rid] = r
         self.waited.discard(rid)
         return Decision("admit")
+
+    def _restore_for(self, r: Running, chain: Sequence[str]) -> tuple[Running, list[Claim]]:
+        """Offloaded claims whose chain the admitted prompt extends come back first (or fail
+        closed), into pages its admission made room for; it is admitted again past them.
+        Also returns those whose last page it computes, restored once it has."""
+        if self.host is None or not self.book.live:
+            return r, []
+        pool, pending = self.pool, []
+        for c in self.book.in_states(*self._offloaded):
+            n = len(c.chain)
+            if n > r.hits and list(chain[:n]) == c.chain and self.book.restore_fits(c):
+                computes_last = len(r.tokens) == n * pool.B
+                if not self.host.restore(c, computes_last) and c.state in self._offloaded:
+                    pending.append(c)
+        if pool.match(r.tokens)[0] <= r.computed_from:
+            return r, pending
+        pool.drop_admission(r)
+        again = pool.admit(r.req.rid, r.tokens)
+        again.hits = r.hits  # (its hits are what it found; restored pages are the claims')
+        return again, pending
 
     def _not_admitted(self, rid: str, d: Decision, A: int) -> Decision:
         if d.outcome != "wait":
@@ -156,6 +215,7 @@ class RadixClaims:
         must wait leaves it as it was; a claim-blocked or too-large one ends it refused (what
         it computed stays cached), never waiting on claims."""
         pool, r = self.pool, self.running[rid]
+        pool.page_hashes(r.tokens + list(tokens))  # (names the pages it fills, for its KV events)
         A = -(-(r.req.extend_end + len(tokens)) // pool.B) - len(r.pages)
         own = set(r.pages)
         if self.book.enforce and (self.book.holding() or A > pool.U - len(own)):
@@ -176,7 +236,7 @@ class RadixClaims:
         except RuntimeError as exc:
             if "out of memory" not in str(exc).lower():
                 raise
-            self._sync("lru")
+            self.sync("lru")
             return Decision("wait")
         stored, removed = pool.events()
         self._traced(removed, "lru")
@@ -192,9 +252,8 @@ class RadixClaims:
         self.pool.release(r)
         self.trace.emit("request_finish", request=rid, admit=admit)
         if not admit:
-            held = self._claimed_pages() | self._running_pages()
-            self.pool.drop_own(r, keep=held)
-            self._sync("no_admit")
+            self.pool.evict_path(r.tokens, r.computed_from, keep=self.held_pages())
+            self.sync("no_admit")
         self.book.materialize_ready()
 
     def abort(self, rid: str) -> None:
@@ -220,19 +279,30 @@ class RadixClaims:
         def frees(c: Claim, blocks: Sequence[int]) -> bool:
             return any(b not in own and b not in running and not holders[b] & blocking for b in blocks)
 
-        for c in self.book.yielding(frees):
-            if need <= 0:
-                return
-            need -= sum(
-                b not in own and b not in running and holders[b] == {c.id} for b in self.book.entries[c.id].blocks
-            )
-            self.book.give_way(c)
+        self.deciding = own
+        try:
+            for c in self.book.yielding(frees):
+                if need <= 0:
+                    return
+                need -= sum(
+                    b not in own and b not in running and holders[b] == {c.id} for b in self.book.entries[c.id].blocks
+                )
+                self.book.give_way(c)
+        finally:
+            self.deciding = set()
 
-    def _sync(self, reason: str, **fields: Any) -> None:
-        """SGLang's KV events since the last call, into the trace: removals first."""
+    def sync(self, reason: str, restore: str | None = None, **fields: Any) -> list[str]:
+        """SGLang's device KV events since the last call, into the trace: removals first (why:
+        `reason`), then the pages stored, loaded back for claim `restore` if given. Returns
+        the pages stored."""
         stored, removed = self.pool.events()
         self._traced(removed, reason)
-        self._traced(stored, None, **fields)
+        if restore and stored:
+            self.resident.update(stored)
+            self.trace.emit("block_restore", claim=restore, blocks=stored, tier="device")
+        else:
+            self._traced(stored, None, **fields)
+        return stored
 
     def _traced(self, pages: list[str], evicted: str | None, **fields: Any) -> None:
         """Pages the tree lost (`evicted`: why) or gained, into the trace and `resident`."""
@@ -244,6 +314,10 @@ class RadixClaims:
         else:
             self.resident.update(pages)
             self.trace.emit("block_store", blocks=pages, tier="device", **fields)
+
+    def held_pages(self) -> set[int]:
+        """Pages a claim, a running request or the request being decided holds."""
+        return self._claimed_pages() | self._running_pages() | self.deciding
 
     def check_valid(self) -> None:
         """The claim book's indexes, and SGLang's cache as the book relies on it: the pages its
@@ -259,6 +333,14 @@ class RadixClaims:
         held = self._claimed_pages()
         assert held <= tree, f"claim-held pages outside the tree: {sorted(held - tree)}"
         assert pool.cache.protected_size() // pool.B >= len(held), "a claim-held page is not locked"
+        if self.host:
+            assert pool.host is not None
+            lost = self.host.owners.keys() - pool.host.pages.keys()
+            assert not lost, f"pinned host copies SGLang no longer holds: {sorted(lost)}"
+            assert len(self.host.owners) <= self.host.capacity, "more claimed host pages than the host tier holds"
+            pinned = {cid for ids in self.host.owners.values() for cid in ids}
+            offloaded = {c.id for c in self.book.in_states(*self._offloaded)}
+            assert pinned == set(self.host.pins) == offloaded, f"host pins {sorted(pinned)} != offloaded {offloaded}"
 
     # --- the pool's classes -------------------------------------------------------------------
     def _claimed_pages(self) -> set[int]:

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from kvclaims.sglang.hicache import HiCacheTier, hicache_args
 from kvclaims.sglang.standins import load
 
 LAYERS, HEAD_DIM = 2, 64  # the KV pool's shape: the smallest that exercises per-layer copies
@@ -47,10 +48,12 @@ class Running:
     hits: int
     tokens: list[int]  # what it computes: its prompt, then what it generated
     pages: list[int] = field(default_factory=list)
+    computed_from: int = 0  # its first page it computes: past its hits and what was restored for it
 
 
 class RadixPool:
-    def __init__(self, U: int, B: int = 16) -> None:
+    def __init__(self, U: int, B: int = 16, host_pages: int = 0) -> None:
+        """`host_pages` > 0: with SGLang's host tier (`kvclaims.sglang.hicache`) for claims."""
         load()
         from sglang.srt.mem_cache.allocator.paged import PagedTokenToKVPoolAllocator
         from sglang.srt.mem_cache.cache_init_params import CacheInitParams
@@ -60,7 +63,8 @@ class RadixPool:
         from sglang.srt.server_args import ServerArgs
 
         self.U, self.B = U, B
-        args = ServerArgs(model_path="dummy", page_size=B, device="cpu", attention_backend="torch_native")
+        tier = hicache_args(U, host_pages) if host_pages else {}
+        args = ServerArgs(model_path="dummy", page_size=B, device="cpu", attention_backend="torch_native", **tier)
         publish(args, role="scheduler")  # SGLang's components read their config from it
         size = U * B
         self.r2t = ReqToTokenPool(size=64, max_context_len=size + B, device="cpu", enable_memory_saver=False)
@@ -99,6 +103,7 @@ class RadixPool:
                 tp_group=None,
             )
         )
+        self.host = HiCacheTier(self.cache, self.kv, B, args, params) if host_pages else None
         self.names: dict[int, str] = {}  # a KV event's page id -> its chain hash
 
     # --- names ---------------------------------------------------------------------------
@@ -114,17 +119,23 @@ class RadixPool:
         return hashes
 
     def events(self) -> tuple[list[str], list[str]]:
-        """The pages stored in and removed from the tree since the last call, in order, by
-        chain hash, from SGLang's KV events."""
-        from sglang.srt.disaggregation.kv_events import BlockRemoved, BlockStored
+        """The pages stored on and removed from the device since the last call, in order, by
+        chain hash, from SGLang's KV events (its host tier's removals go to `host`)."""
+        from sglang.srt.disaggregation.kv_events import BlockRemoved, BlockStored, StorageMedium
 
         stored: list[str] = []
         removed: list[str] = []
         for event in self.cache.take_events():
-            if isinstance(event, BlockStored):
-                stored += [self.names[h] for h in event.block_hashes]
-            elif isinstance(event, BlockRemoved):
-                removed += [self.names[h] for h in event.block_hashes]
+            if not isinstance(event, (BlockStored, BlockRemoved)):
+                continue
+            pages = [self.names[h] for h in event.block_hashes]
+            if event.medium not in (None, StorageMedium.GPU):  # the host tier's
+                if isinstance(event, BlockRemoved) and self.host:
+                    self.host.forget(pages)
+            elif isinstance(event, BlockStored):
+                stored += pages
+            else:
+                removed += pages
         return stored, removed
 
     # --- the tree ------------------------------------------------------------------------
@@ -136,6 +147,13 @@ class RadixPool:
 
         result = self.cache.match_prefix(MatchPrefixParams(key=RadixKey(array("q", tokens))))
         return result.device_prefix_len // self.B, result.last_device_node
+
+    def host_node(self, tokens: Sequence[int]) -> Any:
+        """The tree node where `tokens`' match on the device and then the host ends."""
+        from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams
+        from sglang.srt.mem_cache.radix_cache import RadixKey
+
+        return self.cache.match_prefix(MatchPrefixParams(key=RadixKey(array("q", tokens)))).last_host_node
 
     def path_pages(self, node: Any) -> list[int]:
         """The device pages on the path from the root to `node`."""
@@ -167,7 +185,8 @@ class RadixPool:
         req.init_next_round_input(self.cache)
         req.extend_end = len(req.full_untruncated_fill_ids)
         req.lock = self.cache.lock(req.last_node)
-        return Running(req, req.prefix_len // self.B, list(tokens))
+        hits = req.prefix_len // self.B
+        return Running(req, hits, list(tokens), computed_from=hits)
 
     def prefill(self, r: Running) -> None:
         """SGLang's allocation for the request's new tokens (evicting as it does), their K and
@@ -237,23 +256,27 @@ class RadixPool:
             req.skip_radix_cache_insert = True
         release_kv_cache(req, self.cache, checkpoint=keep)
 
-    def drop_own(self, r: Running, keep: set[int]) -> None:
-        """Write no-admit: the tree's leaves past the request's prefix hit that it computed go,
-        deepest first, through SGLang's own leaf eviction; a leaf with a page in `keep` (held
-        by a claim or a running request) stays, and so does everything above it."""
-        hit_tokens = r.hits * self.B
+    def evict_path(self, tokens: Sequence[int], start: int, keep: set[int]) -> None:
+        """The device pages of `tokens`' path from page `start` on leave the device, deepest
+        first, one page at a time through SGLang's own leaf eviction (a match ending at a
+        page splits its node there; a backed-up page stays on the host). It stops at a page
+        in `keep` (held by a claim or a running request) or one a deeper device page hangs
+        from: a radix tree keeps a page's parents."""
         tracker: dict[Any, int] = {c: 0 for c in self.cache.tree_components}
-        while True:
-            _, last = self.match(r.tokens)  # its deepest node left
-            path = list(self.cache.tree_core.collect_path_info([last])[0])
-            if not path:  # (the root: nothing of it is left)
+        pages = self.match(tokens)[0]
+        for end in range(pages, start, -1):
+            if end > 1:
+                self.match(tokens[: (end - 1) * self.B])  # (splits its node: the page is a node of its own)
+            _, node = self.match(tokens[: end * self.B])
+            page = self.path_pages(node)[-1]
+            if page in keep or page * self.B + self.B - 1 in self._parent_slots():
                 return
-            node = path[-1]
-            if node.path_start < hit_tokens or node.num_children:
-                return
-            if set(self.path_pages(last)[node.path_start // self.B :]) & keep:
-                return
-            self.cache._evict_device_leaf(node.node_id, tracker)
+            self.cache._evict_device_leaf(node, tracker)
+
+    def _parent_slots(self) -> set[int]:
+        """Device slots a device slot of the next position hangs from (SGLang's KV-canary walk)."""
+        walk = self.cache.tree_core.walk_for_kv_canary(False, False)
+        return set(walk.prev_slot_indices.tolist())
 
     def drop_admission(self, r: Running) -> None:
         """Undo `admit` for a request that is not allocated for (refused, or waiting)."""
@@ -268,12 +291,6 @@ class RadixPool:
                 if not torch.equal(self.kv.k_buffer[layer][loc], kv_value(token, pos, layer)):
                     return False
         return True
-
-    def reset(self) -> None:
-        """SGLang's reset: the tree, the request rows and the allocator, all cleared."""
-        self.cache.reset()
-        self.r2t.clear()
-        self.allocator.clear()
 
 
 def kv_value(token: int, pos: int, layer: int) -> torch.Tensor:

@@ -10,6 +10,9 @@ out of ``sys.modules`` again, so nothing else in the process (vLLM, transformers
 sees it; a stand-in attribute used at run time raises, naming it. Nothing here touches
 SGLang's cache logic. (Real ``triton`` is installed with vLLM's CPU build; SGLang's
 kernels are never launched on CPU.)
+
+Its host tier (HiCache) moves data with CUDA-only pieces; `host_tier_substitutions`
+registers two CPU ones in their place, both data movement only (`kvclaims.sglang.hicache`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import logging
 import sys
 import types
 import warnings
@@ -93,6 +97,40 @@ def check_version() -> None:
             f"SGLang {found} is installed; the adapter drives SGLang's cache internals and is built on "
             f"sglang=={PINNED}: pip install --no-deps sglang=={PINNED}"
         )
+
+
+def host_tier_substitutions() -> None:
+    """HiCache on CPU: host buffers from plain ``torch.empty`` (``ALLOC_MEMORY_FUNCS`` maps
+    every other device to an allocator that registers the buffer with CUDA), and the
+    ``direct`` I/O backend's per-layer copy ``dst[dst_indices] = src[src_indices]`` in torch
+    (``pool_host/mha.py`` binds ``transfer_kv_direct`` from its CUDA or XPU kernels only)."""
+    import sglang.srt.mem_cache.pool_host.common as host_common
+    import sglang.srt.mem_cache.pool_host.mha as host_mha
+
+    host_common.ALLOC_MEMORY_FUNCS["cpu"] = _host_buffer
+    host_mha.transfer_kv_direct = _transfer_kv_direct
+    from sglang.srt.mem_cache import l2_transfer
+
+    log = logging.getLogger(l2_transfer.__name__)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:  # (its cached answer: CPU events cannot time transfers, which it warns of once)
+        l2_transfer._timing_events_supported()
+    finally:
+        log.setLevel(level)
+
+
+def _host_buffer(dims: Any, dtype: Any, device: Any, pin_memory: bool, allocator: Any, *_: Any, **__: Any) -> Any:
+    import torch
+
+    return torch.empty(dims, dtype=dtype, device=device)
+
+
+def _transfer_kv_direct(src_layers: Any, dst_layers: Any, src_indices: Any, dst_indices: Any, page_size: int) -> None:
+    """``sgl_kernel.kvcacheio.transfer_kv_direct``'s contract, for CPU tensors."""
+    src, dst = src_indices.long(), dst_indices.long()
+    for s, d in zip(src_layers, dst_layers, strict=True):
+        d[dst] = s[src]
 
 
 def load() -> None:
