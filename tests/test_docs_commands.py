@@ -311,7 +311,7 @@ TABLE: dict[str, Run | Serve | CI | Quickstart | GpuForm] = {
         ("kvclaims", "conform", "--runtime", "vllm", "--steps", "1000"), timeout=300, vllm=True
     ),
     # integrations/sglang/README.md
-    "./dev test tests/test_sglang.py tests/test_sglang_adapter.py": CI(
+    "./dev test tests/test_sglang.py tests/test_sglang_adapter.py tests/test_sglang_hicache.py": CI(
         "CI's `./dev test` installs the same extra and runs these files with the rest",
         (".ci/run", "./dev test"),
     ),

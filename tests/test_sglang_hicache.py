@@ -125,3 +125,34 @@ def test_regression_a_whole_prompt_claim_restores_with_the_page_its_request_comp
     state.host_roundtrip(blocks=1, family=1, fault=None, **hard)
     state.host_roundtrip(blocks=1, family=1, fault=None, **hard)
     state.teardown()
+
+
+def test_regression_a_claim_offloaded_to_make_room_is_restored_not_hit():
+    """fuzz --runtime sglang --seed 1: a prompt that is exactly a claim's chain offloads it
+    under pressure, then restores it; the claim's page the request computes again is no
+    hit (the oracle judges reuse after the room is made)."""
+    state = SglangMachine()
+    state.start(U=6, B=1, reserve=0, host=2)
+    hard = {"strength": "hard", "policy": "refuse", "tiers": ("device",), "priority": 0, "ttl": None}
+    state.submit_claim(blocks=1, family=1, kwargs=hard)
+    parked = state.host_roundtrip(blocks=1, family=0, fault=None, strength="hard")
+    state.offload_roundtrip(claim=parked, fault=None)
+    state.rivals(family=0, ranks=(0, 0), strength="hard")
+    state.offload_roundtrip(claim=parked, fault=None)
+    state.offload_roundtrip(claim=parked, fault=None)
+    state.teardown()
+
+
+def test_regression_nothing_is_restored_for_a_request_that_must_wait():
+    """fuzz --runtime sglang --seed 1: with no claim holding a page SGLang's allocation decides
+    alone; a running request holding every page leaves no room, so the prompt that starts
+    with an offloaded claim waits, and the claim stays offloaded (restored only on admission)."""
+    state = SglangMachine()
+    state.start(U=6, B=1, reserve=0, host=1)
+    for blocks, family in ((1, 0), (1, 1), (2, 0), (1, 0), (1, 0)):
+        state.host_roundtrip(blocks=blocks, family=family, fault=None, strength="hard")
+    pressing = state.press()
+    state.decode(n=3, request=pressing)
+    state.junk_for_request(admit=None, request=pressing, tokens=[])
+    state.host_roundtrip(blocks=1, family=0, fault=None, strength="hard")
+    state.teardown()

@@ -155,7 +155,8 @@ class RadixClaims:
                 pool.drop_admission(r)
                 return self._not_admitted(rid, d, A)
             self._make_room(A - counts.free - counts.cached, hit_pages)
-        r, restoring = self._restore_for(r, chain)
+        whole = whole and chain[-1] in self.resident  # (an offload making room may have taken it)
+        r, restoring = self._restore_for(r, chain, A)
         try:
             pool.prefill(r)
         except RuntimeError as exc:
@@ -180,13 +181,17 @@ class RadixClaims:
         self.waited.discard(rid)
         return Decision("admit")
 
-    def _restore_for(self, r: Running, chain: Sequence[str]) -> tuple[Running, list[Claim]]:
+    def _restore_for(self, r: Running, chain: Sequence[str], A: int) -> tuple[Running, list[Claim]]:
         """Offloaded claims whose chain the admitted prompt extends come back first (or fail
         closed), into pages its admission made room for; it is admitted again past them.
-        Also returns those whose last page it computes, restored once it has."""
+        Also returns those whose last page it computes, restored once it has. Nothing comes
+        back for a prompt SGLang cannot allocate for (its `A` new pages beyond what is free
+        or evictable: its allocation will raise, and the request wait)."""
+        pool, pending = self.pool, []
         if self.host is None or not self.book.live:
             return r, []
-        pool, pending = self.pool, []
+        if A > pool.free_pages() + pool.cache.evictable_size() // pool.B:
+            return r, []
         for c in self.book.in_states(*self._offloaded):
             n = len(c.chain)
             if n > r.hits and list(chain[:n]) == c.chain and self.book.restore_fits(c):
