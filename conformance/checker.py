@@ -56,7 +56,13 @@ FIELDS: dict[str, dict[str, type]] = {
     "operator": {"action": str},
 }
 # kind -> optional fields the checker reads (spec/TRACE.md, RKC-TR-3), checked unless absent or null.
-OPTIONAL: dict[str, dict[str, type]] = {"block_store": {"request": str}}
+OPTIONAL: dict[str, dict[str, type]] = {
+    "block_store": {"request": str},
+    "claim": {"blocks": list},
+    "runtime": {"model": str, "hash": str, "namespace": str, "B": int},
+}
+# The runtime record's fields that name its cache identity (RKC-ID-3): `Report.identity`.
+IDENTITY = ("model", "B", "hash", "namespace")
 # Finding kind -> the obligation it breaks (spec/TRACE.md), so a violation is attributed
 # to exactly the id it breaks (`kvclaims conform`, the stateful machine).
 OBLIGATION_OF: dict[str, str] = {
@@ -67,7 +73,9 @@ OBLIGATION_OF: dict[str, str] = {
     "sequence_gap": "RKC-TR-2",
     "sequence_order": "RKC-TR-2",
     "time_order": "RKC-TR-2",
-    "unknown_claim": "RKC-TR-5",
+    "unknown_claim": "RKC-ID-1",
+    "chain_changed": "RKC-ID-2",
+    "restore_of_resident": "RKC-ID-4",
     "duplicate_claim": "RKC-TR-5",
     "illegal_transition": "RKC-TR-5",
     "event_after_terminal": "RKC-TR-5",
@@ -105,6 +113,7 @@ class Report:
     tally: dict[str, int] = field(default_factory=dict)  # "claim released", "request finished": count
     records: int = 0
     ordinary_evictions: int = 0
+    identity: dict[str, Any] | None = None  # the cache identity its first runtime record names (RKC-ID-3)
 
     @property
     def ok(self) -> bool:
@@ -156,6 +165,7 @@ class Checker:
             "block_offload": self._on_copy,
             "block_restore": self._on_copy,
             "operator": self._on_operator,
+            "runtime": self._on_runtime,
         }
         # kind -> (required fields, optional fields read, what replays it; None: nothing to replay)
         self.kinds = {
@@ -253,6 +263,11 @@ class Checker:
             self._flag("time_order", f"time {time} is before {self.last_time}")
 
     # ------------------------------------------------------------------ claims
+    def _on_runtime(self, rec: dict) -> None:
+        """RKC-ID-3: the cache identity the trace names (the first runtime record's)."""
+        if self.report.identity is None:
+            self.report.identity = {f: rec.get(f) for f in IDENTITY}
+
     def _on_claim_submit(self, rec: dict) -> None:
         cid = rec["claim"]
         if cid in self.live or cid in self.report.claims:
@@ -269,6 +284,10 @@ class Checker:
             return self._bad_event(cid, event, before)
         if event == EVENT.refuse and not rec.get("reason"):
             self._flag("refusal_without_attribution", f"claim {cid!r} refused without a reason")
+        if rec.get("blocks") is not None and rec["blocks"] != self.chains[cid]:
+            self._flag(
+                "chain_changed", f"claim {cid!r} {event!r} names blocks other than the chain it was submitted with"
+            )
         if "state" in rec and rec["state"] != after:
             self._flag("state_mismatch", f"claim {cid!r}: trace says {rec['state']!r}, replay gives {after!r}")
         if self._tier(before) != self._tier(after):
@@ -393,10 +412,19 @@ class Checker:
 
     def _on_copy(self, rec: dict) -> None:
         """RKC-TR-9: an offload or restore copies blocks resident in the other tier into `tier`."""
-        tier, blocks = rec["tier"], rec["blocks"]
+        tier, blocks, cid = rec["tier"], rec["blocks"], rec["claim"]
         source = _SOURCE[tier]
         if not self.resident[source].issuperset(blocks):
-            self._need(source, blocks, f"{rec['kind']} for claim {rec['claim']!r} copies")
+            self._need(source, blocks, f"{rec['kind']} for claim {cid!r} copies")
+        chain = self.chains.get(cid)
+        if chain is not None and (blocks != chain if tier == "host" else not set(blocks) <= set(chain)):
+            self._flag("chain_changed", f"{rec['kind']} for claim {cid!r} copies blocks outside its chain")
+        if tier == "device" and not self.on_device.isdisjoint(blocks):
+            self._flag(
+                "restore_of_resident",
+                f"claim {cid!r} restores {sorted(self.on_device & set(blocks))[:3]} already on the device: "
+                "a block computed again is not restored",
+            )
         self.resident[tier].update(blocks)
 
     def _on_operator(self, rec: dict) -> None:

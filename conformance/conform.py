@@ -16,15 +16,23 @@ from kvclaims.conformance import rejections
 from kvclaims.errors import BadArgument
 from kvclaims.conformance.fuzz import check_steps, fuzz, runtime_factory, violation
 from kvclaims.proofs.run import prove_all
-from kvclaims.conformance.checker import check_lines
-from kvclaims.conformance.litmus import SCENARIOS, run_all
+from kvclaims.conformance.checker import IDENTITY, check_lines
+from kvclaims.trace import read_lines
+from kvclaims.conformance.litmus import B as LITMUS_B, SCENARIOS, run_all
 from kvclaims.spec import load
 from kvclaims.conformance.compare import violated_obligation
 from kvclaims.conformance.stateful import CHECKS
 
 REPORT_SCHEMA = "kvclaims.conformance.conform/1"
-# Obligations of a multi-tenant server, not of the runtime behind the adapter protocol.
-SERVER_CHECKED = ("RKC-SEC-1", "RKC-SEC-2")
+# Obligations of a serving front end (tenants, several engines), not of the runtime behind
+# the adapter protocol: where they are checked instead.
+TENANTS = "tenancy is the serving front end's: checked through the vLLM OpenAI server by tests/test_vllm_tenants.py"
+SERVER_CHECKED = {
+    "RKC-SEC-1": TENANTS,
+    "RKC-SEC-2": TENANTS,
+    "RKC-RT-9": "routing across engines is the serving front end's: checked through the vLLM OpenAI server "
+    "with two data-parallel ranks by tests/test_vllm_dp.py",
+}
 
 
 # The default stateful evidence: tens of thousands of steps over a few seeds, a third of
@@ -32,11 +40,18 @@ SERVER_CHECKED = ("RKC-SEC-1", "RKC-SEC-2")
 STEPS, SEEDS, LIFE = 30_000, 3, 10_000
 
 
-def conform(runtime: str, steps: int = STEPS, seed: int = 0, seeds: int = SEEDS, life: int | None = None) -> dict:
+def conform(
+    runtime: str,
+    steps: int = STEPS,
+    seed: int = 0,
+    seeds: int = SEEDS,
+    life: int | None = None,
+    traces: dict[str, list[str]] | None = None,
+) -> dict:
     """The battery against `runtime`; the stateful suite runs `steps` steps in all, split
     over `seeds` consecutive seeds from `seed` (each seed's programs are those `kvclaims
     fuzz --seed` runs), `life` of them (default: a third, at most `LIFE`) in one long-lived
-    example at the first seed."""
+    example at the first seed. `traces`, if given, gets each litmus scenario's trace."""
     life = min(LIFE, steps // 3) if life is None else life
     check_steps(steps, life)  # zero steps would count as stateful evidence that was never run
     check_seeds(seeds, steps)
@@ -48,6 +63,8 @@ def conform(runtime: str, steps: int = STEPS, seed: int = 0, seeds: int = SEEDS,
             {"kind": "proof", "name": r.name, "method": r.method, "result": "passed" if r.proved else "failed"}
         )
     for res in run_all(factory):
+        if traces is not None:
+            traces[res.name] = res.trace
         for oid in SCENARIOS[res.name].checks:
             evidence[oid].append(
                 {
@@ -69,22 +86,19 @@ def conform(runtime: str, steps: int = STEPS, seed: int = 0, seeds: int = SEEDS,
         )
     for oid, item in _stateful(factory, steps, range(seed, seed + seeds), life).items():
         evidence[oid].append({"kind": "stateful", "name": "contract machine", **item})
-    for oid in SERVER_CHECKED:
-        evidence[oid].append(
-            {
-                "kind": "server",
-                "name": "tenants",
-                "result": "not applicable",
-                "reason": "tenancy is the serving front end's: checked through the vLLM "
-                "OpenAI server by tests/test_vllm_tenants.py",
-            }
-        )
+    for oid, where in SERVER_CHECKED.items():
+        evidence[oid].append({"kind": "server", "name": "front end", "result": "not applicable", "reason": where})
     evidence["RKC-TR-7"].append(
         {
             "kind": "checker",
             "name": "malformed-input self-test",
             "result": "passed" if _checker_survives_garbage() else "failed",
         }
+    )
+    header = _runtime_record(factory)
+    named = all(header.get(f) not in (None, "") for f in IDENTITY)
+    evidence["RKC-ID-3"].append(
+        {"kind": "checker", "name": "cache identity", "result": "passed" if named else "failed"}
     )
     obligations = []
     for oid, items in evidence.items():
@@ -102,9 +116,19 @@ def conform(runtime: str, steps: int = STEPS, seed: int = 0, seeds: int = SEEDS,
     return {
         "schema": REPORT_SCHEMA,
         "runtime": runtime,
+        "runtime_name": header.get("runtime"),
+        "runtime_version": header.get("version"),
+        "identity": {f: header.get(f) for f in IDENTITY},
         "conforms": all(o["verdict"] in ("conforms", "not applicable") for o in obligations),
         "obligations": obligations,
     }
+
+
+def _runtime_record(factory) -> dict:
+    """A fresh runtime's first trace record: what it says it is (name, version) and the
+    cache identity it names (RKC-ID-3)."""
+    first = next(read_lines(factory(B=LITMUS_B, **SCENARIOS["ordinary_eviction"].shape).trace_lines()[:1]), None)
+    return first[1] if first and isinstance(first[1], dict) and first[1].get("kind") == "runtime" else {}
 
 
 def check_seeds(seeds: int, steps: int) -> None:

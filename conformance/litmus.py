@@ -238,7 +238,7 @@ def _accepted_hard_claim(t: Run, rt) -> None:
 
 @scenario(
     "materialization_failure",
-    ("RKC-RT-2", "RKC-INV-5"),
+    ("RKC-RT-2", "RKC-INV-5", "RKC-ID-5"),
     "a corrupt host copy of any block of a chain fails its restore: the claim fails closed and the request recomputes",
     U=8,
     host_blocks=4,

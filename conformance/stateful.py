@@ -108,6 +108,10 @@ CHECKS = (
     "RKC-TR-9",
     "RKC-TR-8",
     "RKC-RT-7",
+    "RKC-ID-1",
+    "RKC-ID-2",
+    "RKC-ID-4",
+    "RKC-ID-5",
 )
 OPERATOR_ACTIONS = ("reset_cache", "evict_blocks", "device_fault", "host_fault")
 SHAPE = pool_shape()

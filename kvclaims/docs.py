@@ -1,5 +1,6 @@
-"""Generated documentation: the lifecycle diagram and the obligation table (each id's
-proof methods and the test node ids marked as its evidence), from the spec and tests/.
+"""Generated documentation: the lifecycle diagram, the obligation table (each id's proof
+methods and the test node ids marked as its evidence) and the lowering's modes, from the
+spec and tests/.
 
 README.md and spec/CONTRACT.md hold these between ``<!-- BEGIN generated:NAME -->``
 and ``<!-- END generated:NAME -->`` markers; `kvclaims docs --write` refreshes
@@ -35,7 +36,30 @@ def sections(spec: Spec) -> dict[str, str]:
     states = ["| state | meaning | terminal | protected |", "|---|---|---|---|"]
     for s, doc in lc.states.items():
         states.append(f"| `{s}` | {doc} | {'yes' if s in lc.terminal else ''} | {'yes' if s in lc.protected else ''} |")
-    return {"diagram": f"```mermaid\n{mermaid(spec)}\n```", "obligations": "\n".join(rows), "states": "\n".join(states)}
+    return {
+        "diagram": f"```mermaid\n{mermaid(spec)}\n```",
+        "obligations": "\n".join(rows),
+        "states": "\n".join(states),
+        "modes": _modes(spec),
+    }
+
+
+def _modes(spec: Spec) -> str:
+    """The lowering's modes: which claims each covers, its promise, its bundle beyond the
+    identity obligations every bundle has, and what cannot carry it alone."""
+    low = spec.lowering
+    if low is None:
+        return ""
+    rows = [
+        f"Every bundle includes {', '.join(f'`{i}`' for i in low.identity)}.",
+        "",
+        "| mode | claims it covers | promise | bundle (beyond identity) | cannot rest only on |",
+        "|---|---|---|---|---|",
+    ]
+    for m in low.modes.values():
+        own = ", ".join(f"`{i}`" for i in m.bundle if i not in low.identity)
+        rows.append(f"| `{m.name}` | `{m.when}` | {m.promise} | {own} | {', '.join(m.unsound) or '—'} |")
+    return "\n".join(rows)
 
 
 def _nodes(ids: list[str], shown: int = 3) -> str:

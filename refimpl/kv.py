@@ -17,6 +17,9 @@ from typing import Sequence
 import torch
 
 ROOT_HASH = "0" * 32
+# What names this runtime's cache (RKC-ID-3): KV from tokens and positions (no model
+# weights), blocks named by `block_hash`, one namespace.
+CACHE_IDENTITY = {"model": "kvclaims.refimpl.kv", "hash": "blake2b-128 chain", "namespace": "none"}
 
 
 def block_hash(parent: str, tokens: Sequence[int]) -> str:

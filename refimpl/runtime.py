@@ -14,6 +14,7 @@ from collections import Counter
 from itertools import islice
 from typing import IO, Any, Mapping, Sequence
 
+from kvclaims import __version__
 from kvclaims.claimbook import ClaimBook
 from kvclaims.errors import DuplicateId, GuardRejected, InvalidField, InvalidInput, NoRoom, UnknownId
 from kvclaims.model.claim import Claim
@@ -32,7 +33,7 @@ from kvclaims.model.feasibility import Decision, PoolCounts, decide, outcome
 from kvclaims.model.terms import APPLIED, NOT_APPLIED, PENDING
 from kvclaims.refimpl.claims import Request
 from kvclaims.refimpl.host import HostTier
-from kvclaims.refimpl.kv import ROOT_HASH, block_hash, chain_hashes
+from kvclaims.refimpl.kv import CACHE_IDENTITY, ROOT_HASH, block_hash, chain_hashes
 from kvclaims.refimpl.pool import DevicePool
 from kvclaims.refimpl.sides import DeviceSide, HostSide
 from kvclaims.spec import Spec, load
@@ -89,7 +90,15 @@ class Runtime:
         self.epoch = self.weights = 0
         self.trace = TraceWriter(sink)
         self.trace.emit(
-            "runtime", runtime="refimpl", U=U, B=B, R=R, host_blocks=host_blocks, device=str(self.pool.device)
+            "runtime",
+            runtime="refimpl",
+            version=__version__,
+            U=U,
+            B=B,
+            R=R,
+            host_blocks=host_blocks,
+            device=str(self.pool.device),
+            **CACHE_IDENTITY,
         )
         host = HostSide(self.host, self.pool, self.trace)
         self.book = self.Book(self.spec, self.trace, DeviceSide(self.pool), U=U, R=R, host=host)

@@ -16,7 +16,10 @@ from pathlib import Path
 from kvclaims.errors import KVClaimsError
 from kvclaims.spec.expr import ExprError, names, parse
 
-__all__ = ["Spec", "Lifecycle", "Transition", "Outcome", "Invariant", "Action", "SpecError", "load", "CONTRACT_PATH"]
+__all__ = [
+    "Spec", "Lifecycle", "Transition", "Outcome", "Invariant", "Action", "Mode", "Lowering", "SpecError", "load",
+    "CONTRACT_PATH",
+]  # fmt: skip
 
 CONTRACT_PATH = Path(str(resources.files(__package__).joinpath("contract.toml")))
 
@@ -87,6 +90,33 @@ class Action:
     event_param: str | None = None  # or the param that names it
 
 
+@dataclass(frozen=True)
+class Mode:
+    """A protection mode of the lowering relation (arXiv 2606.01387)."""
+
+    name: str
+    promise: str
+    when: str  # which claims it covers: an expression over CLAIM_TERMS
+    bundle: tuple[str, ...]  # its obligations, the identity ones included
+    unsound: tuple[str, ...]  # mechanisms that can never carry it on their own
+
+
+CLAIM_TERMS = frozenset({"strength", "policy", "ttl_set"})  # the names a mode's `when` reads
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """When a runtime's mode counts as satisfying claims: `[lowering]` of the contract."""
+
+    depths: tuple[str, ...]  # strongest first
+    kinds: tuple[str, ...]
+    mechanisms: tuple[str, ...]
+    identity: tuple[str, ...]
+    acting: frozenset[str]  # evidence from an observational adapter does not count for these
+    classes: dict[str, str]  # class -> its condition, strongest first
+    modes: dict[str, Mode]
+
+
 @dataclass(frozen=True, eq=False)  # hashed by identity: caches key on the loaded spec
 class Spec:
     schema_version: int
@@ -114,6 +144,7 @@ class Spec:
     request_moves: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
     invalidations: tuple[str, ...] = ()  # operator actions that start a new epoch
     weight_changes: tuple[str, ...] = ()  # those after which every block's KV differs
+    lowering: Lowering | None = None
 
     @property
     def outcome_names(self) -> tuple[str, ...]:
@@ -157,6 +188,44 @@ def _lifecycle(raw: dict) -> Lifecycle:
             raise SpecError(f"two transitions for ({t.source}, {t.event})")
         seen.add((t.source, t.event))
     return lc
+
+
+def _lowering(raw: dict) -> Lowering:
+    identity = tuple(raw["identity"])
+    modes = {
+        name: Mode(
+            name,
+            m["promise"],
+            m["when"],
+            tuple(dict.fromkeys((*identity, *m["bundle"]))),
+            tuple(m["unsound"]),
+        )
+        for name, m in raw["modes"].items()
+    }
+    return Lowering(
+        tuple(raw["depths"]),
+        tuple(raw["kinds"]),
+        tuple(raw["mechanisms"]),
+        identity,
+        frozenset(raw["acting"]),
+        dict(raw["classes"]),
+        modes,
+    )
+
+
+def _check_lowering(spec: Spec) -> None:
+    low = spec.lowering
+    if low is None:
+        return
+    cited = {*low.acting, *(oid for m in low.modes.values() for oid in m.bundle)}
+    if cited - set(spec.obligations):
+        raise SpecError(f"lowering cites unknown obligations {sorted(cited - set(spec.obligations))}")
+    for m in low.modes.values():
+        if set(m.unsound) - set(low.mechanisms):
+            raise SpecError(f"mode {m.name!r}: unknown mechanisms {sorted(set(m.unsound) - set(low.mechanisms))}")
+        parse(m.when)
+        if names(m.when) - CLAIM_TERMS - {"True", "False"}:
+            raise SpecError(f"mode {m.name!r}: `when` reads unknown names {sorted(names(m.when) - CLAIM_TERMS)}")
 
 
 def _check_exprs(spec: Spec) -> None:
@@ -219,6 +288,7 @@ def from_dict(raw: dict) -> Spec:
             request_moves={kind: (tuple(sources), dest) for kind, sources, dest in raw["requests"]["moves"]["rows"]},
             invalidations=tuple(raw["invalidation"]["actions"]),
             weight_changes=tuple(raw["invalidation"]["weights"]),
+            lowering=_lowering(raw["lowering"]) if "lowering" in raw else None,
         )
         named = {spec.request_initial, *(s for src, dest in spec.request_moves.values() for s in (*src, dest))}
         if not named <= set(spec.request_statuses):
@@ -234,6 +304,7 @@ def from_dict(raw: dict) -> Spec:
     except (TypeError, ExprError) as exc:
         raise SpecError(str(exc)) from None
     _check_exprs(spec)
+    _check_lowering(spec)
     return spec
 
 

@@ -26,6 +26,7 @@ def traces(server):
     return [server.trace.with_name(server.trace.name.replace("{dp_rank}", str(r))) for r in (0, 1)]
 
 
+@pytest.mark.obligation("RKC-RT-9")
 def test_a_claim_protects_its_prefix_on_every_later_request(server):
     status, made = server.complete(PREFIX + [1], kvclaims_claim="resident")
     assert status == 200 and made["choices"][0]["kvclaims"] == {"claims": {"resident": "materialized"}}
@@ -50,11 +51,13 @@ def test_a_claim_protects_its_prefix_on_every_later_request(server):
         assert replay["usage"]["prompt_tokens_details"]["cached_tokens"] == 60 * 32
 
 
+@pytest.mark.obligation("RKC-RT-9")
 def test_claim_ids_are_unique_across_ranks(server):
     status, err = server.complete(PREFILL[: 8 * 32] + [1], kvclaims_claim="resident")
     assert status == 400 and err["error"]["type"] == "DuplicateId"
 
 
+@pytest.mark.obligation("RKC-RT-9")
 def test_release_reaches_the_owning_rank(server):
     status, answer = server.complete([9], kvclaims_release="resident")
     assert status == 200 and answer["choices"][0]["kvclaims"] == {"claims": {"resident": "released"}}

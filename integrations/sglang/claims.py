@@ -29,6 +29,7 @@ from kvclaims.trace import TraceWriter
 from kvclaims.model.names import EVENT
 from kvclaims.sglang.host import SglangHostSide
 from kvclaims.sglang.radix import RadixPool, Running
+from kvclaims.sglang.standins import PINNED
 
 
 class SglangSide:
@@ -65,7 +66,19 @@ class RadixClaims:
         self.pool = RadixPool(U, B, host_pages=host_blocks)
         self.spec = load_spec()
         self.trace = TraceWriter()
-        self.trace.emit("runtime", runtime="sglang", U=U, B=B, R=R, host_blocks=host_blocks, enforce=enforce)
+        self.trace.emit(
+            "runtime",
+            runtime="sglang",
+            version=PINNED,
+            model="none: SGLang's cache without a model runner",
+            hash="sha256 chain (mem_cache/utils.get_hash_str)",
+            namespace="extra_key",  # SGLang keys a request's LoRA id and cache salt into its tree path
+            U=U,
+            B=B,
+            R=R,
+            host_blocks=host_blocks,
+            enforce=enforce,
+        )
         self.side = SglangSide(self.pool)
         self.book = ClaimBook(self.spec, self.trace, self.side, U=U, R=R, enforce=enforce)
         self.host = SglangHostSide(self, host_blocks) if host_blocks else None

@@ -123,13 +123,16 @@ class VllmHostSide:
         assert not set(keys) & self.manager.pins.keys(), "a pinned host copy was evicted"
 
     # ------------------------------------------------------------------ claims
-    def restore_for(self, request: Request) -> None:
+    def restore_for(self, request: Request) -> set[str]:
         """A load for `request` completed: offloaded claims whose chain its prompt starts
-        with, and whose blocks it loaded, are restored and hold their blocks again."""
+        with, and whose blocks it loaded, are restored and hold their blocks again. Returns
+        the hashes traced as restored."""
         loaded = set(self.connector.loading.pop(request.request_id, ()))
+        restored: set[str] = set()
         for c in self._restorable(request):
             if not loaded.isdisjoint(self._keys(c)):
-                self.restore(c, loaded)
+                restored |= self.restore(c, loaded)
+        return restored
 
     def _restorable(self, request: Request) -> list[Claim]:
         """The offloaded claims `request` would restore: those whose chain its prompt starts
@@ -142,7 +145,7 @@ class VllmHostSide:
             if (only is None or c.id == only) and list(hashes[: len(c.chain)]) == list(book.entries[c.id].key)
         ]
 
-    def restore(self, c: Claim, loaded: set[OffloadKey]) -> None:
+    def restore(self, c: Claim, loaded: set[OffloadKey]) -> set[str]:
         """`c`'s chain is resident again, the blocks of `loaded` copied back from the host
         (each checked against its stored checksum by the worker): `c` is restored and
         holds it, or fails closed if a checksum is not the claim's. Nothing happens while
@@ -150,16 +153,17 @@ class VllmHostSide:
         book, keys = self.sched.book, self._keys(c)
         blocks = self.sched.pool.resident(book.entries[c.id].key)
         if blocks is None or not book.restore_fits(c):
-            return
+            return set()
         arrived = {h: self.manager.digest.get(k, "") for h, k in zip(c.chain, keys)}
         if not book.matches(arrived, c):
             book.end(c, EVENT.fail, reason="checksum_mismatch")
-            return
+            return set()
         restored = [h for h, k in zip(c.chain, keys) if k in loaded]
         self.sched.trace.emit("block_restore", claim=c.id, blocks=restored, tier="device")
         book.fire(c, EVENT.restore, {"arrived": arrived})
         book.hold(c, blocks)
         self.drop(c, EVENT.restore)
+        return set(restored)
 
     def load_failed(self, request: Request, invalid_block_ids: set[int]) -> None:
         """Blocks `request` was loading failed their check: every offloaded claim whose

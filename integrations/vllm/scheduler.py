@@ -113,6 +113,7 @@ class ClaimsScheduler(Scheduler):
     builds the class it is given, so the choice is made here, from the config)."""
 
     tick_per_step = True  # TTLs count engine steps (a test harness may drive the clock itself)
+    _loaded: str | None = None  # the request whose blocks loaded from the host vLLM indexes now
 
     def __new__(cls, vllm_config, *args, **kwargs):
         if vllm_config.scheduler_config.async_scheduling and not issubclass(cls, AsyncScheduler):
@@ -144,6 +145,9 @@ class ClaimsScheduler(Scheduler):
             "runtime",
             runtime="vllm",
             version=vllm_version,
+            model=self.vllm_config.model_config.model,
+            hash=self.hash_algo,
+            namespace="cache_salt",  # vLLM hashes a request's cache_salt into its first block
             U=self.pool.U,
             B=self.block_size,
             R=reserve,
@@ -231,7 +235,8 @@ class ClaimsScheduler(Scheduler):
         if rid not in self.last_cached:
             self.last_cached[rid] = self._whole_prompt_cached(request)
         self._stock_cache_blocks(request, num_computed_tokens)
-        self._sync("lru", request=rid)
+        if rid != self._loaded:
+            self._sync("lru", request=rid)
 
     # ------------------------------------------------------------------ requests
     def add_request(self, request: Request) -> None:
@@ -594,14 +599,15 @@ class ClaimsScheduler(Scheduler):
                 note["claim_refusals"] = refused
         return note
 
-    def _sync(self, reason: str, **store_fields) -> list[str]:
-        """Write vLLM's own KV events since the last call into the trace; returns the hashes
-        stored."""
+    def _sync(self, reason: str, skip: set[str] = frozenset(), **store_fields) -> list[str]:  # type: ignore[assignment]
+        """Write vLLM's own KV events since the last call into the trace (stores but `skip`,
+        traced already as restored); returns the hashes stored."""
         stored, removed = self.pool.drain_events()
         if removed:
             self.trace.emit("block_evict", blocks=removed, tier="device", reason=reason)
-        if stored:
-            self.trace.emit("block_store", blocks=stored, tier="device", **store_fields)
+        computed = [h for h in stored if h not in skip]
+        if computed:
+            self.trace.emit("block_store", blocks=computed, tier="device", **store_fields)
         return stored
 
     # ------------------------------------------------------------------ claims, in process
@@ -726,9 +732,13 @@ class ClaimsScheduler(Scheduler):
         failed = rid in self.failed_recving_kv_req_ids
         if self.host:  # loaded blocks (even those a failed load kept) are restored, not hits
             self.local_hits[rid] = self.host.connector.local.pop(rid, 0) // self.block_size
-        super()._update_waiting_for_remote_kv(request)
-        if self.host and not failed:
-            self.host.restore_for(request)
+        self._loaded = rid  # what vLLM indexes now it loaded: traced as restored, not as computed
+        try:
+            super()._update_waiting_for_remote_kv(request)
+        finally:
+            self._loaded = None
+        restored = self.host.restore_for(request) if self.host and not failed else set()
+        self._sync("lru", skip=restored, request=rid)
 
     def _handle_invalid_blocks(self, invalid_block_ids: set[int], num_scheduled_tokens):
         if self.host:  # a failed restore: the claims owning the chain fail first
@@ -774,8 +784,8 @@ class AsyncClaimsScheduler(ClaimsScheduler, AsyncScheduler):
         self._in_flight: dict[int, list[str]] = {}  # id(scheduler output) -> hashes it indexed
         super().__init__(*args, **kwargs)
 
-    def _sync(self, reason: str, **store_fields) -> list[str]:
-        stored = super()._sync(reason, **store_fields)
+    def _sync(self, reason: str, skip: set[str] = frozenset(), **store_fields) -> list[str]:  # type: ignore[assignment]
+        stored = super()._sync(reason, skip, **store_fields)
         if self._scheduling is not None:
             self._scheduling += stored
         return stored

@@ -24,6 +24,7 @@ COMMANDS = {
     "demo-model": ("kvclaims.cli.demo_model", "build the tiny demo model, with a tokenizer, for vLLM's server"),
     "fuzz": ("kvclaims.cli.fuzz", "run the stateful contract test against a runtime for N steps"),
     "conform": ("kvclaims.cli.conform", "run proofs, litmus and the stateful suite; a verdict per obligation"),
+    "lower": ("kvclaims.cli.lower", "classify runtime/mode lowerings from anchored evidence, fail-closed"),
     "docs": ("kvclaims.cli.docs", "check or refresh the generated sections of README.md and CONTRACT.md"),
     "bench": ("kvclaims.cli.bench", "measure what the contract costs: ratios against baselines, side by side"),
 }

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
+from pathlib import Path
 
 from kvclaims.conformance.adapter import add_runtime_argument
 from kvclaims.conformance.conform import LIFE, SEEDS, STEPS, conform
@@ -22,10 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--life", type=int, help=f"of the steps, those of one long-lived example (default a third, at most {LIFE})"
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--evidence",
+        metavar="DIR",
+        help="also write an evidence bundle there (the report, each litmus trace, a manifest of "
+        "sha256 hashes) for a lowering descriptor to anchor (`kvclaims lower`)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    report = conform(args.runtime, args.steps, args.seed, args.seeds, args.life)
+    traces: dict[str, list[str]] = {}
+    report = conform(args.runtime, args.steps, args.seed, args.seeds, args.life, traces)
+    if args.evidence:
+        write_bundle(Path(args.evidence), report, traces)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
@@ -55,3 +66,20 @@ def _gathered(report: dict) -> str:
         f"{item['steps']} steps in {item['examples']} examples ({item['life_steps']} of them in one long-lived"
         f" example), seeds {', '.join(map(str, item['seeds']))}"
     )
+
+
+def write_bundle(folder: Path, report: dict, traces: dict[str, list[str]]) -> None:
+    """`report.json`, `traces/SCENARIO.jsonl` and `MANIFEST.json` (each file's sha256, the
+    runtime and its version) in `folder`: what a descriptor's ``conformance_run`` or
+    ``trace`` evidence anchors, file and hash."""
+    files = {"report.json": json.dumps(report, indent=2) + "\n"}
+    files |= {f"traces/{name}.jsonl": "".join(line + "\n" for line in lines) for name, lines in traces.items()}
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    manifest = {
+        "runtime": report["runtime_name"],
+        "version": report["runtime_version"],
+        "sha256": {name: hashlib.sha256(text.encode()).hexdigest() for name, text in sorted(files.items())},
+    }
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,237 @@
+"""The fail-closed lowering relation (`kvclaims lower`, `kvclaims.lowering`): soundness on
+generated descriptors, the bad-lowering suite case by case, our own rows re-derived from
+fresh conformance runs, and the identity findings of the checker it relies on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from kvclaims.cli import main
+from kvclaims.cli.conform import write_bundle
+from kvclaims.conformance.checker import check_lines
+from kvclaims.conformance.conform import conform
+from kvclaims.errors import InvalidField
+from kvclaims.lowering import CONFORMANT, classify, classify_file, shipped
+from kvclaims.lowering.descriptor import REPO_ANCHOR, URL_ANCHOR, Descriptor, Evidence, Row, weigh
+from kvclaims.lowering.suite import BAD, run as run_bad_suite
+from kvclaims.spec import load
+
+SPEC = load()
+LOW = SPEC.lowering
+assert LOW is not None
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+ANCHORS = [f"owner/repo@{COMMIT}:src/x.py:12", "https://docs.example.org/kv", "owner/repo@main:src/x.py:1", None, "x"]
+
+
+def _anchored(e: Evidence) -> bool:
+    """The property's own reading of an anchor (not the classifier's code)."""
+    if e.anchor is None:
+        return False
+    return bool(REPO_ANCHOR.match(e.anchor) or (e.kind == "docs" and URL_ANCHOR.match(e.anchor)))
+
+
+@st.composite
+def descriptors(draw):
+    mode = draw(st.sampled_from(sorted(LOW.modes)))
+    bundle = list(LOW.modes[mode].bundle)
+    items = []
+    for i in range(draw(st.integers(0, 6))):
+        items.append(
+            Evidence(
+                id=f"e{i}",
+                kind=draw(st.sampled_from(["source", "docs", "adapter", "patch"])),
+                depth=draw(st.sampled_from(LOW.depths)),
+                version=draw(st.sampled_from(["1", "1", "2"])),
+                supports=draw(st.lists(st.sampled_from(bundle), unique=True)),
+                contradicts=draw(st.lists(st.sampled_from(bundle), max_size=1)),
+                anchor=draw(st.sampled_from(ANCHORS)),
+            )
+        )
+    mechanisms = draw(st.lists(st.sampled_from(LOW.mechanisms), min_size=1, max_size=3, unique=True))
+    return Descriptor("kvclaims.lowering/1", "x", "1", [Row(mode, mechanisms)], items)
+
+
+@given(descriptors())
+@settings(max_examples=300, deadline=None)
+def test_no_row_is_conformant_without_anchored_depth_allowed_evidence_for_its_whole_bundle(d):
+    """Soundness: a conformant class only when every bundle obligation has anchored evidence
+    about the pinned version, from a depth allowed for it, and nothing counted contradicts."""
+    verdict = classify(d, 0, [weigh(e, d.version, Path("."), d.runtime) for e in d.evidence], SPEC)
+    mode = LOW.modes[d.rows[0].mode]
+    good = [e for e in d.evidence if _anchored(e) and e.version == d.version]
+    if verdict.klass in CONFORMANT:
+        assert not set(d.rows[0].mechanisms) <= set(mode.unsound)
+        assert not any(oid in e.contradicts for e in good for oid in mode.bundle)
+        for oid in mode.bundle:
+            assert any(
+                oid in e.supports and not (oid in LOW.acting and e.depth == "observational_adapter") for e in good
+            ), f"{oid} has no anchored, depth-allowed evidence, yet the row is {verdict.klass}"
+    if verdict.klass == "native_conformance":
+        assert all(any(oid in e.supports and e.depth == "native" for e in good) for oid in mode.bundle)
+
+
+def test_the_relation_is_not_vacuous():
+    """A row with native, anchored evidence for its whole bundle is native conformance."""
+    mode = LOW.modes["hard_protected"]
+    e = Evidence("src", "source", "native", "1", supports=list(mode.bundle), anchor=ANCHORS[0])
+    d = Descriptor("kvclaims.lowering/1", "x", "1", [Row("hard_protected", ["claims"])], [e])
+    assert classify(d, 0, [weigh(e, "1", Path("."), "x")], SPEC).klass == "native_conformance"
+
+
+CASES = tomllib.loads((BAD / "cases.toml").read_text())["case"]
+
+
+@pytest.mark.parametrize("name", [c["name"] for c in CASES])
+def test_the_bad_lowering_suite_rejects_each_case_with_its_reason(name):
+    result = next(r for r in run_bad_suite(SPEC) if r.name == name)
+    assert result.passed, (result.got, result.reasons)
+    assert result.got not in CONFORMANT
+
+
+def test_every_bad_trace_case_would_be_conformant_without_its_flaw():
+    """Each trace case declares the whole bundle: only what the checker finds keeps it out."""
+    for case in CASES:
+        d = tomllib.loads((BAD / case["descriptor"]).read_text())
+        for e in d.get("evidence", []):
+            if e["kind"] == "trace":
+                assert set(e["supports"]) == set(LOW.modes[case["mode"]].bundle), case["name"]
+
+
+def test_lower_classifies_every_shipped_descriptor(capsys):
+    assert main(["lower", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    runtimes = {r["runtime"] for r in rows}
+    assert {"refimpl"} <= runtimes and all(r["class"] in LOW.classes for r in rows)
+    assert len(rows) == sum(len(tomllib.loads(p.read_text())["rows"]) for p in shipped())
+    refimpl = {r["mode"]: r["class"] for r in rows if r["runtime"] == "refimpl"}
+    assert refimpl["hard_protected"] == "native_conformance" and refimpl["routed_reuse"] == "approximate"
+
+
+def test_shipped_evidence_files_are_current():
+    """A shipped descriptor's files exist and hash as anchored: nothing counts as absent
+    because the repository moved on (run `kvclaims conform --evidence` again, then rehash)."""
+    for path in shipped():
+        d = tomllib.loads(path.read_text())
+        for e in d.get("evidence", []):
+            if "file" in e and not e["file"].startswith("../"):
+                w = weigh(Evidence(**e), d["version"], path.parent, d["runtime"])
+                assert w.discount is None or not w.discount.startswith(("stale", "unanchored")), (path.name, w.discount)
+
+
+def _rederived(runtime: str, name: str, tmp_path: Path, steps: int) -> dict[str, str]:
+    traces: dict[str, list[str]] = {}
+    report = conform(runtime, steps=steps, seeds=1, traces=traces)
+    folder = tmp_path / "descriptors"
+    shutil.copytree(shipped()[0].parent, folder, ignore=shutil.ignore_patterns("evidence"))
+    write_bundle(folder / "evidence" / name, report, traces)
+    text = (folder / f"{name}.toml").read_text()
+    manifest = json.loads((folder / "evidence" / name / "MANIFEST.json").read_text())
+    for e in tomllib.loads(text)["evidence"]:
+        if e["kind"] == "conformance_run":
+            text = text.replace(e["sha256"], manifest["sha256"]["report.json"])
+    (folder / f"{name}.toml").write_text(text)
+    return {v.mode: v.klass for v in classify_file(folder / f"{name}.toml", SPEC)}
+
+
+def test_our_rows_rederive_from_a_fresh_conformance_run(tmp_path):
+    shipped_rows = {v.mode: v.klass for v in classify_file(shipped()[0].parent / "refimpl.toml", SPEC)}
+    assert _rederived("refimpl", "refimpl", tmp_path, steps=600) == shipped_rows
+
+
+def test_a_malformed_descriptor_names_the_field(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'schema = "kvclaims.lowering/1"\nruntime = "x"\nversion = "1"\n[[rows]]\nmode = "sturdy"\nmechanisms = []\n'
+    )
+    with pytest.raises(InvalidField, match="rows.mode"):
+        classify_file(bad, SPEC)
+    bad.write_text('schema = "kvclaims.lowering/1"\nruntime = "x"\nversion = "1"\nrows = []\ncolour = 1\n')
+    with pytest.raises(InvalidField, match="colour"):
+        classify_file(bad, SPEC)
+    assert main(["lower", str(bad)]) == 2
+
+
+# --- the identity findings the lowering relies on ------------------------------------
+def _trace(*records: dict, identity: bool = True) -> list[str]:
+    head = {"kind": "runtime", "runtime": "t", "B": 1}
+    if identity:
+        head |= {"model": "m", "hash": "h", "namespace": "n"}
+    return [json.dumps({"schema_version": 1, "seq": i, "time": 0, **r}) for i, r in enumerate([head, *records])]
+
+
+SUBMIT = {"kind": "claim_submit", "claim": "c", "blocks": ["h0"], "strength": "hard", "policy": "offload"}
+STORE = {"kind": "block_store", "blocks": ["h0"], "tier": "device"}
+
+
+@pytest.mark.obligation("RKC-ID-1")
+def test_a_claim_event_before_its_registration_is_an_identity_violation():
+    report = check_lines(_trace({"kind": "claim", "claim": "c", "event": "accept"}, SUBMIT))
+    assert [v.kind for v in report.violations] == ["unknown_claim"]
+
+
+@pytest.mark.obligation("RKC-ID-2")
+def test_a_materialization_over_another_chain_is_an_identity_violation():
+    report = check_lines(
+        _trace(
+            SUBMIT,
+            {"kind": "claim", "claim": "c", "event": "accept"},
+            {"kind": "block_store", "blocks": ["h0", "h1"], "tier": "device"},
+            {"kind": "claim", "claim": "c", "event": "materialize", "blocks": ["h1"]},
+        )
+    )
+    assert "chain_changed" in [v.kind for v in report.violations]
+
+
+@pytest.mark.obligation("RKC-ID-3")
+def test_every_runtime_names_its_cache_identity():
+    from kvclaims.conformance.adapter import reference_runtime
+
+    assert check_lines(_trace()).identity == {"model": "m", "B": 1, "hash": "h", "namespace": "n"}
+    assert check_lines(_trace(identity=False)).identity == {"model": None, "B": 1, "hash": None, "namespace": None}
+    identity = check_lines(reference_runtime(U=4, B=2).trace_lines()).identity
+    assert identity is not None and all(identity.values())
+    report = conform("refimpl", steps=200, seeds=1)
+    assert next(o for o in report["obligations"] if o["id"] == "RKC-ID-3")["verdict"] == "conforms"
+
+
+@pytest.mark.obligation("RKC-ID-4")
+def test_a_restore_of_a_block_the_device_holds_is_not_a_restore():
+    offloaded = [
+        SUBMIT,
+        {"kind": "claim", "claim": "c", "event": "accept"},
+        STORE,
+        {"kind": "claim", "claim": "c", "event": "materialize", "blocks": ["h0"]},
+        {"kind": "block_offload", "claim": "c", "blocks": ["h0"], "tier": "host"},
+        {"kind": "claim", "claim": "c", "event": "offload"},
+        {"kind": "block_evict", "blocks": ["h0"], "tier": "device", "reason": "offload"},
+    ]
+    restore = [
+        {"kind": "block_restore", "claim": "c", "blocks": ["h0"], "tier": "device"},
+        {"kind": "claim", "claim": "c", "event": "restore"},
+    ]
+    assert check_lines(_trace(*offloaded, *restore)).ok
+    recomputed = check_lines(_trace(*offloaded, STORE, *restore))
+    assert [v.kind for v in recomputed.violations] == ["restore_of_resident"]
+
+
+@pytest.mark.obligation("RKC-ID-5")
+def test_a_refusal_naming_a_claim_that_did_not_block_is_found():
+    hard = [
+        {"kind": "claim_submit", "claim": "a", "blocks": ["h0"], "strength": "hard", "policy": "refuse"},
+        {"kind": "claim", "claim": "a", "event": "accept"},
+        {"kind": "claim_submit", "claim": "b", "blocks": ["h1"], "strength": "hard", "policy": "refuse"},
+        {"kind": "claim", "claim": "b", "event": "accept"},
+        STORE,
+        {"kind": "claim", "claim": "a", "event": "materialize"},
+        {"kind": "request_submit", "request": "r"},
+    ]
+    refuse = {"kind": "request_refuse", "request": "r", "reason": "refuse_blocked"}
+    assert check_lines(_trace(*hard, {**refuse, "blocking_claims": ["a"]})).ok
+    smeared = check_lines(_trace(*hard, {**refuse, "blocking_claims": ["a", "b"]}))
+    assert [v.kind for v in smeared.violations] == ["refusal_without_attribution"]
