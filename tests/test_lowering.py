@@ -18,7 +18,7 @@ from kvclaims.conformance.checker import check_lines
 from kvclaims.conformance.conform import conform
 from kvclaims.errors import InvalidField
 from kvclaims.lowering import CONFORMANT, classify, classify_file, shipped
-from kvclaims.lowering.descriptor import REPO_ANCHOR, URL_ANCHOR, Descriptor, Evidence, Row, weigh
+from kvclaims.lowering.descriptor import PYPI_ANCHOR, REPO_ANCHOR, URL_ANCHOR, Descriptor, Evidence, Row, weigh
 from kvclaims.lowering.suite import BAD, run as run_bad_suite
 from kvclaims.spec import load
 
@@ -26,14 +26,23 @@ SPEC = load()
 LOW = SPEC.lowering
 assert LOW is not None
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-ANCHORS = [f"owner/repo@{COMMIT}:src/x.py:12", "https://docs.example.org/kv", "owner/repo@main:src/x.py:1", None, "x"]
+ANCHORS = [
+    f"owner/repo@{COMMIT}:src/x.py:12",
+    "https://docs.example.org/kv",
+    "pypi:pkg==1.0#sha256=" + "ab" * 32 + ":pkg/x.py:3",
+    "owner/repo@main:src/x.py:1",
+    "pypi:pkg==1.0:pkg/x.py:3",
+    None,
+    "x",
+]
 
 
 def _anchored(e: Evidence) -> bool:
     """The property's own reading of an anchor (not the classifier's code)."""
     if e.anchor is None:
         return False
-    return bool(REPO_ANCHOR.match(e.anchor) or (e.kind == "docs" and URL_ANCHOR.match(e.anchor)))
+    pinned = REPO_ANCHOR.match(e.anchor) or PYPI_ANCHOR.match(e.anchor)
+    return bool(pinned or (e.kind == "docs" and URL_ANCHOR.match(e.anchor)))
 
 
 @st.composite

@@ -25,6 +25,8 @@ SCHEMA = "kvclaims.lowering/1"
 # owner/repo@<full commit>:path:line — a place in a pinned tree anyone can check out.
 REPO_ANCHOR = re.compile(r"^[\w.-]+/[\w.-]+@[0-9a-f]{40}:[^:\s]+:\d+(-\d+)?$")
 URL_ANCHOR = re.compile(r"^https://\S+$")
+# pypi:name==version#sha256=<wheel's>:path:line — a place in a published wheel, pinned by its hash.
+PYPI_ANCHOR = re.compile(r"^pypi:[\w.-]+==[\w.+!-]+#sha256=[0-9a-f]{64}:[^:\s]+:\d+(-\d+)?$")
 IDENTITY_ID = "RKC-ID-3"  # a trace supports it only if its runtime record names the cache identity
 
 
@@ -35,7 +37,7 @@ class Evidence(msgspec.Struct, forbid_unknown_fields=True):
     version: str  # the runtime version it is about
     supports: list[str] = []
     contradicts: list[str] = []
-    anchor: str | None = None  # owner/repo@commit:path:line, or an https URL (docs)
+    anchor: str | None = None  # owner/repo@commit:path:line, pypi:name==v#sha256=…:path:line, or an https URL (docs)
     file: str | None = None  # relative to the descriptor, with its sha256
     sha256: str | None = None
     note: str = ""
@@ -119,8 +121,7 @@ def weigh(e: Evidence, version: str, base: Path, runtime: str) -> Weighed:
         verdicts = {o["id"]: o["verdict"] for o in report.get("obligations", [])}
         supports = {oid for oid, v in verdicts.items() if v == "conforms"}
         contradicts = {oid for oid, v in verdicts.items() if v == "violated"}
-    elif discount is None and e.kind == "trace":
-        assert e.file is not None, "_anchoring requires a file for a trace"
+    elif discount is None and e.kind == "trace" and e.file is not None:  # (one pinned elsewhere is taken as declared)
         supports, contradicts = _checked(base / e.file, supports, contradicts)
     return Weighed(e, frozenset(supports), frozenset(contradicts), discount)
 
@@ -147,12 +148,12 @@ def _anchoring(e: Evidence, base: Path) -> str | None:
             return f"unanchored: {e.file} has no sha256"
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         return None if digest == e.sha256 else f"stale: {e.file} has sha256 {digest[:12]}…, not {e.sha256[:12]}…"
-    if e.kind == "conformance_run" or e.kind == "trace":
-        return f"unanchored: a {e.kind} is a file with its sha256"
+    if e.kind == "conformance_run":
+        return "unanchored: a conformance run is its report file, with its sha256"
     if e.anchor is None:
         return "unanchored: no anchor"
-    if REPO_ANCHOR.match(e.anchor) or (e.kind == "docs" and URL_ANCHOR.match(e.anchor)):
+    if REPO_ANCHOR.match(e.anchor) or PYPI_ANCHOR.match(e.anchor) or (e.kind == "docs" and URL_ANCHOR.match(e.anchor)):
         return None
-    return f"unanchored: {e.anchor!r} is not owner/repo@<40-hex commit>:path:line" + (
-        " or an https URL" if e.kind == "docs" else ""
+    return f"unanchored: {e.anchor!r} is neither owner/repo@<40-hex commit>:path:line nor a pinned wheel" + (
+        " nor an https URL" if e.kind == "docs" else ""
     )
