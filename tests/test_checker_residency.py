@@ -143,12 +143,17 @@ def test_claim_materializing_over_an_evicted_block():
 
 @pytest.mark.obligation("RKC-TR-9")
 def test_claim_materializing_over_a_never_stored_block():
-    """RKC-TR-9: the chain is the claim_submit's `blocks`, never what the claim record says."""
+    """RKC-TR-9: the chain is the claim_submit's `blocks`, never what the claim record says;
+    a claim record that names another chain is itself a finding (`chain_changed`)."""
     t = stored(H1)
     t.emit("claim_submit", claim="c", blocks=[H1, H2])
     t.emit("claim", claim="c", event="accept")
-    t.emit("claim", claim="c", event="materialize", blocks=[H1])
+    t.emit("claim", claim="c", event="materialize")
     only_phantom(check(t), 8, H2, "never stored")
+    t.emit("claim_submit", claim="d", blocks=[H1, H2])
+    t.emit("claim", claim="d", event="accept")
+    t.emit("claim", claim="d", event="materialize", blocks=[H1])
+    assert kinds(check(t))[1:] == ["chain_changed", "phantom_block"]
 
 
 def offloaded(evict_host: bool = False) -> TraceWriter:
@@ -185,7 +190,8 @@ def test_restore_from_a_host_block_never_offloaded():
     assert kinds(r) == ["phantom_block"] * 2 and "'offload' needs" in r.violations[0].message
     t.emit("block_restore", claim="c", blocks=[H1], tier="device")
     r = check(t)
-    assert kinds(r)[2:] == ["phantom_block"] and r.violations[2].line == 10
+    # (H1 never left the device either: a copy into a tier that holds it is no restore, RKC-ID-4)
+    assert kinds(r)[2:] == ["phantom_block", "restore_of_resident"] and r.violations[2].line == 10
     assert "block_restore for claim 'c' copies" in r.violations[2].message
     assert "not resident on host" in r.violations[2].message
 
@@ -325,6 +331,9 @@ def test_refimpl_decoding_across_a_reset_writes_a_clean_trace():
 
 
 # ---------------------------------------------------------------------- RKC-TR-3: required fields
+ILL_TYPED = {str: ["", 7, ["r"]], int: ["7", ["r"]], list: ["", 7]}
+
+
 def valid(kind: str) -> dict:
     """A record of `kind` with each required field well typed and non-empty."""
     sample = {str: "x", list: [], bool: True}
@@ -400,13 +409,15 @@ def test_string_lists_hold_no_empty_string(name):
 
 
 @pytest.mark.obligation("RKC-TR-3")
-@pytest.mark.parametrize("kind,name", [(k, n) for k, fields in OPTIONAL.items() for n in fields])
-@pytest.mark.parametrize("bad", ["", 7, ["r"]])
+@pytest.mark.parametrize(
+    "kind,name,bad",
+    [(k, n, bad) for k, fields in OPTIONAL.items() for n, typ in fields.items() for bad in ILL_TYPED[typ]],
+)
 def test_optional_fields_the_checker_reads_are_well_typed(kind, name, bad):
-    """RKC-TR-3: an optional field the checker reads (block_store's request) is, when given,
-    a non-empty string; null reads as absent."""
+    """RKC-TR-3: an optional field the checker reads (block_store's request, the runtime's
+    cache identity) is, when given, of its type (a string non-empty); null reads as absent."""
     r = check_lines(with_record(kind, **{**valid(kind), name: bad}))
-    assert kinds(r) == ["malformed_line"] and f"field {name!r}" in r.violations[0].message
+    assert kinds(r)[:1] == ["malformed_line"] and f"field {name!r}" in r.violations[0].message
 
 
 @pytest.mark.obligation("RKC-TR-7")

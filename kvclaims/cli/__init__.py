@@ -20,7 +20,7 @@ COMMANDS = {
     "check": ("kvclaims.cli.check", "check a JSONL event trace against the contract"),
     "litmus": ("kvclaims.cli.litmus", "run the litmus suite against a runtime"),
     "rejections": ("kvclaims.cli.rejections", "run the bad-input scenarios: the same typed error, nothing changed"),
-    "probe": ("kvclaims.cli.probe", "run the paper's probe on a real vLLM engine, four ways"),
+    "probe": ("kvclaims.cli.probe", "run the paper's probe on a real runtime, or sweep it over usable pool sizes"),
     "demo-model": ("kvclaims.cli.demo_model", "build the tiny demo model, with a tokenizer, for vLLM's server"),
     "fuzz": ("kvclaims.cli.fuzz", "run the stateful contract test against a runtime for N steps"),
     "conform": ("kvclaims.cli.conform", "run proofs, litmus and the stateful suite; a verdict per obligation"),
