@@ -253,8 +253,15 @@ TABLE: dict[str, Run | Serve | CI | Quickstart | GpuForm] = {
         check=_trace_clean,
     ),
     "kvclaims check --format kv-residency --bundle offloadable tests/data/kvresidency/offload_restore.jsonl": Run(
-        ("kvclaims", "check", "--format", "kv-residency", "--bundle", "offloadable",
-         "tests/data/kvresidency/offload_restore.jsonl"),
+        (
+            "kvclaims",
+            "check",
+            "--format",
+            "kv-residency",
+            "--bundle",
+            "offloadable",
+            "tests/data/kvresidency/offload_restore.jsonl",
+        ),
         timeout=60,
         rc=1,
         why="the doc's example: a restore with no failure outcome is not offloadable evidence",
