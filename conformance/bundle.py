@@ -37,6 +37,7 @@ class Facts:
     failed_copies: int  # claims failed closed by a copy that did not verify
     losses: int  # claim events that give blocks up, emitted first (the spec's loss events)
     blocked_refusals: int
+    early_refusals: int  # of those, before the request was admitted (not at a later boundary)
     outcomes_name_claim: bool
 
 
@@ -82,7 +83,7 @@ EXERCISED: dict[str, Rule] = {
     "RKC-RT-1": _need(lambda f: f.losses > 0, "no claim gives blocks up through its event"),
     "RKC-RT-2": _need(lambda f: f.failed_copies > 0, "no copy that failed its check fails its claim closed"),
     "RKC-INV-1": _need(lambda f: f.materialized > 0, "no claim materializes"),
-    "RKC-RT-3": _need(lambda f: f.blocked_refusals > 0, "no claim-blocked refusal"),
+    "RKC-RT-3": _need(lambda f: f.early_refusals > 0, "no claim-blocked refusal before admission (a later one is not)"),
     "RKC-TR-4": _need(lambda f: f.blocked_refusals > 0, "no claim-blocked refusal"),
 }
 # The obligations a trace speaks to at all: those, and what the checker checks.
@@ -96,13 +97,13 @@ def judge(
     """The trace (its checker `report` and `records` in our format; `imported` for theirs) as
     evidence for `mode`'s bundle."""
     assert spec.lowering is not None, "the contract has a [lowering] section"
-    facts = _facts(report, [r for r in records if isinstance(r, dict)], spec, imported)
+    shown = facts(report, [r for r in records if isinstance(r, dict)], spec, imported)
     violated = {OBLIGATION_OF.get(v.kind, "RKC-TR-3") for v in report.violations}
     m, v = spec.lowering.modes[mode], BundleVerdict(mode)
     for oid in m.bundle:
-        why = HOLDS[oid](facts) if oid in HOLDS else None
+        why = HOLDS[oid](shown) if oid in HOLDS else None
         if why is None and oid in m.exercised:
-            why = EXERCISED[oid](facts)
+            why = EXERCISED[oid](shown)
         if oid in violated:
             v.violated.append(oid)
         elif oid not in SHOWN:
@@ -114,11 +115,19 @@ def judge(
     return v
 
 
-def _facts(report: Report, records: list[dict], spec: Spec, imported: Imported | None) -> Facts:
+def facts(report: Report, records: list[dict], spec: Spec, imported: Imported | None = None) -> Facts:
+    """What a trace (its checker `report` and our-format `records`; `imported`: the paper's
+    import, whose identity facts it reads) shows."""
     kinds = Counter(v.kind for v in report.violations)
     events = [r for r in records if r.get("kind") == "claim"]
     count = Counter(r.get("event") for r in events)
     ident = imported.identity if imported else None
+    blocked, admitted = [], set()  # claim-blocked refusals; requests ever admitted (a refusal ends one)
+    for r in records:
+        if r.get("kind") == "request_admit":
+            admitted.add(r.get("request"))
+        elif r.get("kind") == "request_refuse" and r.get("reason") == "refuse_blocked":
+            blocked.append(r)
     return Facts(
         claims=sum(r.get("kind") == "claim_submit" for r in records),
         materialized=count[EVENT.materialize],
@@ -131,9 +140,8 @@ def _facts(report: Report, records: list[dict], spec: Spec, imported: Imported |
         if ident
         else sum(r.get("event") == EVENT.fail and r.get("reason") in FAILED_COPY for r in events),
         losses=sum(count[e] for e in spec.lifecycle.loss_events),
-        blocked_refusals=sum(
-            r.get("kind") == "request_refuse" and r.get("reason") == "refuse_blocked" for r in records
-        ),
+        blocked_refusals=len(blocked),
+        early_refusals=sum(r.get("request") not in admitted for r in blocked),
         outcomes_name_claim=not kinds["refusal_without_attribution"]
         and (ident is None or ident.failures_name_same_claim),
     )

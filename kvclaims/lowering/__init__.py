@@ -23,7 +23,7 @@ and none is contradicted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ def classify(d: Descriptor, index: int, weighed: list[Weighed], spec: Spec) -> V
     v.reasons = [f"evidence {w.item.id!r} does not count: {w.discount}" for w in weighed if w.discount]
     counted = [w for w in weighed if w.discount is None]
     v.contradicted = [oid for oid in mode.bundle if any(oid in w.contradicts for w in counted)]
+    counted = [_exercised(w, mode.exercised) for w in counted]
     depths = {oid: _best_depth(oid, counted, spec) for oid in mode.bundle}
     v.missing = [oid for oid, depth in depths.items() if depth is None]
     for oid in v.missing:
@@ -103,6 +104,18 @@ def classify(d: Descriptor, index: int, weighed: list[Weighed], spec: Spec) -> V
     elif len(v.missing) < len(mode.bundle):
         v.klass = "approximate"
     return v
+
+
+def _exercised(w: Weighed, required: tuple[str, ...]) -> Weighed:
+    """A trace supports an obligation the row's mode requires a trace to exercise only if it
+    does (`kvclaims.conformance.bundle.EXERCISED`: a refusal at a later boundary is no
+    refusal before admission)."""
+    if w.shows is None:
+        return w
+    from kvclaims.conformance.bundle import EXERCISED
+
+    unshown = {oid for oid in required if EXERCISED[oid](w.shows) is not None}
+    return replace(w, supports=w.supports - unshown)
 
 
 def _best_depth(oid: str, counted: list[Weighed], spec: Spec) -> str | None:

@@ -15,6 +15,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -27,7 +28,6 @@ REPO_ANCHOR = re.compile(r"^[\w.-]+/[\w.-]+@[0-9a-f]{40}:[^:\s]+:\d+(-\d+)?$")
 URL_ANCHOR = re.compile(r"^https://\S+$")
 # pypi:name==version#sha256=<wheel's>:path:line — a place in a published wheel, pinned by its hash.
 PYPI_ANCHOR = re.compile(r"^pypi:[\w.-]+==[\w.+!-]+#sha256=[0-9a-f]{64}:[^:\s]+:\d+(-\d+)?$")
-IDENTITY_ID = "RKC-ID-3"  # a trace supports it only if its runtime record names the cache identity
 
 
 class Evidence(msgspec.Struct, forbid_unknown_fields=True):
@@ -68,6 +68,7 @@ class Weighed:
     supports: frozenset[str]
     contradicts: frozenset[str]
     discount: str | None  # "unanchored", "stale: ...", "wrong version ..."; None: it counts
+    shows: Any = None  # a trace's `bundle.Facts`: what a mode's row may require it to exercise
 
 
 def load(path: Path, low: Lowering, obligations: set[str]) -> tuple[Descriptor, list[Weighed]]:
@@ -122,20 +123,29 @@ def weigh(e: Evidence, version: str, base: Path, runtime: str) -> Weighed:
         supports = {oid for oid, v in verdicts.items() if v == "conforms"}
         contradicts = {oid for oid, v in verdicts.items() if v == "violated"}
     elif discount is None and e.kind == "trace" and e.file is not None:  # (one pinned elsewhere is taken as declared)
-        supports, contradicts = _checked(base / e.file, supports, contradicts)
+        supports, contradicts, shows = _checked(base / e.file, supports, contradicts)
+        return Weighed(e, frozenset(supports), frozenset(contradicts), discount, shows)
     return Weighed(e, frozenset(supports), frozenset(contradicts), discount)
 
 
-def _checked(path: Path, supports: set[str], contradicts: set[str]) -> tuple[set[str], set[str]]:
-    """A trace supports what it was declared to only where our checker finds it holding: each
-    violation contradicts its obligation, and a trace naming no cache identity cannot
-    support RKC-ID-3."""
-    from kvclaims.conformance.checker import OBLIGATION_OF, check_file
+def _checked(path: Path, supports: set[str], contradicts: set[str]) -> tuple[set[str], set[str], Any]:
+    """A trace supports what it was declared to only where our checker finds it holding
+    (`kvclaims.conformance.bundle`: a trace naming no cache identity cannot support
+    RKC-ID-3); each violation contradicts its obligation. Also returns what it shows, for
+    a row whose mode requires a trace to exercise some obligations (a refusal before
+    admission, for RKC-RT-3)."""
+    from kvclaims.conformance.bundle import HOLDS, facts
+    from kvclaims.conformance.checker import OBLIGATION_OF, check_lines
+    from kvclaims.spec import load
+    from kvclaims.trace import file_lines, read_lines
 
-    report = check_file(str(path))
+    with open(path, "rb") as fh:
+        lines = list(file_lines(fh))
+    report = check_lines(lines)
+    shown = facts(report, [rec for _, rec in read_lines(lines) if isinstance(rec, dict)], load())
     violated = {OBLIGATION_OF.get(v.kind, "RKC-TR-3") for v in report.violations}
-    named = report.identity is not None and all(v not in (None, "") for v in report.identity.values())
-    return supports - violated - (set() if named else {IDENTITY_ID}), contradicts | violated
+    unheld = {oid for oid, rule in HOLDS.items() if rule(shown) is not None}
+    return supports - violated - unheld, contradicts | violated, shown
 
 
 def _anchoring(e: Evidence, base: Path) -> str | None:
