@@ -22,6 +22,7 @@ from kvclaims.conformance.checker import OBLIGATION_OF, Report
 from kvclaims.conformance.kvresidency import Imported
 from kvclaims.model.names import EVENT
 from kvclaims.spec import Spec
+from kvclaims.spec.expr import evaluate
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class Facts:
     blocked_refusals: int
     early_refusals: int  # of those, before the request was admitted (not at a later boundary)
     outcomes_name_claim: bool
+    terms: tuple[
+        dict[str, Any], ...
+    ] = ()  # each claim's terms as a mode's `when` reads them, where the trace gives them
 
 
 @dataclass
@@ -100,6 +104,8 @@ def judge(
     shown = facts(report, [r for r in records if isinstance(r, dict)], spec, imported)
     violated = {OBLIGATION_OF.get(v.kind, "RKC-TR-3") for v in report.violations}
     m, v = spec.lowering.modes[mode], BundleVerdict(mode)
+    if shown.terms and not any(evaluate(m.when, t) for t in shown.terms):
+        v.missing["RKC-ID-1"] = f"no claim this mode covers ({m.when})"
     for oid in m.bundle:
         why = HOLDS[oid](shown) if oid in HOLDS else None
         if why is None and oid in m.exercised:
@@ -109,8 +115,8 @@ def judge(
         elif oid not in SHOWN:
             v.not_shown.append(oid)
         elif why is not None:
-            v.missing[oid] = why
-        else:
+            v.missing.setdefault(oid, why)
+        elif oid not in v.missing:
             v.shown.append(oid)
     return v
 
@@ -142,9 +148,19 @@ def facts(report: Report, records: list[dict], spec: Spec, imported: Imported | 
         losses=sum(count[e] for e in spec.lifecycle.loss_events),
         blocked_refusals=len(blocked),
         early_refusals=sum(r.get("request") not in admitted for r in blocked),
+        terms=tuple(_terms(r) for r in records if r.get("kind") == "claim_submit" and r.get("strength")),
         outcomes_name_claim=not kinds["refusal_without_attribution"]
         and (ident is None or ident.failures_name_same_claim),
     )
+
+
+def _terms(submit: dict) -> dict[str, Any]:
+    """A claim_submit's terms, named as the spec's `when` expressions read them."""
+    return {
+        "strength": submit.get("strength"),
+        "policy": submit.get("policy"),
+        "ttl_set": submit.get("ttl") is not None,
+    }
 
 
 def _cache_named(report: Report, imported: Imported | None) -> str | None:

@@ -118,6 +118,7 @@ def conform(
         "runtime": runtime,
         "runtime_name": header.get("runtime"),
         "runtime_version": header.get("version"),
+        "enforces_claims": header.get("enforce", True),  # false: claims only witnessed (a stock runtime)
         "identity": {f: header.get(f) for f in IDENTITY},
         "conforms": all(o["verdict"] in ("conforms", "not applicable") for o in obligations),
         "obligations": obligations,

@@ -341,7 +341,7 @@ def _chains(entries: list[tuple[int, dict[str, Any] | BadLine]]) -> dict[str, di
 def _victim(imp: _Import, line: int, ev: dict[str, Any], time: int) -> None:
     imp.request(line, ev, time, admit=True)
     imp.derive("tier", _TIER_WHY, line)
-    if ev["victim_reason"] == CACHED and ev["block_hash"] is not None:
+    if ev["victim_reason"] == CACHED and ev.get("block_hash") is not None:
         imp.emit(line, time, "block_evict", blocks=[ev["block_hash"]], tier=DEVICE, reason=CACHED)
     elif ev["victim_reason"] == CACHED:
         imp.unknown("evicted block", "a cached_prefix_reuse victim with no block_hash: its loss is not checked", line)
@@ -352,7 +352,7 @@ def _victim(imp: _Import, line: int, ev: dict[str, Any], time: int) -> None:
 def _block(imp: _Import, line: int, ev: dict[str, Any], time: int) -> None:
     rid = imp.request(line, ev, time)
     imp.derive("tier", _TIER_WHY, line)
-    if ev["block_hash"] is None:
+    if ev.get("block_hash") is None:  # (optional: absent or null)
         return imp.unknown("stored block", "a resident_block_materialized with no block_hash", line)
     imp.emit(line, time, "block_store", blocks=[ev["block_hash"]], tier=DEVICE, request=rid)
 

@@ -114,6 +114,7 @@ class Lowering:
     mechanisms: tuple[str, ...]
     identity: tuple[str, ...]
     acting: frozenset[str]  # evidence from an observational adapter does not count for these
+    read: frozenset[str]  # only evidence read here (a trace, a conformance run) counts for these
     classes: dict[str, str]  # class -> its condition, strongest first
     modes: dict[str, Mode]
 
@@ -210,6 +211,7 @@ def _lowering(raw: dict) -> Lowering:
         tuple(raw["mechanisms"]),
         identity,
         frozenset(raw["acting"]),
+        frozenset(raw["read"]),
         dict(raw["classes"]),
         modes,
     )
@@ -219,7 +221,7 @@ def _check_lowering(spec: Spec) -> None:
     low = spec.lowering
     if low is None:
         return
-    cited = {*low.acting, *(oid for m in low.modes.values() for oid in m.bundle)}
+    cited = {*low.acting, *low.read, *(oid for m in low.modes.values() for oid in m.bundle)}
     if cited - set(spec.obligations):
         raise SpecError(f"lowering cites unknown obligations {sorted(cited - set(spec.obligations))}")
     for m in low.modes.values():

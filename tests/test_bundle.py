@@ -16,7 +16,7 @@ from kvclaims.spec import load
 from kvclaims.lowering.suite import BAD
 from kvclaims.model.names import POLICY, STATE
 
-from tests.test_kvresidency import DATA, PAPER, needs_paper
+from test_kvresidency import DATA, PAPER, needs_paper
 
 OFFLOAD = PAPER / "artifacts" / "offload_lifecycle"
 
@@ -114,3 +114,27 @@ def test_an_unknown_mode_is_refused():
 def test_what_a_mode_exercises_is_what_a_trace_can_show():
     for mode in load().lowering.modes.values():
         assert set(mode.exercised) <= set(EXERCISED), mode.name
+
+
+def test_a_mode_needs_a_claim_it_covers(tmp_path, capsys):
+    """A trace of soft claims only is no evidence for `expiring` (claims with a TTL)."""
+    rt = reference_runtime(U=8, B=4)
+    rt.submit_claim("s", list(range(8)), strength="soft")
+    rt.submit_request("w", list(range(8)))
+    rt.finish("w")
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(line + "\n" for line in rt.trace_lines()))
+    _, verdict = judged(capsys, "--bundle", "expiring", str(trace))
+    assert verdict["missing"]["RKC-ID-1"].startswith("no claim this mode covers")
+
+
+def test_a_kv_residency_block_with_no_hash_is_unknown_not_a_crash(tmp_path, capsys):
+    base = {"schema_version": 1, "run_id": "r", "request_id": "q"}
+    lines = [
+        {**base, "timestamp_ns": 1, "event": "allocation_victim_selected", "victim_reason": "cached_prefix_reuse"},
+        {**base, "timestamp_ns": 2, "event": "resident_block_materialized", "logical_block_position": 0},
+    ]
+    trace = tmp_path / "k.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["check", "--format", "kv-residency", str(trace)]) == 0
+    assert "no block_hash" in capsys.readouterr().out

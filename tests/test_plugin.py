@@ -59,7 +59,7 @@ def test_conform_reports_every_obligation():
         e["steps"] >= 500 and e["examples"] > 0 and e["seeds"] == [0, 1, 2] for e in stateful
     )
     server_only = {o["id"] for o in report["obligations"] if {e["kind"] for e in o["evidence"]} == {"server"}}
-    assert server_only == {"RKC-SEC-1", "RKC-SEC-2"}  # tenancy: checked through the vLLM server
+    assert server_only == {"RKC-SEC-1", "RKC-SEC-2", "RKC-RT-9"}  # tenancy, routing: through the vLLM server
     assert all(
         o["evidence"] and o["verdict"] == ("not applicable" if o["id"] in server_only else "conforms")
         for o in report["obligations"]

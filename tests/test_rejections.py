@@ -145,7 +145,9 @@ def test_conform_attributes_a_failure_to_rkc_rt_4(no_proofs_nor_fuzz, capsys):
     bad = [e for e in ob["evidence"] if e["result"] == "failed"]
     assert [(e["kind"], e["name"]) for e in bad] == [("rejection", "claim_prefix_not_whole_blocks")]
     assert bad[0]["violation"].startswith("accepted; expected InvalidField; changed the trace")
-    assert conform_cli.run(Namespace(runtime=runtime, steps=1, seed=0, seeds=1, life=None, json=False)) == 1
+    assert (
+        conform_cli.run(Namespace(runtime=runtime, steps=1, seed=0, seeds=1, life=None, json=False, evidence=None)) == 1
+    )
     out = capsys.readouterr().out
     assert "RKC-RT-4 violated by rejection claim_prefix_not_whole_blocks: accepted; expected InvalidField" in out
 

@@ -156,3 +156,13 @@ def test_regression_nothing_is_restored_for_a_request_that_must_wait():
     state.junk_for_request(admit=None, request=pressing, tokens=[])
     state.host_roundtrip(blocks=1, family=0, fault=None, strength="hard")
     state.teardown()
+
+
+def test_sglang_prints_nothing_of_its_own_when_an_allocation_waits(capfd):
+    """SGLang prints its whole tree before "out of memory" (its Rust core, to fd 1): muted, or
+    `kvclaims fuzz --runtime sglang --json` would not parse."""
+    rt = SglangAdapter(U=2, B=B)
+    rt.submit_request("a", tokens(2, 1, B))
+    capfd.readouterr()
+    assert rt.submit_request("b", tokens(2, 2, B)).outcome == "wait"
+    assert capfd.readouterr().out == ""

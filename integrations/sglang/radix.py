@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import sys
 from array import array
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
@@ -210,7 +212,7 @@ class RadixPool:
         )
         holds_row = req.kv.holds_kv
         try:
-            with _quiet(logging.getLogger("sglang.srt.mem_cache.allocation")), redirect_stdout(io.StringIO()):
+            with _quiet(logging.getLogger("sglang.srt.mem_cache.allocation")), _no_stdout():
                 out, _, _ = alloc_for_extend(batch)
         except RuntimeError:
             if req.kv.req_pool_idx is not None and not holds_row:
@@ -310,6 +312,22 @@ def _quiet(log: logging.Logger) -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
+
+
+@contextmanager
+def _no_stdout() -> Iterator[None]:
+    """SGLang prints its whole tree before an "out of memory" (the Rust tree core writes to the
+    process's stdout, fd 1, past Python's `sys.stdout`): both are muted, or `--json` output
+    would carry it."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null, redirect_stdout(io.StringIO()):
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class _Batch:

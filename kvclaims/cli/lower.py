@@ -51,6 +51,9 @@ def _why(v: Verdict, shown: int = 4) -> str:
         return v.reasons[0]
     if not v.missing:
         return "—"
+    discounted = [r for r in v.reasons if "does not count" in r]
+    if v.klass == "unknown" and discounted:
+        return discounted[0] + (f" (+{len(discounted) - 1} more)" if len(discounted) > 1 else "")
     more = f" (+{len(v.missing) - shown} more)" if len(v.missing) > shown else ""
     return "missing " + ", ".join(v.missing[:shown]) + more
 

@@ -23,7 +23,7 @@ and none is contradicted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from kvclaims.lowering.descriptor import Descriptor, Weighed, load
 from kvclaims.spec import Spec
 
 CONFORMANT = ("native_conformance", "adapter_policy", "adapter_observational")
+READ_HERE = ("conformance_run", "trace")  # evidence kinds read here, not taken at a descriptor's word
 CLASS_OF_DEPTH = {
     "native": "native_conformance",
     "patch": "adapter_policy",
@@ -82,15 +83,16 @@ def classify(d: Descriptor, index: int, weighed: list[Weighed], spec: Spec) -> V
     v.reasons = [f"evidence {w.item.id!r} does not count: {w.discount}" for w in weighed if w.discount]
     counted = [w for w in weighed if w.discount is None]
     v.contradicted = [oid for oid in mode.bundle if any(oid in w.contradicts for w in counted)]
-    counted = [_exercised(w, mode.exercised) for w in counted]
     depths = {oid: _best_depth(oid, counted, spec) for oid in mode.bundle}
     v.missing = [oid for oid, depth in depths.items() if depth is None]
     for oid in v.missing:
-        ignored = [w.item.id for w in counted if oid in w.supports]
+        ignored = ", ".join(w.item.id for w in counted if oid in w.supports)
         v.reasons.append(
-            f"{oid}: only an observational adapter's evidence ({', '.join(ignored)}), and the runtime must act on it"
-            if ignored
-            else f"{oid}: no counted evidence supports it"
+            f"{oid}: no counted evidence supports it"
+            if not ignored
+            else f"{oid}: only declared evidence ({ignored}); only a trace or a run read here can show it"
+            if oid in low.read
+            else f"{oid}: only an observational adapter's evidence ({ignored}), and the runtime must act on it"
         )
     if row.mechanisms and set(row.mechanisms) <= set(mode.unsound):
         v.klass = "rejected"
@@ -106,18 +108,6 @@ def classify(d: Descriptor, index: int, weighed: list[Weighed], spec: Spec) -> V
     return v
 
 
-def _exercised(w: Weighed, required: tuple[str, ...]) -> Weighed:
-    """A trace supports an obligation the row's mode requires a trace to exercise only if it
-    does (`kvclaims.conformance.bundle.EXERCISED`: a refusal at a later boundary is no
-    refusal before admission)."""
-    if w.shows is None:
-        return w
-    from kvclaims.conformance.bundle import EXERCISED
-
-    unshown = {oid for oid in required if EXERCISED[oid](w.shows) is not None}
-    return replace(w, supports=w.supports - unshown)
-
-
 def _best_depth(oid: str, counted: list[Weighed], spec: Spec) -> str | None:
     """The strongest depth of counted evidence supporting `oid` that may establish it."""
     low = spec.lowering
@@ -125,7 +115,9 @@ def _best_depth(oid: str, counted: list[Weighed], spec: Spec) -> str | None:
     allowed = [
         w.item.depth
         for w in counted
-        if oid in w.supports and not (oid in low.acting and w.item.depth == "observational_adapter")
+        if oid in w.supports
+        and not (oid in low.acting and w.item.depth == "observational_adapter")
+        and not (oid in low.read and w.item.kind not in READ_HERE)
     ]
     return min(allowed, key=low.depths.index) if allowed else None
 

@@ -15,7 +15,6 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -25,6 +24,7 @@ from kvclaims.spec import Lowering
 SCHEMA = "kvclaims.lowering/1"
 # owner/repo@<full commit>:path:line — a place in a pinned tree anyone can check out.
 REPO_ANCHOR = re.compile(r"^[\w.-]+/[\w.-]+@[0-9a-f]{40}:[^:\s]+:\d+(-\d+)?$")
+TRACE_FORMATS = ("ours", "kv-residency")
 URL_ANCHOR = re.compile(r"^https://\S+$")
 # pypi:name==version#sha256=<wheel's>:path:line — a place in a published wheel, pinned by its hash.
 PYPI_ANCHOR = re.compile(r"^pypi:[\w.-]+==[\w.+!-]+#sha256=[0-9a-f]{64}:[^:\s]+:\d+(-\d+)?$")
@@ -40,6 +40,7 @@ class Evidence(msgspec.Struct, forbid_unknown_fields=True):
     anchor: str | None = None  # owner/repo@commit:path:line, pypi:name==v#sha256=…:path:line, or an https URL (docs)
     file: str | None = None  # relative to the descriptor, with its sha256
     sha256: str | None = None
+    format: str = "ours"  # a trace's: ours (spec/TRACE.md) or kv-residency (the paper's telemetry)
     note: str = ""
 
 
@@ -68,7 +69,6 @@ class Weighed:
     supports: frozenset[str]
     contradicts: frozenset[str]
     discount: str | None  # "unanchored", "stale: ...", "wrong version ..."; None: it counts
-    shows: Any = None  # a trace's `bundle.Facts`: what a mode's row may require it to exercise
 
 
 def load(path: Path, low: Lowering, obligations: set[str]) -> tuple[Descriptor, list[Weighed]]:
@@ -98,54 +98,80 @@ def _check(d: Descriptor, where: str, low: Lowering, obligations: set[str]) -> N
             raise InvalidField(where, f"evidence {e.id!r} kind", f"{e.kind!r} is not one of {list(low.kinds)}")
         if e.depth not in low.depths:
             raise InvalidField(where, f"evidence {e.id!r} depth", f"{e.depth!r} is not one of {list(low.depths)}")
-        unknown = (set(e.supports) | set(e.contradicts)) - obligations
-        if unknown:
-            raise InvalidField(where, f"evidence {e.id!r} supports", f"names unknown obligations {sorted(unknown)}")
+        for name in ("supports", "contradicts"):
+            unknown = set(getattr(e, name)) - obligations
+            if unknown:
+                raise InvalidField(where, f"evidence {e.id!r} {name}", f"names unknown obligations {sorted(unknown)}")
         if e.kind == "conformance_run" and (e.supports or e.contradicts):
             raise InvalidField(where, f"evidence {e.id!r}", "a conformance run's support is read off its report")
+        if e.format not in TRACE_FORMATS:
+            raise InvalidField(where, f"evidence {e.id!r} format", f"{e.format!r} is not one of {list(TRACE_FORMATS)}")
 
 
 def weigh(e: Evidence, version: str, base: Path, runtime: str) -> Weighed:
-    """Fail-closed: evidence counts only anchored and about the pinned version."""
+    """Fail-closed: evidence counts only anchored and about the pinned version; what a
+    conformance run or a trace supports is what it shows when read here."""
     discount = _anchoring(e, base)
     if discount is None and e.version != version:
         discount = f"wrong version: about {e.version!r}, the descriptor pins {version!r}"
-    supports, contradicts = set(e.supports), set(e.contradicts)
-    if discount is None and e.kind == "conformance_run":
-        assert e.file is not None, "_anchoring requires a file for a conformance run"
-        report = json.loads((base / e.file).read_text())
-        if report.get("runtime_version") != version or report.get("runtime_name") != runtime:
-            discount = (
-                f"wrong run: of {report.get('runtime_name')!r} {report.get('runtime_version')!r}, "
-                f"not {runtime!r} {version!r}"
-            )
-        verdicts = {o["id"]: o["verdict"] for o in report.get("obligations", [])}
-        supports = {oid for oid, v in verdicts.items() if v == "conforms"}
-        contradicts = {oid for oid, v in verdicts.items() if v == "violated"}
-    elif discount is None and e.kind == "trace" and e.file is not None:  # (one pinned elsewhere is taken as declared)
-        supports, contradicts, shows = _checked(base / e.file, supports, contradicts)
-        return Weighed(e, frozenset(supports), frozenset(contradicts), discount, shows)
-    return Weighed(e, frozenset(supports), frozenset(contradicts), discount)
+    supports, contradicts = frozenset(e.supports), frozenset(e.contradicts)
+    if discount is None and e.file is not None and e.kind in ("conformance_run", "trace"):
+        read = _run if e.kind == "conformance_run" else _trace
+        try:
+            supports, contradicts, discount = read(base / e.file, e, version, runtime)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:  # (a file that is not one)
+            discount = f"unreadable: {e.file} is not a {e.kind.replace('_', ' ')} ({type(exc).__name__}: {exc})"
+    return Weighed(e, supports, contradicts, discount)
 
 
-def _checked(path: Path, supports: set[str], contradicts: set[str]) -> tuple[set[str], set[str], Any]:
-    """A trace supports what it was declared to only where our checker finds it holding
-    (`kvclaims.conformance.bundle`: a trace naming no cache identity cannot support
-    RKC-ID-3); each violation contradicts its obligation. Also returns what it shows, for
-    a row whose mode requires a trace to exercise some obligations (a refusal before
-    admission, for RKC-RT-3)."""
-    from kvclaims.conformance.bundle import HOLDS, facts
+Read = tuple[frozenset[str], frozenset[str], "str | None"]
+
+
+def _run(path: Path, e: Evidence, version: str, runtime: str) -> Read:
+    """A conformance report: what conforms it supports, what is violated it contradicts. A
+    run whose runtime only witnesses claims (its trace's `enforce` false) is an observer's."""
+    report = json.loads(path.read_text())
+    verdicts = {o["id"]: o["verdict"] for o in report["obligations"]}
+    discount = None
+    if report.get("runtime_version") != version or report.get("runtime_name") != runtime:
+        discount = (
+            f"wrong run: of {report.get('runtime_name')!r} {report.get('runtime_version')!r}, "
+            f"not {runtime!r} {version!r}"
+        )
+    elif report.get("enforces_claims") is False and e.depth != "observational_adapter":
+        discount = f"a run that only witnesses claims counts at depth observational_adapter, not {e.depth}"
+    supports = frozenset(oid for oid, v in verdicts.items() if v == "conforms")
+    return supports, frozenset(oid for oid, v in verdicts.items() if v == "violated"), discount
+
+
+def _trace(path: Path, e: Evidence, version: str, runtime: str) -> Read:
+    """A trace supports what it was declared to only where our checker finds it holding and
+    the trace shows it (`kvclaims.conformance.bundle`: a claim registered before its events,
+    a restore from the host tier, a refusal before admission, ...); each violation
+    contradicts its obligation. One in our format must be of the pinned runtime and version
+    (its runtime record); the paper's telemetry names neither."""
+    from kvclaims.conformance import kvresidency
+    from kvclaims.conformance.bundle import EXERCISED, HOLDS, facts
     from kvclaims.conformance.checker import OBLIGATION_OF, check_lines
     from kvclaims.spec import load
     from kvclaims.trace import file_lines, read_lines
 
-    with open(path, "rb") as fh:
-        lines = list(file_lines(fh))
-    report = check_lines(lines)
-    shown = facts(report, [rec for _, rec in read_lines(lines) if isinstance(rec, dict)], load())
+    imported = kvresidency.import_file(path) if e.format == "kv-residency" else None
+    if imported is not None:
+        report, records = kvresidency.check(imported), [rec for _, rec in imported.records]
+    else:
+        with open(path, "rb") as fh:
+            lines = list(file_lines(fh))
+        report, records = check_lines(lines), [rec for _, rec in read_lines(lines)]
+    dicts = [r for r in records if isinstance(r, dict)]
+    head = next((r for r in dicts if r.get("kind") == "runtime"), {})
+    discount = None
+    if imported is None and (head.get("runtime"), head.get("version")) != (runtime, version):
+        discount = f"wrong run: a trace of {head.get('runtime')!r} {head.get('version')!r}, not {runtime!r} {version!r}"
+    shown = facts(report, dicts, load(), imported)
     violated = {OBLIGATION_OF.get(v.kind, "RKC-TR-3") for v in report.violations}
-    unheld = {oid for oid, rule in HOLDS.items() if rule(shown) is not None}
-    return supports - violated - unheld, contradicts | violated, shown
+    unshown = {oid for oid, rule in (*HOLDS.items(), *EXERCISED.items()) if rule(shown) is not None}
+    return frozenset(set(e.supports) - violated - unshown), frozenset(set(e.contradicts) | violated), discount
 
 
 def _anchoring(e: Evidence, base: Path) -> str | None:
@@ -158,8 +184,8 @@ def _anchoring(e: Evidence, base: Path) -> str | None:
             return f"unanchored: {e.file} has no sha256"
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         return None if digest == e.sha256 else f"stale: {e.file} has sha256 {digest[:12]}…, not {e.sha256[:12]}…"
-    if e.kind == "conformance_run":
-        return "unanchored: a conformance run is its report file, with its sha256"
+    if e.kind in ("conformance_run", "trace"):
+        return f"unchecked: a {e.kind.replace('_', ' ')} counts when read here: give its file and sha256"
     if e.anchor is None:
         return "unanchored: no anchor"
     if REPO_ANCHOR.match(e.anchor) or PYPI_ANCHOR.match(e.anchor) or (e.kind == "docs" and URL_ANCHOR.match(e.anchor)):
