@@ -34,6 +34,9 @@ ANCHORS = [
     "pypi:pkg==1.0#sha256=" + "ab" * 32 + ":pkg/x.py:3",
     "owner/repo@main:src/x.py:1",
     "pypi:pkg==1.0:pkg/x.py:3",
+    f"../..@{COMMIT}:x.py:1",
+    f"owner/repo@{COMMIT}:x.py:0",
+    f"owner/repo@{COMMIT}:x.py:1\n",
     None,
     "x",
 ]
@@ -43,8 +46,8 @@ def _anchored(e: Evidence) -> bool:
     """The property's own reading of an anchor (not the classifier's code)."""
     if e.anchor is None:
         return False
-    pinned = REPO_ANCHOR.match(e.anchor) or PYPI_ANCHOR.match(e.anchor)
-    return bool(pinned or (e.kind == "docs" and URL_ANCHOR.match(e.anchor)))
+    pinned = REPO_ANCHOR.fullmatch(e.anchor) or PYPI_ANCHOR.fullmatch(e.anchor)
+    return bool(pinned or (e.kind == "docs" and URL_ANCHOR.fullmatch(e.anchor)))
 
 
 RUNS = Path(tempfile.mkdtemp(prefix="kvclaims-lowering-"))  # generated conformance reports
@@ -403,3 +406,19 @@ def test_a_stock_run_counts_only_as_an_observers(tmp_path):
     v = _one(tmp_path, f'id = "r"\nkind = "conformance_run"\ndepth = "native"\nversion = "0.1.0"\n'
                        f'file = "r.json"\nsha256 = "{digest}"\n')  # fmt: skip
     assert v.klass == "unknown" and "only witnesses claims" in v.reasons[0]
+
+
+def test_anchors_are_pinned_places_and_descriptors_name_things_once(tmp_path):
+    from kvclaims.lowering.descriptor import _pinned
+
+    assert _pinned(f"owner/repo@{COMMIT}:x.py:3-9") and not _pinned(f"owner/repo@{COMMIT}:x.py:10-5")
+    for bad in (f"../..@{COMMIT}:x.py:1", f"owner/repo@{COMMIT}:x.py:0", f"owner/repo@{COMMIT}:x.py:1\n"):
+        assert not _pinned(bad), bad
+    twice = 'schema = "kvclaims.lowering/1"\nruntime = "x"\nversion = "1"\n'
+    twice += '[[rows]]\nmode = "best_effort"\nmechanisms = []\n' * 2
+    (tmp_path / "d.toml").write_text(twice)
+    with pytest.raises(InvalidField, match="more than once"):
+        classify_file(tmp_path / "d.toml", SPEC)
+    (tmp_path / "d.toml").write_bytes(b"\xff\xfe")
+    with pytest.raises(InvalidField, match="d.toml"):
+        classify_file(tmp_path / "d.toml", SPEC)

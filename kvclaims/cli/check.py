@@ -88,11 +88,9 @@ def _judged(mode: str | None, report: Report, records: list, imported: kvresiden
 
 
 def _doc(report: Report, imported: kvresidency.Imported | None, judged: bundle.BundleVerdict | None) -> dict[str, Any]:
-    return (
-        report.to_json()
-        | ({"kv_residency": imported.to_json()} if imported else {})
-        | ({"bundle": judged.to_json()} if judged else {})
-    )
+    """One file's report; its `ok` is the file's verdict, the bundle's included."""
+    doc = report.to_json() | ({"kv_residency": imported.to_json()} if imported else {})
+    return doc | ({"bundle": judged.to_json(), "ok": report.ok and judged.ok} if judged else {})
 
 
 def _ours(path: str, on_end: OnEnd | None, whole: bool) -> tuple[Report, kvresidency.Imported | None, list]:

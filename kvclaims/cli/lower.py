@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from kvclaims.columns import columns
+from kvclaims.errors import BadArgument
 from kvclaims.lowering import Verdict, classify_file, shipped
 from kvclaims.lowering.suite import run as run_bad_suite
 from kvclaims.spec import load
@@ -30,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = load()
     if args.bad_suite:
+        if args.descriptor:
+            raise BadArgument("--bad-suite", "runs the shipped bad lowerings: give no descriptors with it")
         return _bad_suite(spec, args.json)
     rows = [v for path in (args.descriptor or shipped()) for v in classify_file(path, spec)]
     if args.json:

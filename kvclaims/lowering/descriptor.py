@@ -23,11 +23,11 @@ from kvclaims.spec import Lowering
 
 SCHEMA = "kvclaims.lowering/1"
 # owner/repo@<full commit>:path:line — a place in a pinned tree anyone can check out.
-REPO_ANCHOR = re.compile(r"^[\w.-]+/[\w.-]+@[0-9a-f]{40}:[^:\s]+:\d+(-\d+)?$")
+REPO_ANCHOR = re.compile(r"\w[\w.-]*/\w[\w.-]*@[0-9a-f]{40}:[^:\s]+:(?P<lines>[1-9]\d*(-[1-9]\d*)?)")
 TRACE_FORMATS = ("ours", "kv-residency")
-URL_ANCHOR = re.compile(r"^https://\S+$")
+URL_ANCHOR = re.compile(r"https://\S+")
 # pypi:name==version#sha256=<wheel's>:path:line — a place in a published wheel, pinned by its hash.
-PYPI_ANCHOR = re.compile(r"^pypi:[\w.-]+==[\w.+!-]+#sha256=[0-9a-f]{64}:[^:\s]+:\d+(-\d+)?$")
+PYPI_ANCHOR = re.compile(r"pypi:\w[\w.-]*==[\w.+!-]+#sha256=[0-9a-f]{64}:[^:\s]+:(?P<lines>[1-9]\d*(-[1-9]\d*)?)")
 
 
 class Evidence(msgspec.Struct, forbid_unknown_fields=True):
@@ -78,7 +78,7 @@ def load(path: Path, low: Lowering, obligations: set[str]) -> tuple[Descriptor, 
     try:
         raw = tomllib.loads(path.read_text())
         d = msgspec.convert(raw, Descriptor)
-    except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
         raise InvalidField(where, "file", f"is not a {SCHEMA} descriptor: {exc}") from None
     _check(d, where, low, obligations)
     return d, [weigh(e, d.version, path.parent, d.runtime) for e in d.evidence]
@@ -87,6 +87,10 @@ def load(path: Path, low: Lowering, obligations: set[str]) -> tuple[Descriptor, 
 def _check(d: Descriptor, where: str, low: Lowering, obligations: set[str]) -> None:
     if d.schema != SCHEMA:
         raise InvalidField(where, "schema", f"must be {SCHEMA!r}, got {d.schema!r}")
+    for name, seen in (("rows.mode", [r.mode for r in d.rows]), ("evidence.id", [e.id for e in d.evidence])):
+        twice = sorted({x for x in seen if seen.count(x) > 1})
+        if twice:
+            raise InvalidField(where, name, f"names {twice} more than once")
     for r in d.rows:
         if r.mode not in low.modes:
             raise InvalidField(where, "rows.mode", f"{r.mode!r} is not a mode of the spec: {sorted(low.modes)}")
@@ -188,8 +192,17 @@ def _anchoring(e: Evidence, base: Path) -> str | None:
         return f"unchecked: a {e.kind.replace('_', ' ')} counts when read here: give its file and sha256"
     if e.anchor is None:
         return "unanchored: no anchor"
-    if REPO_ANCHOR.match(e.anchor) or PYPI_ANCHOR.match(e.anchor) or (e.kind == "docs" and URL_ANCHOR.match(e.anchor)):
+    if _pinned(e.anchor) or (e.kind == "docs" and URL_ANCHOR.fullmatch(e.anchor)):
         return None
     return f"unanchored: {e.anchor!r} is neither owner/repo@<40-hex commit>:path:line nor a pinned wheel" + (
         " nor an https URL" if e.kind == "docs" else ""
     )
+
+
+def _pinned(anchor: str) -> bool:
+    """A place in a pinned tree or wheel, its line range ascending from 1."""
+    m = REPO_ANCHOR.fullmatch(anchor) or PYPI_ANCHOR.fullmatch(anchor)
+    if m is None:
+        return False
+    first, _, last = m["lines"].partition("-")
+    return not last or int(first) <= int(last)
