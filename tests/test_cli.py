@@ -51,3 +51,21 @@ def load_text():
     from kvclaims.spec import CONTRACT_PATH
 
     return CONTRACT_PATH.read_text()
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`kvclaims check --stream BIG | head -1`: no error line when the pipe closes (141, as SIGPIPE)."""
+    from kvclaims.bench.checker import generate
+
+    trace = tmp_path / "t.jsonl"
+    generate(trace, 50_000)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvclaims.cli", "check", "--stream", str(trace)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""

@@ -69,7 +69,8 @@ def test_the_table_has_a_row_per_size(capsys):
 BAD = {
     "not numbers": (["--usable", "80,x"], "--usable: expected comma-separated block counts"),
     "empty": (["--usable="], "--usable: expected comma-separated block counts"),
-    "too small": (["--usable", "80,69"], "--usable: 69 blocks cannot hold the replay (61 blocks"),
+    "too small": (["--usable", "80,69"], "--usable: 69 blocks: each size must be from 70 (to hold the 70-block"),
+    "too large": (["--usable", "80,999999999"], "--usable: 999999999 blocks: each size must be from 70"),
     "twice": (["--usable", "80,90,80"], "--usable: 80 is given twice"),
     "no resident": (["--usable", "--resident", "0"], "--resident: must be at least 1 block, got 0"),
     "sizes without the sweep": (["--prefill", "50"], "--prefill: sizes the capacity sweep: give --usable too"),

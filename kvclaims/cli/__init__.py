@@ -52,7 +52,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on success; 1 when what was checked fails (not proved, a violation, does not
-    conform); 2 on bad input or arguments; 3 on an internal error; 130 when interrupted.
+    conform); 2 on bad input or arguments; 3 on an internal error; 130 when interrupted;
+    141, quietly, when the reader of stdout went away.
     Every error is one line on stderr: KVCLAIMS_TRACEBACK=1 re-raises an internal one."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except KVClaimsError as exc:
         return _fail(args, 2, f"error: {exc}")
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python flushes stdout at exit)
+        return 141
     except OSError as exc:
         return _fail(args, 2, f"error: {exc.strerror or exc}: {exc.filename or ''}")
     except UnicodeDecodeError as exc:

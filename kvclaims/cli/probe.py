@@ -117,6 +117,9 @@ def _blocks(option: str, n: int) -> int:
     return n
 
 
+MOST_USABLE = 1 << 16  # blocks: a pool this probe's tiny model and CPU runtimes can still allocate
+
+
 def usable_sizes(text: str, resident: int, prefill: int) -> list[int]:
     """--usable: comma-separated pool sizes in blocks, each given once, each holding the
     replay (the prefix and one token) and the prefill alone: a stock runtime would leave a
@@ -127,11 +130,11 @@ def usable_sizes(text: str, resident: int, prefill: int) -> list[int]:
         raise BadArgument("--usable", f"expected comma-separated block counts such as {USABLE}, got {text!r}") from None
     least = max(resident + 1, prefill)
     for i, u in enumerate(sizes):
-        if u < least:
+        if not least <= u <= MOST_USABLE:
             raise BadArgument(
                 "--usable",
-                f"{u} blocks cannot hold the replay ({resident + 1} blocks: the {resident}-block prefix "
-                f"and one token) and the {prefill}-block prefill: every size must be at least {least}",
+                f"{u} blocks: each size must be from {least} (to hold the {prefill}-block prefill and the "
+                f"replay, {resident + 1} blocks: the {resident}-block prefix and one token) to {MOST_USABLE}",
             )
         if u in sizes[:i]:
             raise BadArgument("--usable", f"{u} is given twice")
