@@ -41,34 +41,68 @@ def hexid(h: BlockHash | int) -> str:
     return v.hex() if isinstance(v, bytes) else f"{v:016x}"
 
 
-@lru_cache(maxsize=1 << 16)
-def key_hex(key: BlockHashWithGroupId) -> str:
-    """`hexid` of a prefix-index key (a block hash with its KV cache group)."""
-    return hexid(kvu.get_block_hash(key))
+class HexForm:
+    """The trace's hex of vLLM block hashes, a batch at a time with no call per hash (what
+    `hexid` gives one by one). vLLM's external form is the hash, or with int hashes (its
+    default) the hash's low 64 bits (``maybe_convert_block_hash``), i.e. its last 8
+    bytes. The form is fixed once vLLM's engine has started, so it is read once, when a
+    pool is first watched."""
+
+    def __init__(self) -> None:
+        self.tail = 8 if isinstance(kvu.maybe_convert_block_hash(BlockHash(bytes(8))), int) else 0
+
+    def hashes(self, hashes: Sequence[BlockHash]) -> list[str]:
+        t = self.tail
+        return [h[-t:].hex() for h in hashes] if t else [h.hex() for h in hashes]
+
+    def keys(self, keys: Sequence[BlockHashWithGroupId]) -> list[str]:
+        """Of prefix-index keys: the block hash then 4 bytes of KV cache group id
+        (``make_block_hash_with_group_id``)."""
+        t = self.tail
+        return [k[-4 - t : -4].hex() for k in keys] if t else [k[:-4].hex() for k in keys]
 
 
 class IndexLog:
-    """The changes to one ``BlockPool``'s prefix index as they happen: every hash stored,
-    and every hash removed that left no indexed copy (a duplicate's removal is not a
-    loss; an old copy evicted before its hash is stored again is one). It wraps the
-    index's ``insert`` and ``pop`` on the instance, and the pool's
-    ``reset_prefix_cache``, which replaces the index (a reset is traced by the
-    scheduler itself). This is what vLLM's KV events would say, without paying for
-    them: building the events costs about as much as the allocation they describe.
+    """The changes to one ``BlockPool``'s prefix index, logged a batch at a time: every
+    hash stored, and every hash removed that left no indexed copy (a duplicate's removal
+    is not a loss; an old copy evicted before its hash is stored again is one).
+
+    It wraps, on the instance, the places a full-attention pool's index changes, each
+    called once per batch of blocks, never per block: ``cache_full_blocks`` (the keys
+    of the blocks it has just indexed), the free queue's ``popleft_n`` (the blocks
+    ``get_new_blocks`` takes, read before vLLM evicts them), ``evict_blocks`` (invalid
+    KV) and ``reset_prefix_cache``, which replaces the index (a reset is traced by the
+    scheduler itself). Keys stay raw bytes until `drain` turns them to the trace's hex
+    in one pass. This is what vLLM's KV events would say without paying for them:
+    building the events costs about as much as the allocation they describe
+    (`tests/test_vllm_pool.py` checks the two agree). Partial-block promotion and
+    copy-on-write moves touch the index too, but only in groups
+    `PoolView.check_groups` refuses.
     """
 
     def __init__(self, bp) -> None:
-        self.stored: list[bytes] = []
-        self.removed: list[bytes] = []
-        self._watch(bp.cached_block_hash_to_block)
-        reset = bp.reset_prefix_cache
+        self.stored: list[BlockHashWithGroupId] = []
+        self.removed: list[BlockHashWithGroupId] = []
+        self._bp = bp
+        self.hex = HexForm()
+        cache_full_blocks, reset, evict_blocks = bp.cache_full_blocks, bp.reset_prefix_cache, bp.evict_blocks
 
-        def reset_prefix_cache(*args, **kwargs) -> bool:
+        def logged_cache_full_blocks(request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs) -> None:
+            cache_full_blocks(request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs)
+            self.stored += [b._block_hash for b in blocks[num_cached_blocks:num_full_blocks] if not b.is_null]
+
+        def logged_evict_blocks(block_ids) -> None:
+            self._losing([bp.blocks[i] for i in block_ids if 0 <= i < len(bp.blocks)])
+            evict_blocks(block_ids)
+
+        def logged_reset_prefix_cache(*args, **kwargs) -> bool:
             ok = reset(*args, **kwargs)
-            self._watch(bp.cached_block_hash_to_block)
+            self._watch_free_queue()
             return ok
 
-        bp.reset_prefix_cache = reset_prefix_cache
+        bp.cache_full_blocks, bp.evict_blocks = logged_cache_full_blocks, logged_evict_blocks
+        bp.reset_prefix_cache = logged_reset_prefix_cache
+        self._watch_free_queue()
 
     @classmethod
     def of(cls, bp) -> IndexLog:
@@ -77,25 +111,47 @@ class IndexLog:
             bp._kvclaims_log = cls(bp)
         return bp._kvclaims_log
 
-    def _watch(self, index) -> None:
-        if "insert" in vars(index):
+    def _watch_free_queue(self) -> None:
+        queue = self._bp.free_block_queue
+        if "popleft_n" in vars(queue):
             return
-        insert, pop, stored, removed = index.insert, index.pop, self.stored.append, self.removed.append
+        popleft_n = queue.popleft_n
 
-        def logged_insert(key, block) -> None:
-            insert(key, block)
-            stored(key)
+        def logged_popleft_n(n: int) -> list[KVCacheBlock]:
+            blocks = popleft_n(n)
+            self._losing(blocks)
+            return blocks
 
-        def logged_pop(key, block_id):
-            block = pop(key, block_id)
-            if block is not None and index.get_one_block(key) is None:
-                removed(key)
-            return block
+        queue.popleft_n = logged_popleft_n
 
-        index.insert, index.pop = logged_insert, logged_pop
+    def _losing(self, blocks: list[KVCacheBlock]) -> None:
+        """Log the hashes `blocks`, about to leave the index in this order, leave with no
+        indexed copy: a hash the block alone indexes, and a hash whose every copy is
+        among `blocks` (at its last copy, where vLLM's own removal empties the entry).
+        Reads the index's own table (``BlockHashToBlockMap._cache``: a block, or a dict
+        of duplicate copies by block id) and a block's key as its field
+        (``KVCacheBlock._block_hash``: the ``block_hash`` property is a call per block)."""
+        index = self._bp.cached_block_hash_to_block._cache
+        keyed = [b for b in blocks if b._block_hash is not None]
+        lost = [k for b in keyed if (k := b._block_hash) is not None and index.get(k) is b]
+        if len(lost) < len(keyed):  # hashes with duplicate copies among them
+            ids, left = {b.block_id for b in blocks}, dict[BlockHashWithGroupId, int]()
+            lost = []
+            for b in keyed:
+                k = b._block_hash
+                if k is None:  # (keyed: never; for the type checker)
+                    continue
+                copies = index.get(k)
+                if copies is b:
+                    lost.append(k)
+                elif isinstance(copies, dict) and ids.issuperset(copies):
+                    left[k] = left.get(k, len(copies)) - 1
+                    if not left[k]:
+                        lost.append(k)
+        self.removed += lost
 
     def drain(self) -> tuple[list[str], list[str]]:
-        out = [key_hex(k) for k in self.stored], [key_hex(k) for k in self.removed]
+        out = self.hex.keys(self.stored), self.hex.keys(self.removed)
         self.stored.clear()
         self.removed.clear()
         return out
@@ -110,6 +166,7 @@ class PoolView:
         self.unready: set[str] = set()  # hashes indexed by a step whose output is still due
         self._hash_fn = get_hash_fn_by_name(hash_algo)
         self._log = IndexLog.of(self.bp)
+        self.hex = self._log.hex
         self._log.drain()  # earlier changes are not this view's
 
     @staticmethod
@@ -167,7 +224,8 @@ class PoolView:
         the engine had been started with fewer blocks (a runtime adapter's pool shapes)."""
         if not 0 <= n < self.U or self.bp.get_num_free_blocks() < self.U:
             raise InvalidInput(f"cannot withhold {n} of {self.U} blocks unless all are free")
-        self.withheld += self.bp.free_block_queue.popleft_n(n)
+        queue = self.bp.free_block_queue
+        self.withheld += type(queue).popleft_n(queue, n)  # vLLM's own: withheld blocks stay indexed
 
     def unwithhold(self) -> None:
         self.bp.free_block_queue.append_n(self.withheld)
@@ -252,12 +310,13 @@ class PoolView:
     def copies(self, hashes: Iterable[str]) -> set[int]:
         """Ids of every indexed block (first copies and duplicates) with one of `hashes`."""
         wanted = set(hashes)
-        return {b.block_id for b in self.bp.blocks if b.block_hash is not None and key_hex(b.block_hash) in wanted}
+        indexed = [b for b in self.bp.blocks if b.block_hash is not None]
+        return {b.block_id for b, h in zip(indexed, self.hex.keys([b.block_hash for b in indexed])) if h in wanted}
 
     def cached_hashes(self, ids: Iterable[int] | None = None) -> list[str]:
         """Hashes of the indexed blocks among `ids` (default: all blocks)."""
         blocks = self.bp.blocks if ids is None else [self.bp.blocks[i] for i in sorted(ids)]
-        return [key_hex(b.block_hash) for b in blocks if b.block_hash is not None]
+        return self.hex.keys([b.block_hash for b in blocks if b.block_hash is not None])
 
     # --- index changes -----------------------------------------------------
     def drain_events(self) -> tuple[list[str], list[str]]:

@@ -257,7 +257,7 @@ class ClaimsScheduler(Scheduler):
             "request_submit",
             request=rid,
             tokens=request.num_prompt_tokens,
-            blocks=[hexid(h) for h in request.block_hashes],
+            blocks=self.pool.hex.hashes(request.block_hashes),
             **({"client": ops.client} if ops.client else {}),
         )
         self.ops[rid] = ops
@@ -409,8 +409,10 @@ class ClaimsScheduler(Scheduler):
     def tick(self) -> None:
         """One step of the logical clock: TTLs run out, in steps and in seconds."""
         self.trace.time += 1
-        self.book.expire(self.trace.time)
-        self.expire_wall()
+        if self.book.live:  # (with no live claim nothing expires in steps)
+            self.book.expire(self.trace.time)
+        if self.wall.deadlines:
+            self.expire_wall()
 
     def expire_wall(self) -> None:
         """Claims past their wall-clock deadline expire (`kvclaims.vllm.wallclock`), by id."""
@@ -496,15 +498,15 @@ class ClaimsScheduler(Scheduler):
         hits = (request.num_computed_tokens - counted) // B
         hits = min(hits, self.local_hits.pop(rid, hits))
         self.hit_blocks[rid] = hits
-        hit_hashes = [hexid(h) for h in request.block_hashes[:hits]]
+        hit_hashes = self.pool.hex.hashes(request.block_hashes[:hits])
         self.admitted_epoch[rid] = self.epoch
-        total = len(self.kv_cache_manager.get_blocks(rid).blocks[0])
-        self.trace.emit("request_admit", request=rid, hit_blocks=hit_hashes, new_blocks=total - hits)
+        self.trace.emit("request_admit", request=rid, hit_blocks=hit_hashes, new_blocks=self._blocks_of(request) - hits)
         if self.host and self.host_tier == "claims" and rid not in self.restoring:
             self.host.restore_resident(request, hits)
-        if rid not in self.restoring:  # (an owner's restore reuses nothing for itself)
+        if self.book.live and rid not in self.restoring:  # (an owner's restore reuses nothing for itself)
             self.book.hits(hit_hashes + self._recomputed_last(request, hits), rid)
-        self._apply_ops(request)
+        if rid in self.ops:
+            self._apply_ops(request)
 
     def _whole_prompt_cached(self, request: Request) -> bool:
         """Was every block of a whole-block prompt cached when it was first allocated for?"""
