@@ -26,6 +26,17 @@ def test_every_legal_transition(lifecycle, row):
     assert claim.fire(row.event) == row.dest
 
 
+@pytest.mark.obligation("RKC-LC-6")
+@pytest.mark.parametrize("row", [t for t in LC.transitions if not t.guard], ids=lambda t: f"{t.source}-{t.event}")
+def test_unguarded_moves_skip_the_trigger_with_its_answer(lifecycle, row):
+    """The unguarded rows' shortcut (`Lifecycle.unguarded`) lands where the machine's own
+    trigger does."""
+    claim = _claim_in(lifecycle, SPEC, row.source, dict(ALL_TRUE))
+    cursor = lifecycle.cursor
+    cursor.claim, cursor.state = claim, row.source
+    assert cursor.trigger(row.event) and cursor.state == lifecycle.unguarded[(row.source, row.event)] == row.dest
+
+
 ILLEGAL = [(s, e) for s in LC.states for e in LC.events if (s, e) not in TABLE]
 
 
