@@ -9,6 +9,8 @@ between them, and a warm-up round on each comes first. In the claims engine
 the two most popular prefixes carry live hard claims (made by their first
 requests, as clients make them), so every admission goes through arbitration;
 the stock engine runs the same first requests without the claim arguments. The
+claims engine runs as a server does by default, its trace off (no `kvclaims.trace`
+file, no records kept: figure 1 shows what a kept trace adds). The
 pool is large enough that the claims constrain nothing: the ratio is the
 integration's bookkeeping, not lost capacity. The model is tiny, so compute per
 step is small and the scheduler's share of a step is far larger than with a
@@ -83,13 +85,19 @@ def run_async(smoke: bool = False) -> list[Ratio]:
 def run(smoke: bool = False, async_scheduling: bool = False) -> list[Ratio]:
     requests, max_tokens, rounds = (8, 4, 3) if smoke else (64, 32, 31)
     work = Workload(requests, max_tokens)
-    engines = [VllmEngine(integration=integ, U=U, B=B, async_scheduling=async_scheduling) for integ in (False, True)]
+    engines = [  # the claims engine as a server runs it by default: no trace file, no records kept
+        VllmEngine(
+            integration=integ, U=U, B=B, async_scheduling=async_scheduling, **({"records": False} if integ else {})
+        )
+        for integ in (False, True)
+    ]
     stock, ours = (Driver(engine, work) for engine in engines)
     stock.run_round()
     ours.run_round()
     r, t_stock, t_ours = compare(
         f"vLLM engine{', async scheduling' if async_scheduling else ''}, tiny model on CPU: {requests} requests "
-        f"x {max_tokens} tokens per round, {len(work.prefixes)} shared prefixes, {CLAIMED} live hard claims",
+        f"x {max_tokens} tokens per round, {len(work.prefixes)} shared prefixes, {CLAIMED} live hard claims, "
+        f"trace off",
         ("stock vLLM", stock.run_round),
         ("vLLM + kvclaims", ours.run_round),
         rounds,

@@ -17,6 +17,7 @@ by id, so two runtimes given the same inputs write the same claim records.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -159,6 +160,7 @@ class ClaimBook:
         self._by_state: dict[str, set[str]] = {st: set() for st in lc.states}
         self.live = 0  # claims in a non-terminal state: every sweep is free while it is 0
         self._deadlines: dict[str, int] = {}  # live claims with a TTL -> logical expiry time
+        self._expiry: list[tuple[int, str]] = []  # heap of (expiry, claim); ended claims' entries go when due
         self._by_tail: dict[str, set[str]] = {}
         self.ledger = ReserveLedger()
         self._tenant_ledgers: dict[str, ReserveLedger] = {}
@@ -223,6 +225,7 @@ class ClaimBook:
         self.live += 1
         if deadline is not None:
             self._deadlines[claim_id] = deadline
+            heapq.heappush(self._expiry, (deadline, claim_id))
         self._by_tail.setdefault(chain[-1], set()).add(claim_id)
         if self.observer:
             self.observer.added(c.state)
@@ -290,16 +293,17 @@ class ClaimBook:
         keep the indexes, and write the claim record."""
         before = c.state
         state = c.fsm.fire(event, **(ctx or {}))
-        self._by_state[before].discard(c.id)
-        if c.fsm.terminal:
-            self._by_tail[c.chain[-1]].discard(c.id)
-            self.live -= 1
-            self._deadlines.pop(c.id, None)
-            assert self.live >= 0, "more claims ended than were added"
-        else:
-            self._by_state[state].add(c.id)
-        self.ledger.moved(c, before)
-        self._tenant_ledger(self.entries[c.id].tenant).moved(c, before)
+        if state != before:  # (a hit stays: no index changes)
+            self._by_state[before].discard(c.id)
+            if c.fsm.terminal:
+                self._by_tail[c.chain[-1]].discard(c.id)
+                self.live -= 1
+                self._deadlines.pop(c.id, None)
+                assert self.live >= 0, "more claims ended than were added"
+            else:
+                self._by_state[state].add(c.id)
+            self.ledger.moved(c, before)
+            self._tenant_ledger(self.entries[c.id].tenant).moved(c, before)
         self.trace.emit("claim", claim=c.id, event=event, state=state, **fields)
         if self.observer:
             self.observer.event(event, fields.get("reason"), before, state)
@@ -335,22 +339,35 @@ class ClaimBook:
                 self.hold(c, blocks)
 
     def hits(self, hit_hashes: Sequence[str], request: str) -> None:
-        """Each claim whose whole chain `request` reused gets a hit (found by chain tail)."""
+        """Each claim whose whole chain `request` reused gets a hit, found by chain tail among
+        the request's own hashes: the work is the request's, whatever the number of claims."""
         if not self.live:
             return
+        tails = self._by_tail
+        found = sorted({cid for h in hit_hashes if h in tails for cid in tails[h]})
+        if not found:
+            return
         hit = set(hit_hashes)
-        for cid in sorted({cid for h in self._by_tail.keys() & hit for cid in self._by_tail[h]}):
+        for cid in found:
             c = self.claims[cid]
             if EVENT.hit in c.fsm.allowed() and set(c.chain) <= hit:
                 self.fire(c, EVENT.hit, request=request)
 
     def expire(self, now: int) -> None:
-        """Claims whose TTL has run out by logical time `now` expire (by id). Reads the
-        deadline index, not every claim: it runs each scheduler step."""
-        for cid in sorted(cid for cid, t in self._deadlines.items() if t <= now):
+        """Claims whose TTL has run out by logical time `now` expire (by id). It runs each
+        scheduler step, so it reads the top of a heap of deadlines, not every claim; a
+        claim due in a state that cannot expire stays due."""
+        heap, due = self._expiry, []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if self._deadlines.get(entry[1]) == entry[0]:
+                due.append(entry)
+        for deadline, cid in sorted(due, key=lambda e: e[1]):
             c = self.claims[cid]
             if c.state in self._expirable:
                 self.end(c, EVENT.expire, reason="ttl")
+            else:
+                heapq.heappush(heap, (deadline, cid))
 
     # ------------------------------------------------------------------ yielding
     def yielding(self, frees: Callable[[Claim, Sequence[Any]], bool]) -> Iterator[Claim]:
@@ -428,6 +445,7 @@ class ClaimBook:
         assert all(cid in self._by_tail.get(self.claims[cid].chain[-1], ()) for cid in live), "tail index lost a claim"
         due = {cid: self.claims[cid].deadline for cid in live if self.claims[cid].deadline is not None}
         assert self._deadlines == due, f"deadline index {self._deadlines} != live claims' deadlines {due}"
+        assert set(due.items()) <= {(cid, t) for t, cid in self._expiry}, "the expiry heap lost a deadline"
         held: dict[Hashable, set[str]] = {}
         for cid, entry in self.entries.items():
             for b in entry.blocks:

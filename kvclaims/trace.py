@@ -32,7 +32,9 @@ _EOL = ("\n", "\r\n")
 
 
 class TraceWriter:
-    """`keep=False` keeps no records (only the sink has them): constant memory on long runs."""
+    """`keep=False` keeps no records (only the sink has them): constant memory on long runs.
+    With neither records kept nor a sink the trace is off (`recording` false): `emit`
+    only counts, and a runtime may skip building what only a record would hold."""
 
     def __init__(self, sink: IO[str] | None = None, *, keep: bool = True) -> None:
         self.records: list[dict[str, Any]] = []
@@ -40,7 +42,14 @@ class TraceWriter:
         self.seq = 0
         self.time = 0
 
-    def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
+    @property
+    def recording(self) -> bool:
+        return self.keep or self.sink is not None
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        if not self.recording:
+            self.seq += 1
+            return
         rec = {"schema_version": SCHEMA_VERSION, "seq": self.seq, "time": self.time, "kind": kind, **fields}
         self.seq += 1
         if self.keep:
@@ -48,7 +57,6 @@ class TraceWriter:
         if self.sink is not None:
             self.sink.write(json.dumps(rec) + "\n")
             self.sink.flush()
-        return rec
 
     def lines(self) -> list[str]:
         return [json.dumps(r) for r in self.records]

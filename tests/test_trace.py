@@ -68,6 +68,14 @@ def test_writer_flushes_each_record_and_can_keep_none(tmp_path):
     assert w.records == [] and w.lines() == [] and w.seq == 3
 
 
+def test_a_writer_with_no_sink_that_keeps_nothing_is_off():
+    """With neither a sink nor kept records the trace is off: records are only counted."""
+    w = TraceWriter(keep=False)
+    assert not w.recording and TraceWriter().recording and TraceWriter(io.StringIO(), keep=False).recording
+    w.emit("runtime", runtime="x")
+    assert w.records == [] and w.seq == 1
+
+
 def test_only_a_newline_ended_stream_has_a_truncated_tail():
     """A cut last line is told from a malformed one only where lines carry their newlines
     (files, pipes); bare lines, as `TraceWriter.lines()` gives them, are never 'cut'."""

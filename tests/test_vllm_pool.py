@@ -91,15 +91,10 @@ def check_fast_path(s: ClaimsScheduler, req) -> None:
         assert decide(A, counts, blocking, s.book.spec).outcome == "admit"
 
 
-@settings(
-    max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
-)
-@given(withhold=st.integers(0, 14), program=ops)
-def test_fast_answers_equal_full_ones(withhold, program):
-    s = scheduler(ClaimsScheduler, U)
-    s.pool.withhold(withhold)
+def drive(s: ClaimsScheduler, program):
+    """Run `program` on `s`, yielding after each operation its kind and where the trace and
+    vLLM's KV event queue stood before it."""
     bp = s.pool.bp
-    bp.enable_kv_cache_events = True  # the reference reads vLLM's own events
     live, claims = [], []
     for n, (kind, a, b, c) in enumerate(program):
         start, cursor = len(s.trace.records), len(bp.kv_event_queue)
@@ -124,4 +119,31 @@ def test_fast_answers_equal_full_ones(withhold, program):
         elif kind == "reset":
             s.reset_prefix_cache()
         s.book.materialize_ready()
+        yield kind, start, cursor
+
+
+@settings(
+    max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(withhold=st.integers(0, 14), program=ops)
+def test_fast_answers_equal_full_ones(withhold, program):
+    s = scheduler(ClaimsScheduler, U)
+    s.pool.withhold(withhold)
+    bp = s.pool.bp
+    bp.enable_kv_cache_events = True  # the reference reads vLLM's own events
+    for kind, start, cursor in drive(s, program):
         assert traced(s, start) == from_events(bp.kv_event_queue[cursor:], bp), kind
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(program=ops)
+def test_claims_with_the_trace_off_act_as_with_it_on(program):
+    """With no trace file and no records kept (`kvclaims.records` false, a server's default)
+    the claim layer skips the trace's work; every claim and the pool move as when traced."""
+    on, off = scheduler(ClaimsScheduler, U), scheduler(ClaimsScheduler, U, records=False)
+    assert on.trace.recording and not off.trace.recording
+    for (kind, *_), _ in zip(drive(on, program), drive(off, program)):
+        assert {c: x.state for c, x in on.book.claims.items()} == {c: x.state for c, x in off.book.claims.items()}, kind
+        assert on.pool.bp.get_num_free_blocks() == off.pool.bp.get_num_free_blocks(), kind
+        assert on.book.holders == off.book.holders, kind
+        assert off.trace.records == [], kind

@@ -109,8 +109,8 @@ def engine_kwargs(
     )
     if host_bytes:
         kw["kv_transfer_config"] = host_tier(host_bytes, load_failure_policy)
-    if integration:
-        kw.update(scheduler_cls=scheduler, additional_config={"kvclaims": kvclaims})
+    if integration:  # (an engine in this process keeps its trace's records: `VllmEngine.trace`)
+        kw.update(scheduler_cls=scheduler, additional_config={"kvclaims": {"records": True, **kvclaims}})
     elif kvclaims:
         raise InvalidInput(f"kvclaims settings {sorted(kvclaims)} given without the integration")
     return kw

@@ -84,7 +84,7 @@ class IndexLog:
         self.stored: list[BlockHashWithGroupId] = []
         self.removed: list[BlockHashWithGroupId] = []
         self._bp = bp
-        self.hex = HexForm()
+        self.hex = HexForm()  # (vLLM's engine has started: the form is fixed)
         cache_full_blocks, reset, evict_blocks = bp.cache_full_blocks, bp.reset_prefix_cache, bp.evict_blocks
 
         def logged_cache_full_blocks(request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs) -> None:
@@ -150,24 +150,28 @@ class IndexLog:
                         lost.append(k)
         self.removed += lost
 
-    def drain(self) -> tuple[list[str], list[str]]:
-        out = self.hex.keys(self.stored), self.hex.keys(self.removed)
+    def drain(self, read: bool = True) -> tuple[list[str], list[str]]:
+        """Hashes stored and lost since the last call, in hex (none if not `read`)."""
+        out = (self.hex.keys(self.stored), self.hex.keys(self.removed)) if read else ([], [])
         self.stored.clear()
         self.removed.clear()
         return out
 
 
 class PoolView:
-    def __init__(self, kv_cache_manager, block_size: int, hash_algo: str) -> None:
+    """`log`: watch vLLM's prefix index (`IndexLog`, installed once per pool); without, the
+    view reports no index changes (a trace that is off needs none)."""
+
+    def __init__(self, kv_cache_manager, block_size: int, hash_algo: str, *, log: bool = True) -> None:
         self.check_groups(kv_cache_manager)
         self.bp = kv_cache_manager.block_pool
         self.B = block_size
         self.withheld: list[KVCacheBlock] = []
         self.unready: set[str] = set()  # hashes indexed by a step whose output is still due
         self._hash_fn = get_hash_fn_by_name(hash_algo)
-        self._log = IndexLog.of(self.bp)
-        self.hex = self._log.hex
-        self._log.drain()  # earlier changes are not this view's
+        self.hex = HexForm()
+        self._log: IndexLog | None = IndexLog.of(self.bp) if log else vars(self.bp).get("_kvclaims_log")
+        self.drain_events(read=False)  # earlier changes are not this view's
 
     @staticmethod
     def check_groups(kv_cache_manager) -> None:
@@ -319,9 +323,10 @@ class PoolView:
         return self.hex.keys([b.block_hash for b in blocks if b.block_hash is not None])
 
     # --- index changes -----------------------------------------------------
-    def drain_events(self) -> tuple[list[str], list[str]]:
-        """Hashes stored and hashes lost since the last call, in order (see `IndexLog`)."""
-        return self._log.drain()
+    def drain_events(self, read: bool = True) -> tuple[list[str], list[str]]:
+        """Hashes stored and hashes lost since the last call, in order (see `IndexLog`). A
+        view that does not log still empties a log an earlier view of the pool installed."""
+        return ([], []) if self._log is None else self._log.drain(read)
 
 
 def _specs(spec) -> list:

@@ -57,6 +57,7 @@ CONFIG_KEYS = {
     "host_tier": str,
     "fault_injection": bool,
     "refusal_status": int,
+    "records": bool,
 }
 # What vLLM's host tier holds: every computed prompt block (vLLM's own), or only blocks of
 # claims that name the host tier, loaded back only for their whole chain (the contract's).
@@ -113,6 +114,7 @@ class ClaimsScheduler(Scheduler):
     builds the class it is given, so the choice is made here, from the config)."""
 
     tick_per_step = True  # TTLs count engine steps (a test harness may drive the clock itself)
+    tracks_stored = False  # does `_sync` return what it drained when the trace is off?
     _loaded: str | None = None  # the request whose blocks loaded from the host vLLM indexes now
 
     def __new__(cls, vllm_config, *args, **kwargs):
@@ -132,12 +134,15 @@ class ClaimsScheduler(Scheduler):
         self.host_tier = cfg.get("host_tier", "all")
         self.fault_injection = cfg.get("fault_injection", False)
         self.dp_rank = vllm_config.parallel_config.data_parallel_index
-        self.start_claims(TraceWriter(sink), reserve=cfg.get("reserve", 0), enforce=cfg.get("enforce", True))
+        trace = TraceWriter(sink, keep=cfg.get("records", False))
+        self.start_claims(trace, reserve=cfg.get("reserve", 0), enforce=cfg.get("enforce", True))
 
     def start_claims(self, trace: TraceWriter, *, reserve: int, enforce: bool, withhold: int = 0) -> None:
         """A fresh claim registry and trace over the pool (less `withhold` blocks), with
         the host tier when the engine runs it."""
-        self.pool = PoolView(self.kv_cache_manager, self.block_size, self.hash_algo)
+        self.pool = PoolView(
+            self.kv_cache_manager, self.block_size, self.hash_algo, log=trace.recording or self.tracks_stored
+        )
         self.pool.withhold(withhold)
         self.trace = trace
         tier = self.host_connector()
@@ -253,13 +258,14 @@ class ClaimsScheduler(Scheduler):
         except KVClaimsError as exc:  # rejected: nothing applied, nothing traced (RKC-RT-4)
             self.notes[rid] = rejection(exc)
             return self._close(request, f"kvclaims:rejected:{type(exc).__name__}")
-        self.trace.emit(
-            "request_submit",
-            request=rid,
-            tokens=request.num_prompt_tokens,
-            blocks=self.pool.hex.hashes(request.block_hashes),
-            **({"client": ops.client} if ops.client else {}),
-        )
+        if self.trace.recording:
+            self.trace.emit(
+                "request_submit",
+                request=rid,
+                tokens=request.num_prompt_tokens,
+                blocks=self.pool.hex.hashes(request.block_hashes),
+                **({"client": ops.client} if ops.client else {}),
+            )
         self.ops[rid] = ops
 
     def _control(self, request: Request, ops: RequestOps) -> None:
@@ -498,8 +504,8 @@ class ClaimsScheduler(Scheduler):
         hits = (request.num_computed_tokens - counted) // B
         hits = min(hits, self.local_hits.pop(rid, hits))
         self.hit_blocks[rid] = hits
-        hit_hashes = self.pool.hex.hashes(request.block_hashes[:hits])
         self.admitted_epoch[rid] = self.epoch
+        hit_hashes = self.pool.hex.hashes(request.block_hashes[:hits]) if self.trace.recording or self.book.live else []
         self.trace.emit("request_admit", request=rid, hit_blocks=hit_hashes, new_blocks=self._blocks_of(request) - hits)
         if self.host and self.host_tier == "claims" and rid not in self.restoring:
             self.host.restore_resident(request, hits)
@@ -603,7 +609,11 @@ class ClaimsScheduler(Scheduler):
 
     def _sync(self, reason: str, skip: set[str] = frozenset(), **store_fields) -> list[str]:  # type: ignore[assignment]
         """Write vLLM's own KV events since the last call into the trace (stores but `skip`,
-        traced already as restored); returns the hashes stored."""
+        traced already as restored); returns the hashes stored. With the trace off they are
+        dropped unread, unless `tracks_stored`."""
+        if not (self.trace.recording or self.tracks_stored):
+            self.pool.drain_events(read=False)
+            return []
         stored, removed = self.pool.drain_events()
         if removed:
             self.trace.emit("block_evict", blocks=removed, tier="device", reason=reason)
@@ -780,6 +790,8 @@ class AsyncClaimsScheduler(ClaimsScheduler, AsyncScheduler):
     (`KVCacheManager.allocate_slots`), so until that step's output is processed their KV is
     still being computed: the blocks a step indexed stay `unready` to the claim book (no
     claim materializes over them) until `update_from_output` for that step."""
+
+    tracks_stored = True  # what a step indexes is unready until its output comes back
 
     def __init__(self, *args, **kwargs) -> None:
         self._scheduling: list[str] | None = None  # hashes indexed so far by the step being scheduled
