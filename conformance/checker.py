@@ -21,6 +21,12 @@ it ends and keeps only counts, so its memory grows with live claims,
 requests and resident blocks, not with the trace (RKC-TR-7); it then forgets
 ended ids, so an event for one reads as `unknown_*` and a reused id goes
 unnoticed.
+
+A line is decoded by msgspec straight into its kind's Struct (`records`), which
+checks the record's shape in the same C pass, and replayed from its attributes; a
+line the decoder does not take goes the exact way, `json` and `_shape`, so each
+finding, message and line number is that way's (tests/test_checker_typed.py holds
+the two together). A file is read a block of lines at a time (`trace.file_blocks`).
 """
 
 from __future__ import annotations
@@ -29,38 +35,19 @@ import json
 import reprlib
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from functools import partial
+from typing import IO, Any, Callable, Iterable
 
+import msgspec
+from msgspec import UNSET
+
+from kvclaims.conformance.records import DECODER, FIELDS, OPTIONAL, STRING_LISTS, TYPES, Record, as_text
 from kvclaims.errors import IllegalTransition
 from kvclaims.model.terms import TIERS
-from kvclaims.trace import MAX_LINE, SCHEMA_VERSION, file_lines, read_lines
+from kvclaims.trace import MAX_LINE, SCHEMA_VERSION, BadLine, Cut, file_blocks, parse_line
 from kvclaims.spec import Spec, load
 from kvclaims.model.names import EVENT
 
-# kind -> required fields and their types (spec/TRACE.md, RKC-TR-3); a required string is non-empty.
-FIELDS: dict[str, dict[str, type]] = {
-    "runtime": {},
-    "claim_submit": {"claim": str, "blocks": list},
-    "claim": {"claim": str, "event": str},
-    "request_submit": {"request": str},
-    "request_admit": {"request": str},
-    "request_wait": {"request": str},
-    "request_grow": {"request": str},
-    "request_refuse": {"request": str, "reason": str, "blocking_claims": list},
-    "request_finish": {"request": str, "admit": bool},
-    "request_abort": {"request": str},
-    "block_store": {"blocks": list, "tier": str},
-    "block_evict": {"blocks": list, "tier": str, "reason": str},
-    "block_offload": {"blocks": list, "tier": str, "claim": str},
-    "block_restore": {"blocks": list, "tier": str, "claim": str},
-    "operator": {"action": str},
-}
-# kind -> optional fields the checker reads (spec/TRACE.md, RKC-TR-3), checked unless absent or null.
-OPTIONAL: dict[str, dict[str, type]] = {
-    "block_store": {"request": str},
-    "claim": {"blocks": list},
-    "runtime": {"model": str, "hash": str, "namespace": str, "B": int},
-}
 # The runtime record's fields that name its cache identity (RKC-ID-3): `Report.identity`.
 IDENTITY = ("model", "B", "hash", "namespace")
 # Finding kind -> the obligation it breaks (spec/TRACE.md), so a violation is attributed
@@ -88,10 +75,9 @@ OBLIGATION_OF: dict[str, str] = {
     "phantom_block": "RKC-TR-9",
     "stale_store": "RKC-INV-6",
 }
-_STRING_LISTS = ("blocks", "blocking_claims", "hit_blocks")  # lists of non-empty strings wherever present
 _is_str = str.__instancecheck__
 _SOURCE = {"host": "device", "device": "host"}  # a copy into a tier reads the other: offload, restore
-_UNKNOWN = (None, (), None)  # an unknown kind's (fields, optional, replay)
+_UNKNOWN = (None, (), None, None)  # an unknown kind's (fields, optional, record type, replay)
 RECENT_EVICTIONS = 256  # per tier: evicted hashes remembered (at least the latest record) to say why one is missing
 
 OnEnd = Callable[[str, str, Any], None]  # ("claim", id, final state) or ("request", id, outcome dict)
@@ -138,6 +124,12 @@ class Checker:
         self.live: dict[str, str] = {}  # claim -> replayed state
         self.chains: dict[str, list[str]] = {}  # of live claims only
         self.tier_of = needed_tiers(self.spec)
+        # `after` as the replay reads it, state -> event -> (state after, whether the tier it
+        # needs changes, whether it ends, whether it refuses)
+        self.steps: dict[str, dict[str, tuple[str, bool, bool, bool]]] = {s: {} for s in lc.states}
+        for (source, event), dest in self.after.items():
+            moves = self.tier_of.get(source) != self.tier_of.get(dest)
+            self.steps[source][event] = (dest, moves, dest in self.terminal, event == EVENT.refuse)
         self.needed: dict[str, dict[str, set[str]]] = {t: {} for t in TIERS}
         self.refusals = set(self.spec.outcome_names) - {"admit", "wait"}
         self.resident: dict[str, set[str]] = {t: set() for t in TIERS}
@@ -152,48 +144,168 @@ class Checker:
         self.requests = self.report.requests if on_end is None else {}  # live ones only when streamed
         self.last_seq: int | None = None
         self.last_time = 0
-        self._line = 0
+        self._line = 0  # of the record being checked, and its seq, for findings
         self._seq: int | None = None
-        replay = {
+        self._number = 0  # lines read by feed_lines, feed_blocks
+        self._before: str | bytes | None = None  # the last of them
+        self._held: tuple[int, Cut] | None = None  # one of them cut short, if no line follows it
+        self._born = lc.initial
+        self._ends = self.spec.request_ends
+        self._initial = self.spec.request_initial
+        # kind -> what replays its record; a request move or copy is told its kind (and a move its table row)
+        replay: dict[str, Callable[[Any], None]] = {
             "claim_submit": self._on_claim_submit,
             "claim": self._on_claim,
             "request_submit": self._on_request_submit,
-            **dict.fromkeys(self.spec.request_moves, self._on_request),
-            "request_admit": self._on_admit,
+            **{
+                kind: partial(self._on_request, kind, sources, dest, dest in self._ends)
+                for kind, (sources, dest) in self.spec.request_moves.items()
+            },
             "block_store": self._on_store,
             "block_evict": self._on_evict,
-            "block_offload": self._on_copy,
-            "block_restore": self._on_copy,
+            "block_offload": partial(self._on_copy, "block_offload"),
+            "block_restore": partial(self._on_copy, "block_restore"),
             "operator": self._on_operator,
             "runtime": self._on_runtime,
         }
-        # kind -> (required fields, optional fields read, what replays it; None: nothing to replay)
+        if "request_admit" in replay:
+            replay["request_admit"] = partial(self._on_admit, replay["request_admit"])
+        # record type -> what replays it (the spec names no replay for a kind: nothing)
+        self.replay: dict[type[Record], Callable[[Any], None]] = {
+            TYPES[kind]: replay.get(kind, _nothing) for kind in FIELDS
+        }
+        # kind -> (required fields, optional fields read, its record's type, what replays it)
         self.kinds = {
-            kind: (tuple(fields.items()), tuple(OPTIONAL.get(kind, {}).items()), replay.get(kind))
+            kind: (tuple(fields.items()), tuple(OPTIONAL.get(kind, {}).items()), typ, self.replay[typ])
             for kind, fields in FIELDS.items()
+            for typ in (TYPES[kind],)
         }
 
     # ------------------------------------------------------------------ driving
     def feed(self, line: int, rec: dict[str, Any] | str) -> None:
-        """Check one record (or a line's parse error, a str) read at `line`."""
+        """Check one record (or a line's parse error, a str) read at `line`.
+
+        msgspec converts a dict to its kind's Struct, checking in C what `_shape` checks.
+        It is looser only where no JSON value goes (an int subclass for an int; a tuple,
+        set or list subclass for a list): such a dict, and any it refuses, `_shape`
+        judges, and a finding is `_shape`'s."""
         self._line = line
         if not isinstance(rec, dict):
             self._seq = None
             return self._flag(getattr(rec, "kind", "malformed_line"), str(rec))
-        seq, time, kind = rec.get("seq"), rec.get("time"), rec.get("kind")
+        seq: Any = rec.get("seq")
+        time: Any = rec.get("time")
+        kind = rec.get("kind")
         self._seq = seq if type(seq) is int else None
-        fields, optional, replay = self.kinds.get(kind, _UNKNOWN) if type(kind) is str else _UNKNOWN
-        problem = self._shape(rec, fields, optional, seq, time)
-        if problem:
-            return self._flag("malformed_line", problem)
-        assert type(seq) is int and type(time) is int, "_shape passed them as non-negative ints"
+        fields, optional, typ, replay = self.kinds.get(kind, _UNKNOWN) if type(kind) is str else _UNKNOWN
+        record: Any = None
+        if typ is not None and type(seq) is int and type(time) is int and type(rec.get("schema_version")) is int:
+            for name in STRING_LISTS:
+                value = rec.get(name)
+                if value is not None and type(value) is not list:
+                    break
+            else:
+                try:
+                    record = msgspec.convert(rec, typ)
+                except Exception:  # ValidationError; a lone surrogate it cannot compare: `_shape` judges
+                    pass
+        if record is None:
+            problem = self._shape(rec, fields, optional, seq, time)
+            if problem:
+                return self._flag("malformed_line", problem)
+            assert typ is not None, "_shape passed a known kind"
+            # what msgspec refuses and `_shape` passes (a bool `B`, a `state` not a string), as it is
+            record = typ(**{name: rec[name] for name in typ.__struct_fields__ if name in rec})
+        self.report.records += 1  # `_record`, inlined: the dict path pays no call a record for it
+        last = self.last_seq
+        if last is None or seq != last + 1 or time < self.last_time:
+            self._sequence(seq, time)
+        self.last_seq, self.last_time = seq, time
+        replay(record)  # type: ignore[misc]  # a known kind's: not None
+
+    def _record(self, rec: Any) -> None:
+        """A record of sound shape, at `self._line`: its place in the sequence (RKC-TR-2), then its replay."""
+        seq, time = rec.seq, rec.time
         self.report.records += 1
         last = self.last_seq
         if last is None or seq != last + 1 or time < self.last_time:
             self._sequence(seq, time)
         self.last_seq, self.last_time = seq, time
-        if replay is not None:
-            replay(rec)
+        self.replay[type(rec)](rec)
+
+    def feed_lines(self, lines: Iterable[str | bytes]) -> None:
+        """Check the lines of a whole trace: the report `feed` gives of what `read_lines`
+        reads of them, finding for finding, only faster (tests/test_checker_typed.py)."""
+        self._each(lines)
+        self._end_lines()
+
+    def feed_blocks(self, blocks: Iterable[tuple[list[bytes | BadLine], bool]]) -> None:
+        """Check a whole trace read by `trace.file_blocks`: `feed_lines`, with each block's
+        lines decoded in one `map`. A block not all ASCII, or with a line the decoder
+        refuses, goes line by line (`_each`). The loop is `_record`'s, inlined, its
+        sequence state in locals: at a million records a second, a call each is a tenth."""
+        decode, replay, report = DECODER.decode, self.replay, self.report
+        for lines, ascii in blocks:
+            if not lines:
+                continue
+            try:
+                recs = list(map(decode, lines)) if ascii else None
+            except Exception:  # a line the exact path must read
+                recs = None
+            if recs is None:
+                self._each(lines)
+                continue
+            if self._held:
+                self._release(last=False)
+            number, last, last_time = self._number, self.last_seq, self.last_time
+            for rec in recs:
+                number += 1
+                seq = rec.seq
+                time = rec.time
+                self._line = number
+                self._seq = seq
+                if seq - 1 != last or time < last_time:  # `last` None: the first record
+                    self.last_seq, self.last_time = last, last_time
+                    self._sequence(seq, time)
+                last = seq
+                last_time = time
+                replay[type(rec)](rec)
+            report.records += len(recs)
+            self._number, self._before, self.last_seq, self.last_time = number, lines[-1], last, last_time
+        self._end_lines()
+
+    def _each(self, lines: Iterable[str | bytes]) -> None:
+        """Line by line: the typed decoder (`records`) checks a line's shape in C and gives
+        the Struct the replay reads; a line it does not take goes the exact way, `parse_line`
+        and `feed`, whose finding is the line's."""
+        decode = DECODER.decode
+        for line in lines:
+            self._number += 1
+            if self._held:  # a line follows the one cut short: it was not the tail
+                self._release(last=False)
+            try:
+                rec = decode(line if line.isascii() else as_text(line))
+            except Exception:  # not the decoder's to judge: the exact path finds what it is
+                got = parse_line(line, self._before)
+                if type(got) is Cut:
+                    self._held = self._number, got
+                elif got is not None:
+                    self.feed(self._number, got)
+            else:
+                self._line, self._seq = self._number, rec.seq
+                self._record(rec)
+            self._before = line
+
+    def _release(self, last: bool) -> None:
+        """The line held as cut short: the trace's `truncated_tail` if it is the `last`, else malformed."""
+        assert self._held is not None
+        number, cut = self._held
+        self._held = None
+        self.feed(number, cut.finding(last))
+
+    def _end_lines(self) -> None:
+        if self._held:
+            self._release(last=True)
 
     def finish(self) -> Report:
         """End of trace: live claims and requests end in the state they are in."""
@@ -203,7 +315,7 @@ class Checker:
         for cid, state in self.live.items():
             self._end_claim(cid, state)
         for rid, outcome in list(self.requests.items()):
-            if outcome["status"] not in self.spec.request_ends:
+            if outcome["status"] not in self._ends:
                 self._end_request(rid, outcome)
         self.report.claims = dict(sorted(self.report.claims.items()))
         return self.report
@@ -234,7 +346,7 @@ class Checker:
             value = rec.get(name)
             if not isinstance(value, typ) or not value and typ is str:
                 return f"{kind}: field {name!r} must be a {_kind_of(typ)}, {_got(rec, name)}"
-        for name in _STRING_LISTS:
+        for name in STRING_LISTS:
             if name in rec:
                 value = rec[name]
                 if type(value) is not list or "" in value or not all(map(_is_str, value)):
@@ -263,36 +375,41 @@ class Checker:
             self._flag("time_order", f"time {time} is before {self.last_time}")
 
     # ------------------------------------------------------------------ claims
-    def _on_runtime(self, rec: dict) -> None:
+    # The replay reads a record's fields as attributes of its Struct (`records`); an absent
+    # optional field is None, an absent `state` or `reason` UNSET.
+    def _on_runtime(self, rec: Any) -> None:
         """RKC-ID-3: the cache identity the trace names (the first runtime record's)."""
         if self.report.identity is None:
-            self.report.identity = {f: rec.get(f) for f in IDENTITY}
+            self.report.identity = {f: getattr(rec, f) for f in IDENTITY}
 
-    def _on_claim_submit(self, rec: dict) -> None:
-        cid = rec["claim"]
+    def _on_claim_submit(self, rec: Any) -> None:
+        cid = rec.claim
         if cid in self.live or cid in self.report.claims:
             return self._flag("duplicate_claim", f"claim {cid!r} submitted twice")
-        self.live[cid] = self.spec.lifecycle.initial
-        self.chains[cid] = rec["blocks"]
+        self.live[cid] = self._born
+        self.chains[cid] = rec.blocks
 
-    def _on_claim(self, rec: dict) -> None:
+    def _on_claim(self, rec: Any) -> None:
         """RKC-TR-5: replay the event from the claim's state; cross-check `state`."""
-        cid, event = rec["claim"], rec["event"]
+        cid, event = rec.claim, rec.event
         before = self.live.get(cid)
-        after = None if before is None else self.after.get((before, event))
-        if after is None:
+        step = None if before is None else self.steps[before].get(event)
+        if step is None:
             return self._bad_event(cid, event, before)
-        if event == EVENT.refuse and not rec.get("reason"):
+        after, moves, ends, refusing = step
+        if refusing and not rec.reason:
             self._flag("refusal_without_attribution", f"claim {cid!r} refused without a reason")
-        if rec.get("blocks") is not None and rec["blocks"] != self.chains[cid]:
+        blocks = rec.blocks
+        if blocks is not None and blocks != self.chains[cid]:
             self._flag(
                 "chain_changed", f"claim {cid!r} {event!r} names blocks other than the chain it was submitted with"
             )
-        if "state" in rec and rec["state"] != after:
-            self._flag("state_mismatch", f"claim {cid!r}: trace says {rec['state']!r}, replay gives {after!r}")
-        if self._tier(before) != self._tier(after):
+        state = rec.state
+        if state is not UNSET and state != after:
+            self._flag("state_mismatch", f"claim {cid!r}: trace says {state!r}, replay gives {after!r}")
+        if moves:
             self._move(cid, before, after, event)
-        if after in self.terminal:
+        if ends:
             del self.live[cid], self.chains[cid]
             self._end_claim(cid, after)
         else:
@@ -312,63 +429,66 @@ class Checker:
         else:
             self._flag("illegal_transition", str(IllegalTransition(cid, state, event, self.allowed[state])))
 
-    def _tier(self, state: str | None) -> str | None:
-        """The tier a claim in `state` (None: no live claim) keeps its blocks in, if any."""
-        return None if state is None else self.tier_of.get(state)
-
     def _move(self, cid: str, before: str | None, after: str, event: str) -> None:
         """The claim's chain changes the tier it needs: entering one, it must be resident there (RKC-TR-9)."""
-        old, new = self._tier(before), self._tier(after)
-        if new and not self.resident[new].issuperset(self.chains[cid]):
-            self._need(new, self.chains[cid], f"claim {cid!r} {event!r} needs")
-        for h in self.chains[cid]:
-            holders = self.needed[old].get(h) if old else None
-            if old and holders is not None:  # None too for a hash the chain repeats
-                holders.discard(cid)
-                if not holders:
-                    del self.needed[old][h]
-            if new:
-                self.needed[new].setdefault(h, set()).add(cid)
-
-    def _count(self, outcome: str) -> None:
-        self.report.tally[outcome] = self.report.tally.get(outcome, 0) + 1
+        old, new, chain = self.tier_of.get(before), self.tier_of.get(after), self.chains[cid]  # type: ignore[arg-type]
+        if old:
+            needed = self.needed[old]
+            for h in chain:
+                holders = needed.get(h)
+                if holders is not None:  # None too for a hash the chain repeats
+                    holders.discard(cid)
+                    if not holders:
+                        del needed[h]
+        if new:
+            if not self.resident[new].issuperset(chain):
+                self._need(new, chain, f"claim {cid!r} {event!r} needs")
+            needed = self.needed[new]
+            for h in chain:
+                holders = needed.get(h)
+                if holders is None:
+                    needed[h] = {cid}
+                else:
+                    holders.add(cid)
 
     def _end_claim(self, cid: str, state: str) -> None:
-        self._count("claim " + state)
+        tally, key = self.report.tally, "claim " + state
+        tally[key] = tally.get(key, 0) + 1
         if self.on_end:
             self.on_end("claim", cid, state)
         else:
             self.report.claims[cid] = state
 
     # ------------------------------------------------------------------ requests
-    def _on_request_submit(self, rec: dict) -> None:
-        rid = rec["request"]
+    def _on_request_submit(self, rec: Any) -> None:
+        rid = rec.request
         if rid in self.requests:
             return self._flag("duplicate_request", f"request {rid!r} submitted twice")
-        self.requests[rid] = {"status": self.spec.request_initial}
+        self.requests[rid] = {"status": self._initial}
 
-    def _on_request(self, rec: dict) -> None:
-        rid, kind = rec["request"], rec["kind"]
+    def _on_request(self, kind: str, sources: tuple[str, ...], dest: str, ends: bool, rec: Any) -> None:
+        """RKC-TR-8: the move `kind` of the spec's [requests] table, from `sources` to `dest`."""
+        rid = rec.request
         outcome = self.requests.get(rid)
         if outcome is None:
             ended = " (or that ended: ended requests are streamed out and forgotten)" if self.on_end else ""
             return self._flag("unknown_request", f"{kind} for request {rid!r} that was never submitted{ended}")
-        sources, dest = self.spec.request_moves[kind]
         if outcome["status"] not in sources:
             return self._flag("illegal_request_event", f"{kind} for request {rid!r} in status {outcome['status']!r}")
         outcome["status"] = dest
         if kind == "request_admit":
             self.admitted[rid] = self.epoch
         elif kind == "request_finish":
-            outcome["admit"] = rec["admit"]
+            outcome["admit"] = rec.admit
         elif kind == "request_refuse":
-            outcome.update(reason=rec["reason"], blocking_claims=rec["blocking_claims"])
-            self._attribution(rid, rec["reason"], rec["blocking_claims"])
-        if dest in self.spec.request_ends:
+            outcome.update(reason=rec.reason, blocking_claims=rec.blocking_claims)
+            self._attribution(rid, rec.reason, rec.blocking_claims)
+        if ends:
             self._end_request(rid, outcome)
 
     def _end_request(self, rid: str, outcome: dict[str, Any]) -> None:
-        self._count("request " + outcome["status"])
+        tally, key = self.report.tally, "request " + outcome["status"]
+        tally[key] = tally.get(key, 0) + 1
         if self.on_end:
             del self.requests[rid]
             self.admitted.pop(rid, None)
@@ -385,40 +505,40 @@ class Checker:
         if not blocking:
             return self._flag("refusal_without_attribution", f"request {rid!r} refused by claims but names none")
         for cid in blocking:
-            if self._tier(self.live.get(cid)) != "device":
+            if self.tier_of.get(self.live.get(cid)) != "device":  # type: ignore[arg-type]
                 self._flag(
                     "refusal_without_attribution",
                     f"request {rid!r} attributed to claim {cid!r}, which protects no blocks",
                 )
 
     # ------------------------------------------------------------------ blocks
-    def _on_admit(self, rec: dict) -> None:
-        """RKC-TR-9: a request reuses only blocks resident on the device."""
-        hits = rec.get("hit_blocks")
+    def _on_admit(self, move: Callable[[Any], None], rec: Any) -> None:
+        """RKC-TR-9: a request reuses only blocks resident on the device; then the request moves."""
+        hits = rec.hit_blocks
         if hits and not self.on_device.issuperset(hits):
-            self._need("device", hits, f"request {rec['request']!r} reuses")
-        self._on_request(rec)
+            self._need("device", hits, f"request {rec.request!r} reuses")
+        move(rec)
 
-    def _on_store(self, rec: dict) -> None:
+    def _on_store(self, rec: Any) -> None:
         """New content is resident; RKC-INV-6: not computed by a request admitted before the latest invalidation."""
-        self.resident[rec["tier"]].update(rec["blocks"])
-        rid = rec.get("request")
+        self.resident[rec.tier].update(rec.blocks)
+        rid = rec.request
         if rid is not None and self.admitted.get(rid, self.epoch) < self.epoch:
             self._flag(
                 "stale_store",
-                f"request {rid!r} stores {len(rec['blocks'])} block(s) but was admitted "
+                f"request {rid!r} stores {len(rec.blocks)} block(s) but was admitted "
                 f"before the invalidation {self.invalidated}: its KV may be stale",
             )
 
-    def _on_copy(self, rec: dict) -> None:
+    def _on_copy(self, kind: str, rec: Any) -> None:
         """RKC-TR-9: an offload or restore copies blocks resident in the other tier into `tier`."""
-        tier, blocks, cid = rec["tier"], rec["blocks"], rec["claim"]
+        tier, blocks, cid = rec.tier, rec.blocks, rec.claim
         source = _SOURCE[tier]
         if not self.resident[source].issuperset(blocks):
-            self._need(source, blocks, f"{rec['kind']} for claim {cid!r} copies")
+            self._need(source, blocks, f"{kind} for claim {cid!r} copies")
         chain = self.chains.get(cid)
         if chain is not None and (blocks != chain if tier == "host" else not set(blocks) <= set(chain)):
-            self._flag("chain_changed", f"{rec['kind']} for claim {cid!r} copies blocks outside its chain")
+            self._flag("chain_changed", f"{kind} for claim {cid!r} copies blocks outside its chain")
         if tier == "device" and not self.on_device.isdisjoint(blocks):
             self._flag(
                 "restore_of_resident",
@@ -427,11 +547,11 @@ class Checker:
             )
         self.resident[tier].update(blocks)
 
-    def _on_operator(self, rec: dict) -> None:
+    def _on_operator(self, rec: Any) -> None:
         """RKC-INV-6: an action of the spec's [invalidation] starts a new epoch."""
-        if rec["action"] in self.invalidations:
+        if rec.action in self.invalidations:
             self.epoch += 1
-            self.invalidated = f"at line {self._line} ({rec['action']})"
+            self.invalidated = f"at line {self._line} ({rec.action})"
 
     def _need(self, tier: str, blocks: list[str], what: str) -> None:
         """RKC-TR-9, off the fast path (callers test residency first): a finding per absent block."""
@@ -459,12 +579,12 @@ class Checker:
                 return f"evicted at line {line} ({reason})"
         return f"never stored there, or evicted before the last {RECENT_EVICTIONS} blocks evicted from it"
 
-    def _on_evict(self, rec: dict) -> None:
+    def _on_evict(self, rec: Any) -> None:
         """RKC-TR-6: an eviction of a block some claim's state needs in that tier is a loss.
         RKC-TR-9: the blocks leave the tier's residency."""
-        tier, blocks = rec["tier"], rec["blocks"]
+        tier, blocks, reason = rec.tier, rec.blocks, rec.reason
         self.resident[tier].difference_update(blocks)
-        self._remember(tier, blocks, rec["reason"])
+        self._remember(tier, blocks, reason)
         needed = self.needed[tier]
         if needed.keys().isdisjoint(blocks):
             self.report.ordinary_evictions += len(blocks)
@@ -474,7 +594,7 @@ class Checker:
                 for cid in sorted(needed[h]):
                     self._flag(
                         "claimed_block_lost",
-                        f"block {h} evicted from {tier} ({rec['reason']}) while claim {cid!r} "
+                        f"block {h} evicted from {tier} ({reason}) while claim {cid!r} "
                         f"is {self.live[cid]!r}, with no lifecycle event first",
                     )
             else:
@@ -492,6 +612,10 @@ def _got(rec: dict[str, Any], name: str) -> str:
     return f"got {reprlib.repr(rec[name])} ({type(rec[name]).__name__})"
 
 
+def _nothing(rec: Any) -> None:
+    """The replay of a kind the spec gives none (a contract whose [requests] table lacks it)."""
+
+
 def needed_tiers(spec: Spec) -> dict[str, str]:
     """Which tier a claim in each state must keep its blocks in (RKC-TR-6): protected
     states on the device, the offload's destination on the host; other states none."""
@@ -501,14 +625,23 @@ def needed_tiers(spec: Spec) -> dict[str, str]:
 
 def check_lines(lines: Iterable[str | bytes], spec: Spec | None = None, on_end: OnEnd | None = None) -> Report:
     checker = Checker(spec, on_end)
-    for number, rec in read_lines(lines):
-        checker.feed(number, rec)
+    checker.feed_lines(lines)
     return checker.finish()
 
 
 def check_file(path, spec: Spec | None = None, on_end: OnEnd | None = None, max_line: int = MAX_LINE) -> Report:
     with open(path, "rb") as fh:
-        return check_lines(file_lines(fh, max_line), spec, on_end)
+        return check_stream(fh, spec, on_end, max_line)
+
+
+def check_stream(
+    fh: IO[bytes], spec: Spec | None = None, on_end: OnEnd | None = None, max_line: int = MAX_LINE
+) -> Report:
+    """`check_file` of an open binary stream (a file, or a pipe: its lines are checked as
+    they arrive)."""
+    checker = Checker(spec, on_end)
+    checker.feed_blocks(file_blocks(fh, max_line))
+    return checker.finish()
 
 
 def render(report: Report) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 from contextlib import nullcontext
 
 from kvclaims.conformance import bundle, kvresidency
-from kvclaims.conformance.checker import OnEnd, Report, check_file, check_lines, render
+from kvclaims.conformance.checker import OnEnd, Report, check_file, check_lines, check_stream, render
 from kvclaims.errors import BadArgument, KVClaimsError
 from kvclaims.spec import load
 from kvclaims.trace import file_lines, read_lines
@@ -96,8 +96,7 @@ def _doc(report: Report, imported: kvresidency.Imported | None, judged: bundle.B
 def _ours(path: str, on_end: OnEnd | None, whole: bool) -> tuple[Report, kvresidency.Imported | None, list]:
     """Our trace, checked; `whole`: its records kept too (a bundle judges them)."""
     if not whole:
-        source = file_lines(sys.stdin.buffer) if path == "-" else None
-        report = check_lines(source, on_end=on_end) if source is not None else check_file(path, on_end=on_end)
+        report = check_stream(sys.stdin.buffer, on_end=on_end) if path == "-" else check_file(path, on_end=on_end)
         return report, None, []
     with open(path, "rb") if path != "-" else nullcontext(sys.stdin.buffer) as fh:
         lines = list(file_lines(fh))
