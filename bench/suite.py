@@ -28,6 +28,7 @@ FIGURES = {
     "prove": ("kvclaims.bench.proofs", "6: proof time"),
     "fuzz": ("kvclaims.bench.fuzz", "7: stateful testing throughput"),
     "host": ("kvclaims.bench.host_tier", "8: host tier offload/restore bandwidth"),
+    "host-vllm": ("kvclaims.bench.host_tier:run_vllm", "8: vLLM host tier store/load bandwidth"),
 }
 
 

@@ -1,8 +1,9 @@
 """A runtime's answers since the last check, against the oracle's: nothing it says goes unread.
 
 The stateful machine drives a runtime and the oracle (`kvclaims.model.adoption.AdoptingPool`)
-in lockstep. After every step, `Comparison.check` reads the new trace records and the
-adapter's queries and compares them with what the oracle predicted for that step:
+in lockstep. After every step, `Comparison.check` takes the new trace records (the machine
+reads the trace once, for its checker too), reads the adapter's queries and compares them
+with what the oracle predicted for that step:
 
 - the block table: every block that left it is named by a device `block_evict` (RKC-TR-6),
   every block that entered by a `block_store` or `block_restore` (RKC-TR-9), and the table
@@ -26,7 +27,6 @@ from kvclaims.conformance.adapter import RuntimeAdapter
 from kvclaims.model.adoption import AdoptingPool
 from kvclaims.model.feasibility import PoolCounts
 from kvclaims.model.names import EVENT
-from kvclaims.trace import read_lines
 
 Record = Mapping[str, Any]
 YIELDS = (EVENT.demote, EVENT.offload)  # how a non-blocking claim gives way under pressure (RKC-RT-1)
@@ -135,22 +135,20 @@ def check_hit_queries(rt: RuntimeAdapter, model: AdoptingPool, admitted: Iterabl
 
 class Comparison:
     """One runtime against its oracle, from their first step on: what it reported since the
-    last `check` (its own trace position, the oracle's events and the table it saw)."""
+    last `check` (the oracle's events and the table it saw)."""
 
     def __init__(self, rt: RuntimeAdapter, model: AdoptingPool) -> None:
         self.rt, self.model = rt, model
-        self.pos = len(rt.trace_lines())
         self.seen = len(model.events)
         self.table = frozenset(rt.resident())
         self.admitted: list[str] = []
         self.loss = frozenset(model.spec.lifecycle.loss_events)
 
-    def check(self) -> None:
+    def check(self, records: Sequence[Record]) -> None:
         """After a step, before the caller compares counts: claim events, hits, the block
-        table (adopting into the oracle what the contract leaves to the runtime)."""
-        lines = self.rt.trace_lines(self.pos)
-        self.pos += len(lines)
-        records = [rec for _, rec in read_lines(lines) if isinstance(rec, dict)]
+        table (adopting into the oracle what the contract leaves to the runtime). `records`:
+        the trace's records since the last check (the caller reads the trace once, for its
+        checker too)."""
         check_claim_events(self.model.events[self.seen :], records, self.loss)
         self.seen = len(self.model.events)
         self.admitted += check_admitted_hits(self.model, records)

@@ -58,10 +58,17 @@ class Life:
         self.depth = 0  # > 0 while a step runs
 
 
-def live(factory: Factory, steps: int, seed_value: int, *, log: Callable[[str], None] = lambda m: None) -> Counter:
+def live(
+    factory: Factory,
+    steps: int,
+    seed_value: int,
+    *,
+    log: Callable[[str], object] = lambda m: None,
+    progress: Callable[[int], object] = lambda steps: None,
+) -> Counter:
     """Drive one runtime made by `factory` for at least `steps` steps; returns the counts
-    `fuzz` reports. Raises the failure that ended the life, with notes naming the program
-    file."""
+    `fuzz` reports (and tells `progress` the steps so far after each stretch). Raises the
+    failure that ended the life, with notes naming the program file."""
     life, totals = Life(), Counter[str]()
     Machine = life_machine(factory, life, totals)
     stretch = 0
@@ -79,6 +86,7 @@ def live(factory: Factory, steps: int, seed_value: int, *, log: Callable[[str], 
             ),
         )
         stretch += 1
+        progress(totals["steps"])
         if stretch % 20 == 0:
             log(f"life: {totals['steps']} steps")
     if life.failure is not None:

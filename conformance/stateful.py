@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
 
 from kvclaims.conformance.compare import Comparison, ContractViolation
-from kvclaims.model.feasibility import Decision
+from kvclaims.model.feasibility import Decision, PoolCounts
 from kvclaims.model.names import EVENT, POLICY, STATE, STATUS
 from kvclaims.model.terms import APPLIED
 from kvclaims.conformance.adapter import (
@@ -68,7 +68,7 @@ from kvclaims.model.pool import ClaimTerms
 from kvclaims.conformance.checker import OBLIGATION_OF, Checker
 from kvclaims.conformance.litmus import Run
 from kvclaims.conformance.rejections import REJECTIONS
-from kvclaims.trace import read_lines
+from kvclaims.trace import BadLine, read_lines
 from kvclaims.conformance.strategies import (
     VOCAB,
     claim_kwargs,
@@ -127,6 +127,7 @@ class ContractMachine(RuleBasedStateMachine):
     # Set by `start`, the initialize rule, which Hypothesis runs before any rule or invariant.
     rt: RuntimeAdapter
     model: AdoptingPool
+    counted: PoolCounts  # set by the invariant, which Hypothesis runs after every rule
 
     def __init__(self) -> None:
         super().__init__()
@@ -139,10 +140,13 @@ class ContractMachine(RuleBasedStateMachine):
         self.rt = type(self).factory(U=U, B=B, R=min(reserve, U - 1), host_blocks=host)
         self.model = AdoptingPool(self.rt.U, self.rt.R, self.rt.host_blocks, profile=profile_of(self.rt))
         self.checker = Checker()
-        self.trace_pos = 0
+        self.trace_pos = 0  # trace lines the checker has read
+        self.unchecked: list[str] = []  # lines since, each fetched once (`_trace`)
+        self.parsed: list[dict[str, Any] | None] = []  # their records (None: a line that is not one)
         self.serial = 0
         self.tokens: dict[str, list[int]] = {}  # claim id -> prefix tokens
         self.prompts: dict[str, list[int]] = {}  # request id -> its tokens so far
+        self._check_trace()  # what the runtime traced as it started, before the comparison's first step
         self.compared = Comparison(self.rt, self.model)
         # Claims and requests whose final state was compared once: a long life checks each
         # step only what can still change (the checker sees any event after a final one).
@@ -171,8 +175,8 @@ class ContractMachine(RuleBasedStateMachine):
         groups: dict[str, list[str]] = {}
         pending: list[str] = []
         demoted: list[str] = []
-        for _, rec in read_lines(self.rt.trace_lines(self.trace_pos)):
-            if not isinstance(rec, dict):
+        for rec in self._trace():
+            if rec is None:
                 continue
             if rec.get("kind") == "block_evict" and rec.get("tier") == "device" and rec.get("reason") == "lru":
                 pending += rec.get("blocks", [])
@@ -204,7 +208,7 @@ class ContractMachine(RuleBasedStateMachine):
         """What a rejected call must leave as it was; all of it where the runtime can digest it."""
         rt = self.rt
         snap: dict[str, object] = {
-            "trace": len(rt.trace_lines(self.trace_pos)),
+            "trace": len(self._trace()),
             "block table": frozenset(rt.resident()),
             "counts": rt.counts(),
             # Settled ones can change only with an event the checker rejects (or the digest shows).
@@ -342,7 +346,7 @@ class ContractMachine(RuleBasedStateMachine):
         extra %= self.rt.B
         return self._submit(self._tokens_of(claim) + unique_tokens(self.serial, tail, self.rt.B, extra))
 
-    @precondition(lambda self: self.model.counts().protected > 0)
+    @precondition(lambda self: self.counted.protected > 0)
     @rule(target=requests)
     def squeeze(self) -> str:
         """A request one block too large to fit beside the protected blocks."""
@@ -364,7 +368,7 @@ class ContractMachine(RuleBasedStateMachine):
         if self.model.counts().yielding:
             self.press()
 
-    @precondition(lambda self: self.model.counts().yielding > 0)
+    @precondition(lambda self: self.counted.yielding > 0)
     @rule(target=requests)
     def press(self) -> str:
         """A request one block larger than the free and cached blocks: exactly the first
@@ -449,7 +453,7 @@ class ContractMachine(RuleBasedStateMachine):
         """A running request grows by `n` generated tokens; a stale one must index none."""
         self._grow(request, n)
 
-    @precondition(lambda self: self._can("decode") and self.model.counts().protected > 0)
+    @precondition(lambda self: self._can("decode") and self.counted.protected > 0)
     @rule(request=requests)
     def squeeze_decode(self, request: str) -> None:
         """A running request grows one block past what fits beside the protected blocks it does
@@ -622,7 +626,7 @@ class ContractMachine(RuleBasedStateMachine):
     @invariant()
     def contract_holds(self) -> None:
         self.steps += 1
-        self._check_trace()
+        records = self._check_trace()
         self._check_claims()
         resident = self.rt.resident()
         missing = self.model.missing_claimed(resident)
@@ -630,11 +634,12 @@ class ContractMachine(RuleBasedStateMachine):
             raise ContractViolation(f"RKC-INV-1: materialized claims lost blocks with no event: {missing}")
         self._check_content()
         self._check_requests()
-        self.compared.check()
+        self.compared.check(records)
         try:
             counts, want = self.rt.counts(), self.model.counts()
         except InconsistentCounts as exc:
             raise ContractViolation(f"RKC-INV-3: the runtime's block classes: {exc}") from None
+        self.counted = want  # the oracle's classes until the next rule runs: its preconditions read them
         if counts.protected + counts.yielding < want.protected + want.yielding:
             raise ContractViolation(
                 f"RKC-INV-2: materialized claims' blocks counted evictable: runtime {counts} != model {want}"
@@ -712,9 +717,28 @@ class ContractMachine(RuleBasedStateMachine):
         if got != (want.outcome, want.blocking_claims):
             raise ContractViolation(f"RKC-FEAS-6: trace refuses {rec['request']} as {got}, the model decides {want}")
 
-    def _check_trace(self) -> None:
-        lines = self.rt.trace_lines(self.trace_pos)
-        for number, rec in read_lines(lines):
+    def _trace(self) -> list[dict[str, Any] | None]:
+        """The trace's records since the last check (None for a line that is not one). Each
+        line is fetched and parsed once: adoption, a rejection's before and after, the checker
+        and the comparison all read them."""
+        new = self.rt.trace_lines(self.trace_pos + len(self.unchecked))
+        if new:
+            got = dict(read_lines(new))
+            self.unchecked += new
+            self.parsed += [rec if isinstance(rec := got.get(n), dict) else None for n in range(1, len(new) + 1)]
+        return self.parsed
+
+    def _check_trace(self) -> list[dict[str, Any]]:
+        """Feed the checker the lines since the last check; returns their records. Lines that
+        are all records read the same one by one as together; any other (blank, malformed,
+        cut short) are read again together, as the checker reads a file."""
+        records = [rec for rec in self._trace() if rec is not None]
+        lines = self.unchecked
+        numbered: list[tuple[int, dict[str, Any] | BadLine]] = (
+            list(enumerate(records, 1)) if len(records) == len(lines) else list(read_lines(lines))
+        )
+        self.unchecked, self.parsed = [], []
+        for number, rec in numbered:
             self.checker.feed(self.trace_pos + number, rec)
             if isinstance(rec, dict) and rec.get("kind") == "request_refuse":
                 self._check_refusal(rec)
@@ -726,6 +750,7 @@ class ContractMachine(RuleBasedStateMachine):
             v = self.checker.report.violations[0]
             oid = OBLIGATION_OF.get(v.kind, "RKC-TR-3")
             raise ContractViolation(f"{oid}: trace line {v.line} (seq {v.seq}): {v.kind}: {v.message}")
+        return [rec for _, rec in numbered if isinstance(rec, dict)]
 
 
 def machine_for(factory: Factory) -> type[ContractMachine]:

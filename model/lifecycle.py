@@ -50,6 +50,8 @@ class ClaimFSM:
         decided elsewhere (the trace checker, solver counterexamples).
         """
         dest = self._lifecycle.unguarded.get((self.state, event))
+        if dest is None and unchecked_guards:
+            dest = self._lifecycle.guarded.get((self.state, event))
         if dest is not None:
             self.state = dest
             return dest
@@ -99,6 +101,12 @@ class Lifecycle:
         # (state, event) -> dest of the unguarded rows: the machine's answer without a trigger,
         # which costs tens of microseconds (a claim's hit, on every request that reuses it).
         self.unguarded = {(t.source, t.event): t.dest for t in lc.transitions if not t.guard}
+        # (state, event) -> dest of its first guarded row: where a trigger with every guard taken
+        # as holding goes (`fire(unchecked_guards=True)`: the oracle's, a replay's), likewise.
+        self.guarded: dict[tuple[str, str], str] = {}
+        for t in lc.transitions:
+            if t.guard:
+                self.guarded.setdefault((t.source, t.event), t.dest)
 
     def allowed(self, state: str) -> list[str]:
         return self._allowed[state]

@@ -123,9 +123,10 @@ class PoolModel:
         self.claims: dict[str, ModelClaim] = {}
         self.requests: dict[str, ModelRequest] = {}
         # What can still change, so a long life's thousands of ended claims and requests
-        # cost nothing per step: claims not known to be terminal (pruned as `_in` meets
-        # them), and the running requests.
+        # cost nothing per step: the claims that have not ended (by id, as `_in` lists them,
+        # once sorted: `_by_id`), and the running requests.
         self._live: dict[str, ModelClaim] = {}
+        self._by_id: list[ModelClaim] | None = None
         self.running: dict[str, ModelRequest] = {}
         self.waiting: list[str] = []
         self.events: list[tuple[str, str]] = []  # (claim_id, event), in order
@@ -137,10 +138,10 @@ class PoolModel:
 
     # --- what the contract says about blocks ----------------------------------
     def _in(self, *states: str) -> list[ModelClaim]:
-        """Claims in `states`, by id."""
-        for cid in [cid for cid, c in self._live.items() if c.fsm.terminal]:
-            del self._live[cid]
-        return [c for _, c in sorted(self._live.items()) if c.state in states]
+        """Live claims in `states`, by id."""
+        if self._by_id is None:
+            self._by_id = [c for _, c in sorted(self._live.items())]
+        return [c for c in self._by_id if c.state in states]
 
     @property
     def _protected_state(self) -> str:
@@ -186,6 +187,9 @@ class PoolModel:
     def _fire(self, c: ModelClaim, event: str) -> None:
         c.fsm.fire(event, unchecked_guards=True)  # the model decided the guard itself
         self.events.append((c.terms.id, event))
+        if c.fsm.terminal:  # it can change no more
+            del self._live[c.terms.id]
+            self._by_id = None
 
     def _fits_reserve(self, terms: ClaimTerms) -> bool:
         ctx = reserve_context(terms.chain, self._live.values())
@@ -197,6 +201,7 @@ class PoolModel:
         ok = self._fits_reserve(terms)
         c = ModelClaim(terms, self.lifecycle.claim(terms.id), None if terms.ttl is None else self.time + terms.ttl)
         self.claims[terms.id] = self._live[terms.id] = c
+        self._by_id = None
         self._fire(c, EVENT.accept if ok else EVENT.refuse)
         if ok:
             self._materialize_ready()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copyreg
+import io
 import json
 import pickle
+from functools import lru_cache
 from typing import Hashable, Sequence
 
+import torch
 
 from kvclaims.conformance.adapter import CAPABILITIES, RuntimeProfile
 from kvclaims.refimpl.kv import chain_hashes
@@ -23,7 +27,7 @@ class RefimplAdapter(Runtime):
         self.host_blocks = host_blocks
 
     def block_hashes(self, tokens: Sequence[int]) -> list[str]:
-        return chain_hashes(list(tokens), self.B)
+        return list(_chain(tuple(tokens), self.B))
 
     def request_status(self, request_id: str) -> str:
         return self._request(request_id).status
@@ -37,12 +41,10 @@ class RefimplAdapter(Runtime):
     def verify_prefix(self, tokens: Sequence[int]) -> bool:
         """Each block of the prefix is resident and holds exactly the KV of its tokens under
         the current weights (stale KV fails, as corrupt KV does)."""
-        B = self.B
-        for i, h in enumerate(self.block_hashes(tokens)):
-            slot = self.pool.lookup(h)
-            if slot is None or not self.pool.verify(slot, tokens[i * B : (i + 1) * B], i * B, self.weights):
-                return False
-        return True
+        hashes, index = self.block_hashes(tokens), self.pool.index
+        return all(h in index for h in hashes) and self._holds(
+            [index[h] for h in hashes], tokens[: len(hashes) * self.B], self.weights
+        )
 
     def trace_lines(self, start: int = 0) -> list[str]:
         return [json.dumps(r) for r in self.trace.records[start:]]
@@ -53,9 +55,13 @@ class RefimplAdapter(Runtime):
         waiting order, the claim book's entries, holds and indexes, the epochs, the trace's
         clock. Pickled: C-speed over a long life's thousands of requests, and equal exactly
         when nothing was touched (a call that changes a set and changes it back may reorder
-        it; a rejected call validates before it touches anything)."""
+        it; a rejected call validates before it touches anything). A tensor goes in as its
+        dtype, shape and bytes: torch's own pickling took most of the time."""
         book = self.book
-        return pickle.dumps(
+        out = io.BytesIO()
+        pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.dispatch_table = {**copyreg.dispatch_table, torch.Tensor: _tensor_bytes}
+        pickler.dump(
             {
                 "pool": vars(self.pool),
                 "host": vars(self.host),
@@ -68,6 +74,18 @@ class RefimplAdapter(Runtime):
                 "deadlines": (book.live, book._deadlines),
                 "epochs": (self.epoch, self.weights),
                 "trace": (self.trace.seq, self.trace.time, len(self.trace.records)),
-            },
-            protocol=pickle.HIGHEST_PROTOCOL,
+            }
         )
+        return out.getvalue()
+
+
+@lru_cache(maxsize=4096)
+def _chain(tokens: tuple[int, ...], B: int) -> tuple[str, ...]:
+    """`chain_hashes`, memoized: a test hashes each live claim's prefix after every step."""
+    return tuple(chain_hashes(list(tokens), B))
+
+
+def _tensor_bytes(t: torch.Tensor) -> tuple:
+    """A tensor's pickle for `state_digest`: its dtype, shape and raw bytes (never loaded)."""
+    data = t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    return tuple, ((str(t.dtype), tuple(t.shape), data),)

@@ -11,10 +11,11 @@ from KV computed after it, so stale KV fails verification as corrupt KV does.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 from typing import Sequence
 
 import torch
+
+from kvclaims.blockcopy import digests
 
 ROOT_HASH = "0" * 32
 # What names this runtime's cache (RKC-ID-3): KV from tokens and positions (no model
@@ -52,40 +53,17 @@ def content(
 
 
 def checksums(blocks: torch.Tensor) -> list[str]:
-    """Digests of `blocks[n, ...]`, computed where they lie: one pass, one transfer of n digests.
+    """Digests of `blocks[n, ...]`: xxh3-128 of each block's bytes (any dtype), 32 hex chars.
 
-    Each digest is two random-weighted sums of the blocks' raw 32-bit words,
-    modulo 2**64. Integer sums are exact in any order, so the same bytes give
-    the same digest on every device; a changed word changes a sum unless its
-    weight difference vanishes mod 2**64, which random odd weights prevent for
-    single-word changes and make improbable otherwise. It detects corruption,
-    not tampering: the host tier is this process's own memory.
+    One function of the bytes on every device, computed in host memory (a CUDA tensor is
+    copied to the host first): the host tier digests its copies with the same function
+    on the CPU side of each transfer, so a copy's digest equals the one recorded at
+    materialization exactly when its bytes do (`kvclaims.blockcopy` says why that is
+    sound on CPU and CUDA alike).
     """
-    if not len(blocks):
-        return []
-    out = []
-    w = _weights(blocks[0].numel(), blocks.device)
-    for chunk in blocks.detach().split(_CHUNK):  # bounds the int64 temporaries
-        words = chunk.reshape(len(chunk), -1).view(torch.int32).to(torch.int64)
-        out.append(
-            words @ w.T
-            if words.is_cpu  # CUDA has no int64 matmul; it is bandwidth-bound
-            else torch.stack([(words * w[0]).sum(-1), (words * w[1]).sum(-1)], 1)
-        )
-    return [f"{a & _MASK:016x}{b & _MASK:016x}" for a, b in torch.cat(out).tolist()]
+    return digests([blocks.detach().contiguous()]) if len(blocks) else []
 
 
 def checksum(block: torch.Tensor) -> str:
     """The digest of one block (see `checksums`)."""
     return checksums(block.unsqueeze(0))[0]
-
-
-_MASK = (1 << 64) - 1
-_CHUNK = 64
-
-
-@lru_cache(maxsize=8)
-def _weights(n: int, device: torch.device) -> torch.Tensor:
-    """Two fixed rows of odd 31-bit weights (fixed seed: digests are stable across runs)."""
-    g = torch.Generator().manual_seed(0x6B76)
-    return (torch.randint(0, 1 << 30, (2, n), generator=g, dtype=torch.int64) * 2 + 1).to(device)

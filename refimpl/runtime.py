@@ -10,9 +10,11 @@ completely before it changes anything (RKC-RT-4).
 from __future__ import annotations
 
 from collections import Counter
-
+from functools import lru_cache
 from itertools import islice
 from typing import IO, Any, Mapping, Sequence
+
+import torch
 
 from kvclaims import __version__
 from kvclaims.claimbook import ClaimBook
@@ -33,7 +35,7 @@ from kvclaims.model.feasibility import Decision, PoolCounts, decide, outcome
 from kvclaims.model.terms import APPLIED, NOT_APPLIED, PENDING
 from kvclaims.refimpl.claims import Request
 from kvclaims.refimpl.host import HostTier
-from kvclaims.refimpl.kv import CACHE_IDENTITY, ROOT_HASH, block_hash, chain_hashes
+from kvclaims.refimpl.kv import CACHE_IDENTITY, ROOT_HASH, block_hash, chain_hashes, content
 from kvclaims.refimpl.pool import DevicePool
 from kvclaims.refimpl.sides import DeviceSide, HostSide
 from kvclaims.spec import Spec, load
@@ -137,8 +139,19 @@ class Runtime:
         weights it was admitted with? A request that reused a block computed under other
         weights (stale KV) or a corrupt one fails."""
         r = self._request(request_id)
-        B = self.B
-        return all(self.pool.verify(s, r.tokens[i * B : (i + 1) * B], i * B, r.weights) for i, s in enumerate(r.slots))
+        return self._holds(r.slots, r.tokens, r.weights)
+
+    def _holds(self, slots: Sequence[int], tokens: Sequence[int], weights: int) -> bool:
+        """Does `slots[i]` hold exactly the KV of block i of `tokens` (positions from 0) under
+        `weights`? The full blocks are compared in one batch with their expected KV, memoized:
+        a test verifies the same claims' and requests' blocks after every step."""
+        p, B = self.pool, self.B
+        full = min(len(slots), len(tokens) // B)
+        if full:
+            want = _full_blocks(tuple(tokens[: full * B]), B, p.heads, p.head_dim, p.device, weights)
+            if not torch.equal(p.kv.index_select(0, torch.tensor(slots[:full], device=p.device)), want):
+                return False
+        return full == len(slots) or p.verify(slots[full], tokens[full * B : (full + 1) * B], full * B, weights)
 
     def _claim(self, claim_id: str) -> Claim:
         return self.book.get(claim_id)
@@ -241,11 +254,15 @@ class Runtime:
         return c.state
 
     def _restore(self, c: Claim, targets: dict[str, int]) -> None:
-        """Copy host blocks into `targets` (hash -> free slot) and verify; fail closed on a mismatch."""
-        if targets:
-            self.host.load(list(targets), self.pool.kv, list(targets.values()))
+        """Copy host blocks into `targets` (hash -> free slot) and verify; fail closed on a mismatch.
+
+        A copied block's checksum is its host copy's, taken as the copy read it (see
+        `HostTier`); a block still resident is digested on the device. Nothing copied is
+        registered before every checksum matches, and a mismatch wipes what was copied."""
+        arrived = dict(zip(targets, self.host.load(list(targets), self.pool.kv, list(targets.values()))))
         slots = [targets[h] if h in targets else self.pool.index[h] for h in c.chain]
-        arrived = dict(zip(c.chain, self.pool.digests(slots)))
+        resident = [h for h in c.chain if h not in targets]
+        arrived.update(zip(resident, self.pool.digests([self.pool.index[h] for h in resident])))
         if not self.book.matches(arrived, c):
             for slot in targets.values():
                 self.pool.kv[slot].zero_()
@@ -537,6 +554,16 @@ class Runtime:
             else:
                 self.pool.evict(s)
         self.trace.emit("block_evict", blocks=hashes, tier="device", reason=reason)
+
+
+@lru_cache(maxsize=128)
+def _full_blocks(
+    tokens: tuple[int, ...], B: int, heads: int, head_dim: int, device: torch.device, weights: int
+) -> torch.Tensor:
+    """The KV of the full blocks of `tokens` from position 0, `[blocks, 2, B, heads, head_dim]`
+    as the pool lays blocks out."""
+    kv = content(tokens, 0, heads, head_dim, device, weights)
+    return kv.view(2, -1, B, heads, head_dim).transpose(0, 1).contiguous()
 
 
 def _never_applied(r: Request) -> None:

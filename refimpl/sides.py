@@ -53,7 +53,7 @@ class HostSide:
         """A copy that cannot be made (allocation or transfer failed) raises NoRoom with the
         tier as it was: the claim's device KV is intact."""
         try:
-            copies = self.host.store(c.chain, self.pool.kv[list(blocks)], c.id)
+            copies = self.host.store(c.chain, self.pool.kv, list(blocks), c.id)
         except (RuntimeError, MemoryError) as exc:  # torch's out-of-memory errors are RuntimeErrors
             raise NoRoom(f"claim {c.id!r}: the host tier could not take its blocks: {exc}") from exc
         return dict(zip(c.chain, copies))

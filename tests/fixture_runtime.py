@@ -8,6 +8,8 @@ forwarded by __getattr__: from Python 3.12 a runtime-checkable Protocol looks
 attributes up statically, so forwarded ones would not count.
 """
 
+import dataclasses
+
 from kvclaims.refimpl.adapter import RefimplAdapter
 
 
@@ -59,3 +61,11 @@ class ExternalRuntime:
 
     def verify_prefix(self, tokens):
         return self._rt.verify_prefix(tokens)
+
+
+class Miscounting(RefimplAdapter):
+    """Reports one free block too many: class conservation (RKC-INV-3) fails at the first
+    check, so a fuzz run fails at once and its program shrinks to the start."""
+
+    def counts(self):
+        return dataclasses.replace(super().counts(), free=super().counts().free + 1)  # raises InconsistentCounts

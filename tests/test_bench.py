@@ -11,7 +11,7 @@ import pytest
 from kvclaims.bench.suite import FIGURES, markdown, run_figures
 from kvclaims.cli import main
 
-NEEDS_VLLM = {"alloc", "engine", "engine-async"}
+NEEDS_VLLM = {"alloc", "engine", "engine-async", "host-vllm"}
 
 
 @pytest.mark.parametrize("name", list(FIGURES))

@@ -213,6 +213,12 @@ def _claim_metrics(out: str) -> None:
     assert shown <= set(out.splitlines())
 
 
+def _two_workers(out: str) -> None:
+    """`kvclaims fuzz --workers 2`'s summary: both workers' steps, summed."""
+    summary = dict(line.strip().split(": ", 1) for line in out.splitlines())
+    assert summary["workers"] == "2" and int(summary["steps"]) >= 400 and int(summary["examples"]) >= 2, summary
+
+
 def _trace_clean(out: str) -> None:
     assert out.splitlines()[0].endswith(" 0 violations")
 
@@ -234,6 +240,12 @@ TABLE: dict[str, Run | Serve | CI | Quickstart | GpuForm] = {
         ("tests/test_plugin.py", 'kvclaims("conform", "--steps"'),
     ),
     "./dev test": CI("what CI runs (`.ci/run`), this file included", (".ci/run", "./dev test")),
+    "kvclaims fuzz --steps 1000000 --seed 1 --workers 8": Run(
+        ("kvclaims", "fuzz", "--steps", "400", "--seed", "1", "--workers", "2"),
+        timeout=120,
+        why="400 steps in 2 workers, not a million in 8: the same path, in seconds",
+        check=_two_workers,
+    ),
     "kvclaims probe --runtime vllm --usable 80,90,100,110,120,130,150 [--json]": Run(
         ("kvclaims", "probe", "--runtime", "vllm", "--usable", "80,90,100,110,120,130,150", "--json"),
         timeout=300,

@@ -37,7 +37,7 @@ OFFLOAD = {"strength": "soft", "tiers": ("device", "host"), "policy": "offload"}
 
 
 def host_store_fails(monkeypatch) -> None:
-    def store(self, hashes, blocks, owner):
+    def store(self, *args, **kwargs):
         raise RuntimeError("host allocation failed")
 
     monkeypatch.setattr(HostTier, "store", store)

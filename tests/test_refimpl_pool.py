@@ -54,10 +54,10 @@ def test_pool_write_verify_register_and_lru(device):
 def test_host_tier_copies_verify_and_share():
     host = HostTier(2, (2, 4, 2, 8), pin=False)
     block = content([1, 2, 3, 4], 0, 2, 8, torch.device("cpu"))
-    assert host.store(["h"], block.unsqueeze(0), "c1") == [checksum(block)]
-    host.store(["h"], block.unsqueeze(0), "c2")
+    assert host.store(["h"], block.unsqueeze(0), [0], "c1") == [checksum(block)]
+    assert host.store(["h"], block.unsqueeze(0), [0], "c2") == [checksum(block)], "shared: its copy digested"
     assert host.room(["x"]) and not host.room(["x", "y"])
     target = torch.zeros(1, *block.shape)
-    host.load(["h"], target, [0])
+    assert host.load(["h"], target, [0]) == [checksum(block)]
     assert torch.equal(target[0], block)
     assert not host.release("h", "c1") and host.release("h", "c2") and not host.index

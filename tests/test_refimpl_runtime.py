@@ -88,6 +88,35 @@ def test_restore_mismatch_fails_closed_and_recomputes(device):
     assert check_lines(rt.trace.lines()).ok
 
 
+@pytest.mark.obligation("RKC-RT-2")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bad", ["host copy", "resident block"])
+def test_a_partly_resident_restore_verifies_both_parts(device, bad):
+    """A restore whose chain is partly still on the device checks the host copies (digested
+    as the transfer reads them) and the resident blocks (digested on the device) against
+    the same materialization checksums; a mismatch in either fails the claim closed, the
+    copied blocks wiped and never registered."""
+    rt = Runtime(8, 4, host_blocks=4, device=device)
+    P = tokens(3, 1)
+    rt.submit_claim("c", P, tiers=("device", "host"), policy="offload")
+    rt.submit_request("w", P)
+    rt.finish("w")
+    chain = rt.claims["c"].chain
+    rt.offload_claim("c")
+    rt.submit_request("x", P[:4])  # block 0 is computed again: resident, the rest on the host
+    rt.finish("x")
+    assert set(rt.pool.index) == {chain[0]}
+    if bad == "host copy":
+        rt.inject_host_fault(chain[2])
+    else:  # silent device corruption: nothing in the runtime knows
+        rt.pool.kv[rt.pool.index[chain[0]]] += 1.0
+    assert rt.restore_claim("c") == "failed"
+    assert set(rt.pool.index) == {chain[0]} and rt.host.index == {}, "nothing copied was registered"
+    others = [s for s in range(8) if s != rt.pool.index[chain[0]]]
+    assert not any(rt.pool.kv[s].any() for s in others), "what was copied is wiped"
+    assert check_lines(rt.trace.lines()).ok
+
+
 def test_restore_claim_success_pins_resident_part():
     rt = Runtime(4, 4, host_blocks=4)
     P = tokens(2, 1)

@@ -5,17 +5,20 @@ It knows torch only (no vLLM), so the same code runs on a CPU engine and on a GP
 the host buffers are pinned and the copies are device transfers. Copies are synchronous:
 a store returns once its bytes and checksums are on the host, a load once its verified
 blocks are on the device. (vLLM's CUDA worker overlaps them on side streams; correctness,
-not overlap, is what the claims tier adds, and a checksum needs the bytes on the host.)
+not overlap, is what the claims tier adds.) The copies and checksums are
+`kvclaims.blockcopy`'s: a chunk's checksum is taken in host memory on the CPU side of each
+transfer, in cache-sized pieces, so a checksum costs no second pass over the bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Sequence
 
 import torch
 
-DIGEST_BYTES = 16  # blake2b-128, hex in traces and claims: collisions need ~2**64 blocks
+from kvclaims.blockcopy import DIGEST_HEX, copy_in, copy_out, digests
+
+DIGEST_BYTES = DIGEST_HEX // 2  # xxh3-128, hex in claims: collisions need ~2**64 blocks
 
 
 class HostCopies:
@@ -40,32 +43,22 @@ class HostCopies:
         return self.host[0].shape[0]
 
     def digest(self, chunk: int) -> str:
-        """The checksum of one host chunk: blake2b over its row in every tensor, in order."""
-        h = hashlib.blake2b(digest_size=DIGEST_BYTES)
-        for rows in self.host:
-            h.update(rows[chunk].numpy().tobytes())
-        return h.hexdigest()
+        """The checksum of one host chunk: xxh3-128 of its row in every tensor, in order."""
+        return digests(self.host, [chunk])[0]
 
     def store(self, blocks: Sequence[int], chunks: Sequence[int]) -> dict[int, str]:
-        """Copy device `blocks` into host `chunks` (pairwise); returns each chunk's checksum."""
+        """Copy device `blocks` into host `chunks` (pairwise); returns each chunk's checksum,
+        taken on the host once its bytes landed."""
         assert len(blocks) == len(chunks), (blocks, chunks)
-        for dev, host in zip(self.device, self.host):
-            src = torch.as_tensor(list(blocks), dtype=torch.long, device=dev.device)
-            host[list(chunks)] = dev.index_select(0, src).to("cpu")
-        return {c: self.digest(c) for c in chunks}
+        return dict(zip(chunks, copy_out(self.device, list(blocks), self.host, list(chunks))))
 
     def load(self, chunks: Sequence[int], blocks: Sequence[int], expected: Sequence[str]) -> list[int]:
         """Copy host `chunks` into device `blocks` (pairwise) where the chunk's checksum is
-        `expected`; returns the blocks not written (mismatched: never served)."""
+        `expected`; returns the blocks not written (mismatched: never served). Each chunk
+        is digested as the copy reads it, and written only if it matched."""
         assert len(chunks) == len(blocks) == len(expected), (chunks, blocks, expected)
-        good = [i for i, c in enumerate(chunks) if self.digest(c) == expected[i]]
-        if good:
-            src = [chunks[i] for i in good]
-            for dev, host in zip(self.device, self.host):
-                dst = torch.as_tensor([blocks[i] for i in good], dtype=torch.long, device=dev.device)
-                dev.index_copy_(0, dst, host[src].to(dev.device))
-        ok = set(good)
-        return [b for i, b in enumerate(blocks) if i not in ok]
+        got = copy_in(self.host, list(chunks), self.device, list(blocks), expected)
+        return [b for b, g, e in zip(blocks, got, expected) if g != e]
 
     def corrupt(self, chunk: int) -> None:
         """Fault injection: flip one bit of every byte of the chunk's row in the first tensor.
