@@ -74,7 +74,7 @@ def traced(s: ClaimsScheduler, start: int) -> tuple[list[str], list[str]]:
             stored += r["blocks"]
         elif r["kind"] == "block_evict" and r["reason"] != "reset_prefix_cache":
             removed += r["blocks"]
-    pending = s.pool.drain_events()
+    pending = [s.pool.hex.keys(keys) for keys in s.pool.drain_events()]
     return stored + pending[0], removed + pending[1]
 
 

@@ -84,7 +84,6 @@ class IndexLog:
         self.stored: list[BlockHashWithGroupId] = []
         self.removed: list[BlockHashWithGroupId] = []
         self._bp = bp
-        self.hex = HexForm()  # (vLLM's engine has started: the form is fixed)
         cache_full_blocks, reset, evict_blocks = bp.cache_full_blocks, bp.reset_prefix_cache, bp.evict_blocks
 
         def logged_cache_full_blocks(request, blocks, num_cached_blocks, num_full_blocks, *args, **kwargs) -> None:
@@ -150,11 +149,10 @@ class IndexLog:
                         lost.append(k)
         self.removed += lost
 
-    def drain(self, read: bool = True) -> tuple[list[str], list[str]]:
-        """Hashes stored and lost since the last call, in hex (none if not `read`)."""
-        out = (self.hex.keys(self.stored), self.hex.keys(self.removed)) if read else ([], [])
-        self.stored.clear()
-        self.removed.clear()
+    def drain(self) -> tuple[list[BlockHashWithGroupId], list[BlockHashWithGroupId]]:
+        """Index keys stored and lost since the last call."""
+        out = self.stored, self.removed
+        self.stored, self.removed = [], []
         return out
 
 
@@ -167,11 +165,11 @@ class PoolView:
         self.bp = kv_cache_manager.block_pool
         self.B = block_size
         self.withheld: list[KVCacheBlock] = []
-        self.unready: set[str] = set()  # hashes indexed by a step whose output is still due
+        self.unready: set[BlockHashWithGroupId] = set()  # index keys stored by a step whose output is still due
         self._hash_fn = get_hash_fn_by_name(hash_algo)
         self.hex = HexForm()
         self._log: IndexLog | None = IndexLog.of(self.bp) if log else vars(self.bp).get("_kvclaims_log")
-        self.drain_events(read=False)  # earlier changes are not this view's
+        self.drain_events()  # earlier changes are not this view's
 
     @staticmethod
     def check_groups(kv_cache_manager) -> None:
@@ -243,7 +241,7 @@ class PoolView:
     def resident(self, chain: Sequence[BlockHash]) -> list[KVCacheBlock] | None:
         """The chain's indexed blocks, or None if one is missing or its KV is still being
         computed (`unready`: async scheduling indexes blocks when it schedules them)."""
-        if self.unready and not self.unready.isdisjoint(map(hexid, chain)):
+        if self.unready and not self.unready.isdisjoint(kvu.make_block_hash_with_group_id(h, GROUP) for h in chain):
             return None
         blocks = []
         for h in chain:
@@ -323,10 +321,11 @@ class PoolView:
         return self.hex.keys([b.block_hash for b in blocks if b.block_hash is not None])
 
     # --- index changes -----------------------------------------------------
-    def drain_events(self, read: bool = True) -> tuple[list[str], list[str]]:
-        """Hashes stored and hashes lost since the last call, in order (see `IndexLog`). A
-        view that does not log still empties a log an earlier view of the pool installed."""
-        return ([], []) if self._log is None else self._log.drain(read)
+    def drain_events(self) -> tuple[list[BlockHashWithGroupId], list[BlockHashWithGroupId]]:
+        """Index keys stored and lost since the last call, in order (see `IndexLog`; `hex`
+        names them as the trace does). A view that does not log still empties a log an
+        earlier view of the pool installed."""
+        return ([], []) if self._log is None else self._log.drain()
 
 
 def _specs(spec) -> list:

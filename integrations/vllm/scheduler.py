@@ -25,6 +25,7 @@ with nothing applied and nothing traced; the HTTP front end
 
 from __future__ import annotations
 
+from vllm.v1.core.kv_cache_utils import BlockHashWithGroupId
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs, FinishReason
@@ -114,7 +115,7 @@ class ClaimsScheduler(Scheduler):
     builds the class it is given, so the choice is made here, from the config)."""
 
     tick_per_step = True  # TTLs count engine steps (a test harness may drive the clock itself)
-    tracks_stored = False  # does `_sync` return what it drained when the trace is off?
+    tracks_stored = False  # does it read what `_sync` returns (so the index is logged with the trace off)?
     _loaded: str | None = None  # the request whose blocks loaded from the host vLLM indexes now
 
     def __new__(cls, vllm_config, *args, **kwargs):
@@ -349,11 +350,11 @@ class ClaimsScheduler(Scheduler):
         if self.book.enforce:
             self._arbitrate()
             self._arbitrate_growth()
-        held = {r.request_id: self._blocks_of(r) for r in self.running}
+        held = {r.request_id: self._blocks_of(r) for r in self.running} if self.trace.recording else {}
         self._admitting = set()
         out = super().schedule(*args, **kwargs)
         self._admit_new(out, advanced=True)
-        for rid, before in held.items():
+        for rid, before in held.items():  # (growth is a trace record only)
             grown = rid in self.requests and self._blocks_of(self.requests[rid]) - before
             if grown > 0:
                 self.trace.emit("request_grow", request=rid, tokens=out.num_scheduled_tokens[rid], new_blocks=grown)
@@ -400,9 +401,15 @@ class ClaimsScheduler(Scheduler):
         wait is left to vLLM (it preempts, as stock). Free while no claim holds blocks."""
         if not self.book.holding():
             return
-        for request in list(self.running):
-            new = request.num_tokens_with_spec + request.num_output_placeholders - request.num_computed_tokens
-            A, d = self.growth(request, new)
+        B = self.block_size
+        new = [(r, r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens) for r in self.running]
+        # A request holds its computed tokens' blocks, so computing t more takes at most
+        # ceil(t / B) new ones: when free and cached blocks cover all of those, every
+        # decision below is "they can" (a decoding batch, mostly).
+        if sum(-(-t // B) for _, t in new) <= self.pool.evictable():
+            return
+        for request, tokens in new:
+            A, d = self.growth(request, tokens)
             if d is None or d.outcome == "wait":
                 continue
             if d.outcome == "admit":
@@ -607,19 +614,16 @@ class ClaimsScheduler(Scheduler):
                 note["claim_refusals"] = refused
         return note
 
-    def _sync(self, reason: str, skip: set[str] = frozenset(), **store_fields) -> list[str]:  # type: ignore[assignment]
+    def _sync(self, reason: str, skip: set[str] = frozenset(), **store_fields) -> list[BlockHashWithGroupId]:  # type: ignore[assignment]
         """Write vLLM's own KV events since the last call into the trace (stores but `skip`,
-        traced already as restored); returns the hashes stored. With the trace off they are
-        dropped unread, unless `tracks_stored`."""
-        if not (self.trace.recording or self.tracks_stored):
-            self.pool.drain_events(read=False)
-            return []
+        hashes traced already as restored); returns the index keys stored."""
         stored, removed = self.pool.drain_events()
-        if removed:
-            self.trace.emit("block_evict", blocks=removed, tier="device", reason=reason)
-        computed = [h for h in stored if h not in skip]
-        if computed:
-            self.trace.emit("block_store", blocks=computed, tier="device", **store_fields)
+        if self.trace.recording:
+            if removed:
+                self.trace.emit("block_evict", blocks=self.pool.hex.keys(removed), tier="device", reason=reason)
+            computed = [h for h in self.pool.hex.keys(stored) if h not in skip]
+            if computed:
+                self.trace.emit("block_store", blocks=computed, tier="device", **store_fields)
         return stored
 
     # ------------------------------------------------------------------ claims, in process
@@ -794,11 +798,11 @@ class AsyncClaimsScheduler(ClaimsScheduler, AsyncScheduler):
     tracks_stored = True  # what a step indexes is unready until its output comes back
 
     def __init__(self, *args, **kwargs) -> None:
-        self._scheduling: list[str] | None = None  # hashes indexed so far by the step being scheduled
-        self._in_flight: dict[int, list[str]] = {}  # id(scheduler output) -> hashes it indexed
+        self._scheduling: list[BlockHashWithGroupId] | None = None  # index keys the step being scheduled stored
+        self._in_flight: dict[int, list[BlockHashWithGroupId]] = {}  # id(scheduler output) -> index keys it stored
         super().__init__(*args, **kwargs)
 
-    def _sync(self, reason: str, skip: set[str] = frozenset(), **store_fields) -> list[str]:  # type: ignore[assignment]
+    def _sync(self, reason: str, skip: set[str] = frozenset(), **store_fields) -> list[BlockHashWithGroupId]:  # type: ignore[assignment]
         stored = super()._sync(reason, skip, **store_fields)
         if self._scheduling is not None:
             self._scheduling += stored
