@@ -101,7 +101,7 @@ def measure_vllm(device: str, blocks: int = 512, layers: int = 2, page: int = 32
 
     from kvclaims.vllm.hosttier import ClaimsHostSpec
 
-    spec = ClaimsHostSpec(_offloading_config(blocks, layers * page))
+    spec = ClaimsHostSpec(offloading_config(chunks=blocks, page=layers * page))
     cache = torch.randint(-128, 128, (layers, blocks, page), dtype=torch.int8, device=device)  # one allocation
     canonical = CanonicalKVCaches([CanonicalKVCacheTensor(cache[i], page) for i in range(layers)], [[]])
     manager, worker = spec.get_manager(), spec.get_worker(canonical)
@@ -142,8 +142,9 @@ def measure_vllm(device: str, blocks: int = 512, layers: int = 2, page: int = 32
     return _fraction(r, device, nbytes, layers=layers, page_bytes=page)
 
 
-def _offloading_config(blocks: int, block_bytes: int):
-    """vLLM's offloading config for a host tier of exactly `blocks` chunks of one block."""
+def offloading_config(*, chunks: int, page: int, blocks_per_chunk: int = 1, world_size: int = 1, events: bool = False):
+    """vLLM's offloading config for a host tier of exactly `chunks` chunks of `page` bytes
+    (one layer group of 32-token blocks; the tests build theirs here too)."""
     from vllm.v1.kv_offload.config import (
         OffloadingCacheConfig,
         OffloadingConfig,
@@ -154,16 +155,16 @@ def _offloading_config(blocks: int, block_bytes: int):
 
     return OffloadingConfig(
         groups=(OffloadingGroupConfig(tokens_per_block=32, layer_names=("layer.0",), group_id=0),),
-        worker_kv_bytes_per_block=block_bytes,
-        enable_kv_cache_events=False,
-        extra_config={"cpu_bytes_to_use": blocks * block_bytes},
-        engine_id="bench",
-        model=OffloadingModelConfig(name="bench", dtype="float32"),
-        cache=OffloadingCacheConfig(tokens_per_hash=32, blocks_per_chunk=1),
+        worker_kv_bytes_per_block=page,
+        enable_kv_cache_events=events,
+        extra_config={"cpu_bytes_to_use": chunks * page},
+        engine_id="kvclaims",
+        model=OffloadingModelConfig(name="kvclaims", dtype="float32"),
+        cache=OffloadingCacheConfig(tokens_per_hash=32, blocks_per_chunk=blocks_per_chunk),
         parallel=OffloadingParallelConfig(
             rank=0,
-            world_size=1,
-            tp_size=1,
+            world_size=world_size,
+            tp_size=world_size,
             pp_size=1,
             pcp_size=1,
             dcp_size=1,

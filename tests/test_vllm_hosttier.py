@@ -35,16 +35,11 @@ from vllm.v1.kv_offload.base import (  # noqa: E402
     TransferResult,
     make_offload_key,
 )
-from vllm.v1.kv_offload.config import (  # noqa: E402
-    OffloadingCacheConfig,
-    OffloadingConfig,
-    OffloadingGroupConfig,
-    OffloadingModelConfig,
-    OffloadingParallelConfig,
-)
+from vllm.v1.kv_offload.config import OffloadingConfig  # noqa: E402
 from vllm.v1.kv_offload.cpu.common import CPULoadStoreSpec  # noqa: E402
 from vllm.v1.kv_offload.cpu.manager import CPUOffloadingManager  # noqa: E402
 
+from kvclaims.bench import host_tier  # noqa: E402
 from kvclaims.conformance.checker import check_lines  # noqa: E402
 from kvclaims.errors import BadArgument, InvalidInput, NoRoom, UnknownId  # noqa: E402
 from kvclaims.model.names import EVENT, STATE  # noqa: E402
@@ -465,26 +460,8 @@ def test_connector_scheduler_needs_the_claims_manager():
 
 
 def offloading_config(*, blocks_per_chunk: int = 1, world_size: int = 1, page: int = 4096) -> OffloadingConfig:
-    return OffloadingConfig(
-        groups=(OffloadingGroupConfig(tokens_per_block=32, layer_names=("layer.0",), group_id=0),),
-        worker_kv_bytes_per_block=page,
-        enable_kv_cache_events=True,
-        extra_config={"cpu_bytes_to_use": 64 * page},
-        engine_id="test",
-        model=OffloadingModelConfig(name="tiny", dtype="float32"),
-        cache=OffloadingCacheConfig(tokens_per_hash=32, blocks_per_chunk=blocks_per_chunk),
-        parallel=OffloadingParallelConfig(
-            rank=0,
-            world_size=world_size,
-            tp_size=world_size,
-            pp_size=1,
-            pcp_size=1,
-            dcp_size=1,
-            data_parallel_index=0,
-            data_parallel_size=1,
-            data_parallel_rank_local=None,
-            is_parallelism_agnostic=True,
-        ),
+    return host_tier.offloading_config(
+        chunks=64, page=page, blocks_per_chunk=blocks_per_chunk, world_size=world_size, events=True
     )
 
 
