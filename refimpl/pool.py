@@ -90,11 +90,17 @@ class DevicePool:
 
     def evict(self, slot: int) -> str | None:
         """Unregister and return the slot to the free list; returns the hash it held."""
-        h = self.unregister(slot)
-        self.kv[slot].zero_()
-        self.free.append(slot)
-        self.is_free[slot] = True
-        return h
+        return self.evict_all([slot])[0]
+
+    def evict_all(self, slots: list[int]) -> list[str | None]:
+        """`evict` each slot, their KV wiped in one call (an offload evicts a whole chain)."""
+        hashes = [self.unregister(s) for s in slots]
+        if slots:
+            self.kv.index_fill_(0, torch.tensor(slots, device=self.kv.device), 0)
+        for s in slots:
+            self.free.append(s)
+            self.is_free[s] = True
+        return hashes
 
     def held(self, slot: int) -> bool:
         return self.refs[slot] > 0 or bool(self.holders[slot])

@@ -439,7 +439,7 @@ class Runtime:
         return any(not p.refs[s] and not p.blockers[s] for s in slots)
 
     def _evict(self, slots: list[int], reason: str) -> None:
-        hashes = [self.pool.evict(s) for s in slots]
+        hashes = self.pool.evict_all(slots)
         self.trace.emit("block_evict", blocks=hashes, tier="device", reason=reason)
 
     def _restore_for(self, r: Request, hit: int) -> None:

@@ -61,7 +61,7 @@ class HostSide:
     def offloaded(self, c: Claim) -> None:
         """The device copies that nothing else holds leave the cache."""
         p = self.pool
-        hashes = [p.evict(p.index[h]) for h in c.chain if p.index.get(h) in p.lru]
+        hashes = p.evict_all([p.index[h] for h in c.chain if p.index.get(h) in p.lru])
         self.trace.emit("block_evict", blocks=hashes, tier="device", reason=EVENT.offload)
 
     def drop(self, c: Claim, reason: str) -> None:
