@@ -16,6 +16,7 @@ import io
 import multiprocessing
 import os
 import pkgutil
+import signal
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from functools import partial
@@ -141,7 +142,7 @@ def fuzz_workers(
     failure the others stop at the end of their current example, so its program is
     printed once: it raises `WorkerFailed`, naming the worker's seed and share, which
     `kvclaims fuzz` with that seed and those steps runs again alone."""
-    n = min(workers, steps)
+    n = worker_count(steps, workers)
     context = multiprocessing.get_context("spawn")
     done, stop = context.Array("q", n, lock=False), context.Event()
     jobs = [
@@ -151,18 +152,28 @@ def fuzz_workers(
     failure: WorkerFailed | None = None
     with _one_thread_each(), ProcessPoolExecutor(n, context, initializer=_join, initargs=(done, stop)) as pool:
         running = {pool.submit(_work, *job) for job in jobs}
-        while running:
-            finished, running = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
-            progress(sum(done))
-            for future in finished:
-                counts, failed = future.result()
-                totals.update(counts)
-                if failed is not None and failure is None:
-                    failure = failed
-                    stop.set()
+        try:
+            while running:
+                finished, running = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+                progress(sum(done))
+                for future in finished:
+                    counts, failed = future.result()
+                    totals.update(counts)
+                    if failed is not None and failure is None:
+                        failure = failed
+                        stop.set()
+        except KeyboardInterrupt:  # the workers ignore it: they stop at the end of an example
+            stop.set()
+            raise
     if failure is not None:
         raise failure
     return totals
+
+
+def worker_count(steps: int, workers: int) -> int:
+    """The workers a run of `steps` gets of `workers` asked: a worker runs whole examples,
+    so no more than there are examples."""
+    return min(workers, -(-steps // STEPS_PER_EXAMPLE))
 
 
 def _shares(steps: int, life: int, workers: int) -> list[tuple[int, int]]:
@@ -196,8 +207,12 @@ _shared: tuple[Any, Any] = (None, None)  # in a worker: the steps each has run, 
 
 
 def _join(done: Any, stop: Any) -> None:
+    """A worker's start: the shared counters, and Ctrl-C left to the parent (a terminal sends
+    it to the whole process group; a worker interrupted mid-example may swallow it in
+    Hypothesis' own callbacks and run on, and the pool would wait for it for ever)."""
     global _shared
     _shared = (done, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _work(

@@ -16,7 +16,15 @@ import time
 from typing import Callable, Iterator
 
 from kvclaims.conformance.adapter import add_runtime_argument
-from kvclaims.conformance.fuzz import SUMMARY, check_steps, fuzz, fuzz_workers, runtime_factory, violation
+from kvclaims.conformance.fuzz import (
+    SUMMARY,
+    check_steps,
+    fuzz,
+    fuzz_workers,
+    runtime_factory,
+    violation,
+    worker_count,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "runtime": args.runtime,
         "seed": args.seed,
-        "workers": min(args.workers, args.steps),
+        "workers": worker_count(args.steps, args.workers),
         "steps": totals["steps"],
         "examples": totals["examples"],
         "life_steps": totals["life steps"],
