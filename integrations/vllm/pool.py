@@ -131,15 +131,12 @@ class IndexLog:
         of duplicate copies by block id) and a block's key as its field
         (``KVCacheBlock._block_hash``: the ``block_hash`` property is a call per block)."""
         index = self._bp.cached_block_hash_to_block._cache
-        keyed = [b for b in blocks if b._block_hash is not None]
-        lost = [k for b in keyed if (k := b._block_hash) is not None and index.get(k) is b]
+        keyed = [(b, k) for b in blocks if (k := b._block_hash) is not None]
+        lost = [k for b, k in keyed if index.get(k) is b]
         if len(lost) < len(keyed):  # hashes with duplicate copies among them
             ids, left = {b.block_id for b in blocks}, dict[BlockHashWithGroupId, int]()
             lost = []
-            for b in keyed:
-                k = b._block_hash
-                if k is None:  # (keyed: never; for the type checker)
-                    continue
+            for b, k in keyed:
                 copies = index.get(k)
                 if copies is b:
                     lost.append(k)
